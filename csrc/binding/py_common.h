@@ -1,0 +1,38 @@
+/* Helpers shared by the CPython binding files: exceptions from tq_error and
+ * checked access to NumPy arrays through the buffer protocol (no copies). */
+#ifndef TQ_PY_COMMON_H
+#define TQ_PY_COMMON_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "tq_common.h"
+
+/* Raise the Python exception that matches err->status with err->message; returns NULL. */
+PyObject *tq_py_raise(const tq_error *err);
+
+/* A read-only view of a C-contiguous float32 array of shape (rows, cols). */
+typedef struct {
+    Py_buffer view;
+    const float *data;
+    Py_ssize_t rows;
+    Py_ssize_t cols;
+    int acquired;
+} tq_py_matrix;
+
+/* Acquire a buffer view of obj as a C-contiguous float32 matrix.
+ * A 1-D array counts as one row. expected_cols < 0 accepts any width.
+ * name appears in error messages ("x", "queries"). Returns 0, or -1 with an exception set. */
+int tq_py_matrix_acquire(PyObject *obj, const char *name, Py_ssize_t expected_cols, tq_py_matrix *out);
+void tq_py_matrix_release(tq_py_matrix *m);
+
+/* Returns -1 with ValueError set when any value is NaN or infinite, naming the first one. */
+int tq_py_check_finite(const tq_py_matrix *m, const char *name);
+
+/* Register one binding file's types and functions on the module. */
+int tq_py_init_quant(PyObject *module);
+int tq_py_init_gguf(PyObject *module);
+int tq_py_init_tokenizer(PyObject *module);
+int tq_py_init_model(PyObject *module);
+
+#endif /* TQ_PY_COMMON_H */

@@ -1,0 +1,106 @@
+/* GGUF reader: a memory-mapped file, its metadata and its tensor table.
+ *
+ * Format (little-endian): magic "GGUF", u32 version (2 or 3), u64 tensor count,
+ * u64 metadata count, then the metadata entries, the tensor infos, padding to
+ * general.alignment (default 32), and the tensor data. Every count, length and
+ * offset read from the file is checked against the file size before use.
+ *
+ * Ownership: tq_gguf_open() returns an object that owns the mapping; every
+ * pointer obtained from it (strings, arrays, tensor data) stays valid until
+ * tq_gguf_close(). The object is read-only after opening and may be shared
+ * between threads.
+ */
+#ifndef TQ_GGUF_H
+#define TQ_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tq_common.h"
+#include "weights.h"
+
+typedef enum {
+    TQ_GGUF_UINT8 = 0,
+    TQ_GGUF_INT8 = 1,
+    TQ_GGUF_UINT16 = 2,
+    TQ_GGUF_INT16 = 3,
+    TQ_GGUF_UINT32 = 4,
+    TQ_GGUF_INT32 = 5,
+    TQ_GGUF_FLOAT32 = 6,
+    TQ_GGUF_BOOL = 7,
+    TQ_GGUF_STRING = 8,
+    TQ_GGUF_ARRAY = 9,
+    TQ_GGUF_UINT64 = 10,
+    TQ_GGUF_INT64 = 11,
+    TQ_GGUF_FLOAT64 = 12
+} tq_gguf_value_type;
+
+/* A string inside the mapping: not NUL-terminated. */
+typedef struct {
+    const char *data;
+    uint64_t len;
+} tq_gguf_string;
+
+/* An array value. For scalar element types, data points at count packed
+ * little-endian elements. For TQ_GGUF_STRING elements use tq_gguf_array_string().
+ * Nested arrays are parsed and bound-checked but exposed only as raw bytes. */
+typedef struct {
+    tq_gguf_value_type type;
+    uint64_t count;
+    const uint8_t *data;
+    const tq_gguf_string *strings; /* count entries when type == TQ_GGUF_STRING, else NULL */
+} tq_gguf_array;
+
+typedef struct {
+    tq_gguf_string key;
+    tq_gguf_value_type type;
+    union {
+        uint64_t u64; /* every unsigned integer type and bool, widened */
+        int64_t i64;  /* every signed integer type, widened */
+        double f64;   /* float32 and float64, widened */
+        tq_gguf_string str;
+        tq_gguf_array arr;
+    } value;
+} tq_gguf_kv;
+
+typedef struct {
+    tq_gguf_string name;
+    uint32_t n_dims;
+    uint64_t ne[4];       /* ne[0] is the contiguous dimension; unused dimensions are 1 */
+    tq_ggml_type type;
+    uint64_t offset;      /* relative to the start of the data section */
+    uint64_t nbytes;      /* checked: offset + nbytes lies inside the file */
+    const void *data;     /* pointer into the mapping */
+} tq_gguf_tensor;
+
+typedef struct tq_gguf tq_gguf;
+
+/* Map and parse path. Errors: TQ_ERR_IO (missing or unreadable), TQ_ERR_FORMAT
+ * (bad magic, truncated, any size or offset out of bounds), TQ_ERR_UNSUPPORTED
+ * (version or tensor type this reader does not know). */
+tq_status tq_gguf_open(const char *path, tq_gguf **out, tq_error *err);
+void tq_gguf_close(tq_gguf *gguf);
+
+uint32_t tq_gguf_version(const tq_gguf *gguf);
+uint64_t tq_gguf_alignment(const tq_gguf *gguf);
+uint64_t tq_gguf_file_size(const tq_gguf *gguf);
+
+uint64_t tq_gguf_n_kv(const tq_gguf *gguf);
+const tq_gguf_kv *tq_gguf_kv_at(const tq_gguf *gguf, uint64_t index);
+/* NULL when key is absent. */
+const tq_gguf_kv *tq_gguf_find_kv(const tq_gguf *gguf, const char *key);
+
+/* Typed getters. A missing key or a value of the wrong type is an error that names
+ * the key. Integer getters accept any integer type whose value fits. */
+tq_status tq_gguf_get_u32(const tq_gguf *gguf, const char *key, uint32_t *out, tq_error *err);
+tq_status tq_gguf_get_f32(const tq_gguf *gguf, const char *key, float *out, tq_error *err);
+tq_status tq_gguf_get_bool(const tq_gguf *gguf, const char *key, int *out, tq_error *err);
+tq_status tq_gguf_get_string(const tq_gguf *gguf, const char *key, tq_gguf_string *out, tq_error *err);
+tq_status tq_gguf_get_array(const tq_gguf *gguf, const char *key, tq_gguf_array *out, tq_error *err);
+
+uint64_t tq_gguf_n_tensors(const tq_gguf *gguf);
+const tq_gguf_tensor *tq_gguf_tensor_at(const tq_gguf *gguf, uint64_t index);
+/* NULL when no tensor has that name. */
+const tq_gguf_tensor *tq_gguf_find_tensor(const tq_gguf *gguf, const char *name);
+
+#endif /* TQ_GGUF_H */

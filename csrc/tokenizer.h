@@ -1,0 +1,79 @@
+/* SentencePiece tokenizer built from a vocabulary (as stored in GGUF metadata
+ * tokenizer.ggml.*): encode text to token ids, decode ids to bytes, and a
+ * streaming decoder that only releases complete UTF-8 characters.
+ *
+ * Ownership: tq_tokenizer_create copies everything it needs from the spec; the
+ * tokenizer is read-only afterwards and may be shared between threads.
+ */
+#ifndef TQ_TOKENIZER_H
+#define TQ_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tq_common.h"
+
+/* Token types of SentencePiece, as stored in tokenizer.ggml.token_type. */
+enum {
+    TQ_TOKEN_NORMAL = 1,
+    TQ_TOKEN_UNKNOWN = 2,
+    TQ_TOKEN_CONTROL = 3,
+    TQ_TOKEN_USER_DEFINED = 4,
+    TQ_TOKEN_UNUSED = 5,
+    TQ_TOKEN_BYTE = 6
+};
+
+typedef struct {
+    int32_t n_vocab;
+    const char *const *pieces;   /* n_vocab UTF-8 strings, not NUL-terminated */
+    const uint64_t *piece_lens;  /* their lengths in bytes */
+    const float *scores;         /* n_vocab scores, or NULL (all 0) */
+    const int32_t *types;        /* n_vocab token types, or NULL (all normal) */
+    int32_t bos_id, eos_id, unk_id, pad_id; /* -1 when absent */
+    int add_bos;                 /* prepend BOS in tq_tokenizer_encode when add_bos_flag < 0 */
+    int add_space_prefix;        /* prepend U+2581 to the text (off for Gemma) */
+} tq_tokenizer_spec;
+
+typedef struct tq_tokenizer tq_tokenizer;
+
+tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out, tq_error *err);
+void tq_tokenizer_free(tq_tokenizer *tok);
+
+int32_t tq_tokenizer_n_vocab(const tq_tokenizer *tok);
+int32_t tq_tokenizer_bos(const tq_tokenizer *tok);
+int32_t tq_tokenizer_eos(const tq_tokenizer *tok);
+
+/* Look up a piece by its exact text; -1 when absent. */
+int32_t tq_tokenizer_find(const tq_tokenizer *tok, const char *piece, size_t len);
+
+/* Encode len bytes of text. add_bos: 1 yes, 0 no, -1 the vocabulary's default.
+ * parse_special: when 1, control and user-defined pieces in the text map to their
+ * ids; when 0 they are tokenized as plain text. On success *ids is malloc'ed
+ * (free with free()) and holds *n_ids ids. Invalid UTF-8 bytes fall back to
+ * byte tokens. */
+tq_status tq_tokenizer_encode(const tq_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
+                              int32_t **ids, size_t *n_ids, tq_error *err);
+
+/* The bytes a token stands for when decoding: U+2581 becomes a space, byte tokens
+ * <0xXX> become that byte, control tokens become "" unless render_special is 1.
+ * Writes at most cap bytes to out and returns the full length (snprintf-like), or
+ * -1 for an id outside the vocabulary. */
+int64_t tq_tokenizer_piece_bytes(const tq_tokenizer *tok, int32_t id, int render_special, char *out, size_t cap);
+
+/* Streaming decoder: feed ids one at a time; text comes out only in whole UTF-8
+ * characters. Invalid sequences come out as U+FFFD once they are known invalid. */
+typedef struct {
+    unsigned char pending[8];
+    size_t n_pending;
+} tq_detok_stream;
+
+void tq_detok_stream_init(tq_detok_stream *stream);
+/* Append the complete characters released by id to out (cap bytes); *out_len gets
+ * the byte count. Fails with TQ_ERR_RANGE when out is too small (64 bytes plus the
+ * longest piece always suffices). */
+tq_status tq_detok_stream_push(const tq_tokenizer *tok, tq_detok_stream *stream, int32_t id, int render_special,
+                               char *out, size_t cap, size_t *out_len, tq_error *err);
+/* Release whatever is pending at the end of generation (incomplete bytes as U+FFFD). */
+tq_status tq_detok_stream_flush(tq_detok_stream *stream, char *out, size_t cap, size_t *out_len, tq_error *err);
+
+#endif /* TQ_TOKENIZER_H */

@@ -1,0 +1,11 @@
+"""turboquant: KV-cache compression (TurboQuant, QJL, PolarQuant) and CPU inference of Gemma models.
+
+The numerical work runs in the C extension ``turboquant._core``; this package holds the
+Python API, the command line and the server.
+"""
+
+__version__ = "0.1.0"
+
+from ._info import info
+
+__all__ = ["__version__", "info"]

@@ -1,0 +1,31 @@
+"""The ``turboquant`` command line: one command with subcommands."""
+
+import argparse
+import sys
+
+
+def cmd_info(args):
+    from ._info import info
+
+    info()
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="turboquant", description="KV-cache compression and CPU inference of Gemma models.")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subcommands.required = True
+
+    info_parser = subcommands.add_parser("info", help="print version, SIMD kernels, OpenMP threads and libyaml version")
+    info_parser.set_defaults(handler=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
