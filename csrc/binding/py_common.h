@@ -31,6 +31,8 @@ int tq_py_check_finite(const tq_py_matrix *m, const char *name);
 
 /* Register one binding file's types and functions on the module. */
 int tq_py_init_quant(PyObject *module);
+int tq_py_init_qjl_polar(PyObject *module);
+int tq_py_init_weights(PyObject *module);
 int tq_py_init_gguf(PyObject *module);
 int tq_py_init_tokenizer(PyObject *module);
 int tq_py_init_model(PyObject *module);
