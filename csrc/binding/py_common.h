@@ -36,5 +36,6 @@ int tq_py_init_weights(PyObject *module);
 int tq_py_init_gguf(PyObject *module);
 int tq_py_init_tokenizer(PyObject *module);
 int tq_py_init_model(PyObject *module);
+int tq_py_init_sampler(PyObject *module);
 
 #endif /* TQ_PY_COMMON_H */
