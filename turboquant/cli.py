@@ -24,7 +24,12 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, OSError, NotImplementedError, IndexError) as exc:
+        # Bad input (a file, a setting, an environment variable) gets one line, not a traceback.
+        print(f"turboquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
