@@ -1,0 +1,200 @@
+/* AVX2 kernels of the quantizer module (see quant_kernels.h).
+ *
+ * Eight codes of b bits fill b bytes, so each chunk of 8 coordinates starts on a
+ * byte boundary. Codes are unpacked into 32-bit lanes with variable shifts, and
+ * centroids are looked up with vpermps from one register of 8 floats (two
+ * registers and a blend for 4-bit codes). Tails of fewer than 8 values use the
+ * scalar reference. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant_kernels.h"
+
+/* Read `bytes` (at most 4) little-endian bytes; reads 4 when `available` allows. */
+static inline uint32_t load_bits(const uint8_t *p, size_t bytes, size_t available)
+{
+    uint32_t word = 0;
+    if (available >= 4) {
+        memcpy(&word, p, 4);
+        if (bytes < 4) {
+            word &= (UINT32_C(1) << (8 * bytes)) - 1u;
+        }
+    } else {
+        memcpy(&word, p, bytes < sizeof(word) ? bytes : sizeof(word));
+    }
+    return word;
+}
+
+static inline __m256i lane_shifts(int bits)
+{
+    return _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(bits));
+}
+
+/* Centroid lookup for 8 codes: table_low holds entries 0..7, table_high 8..15. */
+static inline __m256 lookup8(__m256i index, __m256 table_low, __m256 table_high, int bits)
+{
+    const __m256 low = _mm256_permutevar8x32_ps(table_low, index);
+    if (bits < 4) {
+        return low;
+    }
+    const __m256 high = _mm256_permutevar8x32_ps(table_high, index);
+    /* blendv picks by the sign bit, so move index bit 3 there. */
+    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
+}
+
+static void load_table(const float *table, int bits, __m256 *low, __m256 *high)
+{
+    float padded[16] = {0};
+    memcpy(padded, table, sizeof(float) << bits);
+    *low = _mm256_loadu_ps(padded);
+    *high = _mm256_loadu_ps(padded + 8);
+}
+
+static void fwht_avx2(float *x, size_t n)
+{
+    if (n < 8) {
+        tq_quant_kernels_scalar.fwht(x, n);
+        return;
+    }
+    /* Stages 1, 2 and 4 stay inside each block of 8; fma(v, sign, partner) gives
+     * a + b and a - b with one rounding each, the same bits as the scalar code. */
+    const __m256i swap1 = _mm256_set_epi32(6, 7, 4, 5, 2, 3, 0, 1);
+    const __m256i swap2 = _mm256_set_epi32(5, 4, 7, 6, 1, 0, 3, 2);
+    const __m256i swap4 = _mm256_set_epi32(3, 2, 1, 0, 7, 6, 5, 4);
+    const __m256 sign1 = _mm256_set_ps(-1, 1, -1, 1, -1, 1, -1, 1);
+    const __m256 sign2 = _mm256_set_ps(-1, -1, 1, 1, -1, -1, 1, 1);
+    const __m256 sign4 = _mm256_set_ps(-1, -1, -1, -1, 1, 1, 1, 1);
+    for (size_t i = 0; i < n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        v = _mm256_fmadd_ps(v, sign1, _mm256_permutevar8x32_ps(v, swap1));
+        v = _mm256_fmadd_ps(v, sign2, _mm256_permutevar8x32_ps(v, swap2));
+        v = _mm256_fmadd_ps(v, sign4, _mm256_permutevar8x32_ps(v, swap4));
+        _mm256_storeu_ps(x + i, v);
+    }
+    for (size_t half = 8; half < n; half <<= 1) {
+        for (size_t start = 0; start < n; start += 2 * half) {
+            for (size_t j = start; j < start + half; j += 8) {
+                const __m256 a = _mm256_loadu_ps(x + j);
+                const __m256 b = _mm256_loadu_ps(x + j + half);
+                _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(x + j + half, _mm256_sub_ps(a, b));
+            }
+        }
+    }
+}
+
+static float horizontal_sum(__m256 v)
+{
+    __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+    sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+    return _mm_cvtss_f32(sum);
+}
+
+static void matvec_avx2(const float *m, const float *x, float *y, size_t rows, size_t cols)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = m + r * cols;
+        __m256 acc0 = _mm256_setzero_ps();
+        __m256 acc1 = _mm256_setzero_ps();
+        size_t c = 0;
+        for (; c + 16 <= cols; c += 16) {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + c), _mm256_loadu_ps(x + c), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(row + c + 8), _mm256_loadu_ps(x + c + 8), acc1);
+        }
+        for (; c + 8 <= cols; c += 8) {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + c), _mm256_loadu_ps(x + c), acc0);
+        }
+        float sum = horizontal_sum(_mm256_add_ps(acc0, acc1));
+        for (; c < cols; c++) {
+            sum += row[c] * x[c];
+        }
+        y[r] = sum;
+    }
+}
+
+static void encode_avx2(const float *x, size_t count, int bits, const float *boundaries, uint8_t *out)
+{
+    const int n_boundaries = (1 << bits) - 1;
+    const __m256i shifts = lane_shifts(bits);
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        __m256i code = _mm256_setzero_si256();
+        for (int k = 0; k < n_boundaries; k++) {
+            /* A true comparison is all ones (-1), so subtracting it adds one. */
+            const __m256 above = _mm256_cmp_ps(v, _mm256_set1_ps(boundaries[k]), _CMP_GT_OQ);
+            code = _mm256_sub_epi32(code, _mm256_castps_si256(above));
+        }
+        /* The shifted codes occupy disjoint bits, so OR-ing the lanes packs them. */
+        __m256i placed = _mm256_sllv_epi32(code, shifts);
+        __m128i folded = _mm_or_si128(_mm256_castsi256_si128(placed), _mm256_extracti128_si256(placed, 1));
+        folded = _mm_or_si128(folded, _mm_unpackhi_epi64(folded, folded));
+        folded = _mm_or_si128(folded, _mm_srli_epi64(folded, 32));
+        const uint32_t word = (uint32_t)_mm_cvtsi128_si32(folded);
+        memcpy(out + (i / 8) * (size_t)bits, &word, (size_t)bits);
+    }
+    if (i < count) {
+        /* The tail starts on a byte boundary, so the scalar packer can finish it. */
+        tq_quant_kernels_scalar.encode(x + i, count - i, bits, boundaries, out + (i / 8) * (size_t)bits);
+    }
+}
+
+static void decode_avx2(const uint8_t *codes, size_t count, int bits, const float *table, float *out)
+{
+    __m256 table_low, table_high;
+    load_table(table, bits, &table_low, &table_high);
+    const __m256i shifts = lane_shifts(bits);
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    const size_t total_bytes = (count * (size_t)bits + 7) / 8;
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const size_t offset = (i / 8) * (size_t)bits;
+        const uint32_t word = load_bits(codes + offset, (size_t)bits, total_bytes - offset);
+        const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), mask);
+        _mm256_storeu_ps(out + i, lookup8(index, table_low, table_high, bits));
+    }
+    if (i < count) {
+        tq_quant_kernels_scalar.decode(codes + (i / 8) * (size_t)bits, count - i, bits, table, out + i);
+    }
+}
+
+static float dot_avx2(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+{
+    __m256 table_low, table_high;
+    load_table(table, bits, &table_low, &table_high);
+    const __m256i shifts = lane_shifts(bits);
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    const size_t total_bytes = (count * (size_t)bits + 7) / 8;
+    __m256 acc0 = _mm256_setzero_ps();
+    __m256 acc1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        const size_t offset = (i / 8) * (size_t)bits;
+        const uint32_t word0 = load_bits(codes + offset, (size_t)bits, total_bytes - offset);
+        const uint32_t word1 = load_bits(codes + offset + bits, (size_t)bits, total_bytes - offset - bits);
+        const __m256i index0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word0), shifts), mask);
+        const __m256i index1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word1), shifts), mask);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), lookup8(index0, table_low, table_high, bits), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), lookup8(index1, table_low, table_high, bits), acc1);
+    }
+    for (; i + 8 <= count; i += 8) {
+        const size_t offset = (i / 8) * (size_t)bits;
+        const uint32_t word = load_bits(codes + offset, (size_t)bits, total_bytes - offset);
+        const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), mask);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), lookup8(index, table_low, table_high, bits), acc0);
+    }
+    float sum = horizontal_sum(_mm256_add_ps(acc0, acc1));
+    if (i < count) {
+        sum += tq_quant_kernels_scalar.dot(codes + (i / 8) * (size_t)bits, count - i, bits, table, q + i);
+    }
+    return sum;
+}
+
+const tq_quant_kernels tq_quant_kernels_avx2 = {
+    .fwht = fwht_avx2,
+    .matvec = matvec_avx2,
+    .encode = encode_avx2,
+    .decode = decode_avx2,
+    .dot = dot_avx2,
+};
