@@ -1,0 +1,451 @@
+/* GGML type table, scalar dequantization, and the threaded matrix product. */
+#include "weights.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#include "blocks.h"
+#include "matmul_kernels.h"
+
+/* Format that activation rows are converted to before the dot products. */
+typedef enum {
+    ACT_NONE = 0, /* type not supported */
+    ACT_F32,      /* float weights: the activation stays float */
+    ACT_Q8_0,
+    ACT_Q8_K
+} activation_format;
+
+typedef struct {
+    const char *name;
+    int64_t block_size;
+    size_t block_bytes;
+    activation_format activation;
+} type_traits;
+
+/* Indexed by GGML type id. Q8_1, Q2_K, Q3_K and Q8_K are named for messages but
+ * have no dequantizer or kernel here; Q8_K is only an activation format. */
+static const type_traits traits[] = {
+    [TQ_TYPE_F32] = {"f32", 1, 4, ACT_F32},
+    [TQ_TYPE_F16] = {"f16", 1, 2, ACT_F32},
+    [TQ_TYPE_Q4_0] = {"q4_0", TQ_QK4_0, sizeof(tq_block_q4_0), ACT_Q8_0},
+    [TQ_TYPE_Q4_1] = {"q4_1", TQ_QK4_1, sizeof(tq_block_q4_1), ACT_Q8_0},
+    [TQ_TYPE_Q5_0] = {"q5_0", TQ_QK5_0, sizeof(tq_block_q5_0), ACT_Q8_0},
+    [TQ_TYPE_Q5_1] = {"q5_1", TQ_QK5_1, sizeof(tq_block_q5_1), ACT_Q8_0},
+    [TQ_TYPE_Q8_0] = {"q8_0", TQ_QK8_0, sizeof(tq_block_q8_0), ACT_Q8_0},
+    [TQ_TYPE_Q8_1] = {"q8_1", 0, 0, ACT_NONE},
+    [TQ_TYPE_Q2_K] = {"q2_K", 0, 0, ACT_NONE},
+    [TQ_TYPE_Q3_K] = {"q3_K", 0, 0, ACT_NONE},
+    [TQ_TYPE_Q4_K] = {"q4_K", TQ_QK_K, sizeof(tq_block_q4_K), ACT_Q8_K},
+    [TQ_TYPE_Q5_K] = {"q5_K", TQ_QK_K, sizeof(tq_block_q5_K), ACT_Q8_K},
+    [TQ_TYPE_Q6_K] = {"q6_K", TQ_QK_K, sizeof(tq_block_q6_K), ACT_Q8_K},
+    [TQ_TYPE_Q8_K] = {"q8_K", 0, 0, ACT_NONE},
+    [TQ_TYPE_BF16] = {"bf16", 1, 2, ACT_F32},
+};
+
+#define N_TRAITS ((int)(sizeof(traits) / sizeof(traits[0])))
+
+static const type_traits *lookup(int type)
+{
+    if (type < 0 || type >= N_TRAITS || traits[type].name == NULL) {
+        return NULL;
+    }
+    return &traits[type];
+}
+
+const char *tq_type_name(int type)
+{
+    const type_traits *t = lookup(type);
+    return t ? t->name : "unknown";
+}
+
+int64_t tq_type_block_size(int type)
+{
+    const type_traits *t = lookup(type);
+    return (t && t->activation != ACT_NONE) ? t->block_size : 0;
+}
+
+size_t tq_type_block_bytes(int type)
+{
+    const type_traits *t = lookup(type);
+    return (t && t->activation != ACT_NONE) ? t->block_bytes : 0;
+}
+
+int tq_type_supported(int type)
+{
+    const type_traits *t = lookup(type);
+    return t != NULL && t->activation != ACT_NONE;
+}
+
+static tq_status check_supported(int type, tq_error *err)
+{
+    if (!tq_type_supported(type)) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                            "GGML type %d (%s) is not supported; supported types are f32, f16, bf16, q4_0, q4_1, "
+                            "q5_0, q5_1, q8_0, q4_K, q5_K and q6_K",
+                            type, tq_type_name(type));
+    }
+    return TQ_OK;
+}
+
+tq_status tq_type_row_bytes(int type, int64_t n, size_t *out, tq_error *err)
+{
+    tq_status status = check_supported(type, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    const type_traits *t = &traits[type];
+    if (n < 0 || n % t->block_size != 0) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "row length %lld is not a multiple of the %s block size %lld; pad or pick another type",
+                            (long long)n, t->name, (long long)t->block_size);
+    }
+    if (!tq_mul_size((size_t)(n / t->block_size), t->block_bytes, out)) {
+        return tq_error_set(err, TQ_ERR_INVALID, "row of %lld %s values is too large for size_t", (long long)n,
+                            t->name);
+    }
+    return TQ_OK;
+}
+
+/* ---- Dequantization (scalar reference). Operation order matches the gguf
+ * package's NumPy dequantizers, so results are bit-exact with them. ---- */
+
+static void dequantize_q4_0(const tq_block_q4_0 *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, y += TQ_QK4_0) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        for (int j = 0; j < TQ_QK4_0 / 2; j++) {
+            y[j] = d * (float)((b[i].qs[j] & 0xF) - 8);
+            y[j + 16] = d * (float)((b[i].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+static void dequantize_q4_1(const tq_block_q4_1 *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, y += TQ_QK4_1) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        const float m = tq_fp16_to_fp32(b[i].m);
+        for (int j = 0; j < TQ_QK4_1 / 2; j++) {
+            y[j] = d * (float)(b[i].qs[j] & 0xF) + m;
+            y[j + 16] = d * (float)(b[i].qs[j] >> 4) + m;
+        }
+    }
+}
+
+static void dequantize_q5_0(const tq_block_q5_0 *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, y += TQ_QK5_0) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        const uint32_t qh = tq_load_u32_le(b[i].qh);
+        for (int j = 0; j < TQ_QK5_0 / 2; j++) {
+            const int q0 = (b[i].qs[j] & 0xF) | (int)(((qh >> j) & 1) << 4);
+            const int q1 = (b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            y[j] = d * (float)(q0 - 16);
+            y[j + 16] = d * (float)(q1 - 16);
+        }
+    }
+}
+
+static void dequantize_q5_1(const tq_block_q5_1 *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, y += TQ_QK5_1) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        const float m = tq_fp16_to_fp32(b[i].m);
+        const uint32_t qh = tq_load_u32_le(b[i].qh);
+        for (int j = 0; j < TQ_QK5_1 / 2; j++) {
+            const int q0 = (b[i].qs[j] & 0xF) | (int)(((qh >> j) & 1) << 4);
+            const int q1 = (b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            y[j] = d * (float)q0 + m;
+            y[j + 16] = d * (float)q1 + m;
+        }
+    }
+}
+
+static void dequantize_q8_0(const tq_block_q8_0 *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, y += TQ_QK8_0) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        for (int j = 0; j < TQ_QK8_0; j++) {
+            y[j] = d * (float)b[i].qs[j];
+        }
+    }
+}
+
+static void dequantize_q4_K(const tq_block_q4_K *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        const float dmin = tq_fp16_to_fp32(b[i].dmin);
+        for (int j = 0; j < 4; j++, y += 64) {
+            uint8_t sc0, m0, sc1, m1;
+            tq_get_scale_min_k4(2 * j, b[i].scales, &sc0, &m0);
+            tq_get_scale_min_k4(2 * j + 1, b[i].scales, &sc1, &m1);
+            const float d0 = d * (float)sc0, min0 = dmin * (float)m0;
+            const float d1 = d * (float)sc1, min1 = dmin * (float)m1;
+            const uint8_t *q = b[i].qs + 32 * j;
+            for (int l = 0; l < 32; l++) {
+                y[l] = d0 * (float)(q[l] & 0xF) - min0;
+                y[l + 32] = d1 * (float)(q[l] >> 4) - min1;
+            }
+        }
+    }
+}
+
+static void dequantize_q5_K(const tq_block_q5_K *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        const float dmin = tq_fp16_to_fp32(b[i].dmin);
+        for (int j = 0; j < 4; j++, y += 64) {
+            uint8_t sc0, m0, sc1, m1;
+            tq_get_scale_min_k4(2 * j, b[i].scales, &sc0, &m0);
+            tq_get_scale_min_k4(2 * j + 1, b[i].scales, &sc1, &m1);
+            const float d0 = d * (float)sc0, min0 = dmin * (float)m0;
+            const float d1 = d * (float)sc1, min1 = dmin * (float)m1;
+            const uint8_t *q = b[i].qs + 32 * j;
+            for (int l = 0; l < 32; l++) {
+                const int q_lo = (q[l] & 0xF) | (((b[i].qh[l] >> (2 * j)) & 1) << 4);
+                const int q_hi = (q[l] >> 4) | (((b[i].qh[l] >> (2 * j + 1)) & 1) << 4);
+                y[l] = d0 * (float)q_lo - min0;
+                y[l + 32] = d1 * (float)q_hi - min1;
+            }
+        }
+    }
+}
+
+static void dequantize_q6_K(const tq_block_q6_K *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = tq_fp16_to_fp32(b[i].d);
+        for (int half = 0; half < 2; half++, y += 128) {
+            const uint8_t *ql = b[i].ql + 64 * half;
+            const uint8_t *qh = b[i].qh + 32 * half;
+            const int8_t *sc = b[i].scales + 8 * half;
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *low = ql + ((k & 1) ? 32 : 0);
+                const int shift = (k < 2) ? 0 : 4;
+                for (int l = 0; l < 32; l++) {
+                    const int q = ((low[l] >> shift) & 0xF) | (((qh[l] >> (2 * k)) & 3) << 4);
+                    const float ds = d * (float)sc[2 * k + l / 16];
+                    y[32 * k + l] = ds * (float)(q - 32);
+                }
+            }
+        }
+    }
+}
+
+tq_status tq_dequantize_row(int type, const void *src, float *dst, int64_t n, tq_error *err)
+{
+    size_t row_bytes;
+    tq_status status = tq_type_row_bytes(type, n, &row_bytes, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    if (n > 0 && (src == NULL || dst == NULL)) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_dequantize_row: src and dst must not be NULL");
+    }
+    const int64_t nb = n / traits[type].block_size;
+    switch ((tq_ggml_type)type) {
+    case TQ_TYPE_F32:
+        memcpy(dst, src, row_bytes);
+        break;
+    case TQ_TYPE_F16: {
+        const tq_fp16 *h = (const tq_fp16 *)src;
+        for (int64_t i = 0; i < n; i++) {
+            dst[i] = tq_fp16_to_fp32(h[i]);
+        }
+        break;
+    }
+    case TQ_TYPE_BF16: {
+        const tq_bf16 *h = (const tq_bf16 *)src;
+        for (int64_t i = 0; i < n; i++) {
+            dst[i] = tq_bf16_to_fp32(h[i]);
+        }
+        break;
+    }
+    case TQ_TYPE_Q4_0:
+        dequantize_q4_0(src, dst, nb);
+        break;
+    case TQ_TYPE_Q4_1:
+        dequantize_q4_1(src, dst, nb);
+        break;
+    case TQ_TYPE_Q5_0:
+        dequantize_q5_0(src, dst, nb);
+        break;
+    case TQ_TYPE_Q5_1:
+        dequantize_q5_1(src, dst, nb);
+        break;
+    case TQ_TYPE_Q8_0:
+        dequantize_q8_0(src, dst, nb);
+        break;
+    case TQ_TYPE_Q4_K:
+        dequantize_q4_K(src, dst, nb);
+        break;
+    case TQ_TYPE_Q5_K:
+        dequantize_q5_K(src, dst, nb);
+        break;
+    case TQ_TYPE_Q6_K:
+        dequantize_q6_K(src, dst, nb);
+        break;
+    default:
+        return check_supported(-1, err);
+    }
+    return TQ_OK;
+}
+
+tq_status tq_weight_init(tq_weight *w, int type, int64_t n_in, int64_t n_out, const void *data, tq_error *err)
+{
+    if (w == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_weight_init: w must not be NULL");
+    }
+    memset(w, 0, sizeof(*w));
+    size_t row_bytes;
+    tq_status status = tq_type_row_bytes(type, n_in, &row_bytes, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    if (n_in <= 0 || n_out <= 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "weight shape n_in=%lld, n_out=%lld must be positive",
+                            (long long)n_in, (long long)n_out);
+    }
+    size_t total;
+    if (!tq_mul_size(row_bytes, (size_t)n_out, &total)) {
+        return tq_error_set(err, TQ_ERR_INVALID, "weight of %lld rows of %zu bytes is too large for size_t",
+                            (long long)n_out, row_bytes);
+    }
+    if (data == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_weight_init: data must not be NULL");
+    }
+    w->type = (tq_ggml_type)type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    w->row_bytes = row_bytes;
+    w->data = data;
+    return TQ_OK;
+}
+
+tq_status tq_weight_get_row(const tq_weight *w, int64_t row, float *dst, tq_error *err)
+{
+    if (w == NULL || w->data == NULL || dst == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_weight_get_row: w, its data and dst must not be NULL");
+    }
+    if (row < 0 || row >= w->n_out) {
+        return tq_error_set(err, TQ_ERR_RANGE, "row %lld is out of range for a weight with %lld rows",
+                            (long long)row, (long long)w->n_out);
+    }
+    const uint8_t *src = (const uint8_t *)w->data + (size_t)row * w->row_bytes;
+    return tq_dequantize_row(w->type, src, dst, w->n_in, err);
+}
+
+/* ---- Matrix product ---- */
+
+/* Rows per work item: enough that a chunk of weights stays in a 32 KiB L1 data
+ * cache while every token of a tile passes over it, but small enough that both
+ * threads get many chunks. */
+static int64_t rows_per_chunk(const tq_weight *w)
+{
+    int64_t rows = (int64_t)(16384 / (w->row_bytes ? w->row_bytes : 1));
+    if (rows < 4) {
+        rows = 4;
+    }
+    if (rows > 64) {
+        rows = 64;
+    }
+    while (rows > 4 && w->n_out / rows < 16) {
+        rows /= 2;
+    }
+    return rows;
+}
+
+/* Tokens per tile: activation rows of one tile are reused by every weight row
+ * of a chunk, so they should fit in L2 next to the chunk (64 x ~2 KiB here). */
+#define TOKENS_PER_TILE 64
+
+tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err)
+{
+    if (w == NULL || w->data == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_matmul: weight is NULL or was not initialised");
+    }
+    if (n_tokens < 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "n_tokens=%lld must not be negative", (long long)n_tokens);
+    }
+    if (n_tokens == 0) {
+        return TQ_OK;
+    }
+    if (x == NULL || y == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_matmul: x and y must not be NULL");
+    }
+    tq_status status = check_supported(w->type, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    const tq_matmul_kernels *kernels = tq_matmul_kernels_for(isa);
+    if (kernels == NULL || !tq_isa_supported(isa)) {
+        return tq_error_set(err, TQ_ERR_INVALID, "kernel variant '%s' is not available in this build or on this CPU",
+                            tq_isa_name(isa));
+    }
+    const tq_vec_dot_fn vec_dot = kernels->vec_dot[w->type];
+    if (vec_dot == NULL) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED, "no %s kernel for %s weights", tq_isa_name(isa),
+                            tq_type_name(w->type));
+    }
+
+    const int64_t n_in = w->n_in;
+    const int64_t n_out = w->n_out;
+    const activation_format act = traits[w->type].activation;
+
+    /* Quantize every activation row once into a scratch buffer owned by this call,
+     * so concurrent calls share nothing. Float weights read x directly. */
+    const void *act_rows = x;
+    size_t act_row_bytes = (size_t)n_in * sizeof(float);
+    void *scratch = NULL;
+    if (act == ACT_Q8_0 || act == ACT_Q8_K) {
+        const int act_type = act == ACT_Q8_0 ? TQ_TYPE_Q8_0 : TQ_TYPE_Q8_K;
+        const int64_t block = act == ACT_Q8_0 ? TQ_QK8_0 : TQ_QK_K;
+        const size_t block_bytes = act == ACT_Q8_0 ? sizeof(tq_block_q8_0) : sizeof(tq_block_q8_K);
+        size_t total;
+        act_row_bytes = (size_t)(n_in / block) * block_bytes;
+        if (!tq_mul_size(act_row_bytes, (size_t)n_tokens, &total)) {
+            return tq_error_set(err, TQ_ERR_INVALID, "%lld activation rows are too many for size_t",
+                                (long long)n_tokens);
+        }
+        scratch = tq_aligned_alloc(total);
+        if (scratch == NULL) {
+            return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate %zu bytes for quantized activations", total);
+        }
+        const tq_quantize_row_fn quantize =
+            act_type == TQ_TYPE_Q8_0 ? kernels->quantize_row_q8_0 : kernels->quantize_row_q8_K;
+#pragma omp parallel for schedule(static) if (n_tokens > 1)
+        for (int64_t t = 0; t < n_tokens; t++) {
+            quantize(x + t * n_in, (uint8_t *)scratch + (size_t)t * act_row_bytes, n_in);
+        }
+        act_rows = scratch;
+    }
+
+    const uint8_t *weights = (const uint8_t *)w->data;
+    const uint8_t *acts = (const uint8_t *)act_rows;
+    const size_t row_bytes = w->row_bytes;
+    const int64_t chunk_rows = rows_per_chunk(w);
+    const int64_t n_chunks = (n_out + chunk_rows - 1) / chunk_rows;
+
+    /* Each work item is a chunk of output rows for every token: its weights are
+     * read from memory once and reused from cache for all tokens of a tile. */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        const int64_t r0 = c * chunk_rows;
+        const int64_t r1 = r0 + chunk_rows < n_out ? r0 + chunk_rows : n_out;
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_TILE) {
+            const int64_t t1 = t0 + TOKENS_PER_TILE < n_tokens ? t0 + TOKENS_PER_TILE : n_tokens;
+            for (int64_t t = t0; t < t1; t++) {
+                const void *a = acts + (size_t)t * act_row_bytes;
+                float *yt = y + t * n_out;
+                for (int64_t r = r0; r < r1; r++) {
+                    vec_dot(n_in, &yt[r], weights + (size_t)r * row_bytes, a);
+                }
+            }
+        }
+    }
+
+    tq_aligned_free(scratch);
+    return TQ_OK;
+}

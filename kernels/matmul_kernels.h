@@ -1,0 +1,62 @@
+/* Kernel tables for products of weight rows with activation rows.
+ *
+ * An integer weight format is multiplied with an activation row that was
+ * quantized once per call: to Q8_0 for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weights,
+ * to Q8_K for the K-quants. Float weights (F32, F16, BF16) take the float
+ * activation directly. Every variant must give the same activation codes as the
+ * scalar reference (same scale, round-half-to-even), so variants differ only by
+ * the order of float additions.
+ */
+#ifndef TQ_MATMUL_KERNELS_H
+#define TQ_MATMUL_KERNELS_H
+
+#include <stdint.h>
+
+#include "blocks.h"
+
+/* Quantize n floats (a multiple of the block size) from x into blocks at y. */
+typedef void (*tq_quantize_row_fn)(const float *x, void *y, int64_t n);
+
+/* Store in *s the dot product of one weight row w (n values in the weight's
+ * format) with one activation row x (in the format the weight type pairs with). */
+typedef void (*tq_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
+
+/* Size of the vec_dot table: one slot per GGML type id up to BF16 (30). */
+#define TQ_VEC_DOT_SLOTS 31
+
+typedef struct {
+    tq_quantize_row_fn quantize_row_q8_0;
+    tq_quantize_row_fn quantize_row_q8_K;
+    tq_vec_dot_fn vec_dot[TQ_VEC_DOT_SLOTS]; /* indexed by tq_ggml_type; NULL when unsupported */
+} tq_matmul_kernels;
+
+extern const tq_matmul_kernels tq_matmul_kernels_scalar;
+#if defined(TQ_HAVE_AVX2_KERNELS)
+extern const tq_matmul_kernels tq_matmul_kernels_avx2;
+#endif
+#if defined(TQ_HAVE_AVX512_KERNELS)
+extern const tq_matmul_kernels tq_matmul_kernels_avx512;
+#endif
+#if defined(TQ_HAVE_NEON_KERNELS)
+extern const tq_matmul_kernels tq_matmul_kernels_neon;
+#endif
+
+/* Scalar references, also used by variants for the types they do not specialize. */
+void tq_quantize_row_q8_0_scalar(const float *x, void *y, int64_t n);
+void tq_quantize_row_q8_K_scalar(const float *x, void *y, int64_t n);
+void tq_vec_dot_f32_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_f16_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_bf16_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q4_1_q8_0_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q5_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q5_1_q8_0_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q8_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *x);
+
+/* Returns the table for isa (a tq_isa value), or NULL when this build has none. */
+const tq_matmul_kernels *tq_matmul_kernels_for(int isa);
+
+#endif /* TQ_MATMUL_KERNELS_H */
