@@ -124,6 +124,21 @@ static inline void tq_get_scale_min_k4(int j, const uint8_t *q, uint8_t *scale, 
     }
 }
 
+/* Unpack the 12 scale bytes of a Q4_K or Q5_K block into out[0..7] = scales and
+ * out[8..15] = mins, the same values as tq_get_scale_min_k4 for j = 0..7. */
+static inline void tq_unpack_scales_k4(const uint8_t *packed, uint8_t out[16])
+{
+    const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, low2 = 0x03030303u;
+    uint32_t word[3];
+    uint32_t result[4];
+    memcpy(word, packed, 12);
+    result[0] = word[0] & low6;                                       /* scales 0-3 */
+    result[1] = (word[2] & low4) | (((word[0] >> 6) & low2) << 4);    /* scales 4-7 */
+    result[2] = word[1] & low6;                                       /* mins 0-3 */
+    result[3] = ((word[2] >> 4) & low4) | (((word[1] >> 6) & low2) << 4); /* mins 4-7 */
+    memcpy(out, result, 16);
+}
+
 static inline float tq_bits_to_fp32(uint32_t bits)
 {
     float f;

@@ -56,6 +56,23 @@ void tq_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *w, const void 
 void tq_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *x);
 void tq_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *x);
 
+#if defined(TQ_HAVE_AVX2_KERNELS)
+/* AVX2 kernels, also used by the AVX-512 table for the types it does not specialize. */
+void tq_quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
+void tq_quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
+void tq_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_f16_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_bf16_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q4_1_q8_0_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q5_1_q8_0_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x);
+#endif
+
 /* Returns the table for isa (a tq_isa value), or NULL when this build has none. */
 const tq_matmul_kernels *tq_matmul_kernels_for(int isa);
 

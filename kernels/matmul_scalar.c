@@ -322,6 +322,18 @@ const tq_matmul_kernels *tq_matmul_kernels_for(int isa)
     switch (isa) {
     case TQ_ISA_SCALAR:
         return &tq_matmul_kernels_scalar;
+#if defined(TQ_HAVE_AVX2_KERNELS)
+    case TQ_ISA_AVX2:
+        return &tq_matmul_kernels_avx2;
+#endif
+#if defined(TQ_HAVE_AVX512_KERNELS)
+    case TQ_ISA_AVX512:
+        return &tq_matmul_kernels_avx512;
+#endif
+#if defined(TQ_HAVE_NEON_KERNELS)
+    case TQ_ISA_NEON:
+        return &tq_matmul_kernels_neon;
+#endif
     default:
         return NULL;
     }

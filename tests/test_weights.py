@@ -283,6 +283,25 @@ def test_matmul_random_blocks(qtype, n_tokens):
         assert np.all(np.abs(simd - scalar) <= 2 * tol), kernels
 
 
+@pytest.mark.parametrize(
+    "qtype,n_in",
+    [(T.F32, 99), (T.F16, 99), (T.BF16, 99)] + [(t, 224) for t in QUANT_TYPES if t not in K_TYPES] + [(T.Q4_K, 768)],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_matmul_odd_block_counts(qtype, n_in):
+    # Row lengths that leave a remainder after the unrolled loops (7 blocks of 32,
+    # 3 super-blocks, 99 floats).
+    rng = np.random.default_rng(7)
+    raw = random_raw(qtype, 5, n_in, rng)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    for kernels in SUPPORTED_KERNELS:
+        check_matmul(qtype, raw, n_in, 5, x, kernels)
+
+
+def test_matmul_variants_cover_build():
+    assert _core.matmul_kernel_variants() == _core.build_info()["supported_kernels"]
+
+
 MODEL_MATMULS = [
     ("blk.0.attn_k.weight", None),  # Q5_0 640 -> 256
     ("blk.0.attn_q.weight", None),  # Q5_0 640 -> 1024

@@ -1,0 +1,176 @@
+/* AVX-512 (F, BW, DQ, VL) kernels for the formats that dominate Gemma 3 decoding:
+ * Q8_0 (embedding and LM head, some value projections) and Q5_0 (Q, K, gate, up).
+ * Two 32-value blocks fill one 512-bit register. Other types use the AVX2
+ * kernels, which run unchanged on every AVX-512 CPU.
+ *
+ * No VNNI: _mm512_dpbusd_epi32 needs -mavx512vnni, which the build does not pass
+ * to this file, so products use maddubs + madd as in the AVX2 kernels.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "matmul_kernels.h"
+#include "weights.h"
+
+#include "matmul_avx2_helpers.h"
+
+static inline float hsum_ps_avx512(__m512 v)
+{
+    const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    return hsum_ps_avx2(half);
+}
+
+/* Dot products of 64 signed bytes w with 64 signed bytes a, as 16 int32 partial
+ * sums: |w| times a with w's sign moved onto a (see the AVX2 file for the range). */
+static inline __m512i dot_i8_avx512(__m512i w, __m512i a)
+{
+    const __m512i abs_w = _mm512_abs_epi8(w);
+    const __m512i signed_a = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(abs_w, signed_a), _mm512_set1_epi16(1));
+}
+
+static inline __m512i load_2x256(const void *lo, const void *hi)
+{
+    const __m256i low = _mm256_loadu_si256((const __m256i *)lo);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), _mm256_loadu_si256((const __m256i *)hi), 1);
+}
+
+/* Broadcast d0 to the low eight lanes and d1 to the high eight. */
+static inline __m512 scales_2x8(float d0, float d1)
+{
+    return _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
+}
+
+static void vec_dot_f32_avx512(int64_t n, float *s, const void *w, const void *x)
+{
+    const float *wf = (const float *)w;
+    const float *xf = (const float *)x;
+    __m512 acc0 = _mm512_setzero_ps();
+    __m512 acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + i), _mm512_loadu_ps(xf + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + i + 16), _mm512_loadu_ps(xf + i + 16), acc1);
+    }
+    float sum = hsum_ps_avx512(_mm512_add_ps(acc0, acc1));
+    for (; i < n; i++) {
+        sum += wf[i] * xf[i];
+    }
+    *s = sum;
+}
+
+static void vec_dot_f16_avx512(int64_t n, float *s, const void *w, const void *x)
+{
+    const tq_fp16 *wh = (const tq_fp16 *)w;
+    const float *xf = (const float *)x;
+    __m512 acc0 = _mm512_setzero_ps();
+    __m512 acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wh + i)));
+        const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wh + i + 16)));
+        acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xf + i), acc0);
+        acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xf + i + 16), acc1);
+    }
+    float sum = hsum_ps_avx512(_mm512_add_ps(acc0, acc1));
+    for (; i < n; i++) {
+        sum += tq_fp16_to_fp32(wh[i]) * xf[i];
+    }
+    *s = sum;
+}
+
+static void vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *w, const void *x)
+{
+    const tq_block_q8_0 *wb = (const tq_block_q8_0 *)w;
+    const tq_block_q8_0 *xb = (const tq_block_q8_0 *)x;
+    const int64_t nb = n / TQ_QK8_0;
+    __m512 acc0 = _mm512_setzero_ps();
+    __m512 acc1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const __m512i w01 = load_2x256(wb[b].qs, wb[b + 1].qs);
+        const __m512i w23 = load_2x256(wb[b + 2].qs, wb[b + 3].qs);
+        const __m512i a01 = load_2x256(xb[b].qs, xb[b + 1].qs);
+        const __m512i a23 = load_2x256(xb[b + 2].qs, xb[b + 3].qs);
+        const __m512 d01 = scales_2x8(_cvtsh_ss(wb[b].d) * _cvtsh_ss(xb[b].d),
+                                      _cvtsh_ss(wb[b + 1].d) * _cvtsh_ss(xb[b + 1].d));
+        const __m512 d23 = scales_2x8(_cvtsh_ss(wb[b + 2].d) * _cvtsh_ss(xb[b + 2].d),
+                                      _cvtsh_ss(wb[b + 3].d) * _cvtsh_ss(xb[b + 3].d));
+        acc0 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_i8_avx512(w01, a01)), acc0);
+        acc1 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_i8_avx512(w23, a23)), acc1);
+    }
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < nb; b++) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)wb[b].qs);
+        const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[b].qs);
+        const __m256 d0 = _mm256_set1_ps(_cvtsh_ss(wb[b].d) * _cvtsh_ss(xb[b].d));
+        tail = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(w0, a0)), tail);
+    }
+    *s = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);
+}
+
+/* Codes q - 16 of two Q5_0 blocks (64 bytes). The 64 fifth bits form a mask
+ * register: where a bit is clear, the nibble gets bits 4-7 set, which as int8
+ * is nibble - 16; where it is set, the nibble is q - 16 already. */
+static inline __m512i q5_0_codes_2(const tq_block_q5_0 *b0, const tq_block_q5_0 *b1)
+{
+    const __m512i nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(nibbles_32_avx2(b0->qs)),
+                                               nibbles_32_avx2(b1->qs), 1);
+    uint32_t h0, h1;
+    memcpy(&h0, b0->qh, sizeof(h0));
+    memcpy(&h1, b1->qh, sizeof(h1));
+    const __mmask64 fifth_bits = _cvtu64_mask64((uint64_t)h0 | ((uint64_t)h1 << 32));
+    const __m512i minus16 = _mm512_or_si512(nibbles, _mm512_set1_epi8((char)0xF0));
+    return _mm512_mask_mov_epi8(minus16, fifth_bits, nibbles);
+}
+
+static void vec_dot_q5_0_q8_0_avx512(int64_t n, float *s, const void *w, const void *x)
+{
+    const tq_block_q5_0 *wb = (const tq_block_q5_0 *)w;
+    const tq_block_q8_0 *xb = (const tq_block_q8_0 *)x;
+    const int64_t nb = n / TQ_QK5_0;
+    __m512 acc0 = _mm512_setzero_ps();
+    __m512 acc1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const __m512i q01 = q5_0_codes_2(&wb[b], &wb[b + 1]);
+        const __m512i q23 = q5_0_codes_2(&wb[b + 2], &wb[b + 3]);
+        const __m512i a01 = load_2x256(xb[b].qs, xb[b + 1].qs);
+        const __m512i a23 = load_2x256(xb[b + 2].qs, xb[b + 3].qs);
+        const __m512 d01 = scales_2x8(_cvtsh_ss(wb[b].d) * _cvtsh_ss(xb[b].d),
+                                      _cvtsh_ss(wb[b + 1].d) * _cvtsh_ss(xb[b + 1].d));
+        const __m512 d23 = scales_2x8(_cvtsh_ss(wb[b + 2].d) * _cvtsh_ss(xb[b + 2].d),
+                                      _cvtsh_ss(wb[b + 3].d) * _cvtsh_ss(xb[b + 3].d));
+        acc0 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_i8_avx512(q01, a01)), acc0);
+        acc1 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_i8_avx512(q23, a23)), acc1);
+    }
+    __m256 tail = _mm256_setzero_ps();
+    const __m256i minus16 = _mm256_set1_epi8((char)0xF0);
+    for (; b < nb; b++) {
+        const __m256i q0 = _mm256_or_si256(nibbles_32_avx2(wb[b].qs),
+                                           _mm256_andnot_si256(bits_32_avx2(wb[b].qh), minus16));
+        const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[b].qs);
+        const __m256 d0 = _mm256_set1_ps(_cvtsh_ss(wb[b].d) * _cvtsh_ss(xb[b].d));
+        tail = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(q0, a0)), tail);
+    }
+    *s = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);
+}
+
+const tq_matmul_kernels tq_matmul_kernels_avx512 = {
+    .quantize_row_q8_0 = tq_quantize_row_q8_0_avx2,
+    .quantize_row_q8_K = tq_quantize_row_q8_K_avx2,
+    .vec_dot =
+        {
+            [TQ_TYPE_F32] = vec_dot_f32_avx512,
+            [TQ_TYPE_F16] = vec_dot_f16_avx512,
+            [TQ_TYPE_BF16] = tq_vec_dot_bf16_avx2,
+            [TQ_TYPE_Q4_0] = tq_vec_dot_q4_0_q8_0_avx2,
+            [TQ_TYPE_Q4_1] = tq_vec_dot_q4_1_q8_0_avx2,
+            [TQ_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx512,
+            [TQ_TYPE_Q5_1] = tq_vec_dot_q5_1_q8_0_avx2,
+            [TQ_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx512,
+            [TQ_TYPE_Q4_K] = tq_vec_dot_q4_K_q8_K_avx2,
+            [TQ_TYPE_Q5_K] = tq_vec_dot_q5_K_q8_K_avx2,
+            [TQ_TYPE_Q6_K] = tq_vec_dot_q6_K_q8_K_avx2,
+        },
+};
