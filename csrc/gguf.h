@@ -43,7 +43,8 @@ typedef struct {
 
 /* An array value. For scalar element types, data points at count packed
  * little-endian elements. For TQ_GGUF_STRING elements use tq_gguf_array_string().
- * Nested arrays are parsed and bound-checked but exposed only as raw bytes. */
+ * For an array of arrays, data points at the first inner array, and
+ * tq_gguf_array_next_inner() walks them. */
 typedef struct {
     tq_gguf_value_type type;
     uint64_t count;
@@ -75,15 +76,29 @@ typedef struct {
 
 typedef struct tq_gguf tq_gguf;
 
+/* Maximum nesting of metadata arrays: a metadata value that is an array of
+ * arrays of numbers has depth 2. Deeper nesting is rejected as corrupt. */
+#define TQ_GGUF_MAX_ARRAY_DEPTH 8
+
 /* Map and parse path. Errors: TQ_ERR_IO (missing or unreadable), TQ_ERR_FORMAT
  * (bad magic, truncated, any size or offset out of bounds), TQ_ERR_UNSUPPORTED
  * (version or tensor type this reader does not know). */
 tq_status tq_gguf_open(const char *path, tq_gguf **out, tq_error *err);
+/* After tq_gguf_open() fails with TQ_ERR_IO, errno is the error code of the failing
+ * system call (ENOENT, EACCES, ...), or EISDIR for a directory and EINVAL for
+ * another non-regular file. */
 void tq_gguf_close(tq_gguf *gguf);
 
 uint32_t tq_gguf_version(const tq_gguf *gguf);
 uint64_t tq_gguf_alignment(const tq_gguf *gguf);
 uint64_t tq_gguf_file_size(const tq_gguf *gguf);
+/* Absolute file offset of the data section (a multiple of the alignment). */
+uint64_t tq_gguf_data_offset(const tq_gguf *gguf);
+/* Start of the read-only mapping: tq_gguf_file_size() bytes. */
+const void *tq_gguf_mapping(const tq_gguf *gguf);
+
+/* Name of a metadata value type ("uint32", "string", "array"); "unknown" outside 0..12. */
+const char *tq_gguf_value_type_name(int type);
 
 uint64_t tq_gguf_n_kv(const tq_gguf *gguf);
 const tq_gguf_kv *tq_gguf_kv_at(const tq_gguf *gguf, uint64_t index);
@@ -97,6 +112,23 @@ tq_status tq_gguf_get_f32(const tq_gguf *gguf, const char *key, float *out, tq_e
 tq_status tq_gguf_get_bool(const tq_gguf *gguf, const char *key, int *out, tq_error *err);
 tq_status tq_gguf_get_string(const tq_gguf *gguf, const char *key, tq_gguf_string *out, tq_error *err);
 tq_status tq_gguf_get_array(const tq_gguf *gguf, const char *key, tq_gguf_array *out, tq_error *err);
+
+/* The functions below walk array values of an open tq_gguf. They trust the bytes
+ * because tq_gguf_open() has bound-checked every element, so arr must come from
+ * this reader and index must be below arr->count.
+ *
+ * Element index of a string array. O(1) for a metadata value (whose strings
+ * table is filled); O(index) for an inner array of a nested array. */
+tq_gguf_string tq_gguf_array_string(const tq_gguf_array *arr, uint64_t index);
+
+/* Decode the inner array at *cursor of an array of arrays and advance *cursor past
+ * it. Start with *cursor = outer->data and call it outer->count times. The inner
+ * array has strings == NULL; read its strings with tq_gguf_array_next_string(),
+ * starting at inner->data. */
+void tq_gguf_array_next_inner(const uint8_t **cursor, tq_gguf_array *inner);
+
+/* Decode the string at *cursor inside a string array and advance *cursor past it. */
+tq_gguf_string tq_gguf_array_next_string(const uint8_t **cursor);
 
 uint64_t tq_gguf_n_tensors(const tq_gguf *gguf);
 const tq_gguf_tensor *tq_gguf_tensor_at(const tq_gguf *gguf, uint64_t index);

@@ -8,9 +8,12 @@ __version__ = "0.1.0"
 
 from ._info import info
 
+from .gguf import GGUFFile
+
 __all__ = ["__version__", "info"]
 
 # Quantizers: rotation, Lloyd-Max codebooks, TurboQuant MSE and Prod.
 from .quantizers import QuantizedVectors, Rotation, TurboQuantMSE, TurboQuantProd, fit_codebook, lloyd_max_codebook
 
 __all__ += ["QuantizedVectors", "Rotation", "TurboQuantMSE", "TurboQuantProd", "fit_codebook", "lloyd_max_codebook"]
+__all__ += ["GGUFFile"]

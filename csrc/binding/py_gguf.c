@@ -1,7 +1,619 @@
+/* turboquant._core.GGUFFile: the C GGUF reader as a Python type.
+ *
+ * Arrays returned to Python (tensor data, numeric metadata arrays) are read-only
+ * NumPy views of the mapping, made through this type's buffer interface. Each
+ * view holds a buffer export, so close() only marks the object closed while
+ * views exist, and the mapping is released when the last view goes away.
+ */
 #include "py_common.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "gguf.h"
+
+typedef struct {
+    PyObject_HEAD
+    tq_gguf *gguf;      /* NULL once the mapping is released */
+    PyObject *path;     /* str, as os.fsdecode() gives it */
+    Py_ssize_t exports; /* live buffer exports, one per NumPy view */
+    int closed;
+    uint32_t version;
+    uint64_t alignment;
+    uint64_t data_offset;
+    uint64_t file_size;
+} GGUFFileObject;
+
+/* NOTE: private copy of the GGML type names until weights.c provides tq_type_name(). */
+static const char *gguf_type_name(int type)
+{
+    switch (type) {
+    case TQ_TYPE_F32:
+        return "f32";
+    case TQ_TYPE_F16:
+        return "f16";
+    case TQ_TYPE_Q4_0:
+        return "q4_0";
+    case TQ_TYPE_Q4_1:
+        return "q4_1";
+    case TQ_TYPE_Q5_0:
+        return "q5_0";
+    case TQ_TYPE_Q5_1:
+        return "q5_1";
+    case TQ_TYPE_Q8_0:
+        return "q8_0";
+    case TQ_TYPE_Q8_1:
+        return "q8_1";
+    case TQ_TYPE_Q2_K:
+        return "q2_K";
+    case TQ_TYPE_Q3_K:
+        return "q3_K";
+    case TQ_TYPE_Q4_K:
+        return "q4_K";
+    case TQ_TYPE_Q5_K:
+        return "q5_K";
+    case TQ_TYPE_Q6_K:
+        return "q6_K";
+    case TQ_TYPE_Q8_K:
+        return "q8_K";
+    case TQ_TYPE_BF16:
+        return "bf16";
+    default:
+        return "unknown";
+    }
+}
+
+/* Raise the exception for a failed tq_gguf_open(). An I/O error becomes the
+ * OSError subclass of its errno (FileNotFoundError, IsADirectoryError, ...) with
+ * the filename set; other statuses go through tq_py_raise(). */
+static PyObject *gguf_raise_open_error(const tq_error *err, int os_errno, PyObject *path)
+{
+    if (err->status == TQ_ERR_IO && os_errno != 0) {
+        PyObject *message = PyUnicode_DecodeUTF8(err->message, (Py_ssize_t)strlen(err->message), "replace");
+        if (message == NULL) {
+            return NULL;
+        }
+        /* OSError(errno, message, filename) constructs the matching subclass. */
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iOO", os_errno, message, path);
+        Py_DECREF(message);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+        return NULL;
+    }
+
+    /* A message cut at TQ_ERROR_MSG_SIZE, or a path that is not UTF-8, can contain
+     * invalid UTF-8, which tq_py_raise() cannot decode, so replace such bytes. */
+    PyObject *check = PyUnicode_DecodeUTF8(err->message, (Py_ssize_t)strlen(err->message), "strict");
+    if (check != NULL) {
+        Py_DECREF(check);
+        return tq_py_raise(err);
+    }
+    PyErr_Clear();
+    tq_error clean = *err;
+    for (char *p = clean.message; *p != '\0'; p++) {
+        if ((unsigned char)*p >= 0x80) {
+            *p = '?';
+        }
+    }
+    return tq_py_raise(&clean);
+}
+
+static int gguf_check_open(GGUFFileObject *self)
+{
+    if (self->closed || self->gguf == NULL) {
+        PyErr_Format(PyExc_ValueError, "GGUF file %R is closed; open it again with GGUFFile(path)", self->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- creation and destruction ---- */
+
+static PyObject *GGUFFile_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"path", NULL};
+    PyObject *path_bytes = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&:GGUFFile", keywords, PyUnicode_FSConverter, &path_bytes)) {
+        return NULL;
+    }
+    PyObject *path_str = PyUnicode_DecodeFSDefaultAndSize(PyBytes_AS_STRING(path_bytes), PyBytes_GET_SIZE(path_bytes));
+    if (path_str == NULL) {
+        Py_DECREF(path_bytes);
+        return NULL;
+    }
+
+    tq_error err;
+    tq_error_clear(&err);
+    tq_gguf *gguf = NULL;
+    tq_status status;
+    int os_errno = 0;
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    Py_BEGIN_ALLOW_THREADS
+    errno = 0;
+    status = tq_gguf_open(path, &gguf, &err);
+    os_errno = errno;
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (status != TQ_OK) {
+        gguf_raise_open_error(&err, status == TQ_ERR_IO ? os_errno : 0, path_str);
+        Py_DECREF(path_str);
+        return NULL;
+    }
+
+    GGUFFileObject *self = (GGUFFileObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        tq_gguf_close(gguf);
+        Py_DECREF(path_str);
+        return NULL;
+    }
+    self->gguf = gguf;
+    self->path = path_str;
+    self->exports = 0;
+    self->closed = 0;
+    self->version = tq_gguf_version(gguf);
+    self->alignment = tq_gguf_alignment(gguf);
+    self->data_offset = tq_gguf_data_offset(gguf);
+    self->file_size = tq_gguf_file_size(gguf);
+    return (PyObject *)self;
+}
+
+static void GGUFFile_dealloc(GGUFFileObject *self)
+{
+    /* Every export holds a reference to self, so none is left here. */
+    tq_gguf_close(self->gguf);
+    self->gguf = NULL;
+    Py_XDECREF(self->path);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *GGUFFile_close(GGUFFileObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->closed = 1;
+    if (self->exports == 0 && self->gguf != NULL) {
+        tq_gguf_close(self->gguf);
+        self->gguf = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *GGUFFile_enter(GGUFFileObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (gguf_check_open(self) != 0) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *GGUFFile_exit(GGUFFileObject *self, PyObject *args)
+{
+    (void)args;
+    PyObject *result = GGUFFile_close(self, NULL);
+    Py_XDECREF(result);
+    Py_RETURN_FALSE;
+}
+
+/* ---- buffer interface: the whole file, read-only ---- */
+
+static int GGUFFile_getbuffer(GGUFFileObject *self, Py_buffer *view, int flags)
+{
+    if (self->closed || self->gguf == NULL) {
+        PyErr_Format(PyExc_BufferError, "GGUF file %R is closed", self->path);
+        view->obj = NULL;
+        return -1;
+    }
+    if ((uint64_t)self->file_size > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_BufferError, "GGUF file is larger than the maximum buffer size");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, (void *)tq_gguf_mapping(self->gguf), (Py_ssize_t)self->file_size,
+                          1, flags) != 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void GGUFFile_releasebuffer(GGUFFileObject *self, Py_buffer *view)
+{
+    (void)view;
+    self->exports--;
+    if (self->closed && self->exports == 0 && self->gguf != NULL) {
+        tq_gguf_close(self->gguf);
+        self->gguf = NULL;
+    }
+}
+
+static PyBufferProcs GGUFFile_as_buffer = {
+    (getbufferproc)GGUFFile_getbuffer,
+    (releasebufferproc)GGUFFile_releasebuffer,
+};
+
+/* A read-only NumPy array of count elements of dtype (a NumPy type string such as
+ * "<f4") at ptr inside the mapping, without a copy. */
+static PyObject *gguf_numpy_view(GGUFFileObject *self, const void *ptr, uint64_t count, const char *dtype)
+{
+    PyObject *numpy = PyImport_ImportModule("numpy");
+    if (numpy == NULL) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (count == 0) {
+        result = PyObject_CallMethod(numpy, "empty", "is", 0, dtype);
+        Py_DECREF(numpy);
+        return result;
+    }
+    PyObject *view = PyMemoryView_FromObject((PyObject *)self);
+    if (view != NULL) {
+        long long offset = (long long)((const uint8_t *)ptr - (const uint8_t *)tq_gguf_mapping(self->gguf));
+        result = PyObject_CallMethod(numpy, "frombuffer", "OsKL", view, dtype, (unsigned long long)count, offset);
+        Py_DECREF(view);
+    }
+    Py_DECREF(numpy);
+    return result;
+}
+
+/* ---- metadata values ---- */
+
+static PyObject *gguf_decode_string(tq_gguf_string s)
+{
+    return PyUnicode_DecodeUTF8(s.data, (Py_ssize_t)s.len, "surrogateescape");
+}
+
+/* NumPy type string of a numeric or bool element type; NULL for string and array. */
+static const char *gguf_numpy_dtype(tq_gguf_value_type type)
+{
+    switch (type) {
+    case TQ_GGUF_UINT8:
+        return "u1";
+    case TQ_GGUF_INT8:
+        return "i1";
+    case TQ_GGUF_UINT16:
+        return "<u2";
+    case TQ_GGUF_INT16:
+        return "<i2";
+    case TQ_GGUF_UINT32:
+        return "<u4";
+    case TQ_GGUF_INT32:
+        return "<i4";
+    case TQ_GGUF_FLOAT32:
+        return "<f4";
+    case TQ_GGUF_BOOL:
+        return "?";
+    case TQ_GGUF_UINT64:
+        return "<u8";
+    case TQ_GGUF_INT64:
+        return "<i8";
+    case TQ_GGUF_FLOAT64:
+        return "<f8";
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *gguf_array_to_python(GGUFFileObject *self, const tq_gguf_array *arr)
+{
+    const char *dtype = gguf_numpy_dtype(arr->type);
+    if (dtype != NULL) {
+        return gguf_numpy_view(self, arr->data, arr->count, dtype);
+    }
+
+    if (arr->count > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "GGUF array has more elements than a Python list can hold");
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)arr->count);
+    if (list == NULL) {
+        return NULL;
+    }
+    const uint8_t *cursor = arr->data;
+    for (uint64_t i = 0; i < arr->count; i++) {
+        PyObject *item = NULL;
+        if (arr->type == TQ_GGUF_STRING) {
+            tq_gguf_string s = arr->strings != NULL ? arr->strings[i] : tq_gguf_array_next_string(&cursor);
+            item = gguf_decode_string(s);
+        } else {
+            tq_gguf_array inner;
+            tq_gguf_array_next_inner(&cursor, &inner);
+            item = gguf_array_to_python(self, &inner);
+        }
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+static PyObject *gguf_value_to_python(GGUFFileObject *self, const tq_gguf_kv *kv)
+{
+    switch (kv->type) {
+    case TQ_GGUF_UINT8:
+    case TQ_GGUF_UINT16:
+    case TQ_GGUF_UINT32:
+    case TQ_GGUF_UINT64:
+        return PyLong_FromUnsignedLongLong(kv->value.u64);
+    case TQ_GGUF_INT8:
+    case TQ_GGUF_INT16:
+    case TQ_GGUF_INT32:
+    case TQ_GGUF_INT64:
+        return PyLong_FromLongLong(kv->value.i64);
+    case TQ_GGUF_FLOAT32:
+    case TQ_GGUF_FLOAT64:
+        return PyFloat_FromDouble(kv->value.f64);
+    case TQ_GGUF_BOOL:
+        return PyBool_FromLong(kv->value.u64 != 0);
+    case TQ_GGUF_STRING:
+        return gguf_decode_string(kv->value.str);
+    case TQ_GGUF_ARRAY:
+        return gguf_array_to_python(self, &kv->value.arr);
+    }
+    PyErr_Format(PyExc_SystemError, "GGUF value type %d has no Python conversion", (int)kv->type);
+    return NULL;
+}
+
+/* Type description of a value: "uint32", "string", "array[float32]", "array[array]". */
+static PyObject *gguf_type_description(const tq_gguf_kv *kv)
+{
+    if (kv->type == TQ_GGUF_ARRAY) {
+        return PyUnicode_FromFormat("array[%s]", tq_gguf_value_type_name((int)kv->value.arr.type));
+    }
+    return PyUnicode_FromString(tq_gguf_value_type_name((int)kv->type));
+}
+
+static PyObject *gguf_build_metadata(GGUFFileObject *self, int types_only)
+{
+    if (gguf_check_open(self) != 0) {
+        return NULL;
+    }
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) {
+        return NULL;
+    }
+    uint64_t n = tq_gguf_n_kv(self->gguf);
+    for (uint64_t i = 0; i < n; i++) {
+        const tq_gguf_kv *kv = tq_gguf_kv_at(self->gguf, i);
+        PyObject *key = gguf_decode_string(kv->key);
+        PyObject *value = NULL;
+        if (key != NULL && types_only) {
+            value = gguf_type_description(kv);
+        } else if (key != NULL) {
+            value = gguf_value_to_python(self, kv);
+        }
+        int failed = value == NULL || PyDict_SetItem(dict, key, value) != 0;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (failed) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+    }
+    return dict;
+}
+
+static PyObject *GGUFFile_get_metadata(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return gguf_build_metadata(self, 0);
+}
+
+static PyObject *GGUFFile_get_metadata_types(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return gguf_build_metadata(self, 1);
+}
+
+/* ---- tensors ---- */
+
+static PyObject *gguf_tensor_to_python(const tq_gguf_tensor *t)
+{
+    PyObject *shape = PyTuple_New((Py_ssize_t)t->n_dims);
+    if (shape == NULL) {
+        return NULL;
+    }
+    for (uint32_t d = 0; d < t->n_dims; d++) {
+        PyObject *dim = PyLong_FromUnsignedLongLong(t->ne[d]);
+        if (dim == NULL) {
+            Py_DECREF(shape);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape, (Py_ssize_t)d, dim);
+    }
+    PyObject *name = gguf_decode_string(t->name);
+    if (name == NULL) {
+        Py_DECREF(shape);
+        return NULL;
+    }
+    return Py_BuildValue("{s:N,s:N,s:i,s:s,s:K,s:K}", "name", name, "shape", shape, "type", (int)t->type,
+                         "type_name", gguf_type_name((int)t->type), "offset", (unsigned long long)t->offset,
+                         "nbytes", (unsigned long long)t->nbytes);
+}
+
+static PyObject *GGUFFile_get_tensors(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    if (gguf_check_open(self) != 0) {
+        return NULL;
+    }
+    uint64_t n = tq_gguf_n_tensors(self->gguf);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        PyObject *item = gguf_tensor_to_python(tq_gguf_tensor_at(self->gguf, i));
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+/* Find a tensor by its name as bytes. A name with an embedded NUL cannot go
+ * through the C-string lookup, so it is searched linearly. */
+static const tq_gguf_tensor *gguf_lookup_tensor(const tq_gguf *gguf, const char *name, Py_ssize_t len)
+{
+    if (memchr(name, '\0', (size_t)len) == NULL) {
+        return tq_gguf_find_tensor(gguf, name);
+    }
+    uint64_t n = tq_gguf_n_tensors(gguf);
+    for (uint64_t i = 0; i < n; i++) {
+        const tq_gguf_tensor *t = tq_gguf_tensor_at(gguf, i);
+        if (t->name.len == (uint64_t)len && memcmp(t->name.data, name, (size_t)len) == 0) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static PyObject *GGUFFile_tensor_data(GGUFFileObject *self, PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "tensor name must be a str, not %.100s", Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    if (gguf_check_open(self) != 0) {
+        return NULL;
+    }
+    PyObject *encoded = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
+    if (encoded == NULL) {
+        return NULL;
+    }
+    const tq_gguf_tensor *t = gguf_lookup_tensor(self->gguf, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+    Py_DECREF(encoded);
+    if (t == NULL) {
+        PyErr_Format(PyExc_KeyError, "no tensor named %R in GGUF file %R; see .tensors for the names", name,
+                     self->path);
+        return NULL;
+    }
+    return gguf_numpy_view(self, t->data, t->nbytes, "u1");
+}
+
+/* ---- simple attributes ---- */
+
+static PyObject *GGUFFile_get_version(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(self->version);
+}
+
+static PyObject *GGUFFile_get_alignment(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->alignment);
+}
+
+static PyObject *GGUFFile_get_data_offset(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->data_offset);
+}
+
+static PyObject *GGUFFile_get_file_size(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->file_size);
+}
+
+static PyObject *GGUFFile_get_path(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    Py_INCREF(self->path);
+    return self->path;
+}
+
+static PyObject *GGUFFile_get_closed(GGUFFileObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *GGUFFile_repr(GGUFFileObject *self)
+{
+    if (self->closed) {
+        return PyUnicode_FromFormat("<GGUFFile %R (closed)>", self->path);
+    }
+    return PyUnicode_FromFormat("<GGUFFile %R version=%u tensors=%llu metadata=%llu>", self->path,
+                                (unsigned)self->version, (unsigned long long)tq_gguf_n_tensors(self->gguf),
+                                (unsigned long long)tq_gguf_n_kv(self->gguf));
+}
+
+static PyMethodDef GGUFFile_methods[] = {
+    {"tensor_data", (PyCFunction)GGUFFile_tensor_data, METH_O,
+     "tensor_data(name) -> numpy.ndarray\n\n"
+     "Raw bytes of the tensor called name: a read-only uint8 array of length nbytes over\n"
+     "the mapping, without a copy. The array keeps the mapping alive, even after close().\n"
+     "Raises KeyError when no tensor has that name."},
+    {"close", (PyCFunction)GGUFFile_close, METH_NOARGS,
+     "close()\n\nClose the file. The mapping is released now, or when the last array returned\n"
+     "by tensor_data() or .metadata is deleted. Calling close() again does nothing."},
+    {"__enter__", (PyCFunction)GGUFFile_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)GGUFFile_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef GGUFFile_getset[] = {
+    {"version", (getter)GGUFFile_get_version, NULL, "GGUF format version of the file (2 or 3).", NULL},
+    {"alignment", (getter)GGUFFile_get_alignment, NULL,
+     "Alignment of tensor data in bytes: general.alignment, or 32 when the file has no such key.", NULL},
+    {"data_offset", (getter)GGUFFile_get_data_offset, NULL,
+     "File offset of the data section; a tensor's data starts at data_offset + its offset.", NULL},
+    {"file_size", (getter)GGUFFile_get_file_size, NULL, "Size of the file in bytes.", NULL},
+    {"path", (getter)GGUFFile_get_path, NULL, "Path of the file, as a str.", NULL},
+    {"closed", (getter)GGUFFile_get_closed, NULL, "True after close().", NULL},
+    {"metadata", (getter)GGUFFile_get_metadata, NULL,
+     "Metadata as a new dict of key -> value, in file order.\n\n"
+     "Integers are int, floats are float, bools are bool. Strings and keys are str,\n"
+     "decoded from UTF-8 with 'surrogateescape', so invalid bytes survive a\n"
+     "s.encode('utf-8', 'surrogateescape') round trip. Arrays of numbers or bools are\n"
+     "read-only NumPy arrays over the mapping (no copy), arrays of strings are lists of\n"
+     "str, and arrays of arrays are lists of the inner arrays converted by the same rules.\n"
+     "The dict is built on each access, so keep it in a variable.",
+     NULL},
+    {"metadata_types", (getter)GGUFFile_get_metadata_types, NULL,
+     "GGUF value type of each metadata key as a str: 'uint32', 'string', 'array[float32]', 'array[array]'.",
+     NULL},
+    {"tensors", (getter)GGUFFile_get_tensors, NULL,
+     "Tensor infos in file order: a list of dicts with name (str), shape (tuple in GGUF ne\n"
+     "order, ne[0] first), type (GGML type id), type_name ('q4_K'), offset (bytes from the\n"
+     "start of the data section) and nbytes.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject GGUFFile_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.GGUFFile",
+    .tp_basicsize = sizeof(GGUFFileObject),
+    .tp_dealloc = (destructor)GGUFFile_dealloc,
+    .tp_repr = (reprfunc)GGUFFile_repr,
+    .tp_as_buffer = &GGUFFile_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "GGUFFile(path)\n\n"
+              "A GGUF model file, memory-mapped read-only and validated when opened.\n\n"
+              "Raises FileNotFoundError (or another OSError) when path cannot be opened,\n"
+              "ValueError when the file is malformed or truncated, and NotImplementedError\n"
+              "for a GGUF version or tensor type this reader does not support. The object\n"
+              "is a context manager and exports the whole file as a read-only buffer.",
+    .tp_methods = GGUFFile_methods,
+    .tp_getset = GGUFFile_getset,
+    .tp_new = GGUFFile_new,
+};
 
 int tq_py_init_gguf(PyObject *module)
 {
-    (void)module;
+    if (PyType_Ready(&GGUFFile_Type) != 0) {
+        return -1;
+    }
+    Py_INCREF(&GGUFFile_Type);
+    if (PyModule_AddObject(module, "GGUFFile", (PyObject *)&GGUFFile_Type) != 0) {
+        Py_DECREF(&GGUFFile_Type);
+        return -1;
+    }
     return 0;
 }
