@@ -15,7 +15,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +73,7 @@ typedef struct {
     const uint8_t *base;
     uint64_t size;
     uint64_t pos;
-    char path[GGUF_MAX_SHOWN_PATH * 4 + 8];
+    char path[GGUF_MAX_SHOWN_PATH * 4 + 16]; /* the shown path in quotes */
     char entry[GGUF_SHOWN_NAME_CAP + 32];
     tq_error *err;
 } gguf_cursor;
@@ -1020,7 +1022,7 @@ static tq_status gguf_find_typed(const tq_gguf *gguf, const char *key, const cha
 {
     *out = tq_gguf_find_kv(gguf, key);
     if (*out == NULL) {
-        return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is missing; expected a %s value", key,
+        return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is missing; the file must contain %s value", key,
                             expected);
     }
     return TQ_OK;
@@ -1028,14 +1030,14 @@ static tq_status gguf_find_typed(const tq_gguf *gguf, const char *key, const cha
 
 static tq_status gguf_wrong_type(const tq_gguf_kv *kv, const char *key, const char *expected, tq_error *err)
 {
-    return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' has type %s; expected a %s value", key,
+    return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' has type %s, but %s value is expected", key,
                         tq_gguf_value_type_name((int)kv->type), expected);
 }
 
 tq_status tq_gguf_get_u32(const tq_gguf *gguf, const char *key, uint32_t *out, tq_error *err)
 {
     const tq_gguf_kv *kv = NULL;
-    tq_status st = gguf_find_typed(gguf, key, "integer", &kv, err);
+    tq_status st = gguf_find_typed(gguf, key, "an integer", &kv, err);
     if (st != TQ_OK) {
         return st;
     }
@@ -1061,33 +1063,38 @@ tq_status tq_gguf_get_u32(const tq_gguf *gguf, const char *key, uint32_t *out, t
         *out = (uint32_t)kv->value.i64;
         return TQ_OK;
     default:
-        return gguf_wrong_type(kv, key, "integer", err);
+        return gguf_wrong_type(kv, key, "an integer", err);
     }
 }
 
 tq_status tq_gguf_get_f32(const tq_gguf *gguf, const char *key, float *out, tq_error *err)
 {
     const tq_gguf_kv *kv = NULL;
-    tq_status st = gguf_find_typed(gguf, key, "float32", &kv, err);
+    tq_status st = gguf_find_typed(gguf, key, "a float", &kv, err);
     if (st != TQ_OK) {
         return st;
     }
     if (kv->type != TQ_GGUF_FLOAT32 && kv->type != TQ_GGUF_FLOAT64) {
-        return gguf_wrong_type(kv, key, "float32", err);
+        return gguf_wrong_type(kv, key, "a float", err);
     }
-    *out = (float)kv->value.f64;
+    double value = kv->value.f64;
+    if (isfinite(value) && fabs(value) > FLT_MAX) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is %g, which does not fit in float32", key,
+                            value);
+    }
+    *out = (float)value;
     return TQ_OK;
 }
 
 tq_status tq_gguf_get_bool(const tq_gguf *gguf, const char *key, int *out, tq_error *err)
 {
     const tq_gguf_kv *kv = NULL;
-    tq_status st = gguf_find_typed(gguf, key, "bool", &kv, err);
+    tq_status st = gguf_find_typed(gguf, key, "a bool", &kv, err);
     if (st != TQ_OK) {
         return st;
     }
     if (kv->type != TQ_GGUF_BOOL) {
-        return gguf_wrong_type(kv, key, "bool", err);
+        return gguf_wrong_type(kv, key, "a bool", err);
     }
     *out = kv->value.u64 != 0;
     return TQ_OK;
@@ -1096,12 +1103,12 @@ tq_status tq_gguf_get_bool(const tq_gguf *gguf, const char *key, int *out, tq_er
 tq_status tq_gguf_get_string(const tq_gguf *gguf, const char *key, tq_gguf_string *out, tq_error *err)
 {
     const tq_gguf_kv *kv = NULL;
-    tq_status st = gguf_find_typed(gguf, key, "string", &kv, err);
+    tq_status st = gguf_find_typed(gguf, key, "a string", &kv, err);
     if (st != TQ_OK) {
         return st;
     }
     if (kv->type != TQ_GGUF_STRING) {
-        return gguf_wrong_type(kv, key, "string", err);
+        return gguf_wrong_type(kv, key, "a string", err);
     }
     *out = kv->value.str;
     return TQ_OK;
@@ -1110,12 +1117,12 @@ tq_status tq_gguf_get_string(const tq_gguf *gguf, const char *key, tq_gguf_strin
 tq_status tq_gguf_get_array(const tq_gguf *gguf, const char *key, tq_gguf_array *out, tq_error *err)
 {
     const tq_gguf_kv *kv = NULL;
-    tq_status st = gguf_find_typed(gguf, key, "array", &kv, err);
+    tq_status st = gguf_find_typed(gguf, key, "an array", &kv, err);
     if (st != TQ_OK) {
         return st;
     }
     if (kv->type != TQ_GGUF_ARRAY) {
-        return gguf_wrong_type(kv, key, "array", err);
+        return gguf_wrong_type(kv, key, "an array", err);
     }
     *out = kv->value.arr;
     return TQ_OK;

@@ -646,3 +646,49 @@ def test_random_byte_flips_never_crash(small_model, tmp_path):
     # Both outcomes occur, so the loop exercises the parser and the binding.
     assert outcomes["opened"] > 0
     assert outcomes["rejected"] > 0
+
+
+# ---- typed getters of the C core ----
+
+
+def test_typed_getters_on_model(model_path, reference):
+    f = GGUFFile(model_path)
+    fields = reference.fields
+    assert f._typed_value("gemma3.embedding_length", "u32") == fields["gemma3.embedding_length"].contents()
+    epsilon = np.float32(fields["gemma3.attention.layer_norm_rms_epsilon"].contents())
+    assert f._typed_value("gemma3.attention.layer_norm_rms_epsilon", "f32") == float(epsilon)
+    assert f._typed_value("tokenizer.ggml.add_bos_token", "bool") is True
+    assert f._typed_value("general.architecture", "string") == "gemma3"
+    assert f._typed_value("tokenizer.ggml.tokens", "array") == ("string", 262144)
+    assert f._typed_value("tokenizer.ggml.scores", "array") == ("float32", 262144)
+
+
+def test_typed_getters_ranges(small_model):
+    path, _ = small_model
+    f = GGUFFile(path)
+    assert f._typed_value("test.u8", "u32") == 255
+    assert f._typed_value("test.u16", "u32") == 65535
+    assert f._typed_value("test.u32", "u32") == 4294967295
+    with pytest.raises(ValueError, match="'test.i8' is -128, which does not fit in uint32"):
+        f._typed_value("test.i8", "u32")
+    with pytest.raises(ValueError, match="'test.u64' is 18446744073709551615, which does not fit"):
+        f._typed_value("test.u64", "u32")
+    with pytest.raises(ValueError, match="'test.f64' is -2.25e[+]300, which does not fit in float32"):
+        f._typed_value("test.f64", "f32")
+
+
+def test_typed_getters_errors(small_model):
+    path, _ = small_model
+    f = GGUFFile(path)
+    with pytest.raises(ValueError, match="'no.such.key' is missing"):
+        f._typed_value("no.such.key", "u32")
+    with pytest.raises(ValueError, match="'test.string' has type string, but an integer value is expected"):
+        f._typed_value("test.string", "u32")
+    with pytest.raises(ValueError, match="'test.u8' has type uint8, but a bool value is expected"):
+        f._typed_value("test.u8", "bool")
+    with pytest.raises(ValueError, match="'test.f32' has type float32, but a string value is expected"):
+        f._typed_value("test.f32", "string")
+    with pytest.raises(ValueError, match="'test.u32' has type uint32, but an array value is expected"):
+        f._typed_value("test.u32", "array")
+    with pytest.raises(ValueError, match="'test.bool_true' has type bool, but a float value is expected"):
+        f._typed_value("test.bool_true", "f32")

@@ -495,6 +495,58 @@ static PyObject *GGUFFile_tensor_data(GGUFFileObject *self, PyObject *name)
     return gguf_numpy_view(self, t->data, t->nbytes, "u1");
 }
 
+/* Call the typed C getter named by kind on key; a test hook for tq_gguf_get_*(),
+ * which the model loader uses. An array returns (element type name, count). */
+static PyObject *GGUFFile_typed_value(GGUFFileObject *self, PyObject *args)
+{
+    const char *key = NULL;
+    const char *kind = NULL;
+    if (!PyArg_ParseTuple(args, "ss:_typed_value", &key, &kind)) {
+        return NULL;
+    }
+    if (gguf_check_open(self) != 0) {
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    if (strcmp(kind, "u32") == 0) {
+        uint32_t value = 0;
+        status = tq_gguf_get_u32(self->gguf, key, &value, &err);
+        if (status == TQ_OK) {
+            return PyLong_FromUnsignedLong(value);
+        }
+    } else if (strcmp(kind, "f32") == 0) {
+        float value = 0.0f;
+        status = tq_gguf_get_f32(self->gguf, key, &value, &err);
+        if (status == TQ_OK) {
+            return PyFloat_FromDouble((double)value);
+        }
+    } else if (strcmp(kind, "bool") == 0) {
+        int value = 0;
+        status = tq_gguf_get_bool(self->gguf, key, &value, &err);
+        if (status == TQ_OK) {
+            return PyBool_FromLong(value);
+        }
+    } else if (strcmp(kind, "string") == 0) {
+        tq_gguf_string value;
+        status = tq_gguf_get_string(self->gguf, key, &value, &err);
+        if (status == TQ_OK) {
+            return gguf_decode_string(value);
+        }
+    } else if (strcmp(kind, "array") == 0) {
+        tq_gguf_array value;
+        status = tq_gguf_get_array(self->gguf, key, &value, &err);
+        if (status == TQ_OK) {
+            return Py_BuildValue("(sK)", tq_gguf_value_type_name((int)value.type), (unsigned long long)value.count);
+        }
+    } else {
+        PyErr_Format(PyExc_ValueError, "kind must be 'u32', 'f32', 'bool', 'string' or 'array', not '%s'", kind);
+        return NULL;
+    }
+    return tq_py_raise(&err);
+}
+
 /* ---- simple attributes ---- */
 
 static PyObject *GGUFFile_get_version(GGUFFileObject *self, void *closure)
@@ -550,6 +602,9 @@ static PyMethodDef GGUFFile_methods[] = {
      "Raw bytes of the tensor called name: a read-only uint8 array of length nbytes over\n"
      "the mapping, without a copy. The array keeps the mapping alive, even after close().\n"
      "Raises KeyError when no tensor has that name."},
+    {"_typed_value", (PyCFunction)GGUFFile_typed_value, METH_VARARGS,
+     "_typed_value(key, kind) -> value\n\nRead key through the C getter for kind ('u32', 'f32', 'bool',\n"
+     "'string' or 'array'); a test hook. Raises ValueError for a missing key or a wrong type."},
     {"close", (PyCFunction)GGUFFile_close, METH_NOARGS,
      "close()\n\nClose the file. The mapping is released now, or when the last array returned\n"
      "by tensor_data() or .metadata is deleted. Calling close() again does nothing."},
