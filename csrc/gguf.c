@@ -78,31 +78,10 @@ typedef struct {
     tq_error *err;
 } gguf_cursor;
 
-/* Block geometry of the GGML types listed in weights.h. */
-typedef struct {
-    int type;
-    int64_t block_size; /* values per block */
-    uint64_t block_bytes;
-} gguf_type_info;
-
-/* NOTE: private copy of the block sizes until weights.c provides
- * tq_type_block_size() and tq_type_block_bytes(); the values are those of ggml's
- * ggml-common.h block structs. */
-static const gguf_type_info gguf_type_table[] = {
-    {TQ_TYPE_F32, 1, 4},     {TQ_TYPE_F16, 1, 2},     {TQ_TYPE_Q4_0, 32, 18},  {TQ_TYPE_Q4_1, 32, 20},
-    {TQ_TYPE_Q5_0, 32, 22},  {TQ_TYPE_Q5_1, 32, 24},  {TQ_TYPE_Q8_0, 32, 34},  {TQ_TYPE_Q8_1, 32, 36},
-    {TQ_TYPE_Q2_K, 256, 84}, {TQ_TYPE_Q3_K, 256, 110}, {TQ_TYPE_Q4_K, 256, 144}, {TQ_TYPE_Q5_K, 256, 176},
-    {TQ_TYPE_Q6_K, 256, 210}, {TQ_TYPE_Q8_K, 256, 292}, {TQ_TYPE_BF16, 1, 2},
-};
-
-static const gguf_type_info *gguf_find_type(uint32_t type)
+/* Returns 1 when this library has a block layout for the GGML type id. */
+static int gguf_type_known(uint32_t type)
 {
-    for (size_t i = 0; i < sizeof(gguf_type_table) / sizeof(gguf_type_table[0]); i++) {
-        if ((uint32_t)gguf_type_table[i].type == type) {
-            return &gguf_type_table[i];
-        }
-    }
-    return NULL;
+    return type <= (uint32_t)INT32_MAX && tq_type_block_size((int)type) > 0;
 }
 
 /* ---- names in messages ---- */
@@ -703,12 +682,13 @@ static tq_status gguf_parse_tensor_info(gguf_cursor *c, tq_gguf *g, uint64_t i)
     if (st != TQ_OK) {
         return st;
     }
-    if (gguf_find_type(type) == NULL) {
+    if (!gguf_type_known(type)) {
+        const char *name = type <= (uint32_t)INT32_MAX ? tq_type_name((int)type) : "unknown";
         return tq_error_set(c->err, TQ_ERR_UNSUPPORTED,
-                            "%s: %s: tensor type id %" PRIu32 " at offset %" PRIu64
-                            " is not supported; this reader knows F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, "
-                            "Q8_0, Q8_1 and Q2_K to Q8_K",
-                            c->path, c->entry, type, type_offset);
+                            "%s: %s: tensor type id %" PRIu32 " (%s) at offset %" PRIu64
+                            " is not supported by turboquant; convert the model to a supported type such as "
+                            "Q4_K_M or Q8_0",
+                            c->path, c->entry, type, name, type_offset);
     }
     t->type = (tq_ggml_type)type;
 
@@ -725,10 +705,14 @@ static tq_status gguf_parse_tensor_info(gguf_cursor *c, tq_gguf *g, uint64_t i)
 static tq_status gguf_place_tensor(gguf_cursor *c, tq_gguf *g, tq_gguf_tensor *t)
 {
     gguf_set_entry(c, "tensor", &t->name);
-    const gguf_type_info *info = gguf_find_type((uint32_t)t->type);
+    const int64_t block_size = tq_type_block_size((int)t->type);
 
+    /* Both the element count and the row count ne[1] * ne[2] * ne[3] must fit in
+     * int64_t, as ggml requires. The rows are multiplied first, so a row count
+     * that overflows is caught even when ne[0] is 0. */
     uint64_t n_elements = 1;
-    for (int d = 0; d < 4; d++) {
+    for (int i = 0; i < 4; i++) {
+        int d = (i + 1) % 4;
         if (t->ne[d] != 0 && n_elements > (uint64_t)INT64_MAX / t->ne[d]) {
             return tq_error_set(c->err, TQ_ERR_FORMAT,
                                 "%s: %s: dimensions [%" PRIu64 ", %" PRIu64 ", %" PRIu64 ", %" PRIu64
@@ -737,22 +721,25 @@ static tq_status gguf_place_tensor(gguf_cursor *c, tq_gguf *g, tq_gguf_tensor *t
         }
         n_elements *= t->ne[d];
     }
-    if (t->ne[0] % (uint64_t)info->block_size != 0) {
+    if (t->ne[0] % (uint64_t)block_size != 0) {
         return tq_error_set(c->err, TQ_ERR_FORMAT,
                             "%s: %s: ne[0] = %" PRIu64 " is not a multiple of %" PRId64
-                            ", the block size of its type id %d; the file is corrupt",
-                            c->path, c->entry, t->ne[0], info->block_size, (int)t->type);
+                            ", the block size of type %s; the file is corrupt",
+                            c->path, c->entry, t->ne[0], block_size, tq_type_name((int)t->type));
     }
 
-    /* Bytes per element are at most 36 / 32 < 2 for blocks and 4 for F32, and
-     * n_elements < 2^63, but the product can still exceed 2^64: check it. */
-    uint64_t blocks = n_elements / (uint64_t)info->block_size;
-    if (blocks > UINT64_MAX / info->block_bytes) {
+    /* A row is ne[0] / block_size blocks. The element count fits in int64_t, but
+     * with 4 bytes per F32 value the byte count can still exceed 2^64. */
+    size_t row_bytes = 0;
+    tq_error row_err;
+    uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    if (tq_type_row_bytes((int)t->type, (int64_t)t->ne[0], &row_bytes, &row_err) != TQ_OK ||
+        (rows != 0 && (uint64_t)row_bytes > UINT64_MAX / rows)) {
         return tq_error_set(c->err, TQ_ERR_FORMAT,
-                            "%s: %s: %" PRIu64 " elements need more than 2^64 bytes; the file is corrupt", c->path,
-                            c->entry, n_elements);
+                            "%s: %s: %" PRIu64 " elements of type %s need more than 2^64 bytes; the file is corrupt",
+                            c->path, c->entry, n_elements, tq_type_name((int)t->type));
     }
-    t->nbytes = blocks * info->block_bytes;
+    t->nbytes = (uint64_t)row_bytes * rows;
 
     if (t->offset % g->alignment != 0) {
         return tq_error_set(c->err, TQ_ERR_FORMAT,

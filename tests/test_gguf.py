@@ -561,11 +561,12 @@ def test_unknown_array_element_type(tmp_path):
     assert "array element type" in str(error)
 
 
-@pytest.mark.parametrize("ggml_type", [4, 16, 99])
-def test_unknown_tensor_type(tmp_path, ggml_type):
-    error = open_error(tmp_path, one_tensor_file(ggml_type=ggml_type))
+@pytest.mark.parametrize("ggml_type, name", [(4, "unknown"), (10, "q2_K"), (16, "unknown"), (2**32 - 1, "unknown")])
+def test_unsupported_tensor_type(tmp_path, ggml_type, name):
+    # Id 10 (Q2_K) is a GGML type without kernels in turboquant; 4 and 16 have no block layout here.
+    error = open_error(tmp_path, one_tensor_file(ggml_type=ggml_type, dims=(256,), data=b"\0" * 1024))
     assert isinstance(error, NotImplementedError)
-    assert f"tensor 'w': tensor type id {ggml_type}" in str(error)
+    assert f"tensor 'w': tensor type id {ggml_type} ({name})" in str(error)
 
 
 def test_duplicate_key(tmp_path):

@@ -24,45 +24,6 @@ typedef struct {
     uint64_t file_size;
 } GGUFFileObject;
 
-/* NOTE: private copy of the GGML type names until weights.c provides tq_type_name(). */
-static const char *gguf_type_name(int type)
-{
-    switch (type) {
-    case TQ_TYPE_F32:
-        return "f32";
-    case TQ_TYPE_F16:
-        return "f16";
-    case TQ_TYPE_Q4_0:
-        return "q4_0";
-    case TQ_TYPE_Q4_1:
-        return "q4_1";
-    case TQ_TYPE_Q5_0:
-        return "q5_0";
-    case TQ_TYPE_Q5_1:
-        return "q5_1";
-    case TQ_TYPE_Q8_0:
-        return "q8_0";
-    case TQ_TYPE_Q8_1:
-        return "q8_1";
-    case TQ_TYPE_Q2_K:
-        return "q2_K";
-    case TQ_TYPE_Q3_K:
-        return "q3_K";
-    case TQ_TYPE_Q4_K:
-        return "q4_K";
-    case TQ_TYPE_Q5_K:
-        return "q5_K";
-    case TQ_TYPE_Q6_K:
-        return "q6_K";
-    case TQ_TYPE_Q8_K:
-        return "q8_K";
-    case TQ_TYPE_BF16:
-        return "bf16";
-    default:
-        return "unknown";
-    }
-}
-
 /* Raise the exception for a failed tq_gguf_open(). An I/O error becomes the
  * OSError subclass of its errno (FileNotFoundError, IsADirectoryError, ...) with
  * the filename set; other statuses go through tq_py_raise(). */
@@ -429,7 +390,7 @@ static PyObject *gguf_tensor_to_python(const tq_gguf_tensor *t)
         return NULL;
     }
     return Py_BuildValue("{s:N,s:N,s:i,s:s,s:K,s:K}", "name", name, "shape", shape, "type", (int)t->type,
-                         "type_name", gguf_type_name((int)t->type), "offset", (unsigned long long)t->offset,
+                         "type_name", tq_type_name((int)t->type), "offset", (unsigned long long)t->offset,
                          "nbytes", (unsigned long long)t->nbytes);
 }
 
