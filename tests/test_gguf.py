@@ -384,6 +384,14 @@ def test_directory_path(tmp_path):
         GGUFFile(str(tmp_path))
 
 
+def test_pathlike_and_bytes_paths(small_model):
+    import pathlib
+
+    path, _ = small_model
+    assert GGUFFile(pathlib.Path(path)).path == path
+    assert GGUFFile(os.fsencode(path)).path == path
+
+
 def test_path_type_checked():
     with pytest.raises(TypeError):
         GGUFFile(3)
