@@ -188,6 +188,7 @@ def format_tables(runs, command):
     single = runs[1]
     lines.append(f"Kernels: {single['kernels']}; {single['rows']} vectors per call; best of the repeats.")
     lines.append("")
+
     header = ("| dim | bits | bits/value | op | threads | vectors/s | input GB/s | NumPy vectors/s | ratio |")
     lines += [header, "|---|---|---|---|---|---|---|---|---|"]
     for index, row in enumerate(single["results"]):
@@ -202,8 +203,10 @@ def format_tables(runs, command):
                     f"{rate:,.0f} | {gigabytes:.2f} | {numpy_rate:,.0f} | {rate / numpy_rate:.1f}x |"
                 )
     lines.append("")
+
     agreement = min(row["numpy_codes_equal"] for row in single["results"])
     lines.append(f"NumPy and C code bytes agree on at least {agreement:.4%} of bytes in every configuration.")
+
     scoring = single["scoring"]
     lines += [
         "",

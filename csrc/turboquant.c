@@ -92,7 +92,7 @@ static tq_status set_codebook(int dim, int bits, const float *given, float *code
     for (int i = 0; i < levels; i++) {
         if (!isfinite(codebook[i]) || (i > 0 && !(codebook[i] > codebook[i - 1]))) {
             return tq_error_set(err, TQ_ERR_INVALID,
-                                "codebook for %d bits must hold %d finite, strictly ascending centroids; "
+                                "codebook for %d bits must contain %d finite, strictly ascending centroids; "
                                 "entry %d is %g",
                                 bits, levels, i, (double)codebook[i]);
         }
@@ -375,7 +375,7 @@ tq_status tq_turboquant_inner_product(const tq_turboquant *q, const uint8_t *cod
     if (!tq_mul_size(n_queries, dim * (size_t)per_query, &count) || !tq_mul_size(count, sizeof(float), &count)) {
         return tq_error_set(err, TQ_ERR_NOMEM, "%zu queries are too many for one call", n_queries);
     }
-    /* Row j * per_query holds R y_j; for PROD row j * 2 + 1 holds S R y_j. */
+    /* Row j * per_query contains R y_j, and for PROD row j * 2 + 1 contains S R y_j. */
     float *prepared = tq_aligned_alloc(count);
     if (prepared == NULL) {
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for %zu rotated queries", n_queries);

@@ -61,9 +61,10 @@ tq_status tq_turboquant_layout_get(tq_turboquant_kind kind, int dim, int bits_x2
                                    tq_error *err);
 
 /* Create a quantizer. codebook_high and codebook_low are the ascending centroids for
- * the two code widths of the layout (2^bits floats each, copied); pass NULL to have
- * them solved with tq_codebook_lloyd_max (TQ_DENSITY_SPHERE at dim), which callers
- * that create many quantizers should cache. On success *out owns the quantizer. */
+ * the two code widths of the layout (2^bits floats each, copied). Pass NULL to have
+ * them solved with tq_codebook_lloyd_max (TQ_DENSITY_SPHERE at dim). Callers that
+ * create many quantizers should cache the codebooks and pass them in.
+ * On success *out owns the quantizer. */
 tq_status tq_turboquant_create(tq_turboquant_kind kind, int dim, int bits_x2, uint64_t seed,
                                const float *codebook_high, const float *codebook_low, tq_isa isa, tq_turboquant **out,
                                tq_error *err);

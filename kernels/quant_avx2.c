@@ -30,7 +30,7 @@ static inline __m256i lane_shifts(int bits)
     return _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(bits));
 }
 
-/* Centroid lookup for 8 codes: table_low holds entries 0..7, table_high 8..15. */
+/* Look up the centroids of 8 codes: table_low contains entries 0..7, table_high 8..15. */
 static inline __m256 lookup8(__m256i index, __m256 table_low, __m256 table_high, int bits)
 {
     const __m256 low = _mm256_permutevar8x32_ps(table_low, index);

@@ -96,7 +96,7 @@ def test_codebook_fixed_point_scipy_quad(density, dim, bits, support, make_pdf):
     for i in range(c.size):
         mass = integrate.quad(pdf, edges[i], edges[i + 1], **options)[0]
         first = integrate.quad(lambda x: x * pdf(x), edges[i], edges[i + 1], **options)[0]
-        # The centroids are float32, so the fixed point holds to float32 rounding.
+        # The centroids are float32, so the fixed point is exact to float32 rounding.
         assert first / mass == pytest.approx(c[i], rel=2e-7, abs=1e-9)
         squared_error += integrate.quad(lambda x: (x - c[i]) ** 2 * pdf(x), edges[i], edges[i + 1], **options)[0]
     # mse was computed from the double-precision centroids; the float32 rounding

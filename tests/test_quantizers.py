@@ -219,13 +219,14 @@ def test_serialization_round_trip():
     prod = TurboQuantProd(64, 3, seed=1)
     prod_codes = prod.quantize(x[:, :64])
     prod_restored = QuantizedVectors.from_bytes(prod_codes.to_bytes())
-    assert prod_restored.kind == "prod" and prod_restored.bits == 3
+    assert prod_restored.kind == "prod"
+    assert prod_restored.bits == 3
     assert np.array_equal(prod.inner_product(prod_restored, x[0, :64]), prod.inner_product(prod_codes, x[0, :64]))
 
 
 def test_from_bytes_rejects_corrupt_headers():
     blob = bytearray(TurboQuantMSE(64, 2).quantize(np.ones((3, 64), np.float32)).to_bytes())
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(ValueError, match="invalid magic"):
         QuantizedVectors.from_bytes(b"XXXX" + blob[4:])
     with pytest.raises(ValueError, match="version"):
         QuantizedVectors.from_bytes(blob[:4] + b"\x09\x00" + blob[6:])
@@ -267,7 +268,8 @@ def test_input_conversions():
 def test_empty_batch():
     quantizer = TurboQuantProd(32, 2)
     codes = quantizer.quantize(np.empty((0, 32), np.float32))
-    assert len(codes) == 0 and codes.nbytes == 0
+    assert len(codes) == 0
+    assert codes.nbytes == 0
     assert quantizer.dequantize(codes).shape == (0, 32)
     assert quantizer.inner_product(codes, np.ones((2, 32), np.float32)).shape == (2, 0)
     full = quantizer.quantize(np.ones((3, 32), np.float32))

@@ -29,7 +29,8 @@ def test_hadamard_matches_scipy_times_signs(dim):
     assert np.abs(scaled - hadamard * signs).max() < 1e-5
     # Both signs occur, so D is not the identity (probability 2^-dim + 2^-dim of failing by chance).
     if dim >= 16:
-        assert (signs > 0).any() and (signs < 0).any()
+        assert (signs > 0).any()
+        assert (signs < 0).any()
 
 
 @pytest.mark.parametrize("dim", [128, 96])

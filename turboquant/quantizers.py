@@ -50,11 +50,8 @@ def _as_float32_rows(x, name, dim):
         raise ValueError(f"{name} must be 1-D or 2-D (n, dim), got shape {array.shape}")
     if array.shape[1] != dim:
         raise ValueError(f"{name} has {array.shape[1]} columns but the quantizer expects dim={dim}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        row, column = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(f"{name}[{row}, {column}] is {array[row, column]}; inputs must be finite (no NaN or infinity)")
-    return array
+    # The C binding rejects NaN and infinity, naming the first position.
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _check_int(value, name, minimum):
@@ -158,7 +155,7 @@ class QuantizedVectors:
     """Packed codes of n vectors: one contiguous byte buffer, row_bytes per vector.
 
     ``nbytes`` counts everything stored per vector (codes and float32 norms), so
-    ``bits_per_value`` is the honest storage cost. ``to_bytes()`` adds a 32-byte
+    ``bits_per_value`` is the full storage cost. ``to_bytes()`` adds a 32-byte
     header (magic, format version, kind, dim, bits, seed, n) and
     ``QuantizedVectors.from_bytes`` checks it.
     """
@@ -213,7 +210,7 @@ class QuantizedVectors:
             raise ValueError(f"buffer of {len(blob)} bytes is shorter than the {_HEADER.size}-byte header")
         magic, version, kind_code, _, dim, bits_x2, _, seed, n = _HEADER.unpack_from(blob)
         if magic != _MAGIC:
-            raise ValueError(f"bad magic {magic!r}; expected {_MAGIC!r} (not serialized QuantizedVectors)")
+            raise ValueError(f"invalid magic {magic!r}; expected {_MAGIC!r} (not serialized QuantizedVectors)")
         if version != _FORMAT_VERSION:
             raise ValueError(f"unsupported format version {version}; this library reads version {_FORMAT_VERSION}")
         if kind_code not in _KIND_NAMES:
@@ -222,8 +219,8 @@ class QuantizedVectors:
         payload = len(blob) - _HEADER.size
         if payload != n * layout["row_bytes"]:
             raise ValueError(
-                f"header says {n} rows of {layout['row_bytes']} bytes ({n * layout['row_bytes']} bytes) "
-                f"but {payload} bytes follow"
+                f"truncated or corrupt buffer: the header declares {n} rows of {layout['row_bytes']} bytes "
+                f"({n * layout['row_bytes']} bytes) but {payload} bytes follow"
             )
         bits = bits_x2 // 2 if bits_x2 % 2 == 0 else bits_x2 / 2
         return cls(_KIND_NAMES[kind_code], dim, bits, seed, n, blob[_HEADER.size :])
@@ -268,7 +265,10 @@ class _TurboQuantBase:
 
     @property
     def codebook(self):
-        """Centroids of the (first or only) code width, for unit vectors in the rotated basis."""
+        """Centroids of the (first or only) code width, for unit vectors in the rotated basis.
+
+        None for TurboQuantProd at 1 bit, which has no MSE stage.
+        """
         return self._codebook_high
 
     @property
@@ -331,10 +331,10 @@ class _TurboQuantBase:
 class TurboQuantMSE(_TurboQuantBase):
     """TurboQuant for mean squared error: norm, random rotation, Lloyd-Max codes.
 
-    Per vector the quantizer stores the L2 norm (float32, 32 bits per vector) and
+    Per vector the quantizer stores the L2 norm (float32, 32 bits per vector). It
     quantizes each coordinate of the rotated unit vector to the nearest centroid of
-    the Lloyd-Max codebook for one coordinate of a uniform unit vector in dim
-    dimensions. bits is 1, 1.5, 2, 2.5, 3, 3.5 or 4. A fractional width b + 0.5
+    the Lloyd-Max codebook, which is optimal for one coordinate of a uniform unit
+    vector in dim dimensions. bits is 1, 1.5, 2, 2.5, 3, 3.5 or 4. A fractional width b + 0.5
     codes the first dim // 2 rotated coordinates with b + 1 bits and the others
     with b bits. After a random rotation every coordinate has the same
     distribution, so which half gets the extra bit is arbitrary.

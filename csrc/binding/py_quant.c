@@ -250,7 +250,7 @@ static int acquire_codebook(PyObject *obj, const char *name, int levels, tq_py_m
         return -1;
     }
     if (out->rows * out->cols != levels) {
-        PyErr_Format(PyExc_ValueError, "%s must hold %d centroids, got %zd", name, levels, out->rows * out->cols);
+        PyErr_Format(PyExc_ValueError, "%s must contain %d centroids, got %zd", name, levels, out->rows * out->cols);
         tq_py_matrix_release(out);
         return -1;
     }
