@@ -123,8 +123,8 @@ def test_prod_unbiased_and_variance_bound(bits):
         estimates[seed] = quantizer.inner_product(quantizer.quantize(x), y)[0, 0]
     standard_error = estimates.std(ddof=1) / math.sqrt(estimates.size)
     assert abs(estimates.mean() - truth) < 4 * standard_error
-    # TurboQuant (arXiv 2504.19874), Theorem 2: for unit x the inner-product
-    # distortion E|<y,x> - estimate|^2 is at most sqrt(3) pi^2 ||y||^2 / dim * 4^-bits.
+    # TurboQuant (arXiv 2504.19874) bounds the inner-product distortion for unit x:
+    # E|<y,x> - estimate|^2 <= sqrt(3) pi^2 ||y||^2 / dim * 4^-bits.
     bound = math.sqrt(3) * math.pi**2 * float(y[0] @ y[0]) / dim * 4.0**-bits
     assert np.mean((estimates - truth) ** 2) <= bound
 

@@ -329,7 +329,7 @@ static int acquire_codes(PyObject *obj, Py_ssize_t n, size_t row_bytes, Py_buffe
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
-    if (n < 0 || (size_t)view->len != (size_t)n * row_bytes) {
+    if (n < 0 || (size_t)n > SIZE_MAX / row_bytes || (size_t)view->len != (size_t)n * row_bytes) {
         PyErr_Format(PyExc_ValueError, "codes of %zd rows must be %zu bytes, got %zd", n, (size_t)n * row_bytes,
                      view->len);
         PyBuffer_Release(view);
@@ -361,19 +361,23 @@ static PyObject *TurboQuant_encode(TurboQuantObject *self, PyObject *args)
         tq_py_matrix_release(&x);
         return NULL;
     }
-    if (tq_py_check_finite(&x, "x") != 0) {
-        PyBuffer_Release(&out);
-        tq_py_matrix_release(&x);
-        return NULL;
-    }
     tq_error err;
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS;
     status = tq_turboquant_encode(self->quantizer, x.data, (size_t)x.rows, (uint8_t *)out.buf, &err);
     Py_END_ALLOW_THREADS;
+    /* The core rejects rows with a non-finite norm, which NaN and infinity cause.
+     * Only on that error path is the input scanned, to name the first bad value. */
+    int named = 0;
+    if (status == TQ_ERR_INVALID) {
+        named = tq_py_check_finite(&x, "x") != 0;
+    }
     PyBuffer_Release(&out);
     tq_py_matrix_release(&x);
+    if (named) {
+        return NULL;
+    }
     if (status != TQ_OK) {
         return tq_py_raise(&err);
     }
