@@ -200,6 +200,25 @@ static void decode_mse_rotated(const tq_turboquant *q, const uint8_t *row, float
     }
 }
 
+/* Sum of x[i]^2 in double. Each square of a float is exact in double, and eight
+ * partial sums in a fixed order break the dependency chain that a single sum would
+ * form (the compiler may not reorder a floating-point reduction by itself). The
+ * order is the same for every kernel variant, so the result is too. */
+static double sum_of_squares(const float *x, int n)
+{
+    double partial[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int k = 0; k < 8; k++) {
+            partial[k] += (double)x[i + k] * (double)x[i + k];
+        }
+    }
+    for (; i < n; i++) {
+        partial[0] += (double)x[i] * (double)x[i];
+    }
+    return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
 static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, float *scratch, int *bad)
 {
     const tq_turboquant_layout *L = &q->layout;
@@ -207,20 +226,23 @@ static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, flo
     float *v = scratch;
     float *w = scratch + dim;
 
-    double sum = 0.0;
-    for (int i = 0; i < dim; i++) {
-        sum += (double)x[i] * (double)x[i];
-    }
-    const double norm = sqrt(sum);
+    const double norm = sqrt(sum_of_squares(x, dim));
     if (!(norm <= FLT_MAX)) {
         *bad = 1;
         memset(row, 0, L->row_bytes);
         return;
     }
-    /* Divide in double: 1/norm overflows float for norms below about 3e-39. */
     const double inverse = norm > 0.0 ? 1.0 / norm : 0.0;
-    for (int i = 0; i < dim; i++) {
-        v[i] = (float)((double)x[i] * inverse);
+    if (inverse <= FLT_MAX) {
+        const float inverse_f = (float)inverse;
+        for (int i = 0; i < dim; i++) {
+            v[i] = x[i] * inverse_f;
+        }
+    } else {
+        /* 1/norm overflows float for norms below about 3e-39, so scale in double. */
+        for (int i = 0; i < dim; i++) {
+            v[i] = (float)((double)x[i] * inverse);
+        }
     }
     tq_rotation_forward(q->rotation, v, v);
 
@@ -236,11 +258,10 @@ static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, flo
 
     if (q->kind == TQ_TURBOQUANT_PROD) {
         decode_mse_rotated(q, row, w);
-        double residual_sum = 0.0;
         for (int i = 0; i < dim; i++) {
             w[i] = v[i] - w[i];
-            residual_sum += (double)w[i] * (double)w[i];
         }
+        const double residual_sum = sum_of_squares(w, dim);
         q->kernels->matvec(q->gaussian, w, v, (size_t)dim, (size_t)dim);
         q->kernels->encode(v, (size_t)dim, 1, zero_boundary, row + L->high_bytes + L->low_bytes);
         const float residual_norm = (float)sqrt(residual_sum);
@@ -343,24 +364,41 @@ tq_status tq_turboquant_decode(const tq_turboquant *q, const uint8_t *codes, siz
     return TQ_OK;
 }
 
-/* Estimate <query, x> for one row from its codes, given the rotated query and,
- * for PROD, the projected query S R y. */
-static float score_row(const tq_turboquant *q, const uint8_t *row, const float *rotated, const float *projected)
+/* Write estimates of <query, x_r> for rows [start, end) into scores[start..end), given
+ * the rotated query and, for PROD, the projected query S R y. */
+static void score_block(const tq_turboquant *q, const uint8_t *codes, size_t start, size_t end, const float *rotated,
+                        const float *projected, float *scores)
 {
     const tq_turboquant_layout *L = &q->layout;
-    float sum = 0.0f;
+    const uint8_t *block = codes + start * L->row_bytes;
+    const size_t rows = end - start;
+    float high[SCORE_BLOCK_ROWS];
+    float low[SCORE_BLOCK_ROWS];
+    float qjl[SCORE_BLOCK_ROWS];
+
     if (L->bits_high > 0) {
-        sum = q->kernels->dot(row, (size_t)L->dim_high, L->bits_high, q->codebook_high, rotated);
-        if (L->dim_high < q->dim) {
-            sum += q->kernels->dot(row + L->high_bytes, (size_t)(q->dim - L->dim_high), L->bits_low, q->codebook_low,
-                                   rotated + L->dim_high);
+        q->kernels->dot_rows(block, L->row_bytes, rows, (size_t)L->dim_high, L->bits_high, q->codebook_high, rotated,
+                             high);
+    } else {
+        memset(high, 0, rows * sizeof(float));
+    }
+    if (L->dim_high < q->dim) {
+        q->kernels->dot_rows(block + L->high_bytes, L->row_bytes, rows, (size_t)(q->dim - L->dim_high), L->bits_low,
+                             q->codebook_low, rotated + L->dim_high, low);
+        for (size_t r = 0; r < rows; r++) {
+            high[r] += low[r];
         }
     }
     if (q->kind == TQ_TURBOQUANT_PROD) {
-        const float qjl = q->kernels->dot(row + L->high_bytes + L->low_bytes, (size_t)q->dim, 1, sign_table, projected);
-        sum += q->qjl_scale * row_norm(q, row, 1) * qjl;
+        q->kernels->dot_rows(block + L->high_bytes + L->low_bytes, L->row_bytes, rows, (size_t)q->dim, 1, sign_table,
+                             projected, qjl);
+        for (size_t r = 0; r < rows; r++) {
+            high[r] += q->qjl_scale * row_norm(q, block + r * L->row_bytes, 1) * qjl[r];
+        }
     }
-    return row_norm(q, row, 0) * sum;
+    for (size_t r = 0; r < rows; r++) {
+        scores[start + r] = row_norm(q, block + r * L->row_bytes, 0) * high[r];
+    }
 }
 
 tq_status tq_turboquant_inner_product(const tq_turboquant *q, const uint8_t *codes, size_t n, const float *queries,
@@ -398,10 +436,7 @@ tq_status tq_turboquant_inner_product(const tq_turboquant *q, const uint8_t *cod
         for (size_t j = 0; j < n_queries; j++) {
             const float *rotated = prepared + j * per_query * dim;
             const float *projected = per_query == 2 ? rotated + dim : NULL;
-            float *scores = out + j * n;
-            for (size_t r = start; r < end; r++) {
-                scores[r] = score_row(q, codes + r * q->layout.row_bytes, rotated, projected);
-            }
+            score_block(q, codes, start, end, rotated, projected, out + j * n);
         }
     }
     tq_aligned_free(prepared);

@@ -10,15 +10,14 @@
 
 #include "quant_kernels.h"
 
-/* Read `bytes` (at most 4) little-endian bytes; reads 4 when `available` allows. */
+/* Read at least `bytes` (at most 4) little-endian bytes, and 4 when `available`
+ * allows. Bits past `bytes` may be set: the unpackers mask every code and never
+ * read above bit 8 * bits. */
 static inline uint32_t load_bits(const uint8_t *p, size_t bytes, size_t available)
 {
     uint32_t word = 0;
     if (available >= 4) {
         memcpy(&word, p, 4);
-        if (bytes < 4) {
-            word &= (UINT32_C(1) << (8 * bytes)) - 1u;
-        }
     } else {
         memcpy(&word, p, bytes < sizeof(word) ? bytes : sizeof(word));
     }
@@ -159,12 +158,32 @@ static void decode_avx2(const uint8_t *codes, size_t count, int bits, const floa
     }
 }
 
-static float dot_avx2(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+/* Constants of one dot-product call, loaded once for all rows. */
+typedef struct {
+    __m256 table_low;
+    __m256 table_high;
+    __m256i shifts;
+    __m256i mask;
+} dot_setup;
+
+static inline dot_setup make_dot_setup(int bits, const float *table)
 {
-    __m256 table_low, table_high;
-    load_table(table, bits, &table_low, &table_high);
-    const __m256i shifts = lane_shifts(bits);
-    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    dot_setup setup;
+    load_table(table, bits, &setup.table_low, &setup.table_high);
+    setup.shifts = lane_shifts(bits);
+    setup.mask = _mm256_set1_epi32((1 << bits) - 1);
+    return setup;
+}
+
+static inline __m256 values8(uint32_t word, int bits, const dot_setup *setup)
+{
+    const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), setup->shifts), setup->mask);
+    return lookup8(index, setup->table_low, setup->table_high, bits);
+}
+
+static inline float dot_row(const uint8_t *codes, size_t count, int bits, const float *table, const dot_setup *setup,
+                            const float *q)
+{
     const size_t total_bytes = (count * (size_t)bits + 7) / 8;
     __m256 acc0 = _mm256_setzero_ps();
     __m256 acc1 = _mm256_setzero_ps();
@@ -173,16 +192,13 @@ static float dot_avx2(const uint8_t *codes, size_t count, int bits, const float 
         const size_t offset = (i / 8) * (size_t)bits;
         const uint32_t word0 = load_bits(codes + offset, (size_t)bits, total_bytes - offset);
         const uint32_t word1 = load_bits(codes + offset + bits, (size_t)bits, total_bytes - offset - bits);
-        const __m256i index0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word0), shifts), mask);
-        const __m256i index1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word1), shifts), mask);
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), lookup8(index0, table_low, table_high, bits), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), lookup8(index1, table_low, table_high, bits), acc1);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), values8(word0, bits, setup), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), values8(word1, bits, setup), acc1);
     }
     for (; i + 8 <= count; i += 8) {
         const size_t offset = (i / 8) * (size_t)bits;
         const uint32_t word = load_bits(codes + offset, (size_t)bits, total_bytes - offset);
-        const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), mask);
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), lookup8(index, table_low, table_high, bits), acc0);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), values8(word, bits, setup), acc0);
     }
     float sum = horizontal_sum(_mm256_add_ps(acc0, acc1));
     if (i < count) {
@@ -191,10 +207,26 @@ static float dot_avx2(const uint8_t *codes, size_t count, int bits, const float 
     return sum;
 }
 
+static float dot_avx2(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+{
+    const dot_setup setup = make_dot_setup(bits, table);
+    return dot_row(codes, count, bits, table, &setup, q);
+}
+
+static void dot_rows_avx2(const uint8_t *codes, size_t row_bytes, size_t n_rows, size_t count, int bits,
+                          const float *table, const float *q, float *out)
+{
+    const dot_setup setup = make_dot_setup(bits, table);
+    for (size_t r = 0; r < n_rows; r++) {
+        out[r] = dot_row(codes + r * row_bytes, count, bits, table, &setup, q);
+    }
+}
+
 const tq_quant_kernels tq_quant_kernels_avx2 = {
     .fwht = fwht_avx2,
     .matvec = matvec_avx2,
     .encode = encode_avx2,
     .decode = decode_avx2,
     .dot = dot_avx2,
+    .dot_rows = dot_rows_avx2,
 };

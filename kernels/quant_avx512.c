@@ -9,15 +9,14 @@
 
 #include "quant_kernels.h"
 
-/* Read `bytes` (at most 8) little-endian bytes; reads 8 when `available` allows. */
+/* Read at least `bytes` (at most 8) little-endian bytes, and 8 when `available`
+ * allows. Bits past `bytes` may be set: the unpackers mask every code and never
+ * read above bit 16 * bits. */
 static inline uint64_t load_bits(const uint8_t *p, size_t bytes, size_t available)
 {
     uint64_t word = 0;
     if (available >= 8) {
         memcpy(&word, p, 8);
-        if (bytes < 8) {
-            word &= (UINT64_C(1) << (8 * bytes)) - 1;
-        }
     } else {
         memcpy(&word, p, bytes < sizeof(word) ? bytes : sizeof(word));
     }
@@ -105,22 +104,23 @@ static void matvec_avx512(const float *m, const float *x, float *y, size_t rows,
 static void encode_avx512(const float *x, size_t count, int bits, const float *boundaries, uint8_t *out)
 {
     const int n_boundaries = (1 << bits) - 1;
-    __m512 bound[15];
-    for (int k = 0; k < n_boundaries; k++) {
-        bound[k] = _mm512_set1_ps(boundaries[k]);
-    }
+    const __m512 bound = _mm512_maskz_loadu_ps((__mmask16)((1u << n_boundaries) - 1u), boundaries);
     const __m512i shifts = lane_shifts(bits);
-    const __m512i one = _mm512_set1_epi32(1);
     const size_t chunk_bytes = 2 * (size_t)bits;
 
     for (size_t i = 0; i < count; i += 16) {
         const size_t lanes = count - i < 16 ? count - i : 16;
         const __mmask16 valid = (__mmask16)(lanes == 16 ? 0xFFFFu : (1u << lanes) - 1u);
         const __m512 v = _mm512_maskz_loadu_ps(valid, x + i);
+        /* Binary search over the ascending boundaries: each step sets one bit of
+         * the code by comparing x with boundary code + step - 1. The result is the
+         * number of boundaries below x, as in the linear scan of the scalar code. */
         __m512i code = _mm512_setzero_si512();
-        for (int k = 0; k < n_boundaries; k++) {
-            const __mmask16 above = _mm512_mask_cmp_ps_mask(valid, v, bound[k], _CMP_GT_OQ);
-            code = _mm512_mask_add_epi32(code, above, code, one);
+        for (int step = 1 << (bits - 1); step > 0; step >>= 1) {
+            const __m512i probe = _mm512_add_epi32(code, _mm512_set1_epi32(step - 1));
+            const __m512 threshold = _mm512_permutexvar_ps(probe, bound);
+            const __mmask16 above = _mm512_mask_cmp_ps_mask(valid, v, threshold, _CMP_GT_OQ);
+            code = _mm512_mask_add_epi32(code, above, code, _mm512_set1_epi32(step));
         }
         const __m512i placed = _mm512_sllv_epi32(code, shifts);
         const uint64_t low = (uint32_t)_mm512_mask_reduce_or_epi32(0x00FF, placed);
@@ -149,24 +149,71 @@ static void decode_avx512(const uint8_t *codes, size_t count, int bits, const fl
     }
 }
 
-static float dot_avx512(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+/* Constants of one dot-product call, loaded once for all rows. */
+typedef struct {
+    __m512 lut;
+    __m512i shifts;
+    __m512i mask;
+    __m512i gather;       /* vpshufb control: the two bytes that contain each lane's code */
+    __m512i byte_shifts;  /* bit offset of each lane's code within those two bytes */
+} dot_setup;
+
+static inline dot_setup make_dot_setup(int bits, const float *table)
 {
-    const __m512 lut = _mm512_maskz_loadu_ps((__mmask16)((1u << (1 << bits)) - 1u), table);
-    const __m512i shifts = lane_shifts(bits);
-    const __m512i mask = _mm512_set1_epi32((1 << bits) - 1);
+    dot_setup setup;
+    setup.lut = _mm512_maskz_loadu_ps((__mmask16)((1u << (1 << bits)) - 1u), table);
+    setup.shifts = lane_shifts(bits);
+    setup.mask = _mm512_set1_epi32((1 << bits) - 1);
+
+    /* Lane i's code starts at bit bits * i, in byte (bits * i) / 8, and ends at most
+     * 7 + 4 bits later, so two bytes always contain it. 0x80 makes vpshufb write 0. */
+    uint8_t control[64];
+    int32_t offsets[16];
+    for (int i = 0; i < 16; i++) {
+        const int bit = bits * i;
+        control[4 * i] = (uint8_t)(bit >> 3);
+        control[4 * i + 1] = (uint8_t)((bit >> 3) + 1);
+        control[4 * i + 2] = 0x80;
+        control[4 * i + 3] = 0x80;
+        offsets[i] = bit & 7;
+    }
+    setup.gather = _mm512_loadu_si512(control);
+    setup.byte_shifts = _mm512_loadu_si512(offsets);
+    return setup;
+}
+
+/* Codes of the 16-code chunk at p, which must have 16 readable bytes. The chunk
+ * is broadcast to every 128-bit lane because vpshufb indexes within a lane. */
+static inline __m512i unpack16_bytes(const uint8_t *p, const dot_setup *setup)
+{
+    const __m512i chunk = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)p));
+    const __m512i pairs = _mm512_shuffle_epi8(chunk, setup->gather);
+    return _mm512_and_si512(_mm512_srlv_epi32(pairs, setup->byte_shifts), setup->mask);
+}
+
+static inline float dot_row(const uint8_t *codes, size_t count, int bits, const dot_setup *setup, const float *q)
+{
     const size_t chunk_bytes = 2 * (size_t)bits;
     const size_t total_bytes = (count * (size_t)bits + 7) / 8;
     __m512 acc0 = _mm512_setzero_ps();
     __m512 acc1 = _mm512_setzero_ps();
 
     size_t i = 0;
-    /* Two chunks per step on independent accumulators hide the FMA latency. */
+    /* Two chunks per step on independent accumulators hide the FMA latency, while
+     * 16 bytes can be read from the second chunk on. */
+    for (; i + 32 <= count && (i / 16 + 1) * chunk_bytes + 16 <= total_bytes; i += 32) {
+        const uint8_t *p = codes + (i / 16) * chunk_bytes;
+        const __m512 values0 = _mm512_permutexvar_ps(unpack16_bytes(p, setup), setup->lut);
+        const __m512 values1 = _mm512_permutexvar_ps(unpack16_bytes(p + chunk_bytes, setup), setup->lut);
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), values0, acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), values1, acc1);
+    }
     for (; i + 32 <= count; i += 32) {
         const size_t offset = (i / 16) * chunk_bytes;
         const uint64_t word0 = load_bits(codes + offset, chunk_bytes, total_bytes - offset);
         const uint64_t word1 = load_bits(codes + offset + chunk_bytes, chunk_bytes, total_bytes - offset - chunk_bytes);
-        const __m512 values0 = _mm512_permutexvar_ps(unpack16(word0, bits, shifts, mask), lut);
-        const __m512 values1 = _mm512_permutexvar_ps(unpack16(word1, bits, shifts, mask), lut);
+        const __m512 values0 = _mm512_permutexvar_ps(unpack16(word0, bits, setup->shifts, setup->mask), setup->lut);
+        const __m512 values1 = _mm512_permutexvar_ps(unpack16(word1, bits, setup->shifts, setup->mask), setup->lut);
         acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), values0, acc0);
         acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), values1, acc1);
     }
@@ -176,10 +223,25 @@ static float dot_avx512(const uint8_t *codes, size_t count, int bits, const floa
         const size_t offset = (i / 16) * chunk_bytes;
         const size_t bytes = lanes == 16 ? chunk_bytes : (lanes * (size_t)bits + 7) / 8;
         const uint64_t word = load_bits(codes + offset, bytes, total_bytes - offset);
-        const __m512 values = _mm512_permutexvar_ps(unpack16(word, bits, shifts, mask), lut);
+        const __m512 values = _mm512_permutexvar_ps(unpack16(word, bits, setup->shifts, setup->mask), setup->lut);
         acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, q + i), values, acc0);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+static float dot_avx512(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+{
+    const dot_setup setup = make_dot_setup(bits, table);
+    return dot_row(codes, count, bits, &setup, q);
+}
+
+static void dot_rows_avx512(const uint8_t *codes, size_t row_bytes, size_t n_rows, size_t count, int bits,
+                            const float *table, const float *q, float *out)
+{
+    const dot_setup setup = make_dot_setup(bits, table);
+    for (size_t r = 0; r < n_rows; r++) {
+        out[r] = dot_row(codes + r * row_bytes, count, bits, &setup, q);
+    }
 }
 
 const tq_quant_kernels tq_quant_kernels_avx512 = {
@@ -188,4 +250,5 @@ const tq_quant_kernels tq_quant_kernels_avx512 = {
     .encode = encode_avx512,
     .decode = decode_avx512,
     .dot = dot_avx512,
+    .dot_rows = dot_rows_avx512,
 };

@@ -37,6 +37,11 @@ typedef struct {
 
     /* Returns sum_i q[i] * table[code i] over count codes. */
     float (*dot)(const uint8_t *codes, size_t count, int bits, const float *table, const float *q);
+
+    /* out[r] = dot(codes + r * row_bytes, count, bits, table, q) for r < n_rows, with
+     * the table and shift set-up done once for all rows. */
+    void (*dot_rows)(const uint8_t *codes, size_t row_bytes, size_t n_rows, size_t count, int bits,
+                     const float *table, const float *q, float *out);
 } tq_quant_kernels;
 
 extern const tq_quant_kernels tq_quant_kernels_scalar;

@@ -9,15 +9,14 @@
 
 #include "quant_kernels.h"
 
-/* Read `bytes` (at most 4) little-endian bytes; reads 4 when `available` allows. */
+/* Read at least `bytes` (at most 4) little-endian bytes, and 4 when `available`
+ * allows. Bits past `bytes` may be set: the unpackers mask every code and never
+ * read above bit 8 * bits. */
 static inline uint32_t load_bits(const uint8_t *p, size_t bytes, size_t available)
 {
     uint32_t word = 0;
     if (available >= 4) {
         memcpy(&word, p, 4);
-        if (bytes < 4) {
-            word &= (UINT32_C(1) << (8 * bytes)) - 1u;
-        }
     } else {
         memcpy(&word, p, bytes < sizeof(word) ? bytes : sizeof(word));
     }
@@ -148,9 +147,9 @@ static void decode_neon(const uint8_t *codes, size_t count, int bits, const floa
     }
 }
 
-static float dot_neon(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+static inline float dot_row(const uint8_t *codes, size_t count, int bits, const float *table, uint8x16x4_t lut,
+                            const float *q)
 {
-    const uint8x16x4_t lut = load_table(table, bits);
     const size_t total_bytes = (count * (size_t)bits + 7) / 8;
     float32x4_t acc0 = vdupq_n_f32(0.0f);
     float32x4_t acc1 = vdupq_n_f32(0.0f);
@@ -169,10 +168,25 @@ static float dot_neon(const uint8_t *codes, size_t count, int bits, const float 
     return sum;
 }
 
+static float dot_neon(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
+{
+    return dot_row(codes, count, bits, table, load_table(table, bits), q);
+}
+
+static void dot_rows_neon(const uint8_t *codes, size_t row_bytes, size_t n_rows, size_t count, int bits,
+                          const float *table, const float *q, float *out)
+{
+    const uint8x16x4_t lut = load_table(table, bits);
+    for (size_t r = 0; r < n_rows; r++) {
+        out[r] = dot_row(codes + r * row_bytes, count, bits, table, lut, q);
+    }
+}
+
 const tq_quant_kernels tq_quant_kernels_neon = {
     .fwht = fwht_neon,
     .matvec = matvec_neon,
     .encode = encode_neon,
     .decode = decode_neon,
     .dot = dot_neon,
+    .dot_rows = dot_rows_neon,
 };

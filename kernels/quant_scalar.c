@@ -74,10 +74,19 @@ static float dot_scalar(const uint8_t *codes, size_t count, int bits, const floa
     return sum;
 }
 
+static void dot_rows_scalar(const uint8_t *codes, size_t row_bytes, size_t n_rows, size_t count, int bits,
+                            const float *table, const float *q, float *out)
+{
+    for (size_t r = 0; r < n_rows; r++) {
+        out[r] = dot_scalar(codes + r * row_bytes, count, bits, table, q);
+    }
+}
+
 const tq_quant_kernels tq_quant_kernels_scalar = {
     .fwht = fwht_scalar,
     .matvec = matvec_scalar,
     .encode = encode_scalar,
     .decode = decode_scalar,
     .dot = dot_scalar,
+    .dot_rows = dot_rows_scalar,
 };
