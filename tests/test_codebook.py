@@ -82,6 +82,8 @@ def _pair_radius_density(dim):
         ("sphere", 8, 2, (-1.0, 1.0), _sphere_density),
         ("pair_radius", 64, 2, (0.0, 1.0), _pair_radius_density),
         ("pair_radius", 8, 3, (0.0, 1.0), _pair_radius_density),
+        ("sphere", 64, 6, (-1.0, 1.0), _sphere_density),
+        ("pair_radius", 32, 6, (0.0, 1.0), _pair_radius_density),
     ],
 )
 def test_codebook_fixed_point_scipy_quad(density, dim, bits, support, make_pdf):
@@ -102,6 +104,25 @@ def test_codebook_fixed_point_scipy_quad(density, dim, bits, support, make_pdf):
     # mse was computed from the double-precision centroids; the float32 rounding
     # moves it only at second order.
     assert mse == pytest.approx(squared_error / total, rel=1e-6)
+
+
+@pytest.mark.parametrize("density", ["sphere", "gaussian", "pair_radius"])
+def test_eight_bit_codebook_high_resolution_limit(density):
+    # For many levels the Lloyd-Max MSE approaches the Panter-Dite value
+    # (integral of f^(1/3))^3 / (12 * 4^bits). At 8 bits the gap is far below 1%.
+    dim = 64
+    centroids, mse = lloyd_max_codebook(density, dim, 8)
+    support = {"sphere": (-1.0, 1.0), "gaussian": (-1.0, 1.0), "pair_radius": (0.0, 1.0)}[density]
+    pdf = {
+        "sphere": _sphere_density(dim),
+        "gaussian": lambda x: math.exp(-dim * x * x / 2),
+        "pair_radius": _pair_radius_density(dim),
+    }[density]
+    options = {"epsabs": 1e-14, "epsrel": 1e-12, "limit": 200}
+    total = integrate.quad(pdf, *support, **options)[0]
+    cube_root_integral = integrate.quad(lambda x: (pdf(x) / total) ** (1 / 3), *support, **options)[0]
+    assert np.all(np.diff(centroids) > 0)
+    assert mse == pytest.approx(cube_root_integral**3 / (12 * 4**8), rel=0.01)
 
 
 def test_codebook_ascending_and_cached():

@@ -84,7 +84,7 @@ def lloyd_max_codebook(density, dim, bits):
     dimensions), ``"gaussian"`` (N(0, 1/dim)) or ``"pair_radius"`` (the radius of two
     coordinates of a uniform unit vector). Returns ``(centroids, mse)``: ascending
     float32 centroids (read-only, cached per (density, dim, bits)) and the expected
-    squared error per coordinate. bits is 1..8; 8 bits take seconds.
+    squared error per coordinate. bits is 1..8.
     """
     if density not in DENSITIES:
         raise ValueError(f"density must be one of {sorted(DENSITIES)}, got {density!r}")
