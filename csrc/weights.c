@@ -385,6 +385,7 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
                             tq_isa_name(isa));
     }
     const tq_vec_dot_fn vec_dot = kernels->vec_dot[w->type];
+    const tq_vec_dot_x4_fn vec_dot_x4 = kernels->vec_dot_x4[w->type];
     if (vec_dot == NULL) {
         return tq_error_set(err, TQ_ERR_UNSUPPORTED, "no %s kernel for %s weights", tq_isa_name(isa),
                             tq_type_name(w->type));
@@ -436,7 +437,17 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
         const int64_t r1 = r0 + chunk_rows < n_out ? r0 + chunk_rows : n_out;
         for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_TILE) {
             const int64_t t1 = t0 + TOKENS_PER_TILE < n_tokens ? t0 + TOKENS_PER_TILE : n_tokens;
-            for (int64_t t = t0; t < t1; t++) {
+            int64_t t = t0;
+            if (vec_dot_x4 != NULL) {
+                for (; t + 4 <= t1; t += 4) {
+                    const void *a = acts + (size_t)t * act_row_bytes;
+                    float *yt = y + t * n_out;
+                    for (int64_t r = r0; r < r1; r++) {
+                        vec_dot_x4(n_in, &yt[r], (size_t)n_out, weights + (size_t)r * row_bytes, a, act_row_bytes);
+                    }
+                }
+            }
+            for (; t < t1; t++) {
                 const void *a = acts + (size_t)t * act_row_bytes;
                 float *yt = y + t * n_out;
                 for (int64_t r = r0; r < r1; r++) {

@@ -173,4 +173,11 @@ const tq_matmul_kernels tq_matmul_kernels_avx512 = {
             [TQ_TYPE_Q5_K] = tq_vec_dot_q5_K_q8_K_avx2,
             [TQ_TYPE_Q6_K] = tq_vec_dot_q6_K_q8_K_avx2,
         },
+    .vec_dot_x4 =
+        {
+            [TQ_TYPE_Q5_0] = tq_vec_dot_q5_0_q8_0_x4_avx2,
+            [TQ_TYPE_Q8_0] = tq_vec_dot_q8_0_q8_0_x4_avx2,
+            [TQ_TYPE_Q4_K] = tq_vec_dot_q4_K_q8_K_x4_avx2,
+            [TQ_TYPE_Q6_K] = tq_vec_dot_q6_K_q8_K_x4_avx2,
+        },
 };

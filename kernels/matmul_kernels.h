@@ -10,6 +10,7 @@
 #ifndef TQ_MATMUL_KERNELS_H
 #define TQ_MATMUL_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "blocks.h"
@@ -21,6 +22,12 @@ typedef void (*tq_quantize_row_fn)(const float *x, void *y, int64_t n);
  * format) with one activation row x (in the format the weight type pairs with). */
 typedef void (*tq_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
 
+/* Store in s[t * s_stride] the dot products of one weight row w with the four
+ * activation rows at x + t * x_stride bytes (t < 4). Decoding each weight block
+ * once for four tokens is what makes prompt processing faster than four calls. */
+typedef void (*tq_vec_dot_x4_fn)(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                 size_t x_stride);
+
 /* Size of the vec_dot table: one slot per GGML type id up to BF16 (30). */
 #define TQ_VEC_DOT_SLOTS 31
 
@@ -28,6 +35,7 @@ typedef struct {
     tq_quantize_row_fn quantize_row_q8_0;
     tq_quantize_row_fn quantize_row_q8_K;
     tq_vec_dot_fn vec_dot[TQ_VEC_DOT_SLOTS]; /* indexed by tq_ggml_type; NULL when unsupported */
+    tq_vec_dot_x4_fn vec_dot_x4[TQ_VEC_DOT_SLOTS]; /* optional; NULL means four vec_dot calls */
 } tq_matmul_kernels;
 
 extern const tq_matmul_kernels tq_matmul_kernels_scalar;
@@ -71,6 +79,14 @@ void tq_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *x
 void tq_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x);
 void tq_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x);
 void tq_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x);
+void tq_vec_dot_q8_0_q8_0_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                  size_t x_stride);
+void tq_vec_dot_q5_0_q8_0_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                  size_t x_stride);
+void tq_vec_dot_q4_K_q8_K_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                  size_t x_stride);
+void tq_vec_dot_q6_K_q8_K_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                  size_t x_stride);
 #endif
 
 /* Returns the table for isa (a tq_isa value), or NULL when this build has none. */
