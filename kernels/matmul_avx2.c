@@ -287,7 +287,7 @@ void tq_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x
     const tq_block_q5_K *wb = (const tq_block_q5_K *)w;
     const tq_block_q8_K *xb = (const tq_block_q8_K *)x;
     const __m256i low4 = _mm256_set1_epi8(0xF);
-    const __m256i one = _mm256_set1_epi8(1);
+    const __m256i bit0 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
     float min_sum = 0.0f;
     for (int64_t b = 0; b < n / TQ_QK_K; b++) {
@@ -297,14 +297,14 @@ void tq_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *x
         const float dmin = _cvtsh_ss(wb[b].dmin) * xb[b].d;
         min_sum += dmin * (float)k4_min_dot_avx2(scales + 8, xb[b].bsums);
 
-        /* Bit 2j of qh[l] is the fifth bit of the low-nibble value of chunk j, bit
-         * 2j + 1 that of the high-nibble value; shifting by 2 per chunk exposes them. */
+        /* Bit 2j of qh[l] is the fifth bit of the low-nibble value of chunk j, and bit
+         * 2j + 1 that of the high-nibble value. Shifting by 2 per chunk exposes both. */
         __m256i high = _mm256_loadu_si256((const __m256i *)wb[b].qh);
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(wb[b].qs + 32 * j));
-            const __m256i h_lo = _mm256_slli_epi16(_mm256_and_si256(high, one), 4);
-            const __m256i h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 1), one), 4);
+            const __m256i h_lo = _mm256_slli_epi16(_mm256_and_si256(high, bit0), 4);
+            const __m256i h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 1), bit0), 4);
             high = _mm256_srli_epi16(high, 2);
             const __m256i q_lo = _mm256_or_si256(_mm256_and_si256(q, low4), h_lo);
             const __m256i q_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), h_hi);

@@ -9,6 +9,8 @@ from gguf import quants as gq
 
 from turboquant import _core
 
+from gguf_tensors import read_gguf_tensors
+
 SUPPORTED_KERNELS = _core.matmul_kernel_variants()
 SIMD_KERNELS = [k for k in SUPPORTED_KERNELS if k != "scalar"]
 
@@ -121,89 +123,6 @@ def test_dequantize_gguf_quantized(qtype):
     raw = gq.quantize(weights, qtype)
     ours = _core.dequantize(int(qtype), raw, weights.size).reshape(weights.shape)
     assert same_bits(ours, gq.dequantize(raw, qtype))
-
-
-class ModelTensor:
-    """Name, GGML type, GGUF dims and raw data rows of one tensor of a GGUF file."""
-
-    def __init__(self, name, tensor_type, shape, data):
-        self.name = name
-        self.tensor_type = tensor_type
-        self.shape = shape
-        self.data = data
-
-
-def read_gguf_tensors(path):
-    """Read the tensor table of a GGUF file (version 2 or 3) into ModelTensor objects.
-
-    gguf.GGUFReader takes about 40 s on this model because it builds an object per
-    vocabulary entry; this reader skips metadata values without decoding them."""
-    import struct
-
-    buffer = np.memmap(path, dtype=np.uint8, mode="r")
-    raw = memoryview(buffer)
-    fixed_sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    offset = 0
-
-    def take(fmt):
-        nonlocal offset
-        values = struct.unpack_from("<" + fmt, raw, offset)
-        offset += struct.calcsize("<" + fmt)
-        return values
-
-    def skip_value(value_type):
-        nonlocal offset
-        if value_type in fixed_sizes:
-            offset += fixed_sizes[value_type]
-        elif value_type == 8:
-            (length,) = take("Q")
-            offset += length
-        elif value_type == 9:
-            element_type, count = take("IQ")
-            if element_type in fixed_sizes:
-                offset += fixed_sizes[element_type] * count
-            else:
-                for _ in range(count):
-                    skip_value(element_type)
-        else:
-            raise ValueError(f"unknown GGUF metadata value type {value_type}")
-
-    def read_string():
-        nonlocal offset
-        (length,) = take("Q")
-        text = bytes(raw[offset : offset + length]).decode("utf-8")
-        offset += length
-        return text
-
-    magic, version, n_tensors, n_metadata = take("4sIQQ")
-    assert magic == b"GGUF"
-    assert version in (2, 3)
-    alignment = 32
-    for _ in range(n_metadata):
-        key = read_string()
-        (value_type,) = take("I")
-        if key == "general.alignment":
-            (alignment,) = take("I")
-        else:
-            skip_value(value_type)
-    infos = []
-    for _ in range(n_tensors):
-        name = read_string()
-        (n_dims,) = take("I")
-        dims = take("Q" * n_dims)
-        tensor_type, data_offset = take("IQ")
-        infos.append((name, T(tensor_type), dims, data_offset))
-    data_start = (offset + alignment - 1) // alignment * alignment
-
-    tensors = {}
-    for name, tensor_type, dims, data_offset in infos:
-        size, nbytes = gq.GGML_QUANT_SIZES[tensor_type]
-        n_rows = int(np.prod(dims[1:], dtype=np.int64))
-        row_bytes = dims[0] // size * nbytes
-        start = data_start + data_offset
-        rows = buffer[start : start + n_rows * row_bytes].reshape(n_rows, row_bytes)
-        tensors[name] = ModelTensor(name, tensor_type, dims, rows)
-    return tensors
 
 
 @pytest.fixture(scope="module")
@@ -460,3 +379,15 @@ def test_matmul_bad_x():
         _core.matmul(int(T.Q8_0), raw, 32, 4, np.zeros((2, 32), np.float32), kernels="sse9")
     with pytest.raises(ValueError, match="must be positive"):
         _core.matmul(int(T.Q8_0), raw, 32, 0, np.zeros((2, 32), np.float32))
+
+
+def test_python_wrappers_accept_type_names():
+    import turboquant
+
+    rng = np.random.default_rng(9)
+    raw = random_raw(T.Q4_K, 3, 256, rng)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    assert same_bits(turboquant.ggml_dequantize("q4_K", raw, 768), _core.dequantize(int(T.Q4_K), raw, 768))
+    assert np.array_equal(turboquant.ggml_matmul("Q4_K", raw, 256, 3, x), _core.matmul(int(T.Q4_K), raw, 256, 3, x))
+    with pytest.raises(ValueError, match="unknown GGML type name 'q3_x'"):
+        turboquant.ggml_dequantize("q3_x", raw, 256)

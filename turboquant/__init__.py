@@ -7,6 +7,7 @@ Python API, the command line and the server.
 __version__ = "0.1.0"
 
 from ._info import info
+from .weights import ggml_dequantize, ggml_matmul
 
 from .gguf import GGUFFile
 
@@ -17,3 +18,4 @@ from .quantizers import QuantizedVectors, Rotation, TurboQuantMSE, TurboQuantPro
 
 __all__ += ["QuantizedVectors", "Rotation", "TurboQuantMSE", "TurboQuantProd", "fit_codebook", "lloyd_max_codebook"]
 __all__ += ["GGUFFile"]
+__all__ += ["ggml_dequantize", "ggml_matmul"]
