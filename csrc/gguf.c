@@ -26,7 +26,6 @@
 #include <unistd.h>
 
 #define GGUF_MAGIC_SIZE 4
-#define GGUF_HEADER_SIZE 24 /* magic, u32 version, u64 tensor count, u64 metadata count */
 #define GGUF_DEFAULT_ALIGNMENT 32
 
 /* Minimum encoded sizes in bytes, used to bound counts before allocating.
@@ -40,17 +39,24 @@
 #define GGUF_MIN_ARRAY_BYTES 12
 
 /* Maximum bytes of a key, tensor name or path shown in an error message, so that
- * messages fit in TQ_ERROR_MSG_SIZE. */
+ * the rest of a message usually fits in TQ_ERROR_MSG_SIZE (longer ones are cut). */
 #define GGUF_MAX_SHOWN_NAME 64
 #define GGUF_MAX_SHOWN_PATH 120
 /* A shown name is at most 4 output bytes per input byte plus "..." and NUL. */
 #define GGUF_SHOWN_NAME_CAP (GGUF_MAX_SHOWN_NAME * 4 + 4)
 
-/* Hash table from a name to an entry index, with open addressing and linear
- * probing. A slot stores index + 1, and 0 marks an empty slot. */
+/* Names sorted bytewise, for binary search and for finding duplicates. A sorted
+ * array costs O(n log n) for any input, where a hash table without a secret seed
+ * degrades to O(n^2) on names crafted to collide. */
 typedef struct {
-    uint64_t *slots;
-    uint64_t mask;
+    const char *data;
+    uint64_t len;
+    uint64_t index; /* entry number: the position in kvs or tensors */
+} gguf_name_entry;
+
+typedef struct {
+    gguf_name_entry *entries;
+    uint64_t count;
 } gguf_name_index;
 
 struct tq_gguf {
@@ -67,8 +73,8 @@ struct tq_gguf {
     gguf_name_index tensor_index;
 };
 
-/* Parse state: the position in the mapping and a description of the entry being
- * read ("metadata key 'general.name'"), which every error message starts with. */
+/* Parse state: the position in the mapping, and the shown path and entry
+ * ("metadata key 'general.name'") that start every error message. */
 typedef struct {
     const uint8_t *base;
     uint64_t size;
@@ -115,6 +121,9 @@ static void gguf_format_path(char *dst, size_t cap, const char *path)
 {
     size_t len = strlen(path);
     size_t start = len > GGUF_MAX_SHOWN_PATH ? len - GGUF_MAX_SHOWN_PATH : 0;
+    while (start > 0 && start < len && ((unsigned char)path[start] & 0xc0) == 0x80) {
+        start++; /* skip UTF-8 continuation bytes, so the shown part starts at a whole character */
+    }
     size_t out = 0;
     if (start > 0) {
         memcpy(dst, "...", 3);
@@ -269,9 +278,9 @@ static tq_status gguf_check_bools(gguf_cursor *c, const uint8_t *data, uint64_t 
 }
 
 /* Parse an array body (element type, count, elements) at the cursor. depth is 1
- * for a metadata value that is an array. Only a top-level string array gets its
- * string table (strings_out != NULL); inner arrays are checked and skipped. */
-static tq_status gguf_parse_array(gguf_cursor *c, int depth, tq_gguf_array *arr, tq_gguf_string **strings_out)
+ * for a metadata value that is an array. Only a top-level string array gets a
+ * string table (depth == 1), because inner arrays are only checked and skipped. */
+static tq_status gguf_parse_array(gguf_cursor *c, int depth, tq_gguf_array *arr)
 {
     uint64_t type_offset = c->pos;
     uint32_t type = 0;
@@ -306,12 +315,13 @@ static tq_status gguf_parse_array(gguf_cursor *c, int depth, tq_gguf_array *arr,
                             "%s: %s: array count %" PRIu64 " at offset %" PRIu64 " needs at least %" PRIu64
                             " bytes per %s element, but only %" PRIu64
                             " bytes are left in the file; the file is truncated or corrupt",
-                            c->path, c->entry, count, count_offset, min_element, tq_gguf_value_type_name((int)type), left);
+                            c->path, c->entry, count, count_offset, min_element, tq_gguf_value_type_name((int)type),
+                            left);
     }
 
     if (type == TQ_GGUF_STRING) {
         tq_gguf_string *strings = NULL;
-        if (strings_out != NULL && count > 0) {
+        if (depth == 1 && count > 0) {
             size_t bytes = 0;
             if (!tq_mul_size((size_t)count, sizeof(*strings), &bytes) || (strings = malloc(bytes)) == NULL) {
                 return tq_error_set(c->err, TQ_ERR_NOMEM, "%s: %s: out of memory for a table of %" PRIu64 " strings",
@@ -329,10 +339,7 @@ static tq_status gguf_parse_array(gguf_cursor *c, int depth, tq_gguf_array *arr,
                 strings[i] = s;
             }
         }
-        if (strings_out != NULL) {
-            *strings_out = strings;
-            arr->strings = strings;
-        }
+        arr->strings = strings;
         return TQ_OK;
     }
 
@@ -345,7 +352,7 @@ static tq_status gguf_parse_array(gguf_cursor *c, int depth, tq_gguf_array *arr,
         }
         for (uint64_t i = 0; i < count; i++) {
             tq_gguf_array inner;
-            st = gguf_parse_array(c, depth + 1, &inner, NULL);
+            st = gguf_parse_array(c, depth + 1, &inner);
             if (st != TQ_OK) {
                 return st;
             }
@@ -365,7 +372,7 @@ static tq_status gguf_parse_array(gguf_cursor *c, int depth, tq_gguf_array *arr,
     return TQ_OK;
 }
 
-static tq_status gguf_parse_value(gguf_cursor *c, tq_gguf_kv *kv, tq_gguf_string **strings_out)
+static tq_status gguf_parse_value(gguf_cursor *c, tq_gguf_kv *kv)
 {
     uint64_t raw = 0;
     tq_status st = TQ_OK;
@@ -421,7 +428,7 @@ static tq_status gguf_parse_value(gguf_cursor *c, tq_gguf_kv *kv, tq_gguf_string
     case TQ_GGUF_STRING:
         return gguf_read_string(c, "string value", &kv->value.str);
     case TQ_GGUF_ARRAY:
-        return gguf_parse_array(c, 1, &kv->value.arr, strings_out);
+        return gguf_parse_array(c, 1, &kv->value.arr);
     }
     return tq_error_set(c->err, TQ_ERR_FORMAT, "%s: %s: internal error: value type %d", c->path, c->entry,
                         (int)kv->type);
@@ -429,64 +436,85 @@ static tq_status gguf_parse_value(gguf_cursor *c, tq_gguf_kv *kv, tq_gguf_string
 
 /* ---- name index ---- */
 
-static uint64_t gguf_hash(const char *data, uint64_t len)
+static int gguf_compare_names(const char *a, uint64_t a_len, const char *b, uint64_t b_len)
 {
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a, 64-bit */
-    for (uint64_t i = 0; i < len; i++) {
-        h ^= (unsigned char)data[i];
-        h *= 1099511628211ULL;
+    uint64_t common = a_len < b_len ? a_len : b_len;
+    int order = common > 0 ? memcmp(a, b, (size_t)common) : 0;
+    if (order != 0) {
+        return order;
     }
-    return h;
+    return a_len < b_len ? -1 : a_len > b_len;
 }
 
-static tq_status gguf_index_init(gguf_name_index *index, uint64_t n, tq_error *err)
+/* qsort comparator: by name, then by entry number, so duplicates appear in file order. */
+static int gguf_compare_entries(const void *a, const void *b)
 {
-    /* At most half full, so a probe sequence stays short. n is bounded by the file
-     * size divided by the smallest entry, so the doubling cannot overflow. */
-    uint64_t capacity = 16;
-    while (capacity < 2 * n) {
-        capacity *= 2;
+    const gguf_name_entry *x = a;
+    const gguf_name_entry *y = b;
+    int order = gguf_compare_names(x->data, x->len, y->data, y->len);
+    if (order != 0) {
+        return order;
     }
-    size_t bytes = 0;
-    if (capacity > SIZE_MAX || !tq_mul_size((size_t)capacity, sizeof(uint64_t), &bytes)) {
-        return tq_error_set(err, TQ_ERR_NOMEM, "name index of %" PRIu64 " entries is too large", n);
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Fill index with n names and sort it. The names are tq_gguf_string fields spaced
+ * stride bytes apart, starting at first (the key of kvs[0] or the name of
+ * tensors[0]). When a name occurs twice, *duplicate is set to the entry number of
+ * the second occurrence and *original to the first. Otherwise both are UINT64_MAX. */
+static tq_status gguf_index_build(gguf_name_index *index, const tq_gguf_string *first, size_t stride, uint64_t n,
+                                  uint64_t *original, uint64_t *duplicate, tq_error *err)
+{
+    *original = UINT64_MAX;
+    *duplicate = UINT64_MAX;
+    index->count = n;
+    if (n == 0) {
+        return TQ_OK;
     }
-    index->slots = calloc((size_t)capacity, sizeof(uint64_t));
-    if (index->slots == NULL) {
+    /* n is bounded by the file size divided by the minimum entry size, so it fits in size_t. */
+    index->entries = calloc((size_t)n, sizeof(gguf_name_entry));
+    if (index->entries == NULL) {
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for a name index of %" PRIu64 " entries", n);
     }
-    index->mask = capacity - 1;
+    for (uint64_t i = 0; i < n; i++) {
+        const tq_gguf_string *name = (const tq_gguf_string *)((const char *)first + i * stride);
+        index->entries[i].data = name->data;
+        index->entries[i].len = name->len;
+        index->entries[i].index = i;
+    }
+    qsort(index->entries, (size_t)n, sizeof(gguf_name_entry), gguf_compare_entries);
+
+    /* Report the duplicate whose second occurrence comes first in the file. */
+    for (uint64_t i = 1; i < n; i++) {
+        const gguf_name_entry *prev = &index->entries[i - 1];
+        const gguf_name_entry *cur = &index->entries[i];
+        if (gguf_compare_names(prev->data, prev->len, cur->data, cur->len) == 0 && cur->index < *duplicate) {
+            *original = prev->index;
+            *duplicate = cur->index;
+        }
+    }
     return TQ_OK;
 }
 
-static int gguf_string_equal(const tq_gguf_string *s, const char *data, uint64_t len)
+/* Entry number of the entry called name, or UINT64_MAX when there is none. */
+static uint64_t gguf_index_find(const gguf_name_index *index, const char *name, uint64_t len)
 {
-    return s->len == len && (len == 0 || memcmp(s->data, data, (size_t)len) == 0);
-}
-
-/* Find the slot for name: the slot that contains it, or the empty slot where it belongs.
- * name_at(i) returns the name of entry i. */
-static uint64_t gguf_index_probe(const gguf_name_index *index, const char *data, uint64_t len,
-                                 const tq_gguf_string *(*name_at)(const tq_gguf *, uint64_t), const tq_gguf *gguf)
-{
-    uint64_t slot = gguf_hash(data, len) & index->mask;
-    while (index->slots[slot] != 0) {
-        if (gguf_string_equal(name_at(gguf, index->slots[slot] - 1), data, len)) {
-            return slot;
+    uint64_t low = 0;
+    uint64_t high = index->count;
+    while (low < high) {
+        uint64_t mid = low + (high - low) / 2;
+        const gguf_name_entry *e = &index->entries[mid];
+        int order = gguf_compare_names(e->data, e->len, name, len);
+        if (order == 0) {
+            return e->index;
         }
-        slot = (slot + 1) & index->mask;
+        if (order < 0) {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
     }
-    return slot;
-}
-
-static const tq_gguf_string *gguf_kv_name(const tq_gguf *gguf, uint64_t i)
-{
-    return &gguf->kvs[i].key;
-}
-
-static const tq_gguf_string *gguf_tensor_name(const tq_gguf *gguf, uint64_t i)
-{
-    return &gguf->tensors[i].name;
+    return UINT64_MAX;
 }
 
 /* ---- header sections ---- */
@@ -553,38 +581,38 @@ static tq_status gguf_parse_header(gguf_cursor *c, tq_gguf *g, uint64_t *n_tenso
     return TQ_OK;
 }
 
+/* Report a name that occurs twice. name is the second occurrence; its 8-byte
+ * length field precedes it in the file. */
+static tq_status gguf_duplicate_error(gguf_cursor *c, const char *what, const tq_gguf_string *name, uint64_t original,
+                                      uint64_t duplicate)
+{
+    gguf_set_entry(c, what, name);
+    uint64_t offset = (uint64_t)((const uint8_t *)name->data - c->base) - 8;
+    return tq_error_set(c->err, TQ_ERR_FORMAT,
+                        "%s: %s at offset %" PRIu64 " (entry %" PRIu64 ") repeats entry %" PRIu64
+                        "; names must be unique, so the file is corrupt",
+                        c->path, c->entry, offset, duplicate, original);
+}
+
 static tq_status gguf_parse_kvs(gguf_cursor *c, tq_gguf *g)
 {
-    tq_status st = gguf_index_init(&g->kv_index, g->n_kv, c->err);
-    if (st != TQ_OK) {
-        return st;
-    }
-    if (g->n_kv == 0) {
-        return TQ_OK;
-    }
-    g->kvs = calloc((size_t)g->n_kv, sizeof(tq_gguf_kv));
-    if (g->kvs == NULL) {
-        return tq_error_set(c->err, TQ_ERR_NOMEM, "%s: out of memory for %" PRIu64 " metadata entries", c->path,
-                            g->n_kv);
+    tq_status st = TQ_OK;
+    if (g->n_kv > 0) {
+        g->kvs = calloc((size_t)g->n_kv, sizeof(tq_gguf_kv));
+        if (g->kvs == NULL) {
+            return tq_error_set(c->err, TQ_ERR_NOMEM, "%s: out of memory for %" PRIu64 " metadata entries", c->path,
+                                g->n_kv);
+        }
     }
 
     for (uint64_t i = 0; i < g->n_kv; i++) {
         tq_gguf_kv *kv = &g->kvs[i];
         snprintf(c->entry, sizeof(c->entry), "metadata entry %" PRIu64, i);
-        uint64_t entry_offset = c->pos;
         st = gguf_read_string(c, "key", &kv->key);
         if (st != TQ_OK) {
             return st;
         }
         gguf_set_entry(c, "metadata key", &kv->key);
-
-        uint64_t slot = gguf_index_probe(&g->kv_index, kv->key.data, kv->key.len, gguf_kv_name, g);
-        if (g->kv_index.slots[slot] != 0) {
-            return tq_error_set(c->err, TQ_ERR_FORMAT,
-                                "%s: %s at offset %" PRIu64 " appears twice (first as entry %" PRIu64
-                                "); the file is corrupt",
-                                c->path, c->entry, entry_offset, g->kv_index.slots[slot] - 1);
-        }
 
         uint64_t type_offset = c->pos;
         uint32_t type = 0;
@@ -596,14 +624,20 @@ static tq_status gguf_parse_kvs(gguf_cursor *c, tq_gguf *g)
             return gguf_unknown_value_type(c, type_offset, "value type", type);
         }
         kv->type = (tq_gguf_value_type)type;
-        tq_gguf_string *strings = NULL;
-        st = gguf_parse_value(c, kv, &strings);
+        st = gguf_parse_value(c, kv);
         if (st != TQ_OK) {
             return st;
         }
-        g->kv_index.slots[slot] = i + 1;
     }
-    return TQ_OK;
+
+    uint64_t original = 0;
+    uint64_t duplicate = 0;
+    const tq_gguf_string *first_key = g->n_kv > 0 ? &g->kvs[0].key : NULL;
+    st = gguf_index_build(&g->kv_index, first_key, sizeof(tq_gguf_kv), g->n_kv, &original, &duplicate, c->err);
+    if (st == TQ_OK && duplicate != UINT64_MAX) {
+        st = gguf_duplicate_error(c, "metadata key", &g->kvs[duplicate].key, original, duplicate);
+    }
+    return st;
 }
 
 static tq_status gguf_read_alignment(gguf_cursor *c, tq_gguf *g)
@@ -633,20 +667,11 @@ static tq_status gguf_parse_tensor_info(gguf_cursor *c, tq_gguf *g, uint64_t i)
 {
     tq_gguf_tensor *t = &g->tensors[i];
     snprintf(c->entry, sizeof(c->entry), "tensor info %" PRIu64, i);
-    uint64_t entry_offset = c->pos;
     tq_status st = gguf_read_string(c, "name", &t->name);
     if (st != TQ_OK) {
         return st;
     }
     gguf_set_entry(c, "tensor", &t->name);
-
-    uint64_t slot = gguf_index_probe(&g->tensor_index, t->name.data, t->name.len, gguf_tensor_name, g);
-    if (g->tensor_index.slots[slot] != 0) {
-        return tq_error_set(c->err, TQ_ERR_FORMAT,
-                            "%s: %s at offset %" PRIu64 " appears twice (first as tensor %" PRIu64
-                            "); the file is corrupt",
-                            c->path, c->entry, entry_offset, g->tensor_index.slots[slot] - 1);
-    }
 
     uint64_t dims_offset = c->pos;
     st = gguf_read_u32(c, "n_dims", &t->n_dims);
@@ -692,12 +717,7 @@ static tq_status gguf_parse_tensor_info(gguf_cursor *c, tq_gguf *g, uint64_t i)
     }
     t->type = (tq_ggml_type)type;
 
-    st = gguf_read_u64(c, "offset", &t->offset);
-    if (st != TQ_OK) {
-        return st;
-    }
-    g->tensor_index.slots[slot] = i + 1;
-    return TQ_OK;
+    return gguf_read_u64(c, "offset", &t->offset);
 }
 
 /* Compute nbytes and the data pointer of tensor t and check that its data lies
@@ -760,17 +780,15 @@ static tq_status gguf_place_tensor(gguf_cursor *c, tq_gguf *g, tq_gguf_tensor *t
 
 static tq_status gguf_parse_tensors(gguf_cursor *c, tq_gguf *g)
 {
-    tq_status st = gguf_index_init(&g->tensor_index, g->n_tensors, c->err);
-    if (st != TQ_OK) {
-        return st;
-    }
+    tq_status st = TQ_OK;
 
     /* Recheck the count now that the metadata has consumed its bytes. */
     uint64_t left = c->size - c->pos;
     if (g->n_tensors > left / GGUF_MIN_TENSOR_INFO_BYTES) {
         return tq_error_set(c->err, TQ_ERR_FORMAT,
-                            "%s: header claims %" PRIu64 " tensors, which need at least %d bytes each, but only %" PRIu64
-                            " bytes follow the metadata at offset %" PRIu64 "; the file is truncated or corrupt",
+                            "%s: header claims %" PRIu64 " tensors, which need at least %d bytes each, "
+                            "but only %" PRIu64 " bytes follow the metadata at offset %" PRIu64
+                            "; the file is truncated or corrupt",
                             c->path, g->n_tensors, GGUF_MIN_TENSOR_INFO_BYTES, left, c->pos);
     }
     if (g->n_tensors > 0) {
@@ -785,6 +803,18 @@ static tq_status gguf_parse_tensors(gguf_cursor *c, tq_gguf *g)
         if (st != TQ_OK) {
             return st;
         }
+    }
+
+    uint64_t original = 0;
+    uint64_t duplicate = 0;
+    const tq_gguf_string *first_name = g->n_tensors > 0 ? &g->tensors[0].name : NULL;
+    st = gguf_index_build(&g->tensor_index, first_name, sizeof(tq_gguf_tensor), g->n_tensors, &original, &duplicate,
+                          c->err);
+    if (st == TQ_OK && duplicate != UINT64_MAX) {
+        st = gguf_duplicate_error(c, "tensor", &g->tensors[duplicate].name, original, duplicate);
+    }
+    if (st != TQ_OK) {
+        return st;
     }
 
     st = gguf_read_alignment(c, g);
@@ -927,8 +957,8 @@ void tq_gguf_close(tq_gguf *gguf)
         free(gguf->kvs);
     }
     free(gguf->tensors);
-    free(gguf->kv_index.slots);
-    free(gguf->tensor_index.slots);
+    free(gguf->kv_index.entries);
+    free(gguf->tensor_index.entries);
     if (gguf->base != NULL) {
         munmap((void *)gguf->base, (size_t)gguf->file_size);
     }
@@ -974,12 +1004,11 @@ const tq_gguf_kv *tq_gguf_kv_at(const tq_gguf *gguf, uint64_t index)
 
 const tq_gguf_kv *tq_gguf_find_kv(const tq_gguf *gguf, const char *key)
 {
-    if (key == NULL || gguf->kv_index.slots == NULL) {
+    if (key == NULL) {
         return NULL;
     }
-    uint64_t slot = gguf_index_probe(&gguf->kv_index, key, strlen(key), gguf_kv_name, gguf);
-    uint64_t entry = gguf->kv_index.slots[slot];
-    return entry != 0 ? &gguf->kvs[entry - 1] : NULL;
+    uint64_t entry = gguf_index_find(&gguf->kv_index, key, strlen(key));
+    return entry != UINT64_MAX ? &gguf->kvs[entry] : NULL;
 }
 
 uint64_t tq_gguf_n_tensors(const tq_gguf *gguf)
@@ -994,12 +1023,11 @@ const tq_gguf_tensor *tq_gguf_tensor_at(const tq_gguf *gguf, uint64_t index)
 
 const tq_gguf_tensor *tq_gguf_find_tensor(const tq_gguf *gguf, const char *name)
 {
-    if (name == NULL || gguf->tensor_index.slots == NULL) {
+    if (name == NULL) {
         return NULL;
     }
-    uint64_t slot = gguf_index_probe(&gguf->tensor_index, name, strlen(name), gguf_tensor_name, gguf);
-    uint64_t entry = gguf->tensor_index.slots[slot];
-    return entry != 0 ? &gguf->tensors[entry - 1] : NULL;
+    uint64_t entry = gguf_index_find(&gguf->tensor_index, name, strlen(name));
+    return entry != UINT64_MAX ? &gguf->tensors[entry] : NULL;
 }
 
 /* ---- typed getters ---- */
@@ -1009,8 +1037,8 @@ static tq_status gguf_find_typed(const tq_gguf *gguf, const char *key, const cha
 {
     *out = tq_gguf_find_kv(gguf, key);
     if (*out == NULL) {
-        return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is missing; the file must contain %s value", key,
-                            expected);
+        return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is missing; the file must contain %s value",
+                            key, expected);
     }
     return TQ_OK;
 }
@@ -1034,8 +1062,9 @@ tq_status tq_gguf_get_u32(const tq_gguf *gguf, const char *key, uint32_t *out, t
     case TQ_GGUF_UINT32:
     case TQ_GGUF_UINT64:
         if (kv->value.u64 > UINT32_MAX) {
-            return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is %" PRIu64 ", which does not fit in uint32",
-                                key, kv->value.u64);
+            return tq_error_set(err, TQ_ERR_FORMAT,
+                                "GGUF metadata key '%s' is %" PRIu64 ", which does not fit in uint32", key,
+                                kv->value.u64);
         }
         *out = (uint32_t)kv->value.u64;
         return TQ_OK;
@@ -1044,8 +1073,9 @@ tq_status tq_gguf_get_u32(const tq_gguf *gguf, const char *key, uint32_t *out, t
     case TQ_GGUF_INT32:
     case TQ_GGUF_INT64:
         if (kv->value.i64 < 0 || (uint64_t)kv->value.i64 > UINT32_MAX) {
-            return tq_error_set(err, TQ_ERR_FORMAT, "GGUF metadata key '%s' is %" PRId64 ", which does not fit in uint32",
-                                key, kv->value.i64);
+            return tq_error_set(err, TQ_ERR_FORMAT,
+                                "GGUF metadata key '%s' is %" PRId64 ", which does not fit in uint32", key,
+                                kv->value.i64);
         }
         *out = (uint32_t)kv->value.i64;
         return TQ_OK;

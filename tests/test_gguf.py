@@ -581,16 +581,14 @@ def test_duplicate_key(tmp_path):
     kvs = [kv_entry("dup.key", U8, b"\1"), kv_entry("other", U8, b"\2"), kv_entry("dup.key", U8, b"\3")]
     error = open_error(tmp_path, build_gguf(kvs=kvs))
     assert isinstance(error, ValueError)
-    assert "metadata key 'dup.key'" in str(error)
-    assert "appears twice" in str(error)
+    assert "metadata key 'dup.key' at offset 62 (entry 2) repeats entry 0" in str(error)
 
 
 def test_duplicate_tensor_name(tmp_path):
     tensors = [tensor_info("w", (4,), 0, 0), tensor_info("w", (4,), 0, 32)]
     error = open_error(tmp_path, build_gguf(tensors=tensors, data=F32_DATA + b"\0" * 28 + F32_DATA))
     assert isinstance(error, ValueError)
-    assert "tensor 'w'" in str(error)
-    assert "appears twice" in str(error)
+    assert "tensor 'w' at offset 57 (entry 1) repeats entry 0" in str(error)
 
 
 def nested_array(depth):
@@ -701,3 +699,35 @@ def test_typed_getters_errors(small_model):
         f._typed_value("test.u32", "array")
     with pytest.raises(ValueError, match="'test.bool_true' has type bool, but a float value is expected"):
         f._typed_value("test.bool_true", "f32")
+
+
+# ---- name lookup with many entries ----
+
+
+def test_lookup_many_names(tmp_path):
+    # 3000 tensors and keys, about as many as a 27B model has tensors. Names are
+    # written in shuffled order, so lookups cannot rely on the file order.
+    rng = random.Random(7)
+    names = [f"blk.{i}.weight" for i in range(3000)]
+    rng.shuffle(names)
+    tensors = [tensor_info(name, (1,), 0, 32 * i) for i, name in enumerate(names)]
+    data = b"".join(struct.pack("<f", float(i)) + b"\0" * 28 for i in range(len(names)))
+    kvs = [kv_entry(f"key.{name}", U32, struct.pack("<I", i)) for i, name in enumerate(names)]
+    f = GGUFFile(write(tmp_path, build_gguf(kvs=kvs, tensors=tensors, data=data)))
+
+    for i, name in enumerate(names):
+        assert np.frombuffer(f.tensor_data(name), dtype="<f4")[0] == i, name
+        assert f._typed_value(f"key.{name}", "u32") == i, name
+    for missing in ["", "blk", "blk.3000.weight", "blk.0.weight\0", "zzz"]:
+        with pytest.raises(KeyError):
+            f.tensor_data(missing)
+    with pytest.raises(ValueError, match="missing"):
+        f._typed_value("key.blk", "u32")
+
+
+def test_duplicate_reports_first_repeat(tmp_path):
+    # With names a, b, b, a the first repeated entry in file order is entry 2 (b).
+    kvs = [kv_entry(name, U8, b"\1") for name in ["a", "b", "b", "a"]]
+    error = open_error(tmp_path, build_gguf(kvs=kvs))
+    assert "metadata key 'b'" in str(error)
+    assert "(entry 2) repeats entry 1" in str(error)
