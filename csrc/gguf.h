@@ -9,6 +9,9 @@
  * pointer obtained from it (strings, arrays, tensor data) stays valid until
  * tq_gguf_close(). The object is read-only after opening and may be shared
  * between threads.
+ *
+ * NOTE: the checks hold for the file as it was when opened. If another process
+ * truncates the file while it is mapped, touching the lost pages raises SIGBUS.
  */
 #ifndef TQ_GGUF_H
 #define TQ_GGUF_H
@@ -105,8 +108,10 @@ const tq_gguf_kv *tq_gguf_kv_at(const tq_gguf *gguf, uint64_t index);
 /* NULL when key is absent. */
 const tq_gguf_kv *tq_gguf_find_kv(const tq_gguf *gguf, const char *key);
 
-/* Typed getters. A missing key or a value of the wrong type is an error that names
- * the key. Integer getters accept any integer type whose value fits. */
+/* Typed getters. A missing key, a value of the wrong type or a value out of range
+ * fails with TQ_ERR_FORMAT and a message that names the key. Integer getters
+ * accept any integer type whose value fits. tq_gguf_get_f32() accepts float32 and
+ * float64 values inside the float32 range. */
 tq_status tq_gguf_get_u32(const tq_gguf *gguf, const char *key, uint32_t *out, tq_error *err);
 tq_status tq_gguf_get_f32(const tq_gguf *gguf, const char *key, float *out, tq_error *err);
 tq_status tq_gguf_get_bool(const tq_gguf *gguf, const char *key, int *out, tq_error *err);
@@ -115,10 +120,10 @@ tq_status tq_gguf_get_array(const tq_gguf *gguf, const char *key, tq_gguf_array 
 
 /* The functions below walk array values of an open tq_gguf. They trust the bytes
  * because tq_gguf_open() has bound-checked every element, so arr must come from
- * this reader and index must be below arr->count.
- *
- * Element index of a string array. O(1) for a metadata value (whose strings
- * table is filled); O(index) for an inner array of a nested array. */
+ * this reader and index must be below arr->count. */
+
+/* Return element index of a string array. It takes O(1) for a metadata value,
+ * whose strings table is filled, and O(index) for an inner array of a nested array. */
 tq_gguf_string tq_gguf_array_string(const tq_gguf_array *arr, uint64_t index);
 
 /* Decode the inner array at *cursor of an array of arrays and advance *cursor past
