@@ -7,6 +7,7 @@ infos, padding to the alignment, then tensor data.
 """
 
 import os
+import pathlib
 import random
 import struct
 
@@ -385,8 +386,6 @@ def test_directory_path(tmp_path):
 
 
 def test_pathlike_and_bytes_paths(small_model):
-    import pathlib
-
     path, _ = small_model
     assert GGUFFile(pathlib.Path(path)).path == path
     assert GGUFFile(os.fsencode(path)).path == path
@@ -410,7 +409,7 @@ def test_empty_file(tmp_path):
 
 def test_truncated_prefixes(small_model, tmp_path):
     path, _ = small_model
-    content = open(path, "rb").read()
+    content = pathlib.Path(path).read_bytes()
     f = GGUFFile(path)
     data_offset = f.data_offset
     data_end = data_offset + max(t["offset"] + t["nbytes"] for t in f.tensors)
@@ -625,7 +624,7 @@ def test_nonprintable_name_escaped(tmp_path):
 
 def test_random_byte_flips_never_crash(small_model, tmp_path):
     path, _ = small_model
-    original = open(path, "rb").read()
+    original = pathlib.Path(path).read_bytes()
     header_end = GGUFFile(path).data_offset
     rng = random.Random(1234)
     target = tmp_path / "mutant.gguf"
