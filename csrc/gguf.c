@@ -1004,10 +1004,15 @@ const tq_gguf_kv *tq_gguf_kv_at(const tq_gguf *gguf, uint64_t index)
 
 const tq_gguf_kv *tq_gguf_find_kv(const tq_gguf *gguf, const char *key)
 {
+    return key != NULL ? tq_gguf_find_kv_len(gguf, key, strlen(key)) : NULL;
+}
+
+const tq_gguf_kv *tq_gguf_find_kv_len(const tq_gguf *gguf, const char *key, size_t len)
+{
     if (key == NULL) {
         return NULL;
     }
-    uint64_t entry = gguf_index_find(&gguf->kv_index, key, strlen(key));
+    uint64_t entry = gguf_index_find(&gguf->kv_index, key, (uint64_t)len);
     return entry != UINT64_MAX ? &gguf->kvs[entry] : NULL;
 }
 
@@ -1023,10 +1028,15 @@ const tq_gguf_tensor *tq_gguf_tensor_at(const tq_gguf *gguf, uint64_t index)
 
 const tq_gguf_tensor *tq_gguf_find_tensor(const tq_gguf *gguf, const char *name)
 {
+    return name != NULL ? tq_gguf_find_tensor_len(gguf, name, strlen(name)) : NULL;
+}
+
+const tq_gguf_tensor *tq_gguf_find_tensor_len(const tq_gguf *gguf, const char *name, size_t len)
+{
     if (name == NULL) {
         return NULL;
     }
-    uint64_t entry = gguf_index_find(&gguf->tensor_index, name, strlen(name));
+    uint64_t entry = gguf_index_find(&gguf->tensor_index, name, (uint64_t)len);
     return entry != UINT64_MAX ? &gguf->tensors[entry] : NULL;
 }
 

@@ -107,6 +107,8 @@ uint64_t tq_gguf_n_kv(const tq_gguf *gguf);
 const tq_gguf_kv *tq_gguf_kv_at(const tq_gguf *gguf, uint64_t index);
 /* NULL when key is absent. */
 const tq_gguf_kv *tq_gguf_find_kv(const tq_gguf *gguf, const char *key);
+/* The same for a key of len bytes that need not end in NUL and may contain NUL bytes. */
+const tq_gguf_kv *tq_gguf_find_kv_len(const tq_gguf *gguf, const char *key, size_t len);
 
 /* Typed getters. A missing key, a value of the wrong type or a value out of range
  * fails with TQ_ERR_FORMAT and a message that names the key. Integer getters
@@ -139,5 +141,7 @@ uint64_t tq_gguf_n_tensors(const tq_gguf *gguf);
 const tq_gguf_tensor *tq_gguf_tensor_at(const tq_gguf *gguf, uint64_t index);
 /* NULL when no tensor has that name. */
 const tq_gguf_tensor *tq_gguf_find_tensor(const tq_gguf *gguf, const char *name);
+/* The same for a name of len bytes that need not end in NUL and may contain NUL bytes. */
+const tq_gguf_tensor *tq_gguf_find_tensor_len(const tq_gguf *gguf, const char *name, size_t len);
 
 #endif /* TQ_GGUF_H */

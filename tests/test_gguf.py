@@ -730,3 +730,29 @@ def test_duplicate_reports_first_repeat(tmp_path):
     error = open_error(tmp_path, build_gguf(kvs=kvs))
     assert "metadata key 'b'" in str(error)
     assert "(entry 2) repeats entry 1" in str(error)
+
+
+def test_get_matches_metadata(model_path):
+    f = GGUFFile(model_path)
+    metadata = f.metadata
+    for key, expected in metadata.items():
+        value = f.get(key)
+        if isinstance(expected, np.ndarray):
+            np.testing.assert_array_equal(value, expected, err_msg=key)
+        else:
+            assert value == expected, key
+    assert f.get("no.such.key") is None
+    assert f.get("no.such.key", 5) == 5
+    with pytest.raises(TypeError, match="metadata key must be a str"):
+        f.get(b"general.name")
+
+
+def test_names_with_nul_bytes(tmp_path):
+    kvs = [kv_entry(b"a\0b", U32, struct.pack("<I", 9)), kv_entry(b"a", U32, struct.pack("<I", 1))]
+    tensors = [tensor_info(b"w\0x", (4,), 0, 0), tensor_info(b"w", (4,), 0, 32)]
+    data = F32_DATA + b"\0" * 16 + F32_DATA[::-1]
+    f = GGUFFile(write(tmp_path, build_gguf(kvs=kvs, tensors=tensors, data=data)))
+    assert f.get("a\0b") == 9
+    assert f.get("a") == 1
+    assert f.tensor_data("w\0x").tobytes() == F32_DATA
+    assert f.tensor_data("w").tobytes() == F32_DATA[::-1]

@@ -8,7 +8,7 @@ arrays come back as read-only NumPy arrays over the mapping, without copies::
     from turboquant.gguf import GGUFFile
 
     with GGUFFile("model.gguf") as f:
-        print(f.metadata["general.architecture"])
+        print(f.get("general.architecture"))  # one key; f.metadata converts them all
         for info in f.tensors:
             print(info["name"], info["shape"], info["type_name"], info["nbytes"])
         raw = f.tensor_data("token_embd.weight")  # uint8 array of the stored blocks

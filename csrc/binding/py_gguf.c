@@ -416,37 +416,29 @@ static PyObject *GGUFFile_get_tensors(GGUFFileObject *self, void *closure)
     return list;
 }
 
-/* Find a tensor by its name as bytes. A name with an embedded NUL cannot go
- * through the C-string lookup, so it is searched linearly. */
-static const tq_gguf_tensor *gguf_lookup_tensor(const tq_gguf *gguf, const char *name, Py_ssize_t len)
+/* Encode a str key or tensor name as the UTF-8 bytes stored in the file. Invalid
+ * bytes come back through 'surrogateescape', as .metadata and .tensors decode them. */
+static PyObject *gguf_encode_name(PyObject *name, const char *what)
 {
-    if (memchr(name, '\0', (size_t)len) == NULL) {
-        return tq_gguf_find_tensor(gguf, name);
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str, not %.100s", what, Py_TYPE(name)->tp_name);
+        return NULL;
     }
-    uint64_t n = tq_gguf_n_tensors(gguf);
-    for (uint64_t i = 0; i < n; i++) {
-        const tq_gguf_tensor *t = tq_gguf_tensor_at(gguf, i);
-        if (t->name.len == (uint64_t)len && memcmp(t->name.data, name, (size_t)len) == 0) {
-            return t;
-        }
-    }
-    return NULL;
+    return PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
 }
 
 static PyObject *GGUFFile_tensor_data(GGUFFileObject *self, PyObject *name)
 {
-    if (!PyUnicode_Check(name)) {
-        PyErr_Format(PyExc_TypeError, "tensor name must be a str, not %.100s", Py_TYPE(name)->tp_name);
-        return NULL;
-    }
-    if (gguf_check_open(self) != 0) {
-        return NULL;
-    }
-    PyObject *encoded = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
+    PyObject *encoded = gguf_encode_name(name, "tensor name");
     if (encoded == NULL) {
         return NULL;
     }
-    const tq_gguf_tensor *t = gguf_lookup_tensor(self->gguf, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+    if (gguf_check_open(self) != 0) {
+        Py_DECREF(encoded);
+        return NULL;
+    }
+    const tq_gguf_tensor *t =
+        tq_gguf_find_tensor_len(self->gguf, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
     Py_DECREF(encoded);
     if (t == NULL) {
         PyErr_Format(PyExc_KeyError, "no tensor named %R in GGUF file %R; see .tensors for the names", name,
@@ -454,6 +446,31 @@ static PyObject *GGUFFile_tensor_data(GGUFFileObject *self, PyObject *name)
         return NULL;
     }
     return gguf_numpy_view(self, t->data, t->nbytes, "u1");
+}
+
+static PyObject *GGUFFile_get(GGUFFileObject *self, PyObject *args)
+{
+    PyObject *key = NULL;
+    PyObject *default_value = Py_None;
+    if (!PyArg_UnpackTuple(args, "get", 1, 2, &key, &default_value)) {
+        return NULL;
+    }
+    PyObject *encoded = gguf_encode_name(key, "metadata key");
+    if (encoded == NULL) {
+        return NULL;
+    }
+    if (gguf_check_open(self) != 0) {
+        Py_DECREF(encoded);
+        return NULL;
+    }
+    const tq_gguf_kv *kv =
+        tq_gguf_find_kv_len(self->gguf, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
+    Py_DECREF(encoded);
+    if (kv == NULL) {
+        Py_INCREF(default_value);
+        return default_value;
+    }
+    return gguf_value_to_python(self, kv);
 }
 
 /* Call the typed C getter named by kind on key; a test hook for tq_gguf_get_*(),
@@ -563,6 +580,11 @@ static PyMethodDef GGUFFile_methods[] = {
      "Raw bytes of the tensor called name: a read-only uint8 array of length nbytes over\n"
      "the mapping, without a copy. The array keeps the mapping alive, even after close().\n"
      "Raises KeyError when no tensor has that name."},
+    {"get", (PyCFunction)GGUFFile_get, METH_VARARGS,
+     "get(key, default=None) -> value\n\n"
+     "Value of one metadata key, converted as in .metadata, or default when the file has\n"
+     "no such key. Unlike .metadata it converts only this value, so it is fast on files\n"
+     "with a large vocabulary."},
     {"_typed_value", (PyCFunction)GGUFFile_typed_value, METH_VARARGS,
      "_typed_value(key, kind) -> value\n\nRead key through the C getter for kind ('u32', 'f32', 'bool',\n"
      "'string' or 'array'); a test hook. Raises ValueError for a missing key or a wrong type."},
