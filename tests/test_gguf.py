@@ -756,3 +756,26 @@ def test_names_with_nul_bytes(tmp_path):
     assert f.get("a") == 1
     assert f.tensor_data("w\0x").tobytes() == F32_DATA
     assert f.tensor_data("w").tobytes() == F32_DATA[::-1]
+
+
+SUPPORTED_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("type_name", SUPPORTED_TYPES)
+def test_nbytes_matches_gguf_sizes(tmp_path, type_name):
+    ggml_type = GGMLQuantizationType[type_name]
+    block_size, block_bytes = gguf.constants.GGML_QUANT_SIZES[ggml_type]
+    dims = (2 * block_size, 3, 2)
+    nbytes = 2 * 3 * 2 * block_bytes
+    content = build_gguf(tensors=[tensor_info("w", dims, int(ggml_type), 0)], data=b"\x55" * nbytes)
+    info = GGUFFile(write(tmp_path, content)).tensors[0]
+    assert info["nbytes"] == nbytes
+    assert info["shape"] == dims
+    assert info["type_name"].upper() == type_name
+
+
+def test_bool_array_out_of_range(tmp_path):
+    payload = array_payload(BOOL, 3, b"\1\0\3")
+    error = open_error(tmp_path, build_gguf(kvs=[kv_entry("flags", ARRAY, payload)]))
+    assert isinstance(error, ValueError)
+    assert "bool at offset 55 is 3" in str(error)
