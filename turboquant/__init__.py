@@ -19,3 +19,7 @@ from .quantizers import QuantizedVectors, Rotation, TurboQuantMSE, TurboQuantPro
 __all__ += ["QuantizedVectors", "Rotation", "TurboQuantMSE", "TurboQuantProd", "fit_codebook", "lloyd_max_codebook"]
 __all__ += ["GGUFFile"]
 __all__ += ["ggml_dequantize", "ggml_matmul"]
+# QJL and PolarQuant quantizers.
+from .qjl_polar import QJL  # noqa: E402
+
+__all__ += ["QJL"]
