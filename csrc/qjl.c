@@ -203,7 +203,7 @@ void tq_qjl_project(const tq_qjl *qjl, const float *y, size_t n, float *projecte
 {
     const size_t dim = (size_t)qjl->dim;
     const size_t m = (size_t)qjl->sketch_dim;
-#pragma omp parallel for schedule(static) if (n * m * dim > 65536)
+#pragma omp parallel for schedule(static) if (n > 1 && n * m * dim > 65536)
     for (size_t r = 0; r < n; r++) {
         project_row(qjl, y + r * dim, projected + r * m);
     }

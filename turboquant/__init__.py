@@ -20,6 +20,6 @@ __all__ += ["QuantizedVectors", "Rotation", "TurboQuantMSE", "TurboQuantProd", "
 __all__ += ["GGUFFile"]
 __all__ += ["ggml_dequantize", "ggml_matmul"]
 # QJL and PolarQuant quantizers.
-from .qjl_polar import QJL  # noqa: E402
+from .qjl_polar import QJL, PolarQuant  # noqa: E402
 
-__all__ += ["QJL"]
+__all__ += ["QJL", "PolarQuant"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["PackedCodes", "QJL"]
+__all__ = ["PackedCodes", "QJL", "PolarQuant"]
 
 _UINT64_MAX = 2**64 - 1
 
@@ -271,3 +271,126 @@ class QJL:
         c = self.gain
         per_row = x_norm**2 * y_norm**2 / c + dot**2 * (self.fourth_moment / c**2 - 1.0 / c - 1.0)
         return per_row / self.sketch_dim
+
+
+class PolarQuant:
+    """PolarQuant in pairwise form: a radius code and an angle code per coordinate pair.
+
+    A row x (even ``dim``) is stored as ||x|| (float32) and, for the rotated unit vector
+    v = R x / ||x||, one (radius, angle) code per pair (v_j, v_{j + dim/2}). That is the NeoX
+    RoPE pairing, so keys after RoPE pair naturally. The radius goes through
+    ``radius_codebook`` (default: the Lloyd-Max codebook of the radius of a coordinate pair of
+    a uniform unit vector in ``dim`` dimensions, density proportional to r (1 - r^2)^((dim-4)/2)),
+    the angle through 2^angle_bits equal cells with centroids at the cell centres.
+
+    With ``qjl_bits`` 1 or 2 the residual x - x_hat is also stored as a QJL sketch
+    (``sketch_dim = dim``) with its norm, and the inner-product estimate becomes unbiased;
+    without it the estimate <x_hat, y> is biased towards zero. Inner products use a table of
+    q_rot . (cos theta_a, sin theta_a) per pair and angle code, built once per query.
+    """
+
+    kind = "polar"
+
+    def __init__(self, dim, radius_bits=4, angle_bits=3, seed=0, radius_codebook=None, qjl_bits=0):
+        dim = _check_int("dim", dim, 2, 16384)
+        if dim % 2:
+            raise ValueError(f"PolarQuant dim={dim} must be even, because coordinate j pairs with j + dim/2")
+        radius_bits = _check_int("radius_bits", radius_bits, 1, 8)
+        angle_bits = _check_int("angle_bits", angle_bits, 1, 8)
+        qjl_bits = _check_int("qjl_bits", qjl_bits, 0, 2)
+        seed = _check_int("seed", seed, 0, _UINT64_MAX)
+        if radius_codebook is not None:
+            radius_codebook = np.asarray(radius_codebook)
+            if radius_codebook.dtype.kind not in "fiu":
+                raise TypeError(f"radius_codebook must be a real-valued array, got dtype {radius_codebook.dtype}")
+            if radius_codebook.shape != (2**radius_bits,):
+                raise ValueError(
+                    f"radius_codebook has shape {radius_codebook.shape} but radius_bits={radius_bits} "
+                    f"needs {2**radius_bits} values"
+                )
+            radius_codebook = np.ascontiguousarray(radius_codebook, dtype=np.float32)
+        self._core = _core.PolarQuant(dim, radius_bits, angle_bits, radius_codebook, qjl_bits, seed)
+        self._codebook_crc32 = zlib.crc32(np.asarray(self._core.radius_codebook, dtype="<f4").tobytes())
+
+    dim = property(lambda self: self._core.dim, doc="Row length (even).")
+    radius_bits = property(lambda self: self._core.radius_bits, doc="Bits per radius code.")
+    angle_bits = property(lambda self: self._core.angle_bits, doc="Bits per angle code.")
+    qjl_bits = property(lambda self: self._core.qjl_bits, doc="Bits per residual QJL entry (0: no residual).")
+    seed = property(lambda self: self._core.seed, doc="Seed of the rotation and the residual sketch.")
+    kernels = property(lambda self: self._core.kernels, doc="SIMD kernel variant in use.")
+
+    @property
+    def bits(self):
+        """Nominal bits per pair: radius_bits + angle_bits."""
+        return self.radius_bits + self.angle_bits
+
+    @property
+    def radius_codebook(self):
+        """Radius centroids for unit-norm rows, ascending, as float32."""
+        return np.array(self._core.radius_codebook, dtype=np.float32)
+
+    def __repr__(self):
+        return (
+            f"PolarQuant(dim={self.dim}, radius_bits={self.radius_bits}, angle_bits={self.angle_bits}, "
+            f"seed={self.seed}, qjl_bits={self.qjl_bits})"
+        )
+
+    def _params(self):
+        return {
+            "radius_bits": self.radius_bits,
+            "angle_bits": self.angle_bits,
+            "qjl_bits": self.qjl_bits,
+            "radius_codebook_crc32": self._codebook_crc32,
+        }
+
+    def quantize(self, x):
+        """Quantize rows x (n, dim) float32 into PackedCodes (codes, norms, residual norms)."""
+        x = _as_rows(x, "x", self.dim)
+        n = x.shape[0]
+        arrays = {
+            "codes": np.empty((n, self._core.code_bytes), dtype=np.uint8),
+            "norms": np.empty(n, dtype=np.float32),
+        }
+        if self.qjl_bits:
+            arrays["residual_norms"] = np.empty(n, dtype=np.float32)
+        self._core.quantize(x, arrays["codes"], arrays["norms"], arrays.get("residual_norms"))
+        return PackedCodes(self.kind, self.dim, self.bits, self.seed, n, self._params(), arrays)
+
+    def _check_codes(self, codes):
+        if not isinstance(codes, PackedCodes):
+            raise TypeError(f"codes must be PackedCodes from PolarQuant.quantize, got {type(codes).__name__}")
+        expected = (self.kind, self.dim, self.bits, self.seed, self._params())
+        found = (codes.kind, codes.dim, codes.bits, codes.seed, codes.params)
+        if found != expected:
+            raise ValueError(f"codes were made by a different quantizer: (kind, dim, bits, seed, params) {found} != {expected}")
+        names = ["codes", "norms"] + (["residual_norms"] if self.qjl_bits else [])
+        if list(codes.arrays) != names:
+            raise ValueError(f"PolarQuant codes must contain arrays {names}, got {list(codes.arrays)}")
+        return codes.arrays["codes"], codes.arrays["norms"], codes.arrays.get("residual_norms")
+
+    def dequantize(self, codes):
+        """Return the reconstructed rows (n, dim).
+
+        With qjl_bits > 0 the QJL reconstruction of the residual is added, so that
+        ``dequantize(codes) @ y`` equals :meth:`inner_product`. That term is unbiased but
+        noisy and raises the squared error; for the lowest MSE use qjl_bits=0.
+        """
+        packed, norms, residual_norms = self._check_codes(codes)
+        out = np.empty((codes.n, self.dim), dtype=np.float32)
+        self._core.dequantize(packed, norms, residual_norms, codes.n, out)
+        return out
+
+    def rotate(self, x):
+        """Return R x for each row of x (n, dim), R being the orthogonal rotation applied before pairing."""
+        x = _as_rows(x, "x", self.dim)
+        out = np.empty_like(x)
+        self._core.rotate(x, out)
+        return out
+
+    def inner_product(self, codes, queries):
+        """Estimate <x_i, y_q> for every stored row and query from the codes, shape (n_queries, n)."""
+        packed, norms, residual_norms = self._check_codes(codes)
+        queries = _as_rows(queries, "queries", self.dim)
+        out = np.empty((queries.shape[0], codes.n), dtype=np.float32)
+        self._core.inner_product(packed, norms, residual_norms, codes.n, queries, out)
+        return out
