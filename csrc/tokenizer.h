@@ -42,23 +42,47 @@ void tq_tokenizer_free(tq_tokenizer *tok);
 int32_t tq_tokenizer_n_vocab(const tq_tokenizer *tok);
 int32_t tq_tokenizer_bos(const tq_tokenizer *tok);
 int32_t tq_tokenizer_eos(const tq_tokenizer *tok);
+int32_t tq_tokenizer_unk(const tq_tokenizer *tok);
+int32_t tq_tokenizer_pad(const tq_tokenizer *tok);
+/* Whether tq_tokenizer_encode adds BOS when add_bos is -1. */
+int tq_tokenizer_add_bos(const tq_tokenizer *tok);
+/* Token type of id (TQ_TOKEN_*), or -1 for an id outside the vocabulary. */
+int32_t tq_tokenizer_token_type(const tq_tokenizer *tok, int32_t id);
+/* Score of id, or 0 for an id outside the vocabulary. */
+float tq_tokenizer_score(const tq_tokenizer *tok, int32_t id);
+/* Length in bytes of the longest piece text. */
+size_t tq_tokenizer_max_piece_len(const tq_tokenizer *tok);
 
 /* Look up a piece by its exact text; -1 when absent. */
 int32_t tq_tokenizer_find(const tq_tokenizer *tok, const char *piece, size_t len);
 
 /* Encode len bytes of text. add_bos: 1 yes, 0 no, -1 the vocabulary's default.
- * parse_special: when 1, control and user-defined pieces in the text map to their
- * ids; when 0 they are tokenized as plain text. On success *ids is malloc'ed
- * (free with free()) and holds *n_ids ids. Invalid UTF-8 bytes fall back to
- * byte tokens. */
+ * parse_special: when 1, control pieces in the text map to their ids; when 0
+ * they are tokenized as plain text. User-defined pieces (Gemma's runs of
+ * spaces, tabs and newlines, and HTML tags) map to their ids in both cases, as
+ * in SentencePiece, llama.cpp and Hugging Face tokenizers. On success *ids is
+ * malloc'ed (free with free()) and holds *n_ids ids. Invalid UTF-8 bytes fall
+ * back to byte tokens. */
 tq_status tq_tokenizer_encode(const tq_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
                               int32_t **ids, size_t *n_ids, tq_error *err);
 
 /* The bytes a token stands for when decoding: U+2581 becomes a space, byte tokens
  * <0xXX> become that byte, control tokens become "" unless render_special is 1.
+ * Unknown and unused tokens decode like control tokens.
  * Writes at most cap bytes to out and returns the full length (snprintf-like), or
  * -1 for an id outside the vocabulary. */
 int64_t tq_tokenizer_piece_bytes(const tq_tokenizer *tok, int32_t id, int render_special, char *out, size_t cap);
+
+/* The piece text of id exactly as stored in the vocabulary, with the same
+ * conventions as tq_tokenizer_piece_bytes. */
+int64_t tq_tokenizer_piece_text(const tq_tokenizer *tok, int32_t id, char *out, size_t cap);
+
+/* Decode n_ids ids into the concatenation of their piece bytes. The result may
+ * hold invalid UTF-8 (for example half of a character made of byte tokens).
+ * On success *out is malloc'ed, NUL-terminated (free with free()) and holds
+ * *out_len bytes. An id outside the vocabulary is TQ_ERR_INVALID. */
+tq_status tq_tokenizer_decode(const tq_tokenizer *tok, const int32_t *ids, size_t n_ids, int render_special,
+                              char **out, size_t *out_len, tq_error *err);
 
 /* Streaming decoder: feed ids one at a time; text comes out only in whole UTF-8
  * characters. Invalid sequences come out as U+FFFD once they are known invalid. */
@@ -69,11 +93,14 @@ typedef struct {
 
 void tq_detok_stream_init(tq_detok_stream *stream);
 /* Append the complete characters released by id to out (cap bytes); *out_len gets
- * the byte count. Fails with TQ_ERR_RANGE when out is too small (64 bytes plus the
- * longest piece always suffices). */
+ * the byte count. Fails with TQ_ERR_INVALID for an id outside the vocabulary, and
+ * with TQ_ERR_RANGE when out is too small, leaving the stream unchanged in both
+ * cases. 64 bytes plus the longest piece suffice when every piece is valid UTF-8;
+ * 3 * (tq_tokenizer_max_piece_len() + 3) bytes always suffice. */
 tq_status tq_detok_stream_push(const tq_tokenizer *tok, tq_detok_stream *stream, int32_t id, int render_special,
                                char *out, size_t cap, size_t *out_len, tq_error *err);
-/* Release whatever is pending at the end of generation (incomplete bytes as U+FFFD). */
+/* Release whatever is pending at the end of generation (incomplete bytes as one
+ * U+FFFD, so at most 3 bytes) and reset the stream. */
 tq_status tq_detok_stream_flush(tq_detok_stream *stream, char *out, size_t cap, size_t *out_len, tq_error *err);
 
 #endif /* TQ_TOKENIZER_H */

@@ -23,3 +23,7 @@ __all__ += ["ggml_dequantize", "ggml_matmul"]
 from .qjl_polar import QJL, PolarQuant  # noqa: E402
 
 __all__ += ["QJL", "PolarQuant"]
+# tokenizer
+from .tokenizer import StreamDecoder, Tokenizer  # noqa: E402
+
+__all__ += ["Tokenizer", "StreamDecoder"]
