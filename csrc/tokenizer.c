@@ -161,7 +161,7 @@ static tq_status validate_spec(const tq_tokenizer_spec *spec, tq_error *err)
     for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
         if (ids[i].id < -1 || ids[i].id >= spec->n_vocab) {
             return tq_error_set(err, TQ_ERR_INVALID,
-                                "tokenizer: %s=%d is outside the vocabulary of %d pieces; use -1 when it is absent",
+                                "tokenizer: %s=%d is outside the vocabulary of %d pieces. Use -1 when it is absent",
                                 ids[i].name, (int)ids[i].id, (int)spec->n_vocab);
         }
     }
@@ -175,12 +175,12 @@ static tq_status validate_spec(const tq_tokenizer_spec *spec, tq_error *err)
         }
         if (spec->piece_lens[i] > UINT32_MAX) {
             return tq_error_set(err, TQ_ERR_INVALID,
-                                "tokenizer: piece %d is %llu bytes long; pieces longer than 4 GiB are not supported",
+                                "tokenizer: piece %d is %llu bytes long, but pieces longer than 4 GiB are not supported",
                                 (int)i, (unsigned long long)spec->piece_lens[i]);
         }
         if (spec->types != NULL && (spec->types[i] < TQ_TOKEN_NORMAL || spec->types[i] > TQ_TOKEN_BYTE)) {
             return tq_error_set(err, TQ_ERR_INVALID,
-                                "tokenizer: piece %d has token type %d; valid types are 1 (normal) to 6 (byte)",
+                                "tokenizer: piece %d has token type %d, but valid types are 1 (normal) to 6 (byte)",
                                 (int)i, (int)spec->types[i]);
         }
     }

@@ -39,6 +39,19 @@ typedef struct tq_tokenizer tq_tokenizer;
 tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out, tq_error *err);
 void tq_tokenizer_free(tq_tokenizer *tok);
 
+/* Declared in gguf.h; C11 allows repeating the typedef, so this header does not
+ * need the GGUF reader. */
+typedef struct tq_gguf tq_gguf;
+
+/* Build a tokenizer from the tokenizer.ggml.* metadata of an open GGUF file
+ * (implemented in tokenizer_gguf.c): model (must be "llama", else
+ * TQ_ERR_UNSUPPORTED), tokens, scores, token_type, bos/eos/unknown/padding_token_id,
+ * add_bos_token and add_space_prefix (both default to true, as in llama.cpp).
+ * Array lengths must equal the token count and ids must lie inside the
+ * vocabulary, else TQ_ERR_FORMAT. The tokenizer copies what it needs, so gguf
+ * may be closed afterwards. */
+tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out, tq_error *err);
+
 int32_t tq_tokenizer_n_vocab(const tq_tokenizer *tok);
 int32_t tq_tokenizer_bos(const tq_tokenizer *tok);
 int32_t tq_tokenizer_eos(const tq_tokenizer *tok);

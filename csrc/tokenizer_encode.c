@@ -208,7 +208,7 @@ static tq_status emit_symbol(const tq_tokenizer *tok, const char *s, size_t len,
             if (tok->unk_id < 0) {
                 return tq_error_set(err, TQ_ERR_INVALID,
                                     "encode: byte 0x%02X has no <0x%02X> piece and the vocabulary has no unknown "
-                                    "piece; this vocabulary cannot encode the text",
+                                    "piece, so this vocabulary cannot encode the text",
                                     (unsigned)(unsigned char)s[i], (unsigned)(unsigned char)s[i]);
             }
             return id_vec_push(ids, tok->unk_id, err);
@@ -302,7 +302,7 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
 
 /* The id of the longest whole-matched piece that starts at text[0], or -1.
  * User-defined pieces always match, as in SentencePiece, llama.cpp and the
- * added tokens of Hugging Face tokenizers; control pieces only when
+ * added tokens of Hugging Face tokenizers. Control pieces match only when
  * parse_special is set. */
 static int32_t match_special(const tq_tokenizer *tok, const char *text, size_t len, int parse_special,
                              size_t *match_len)

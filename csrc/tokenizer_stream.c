@@ -32,7 +32,7 @@ static size_t release_characters(const unsigned char *pending, size_t n_pending,
         }
         int scanned = tq_utf8_scan(window, avail);
         if (scanned == 0) {
-            break; /* the rest is the valid start of a character: wait for more */
+            break; /* the rest is the valid start of a character, so wait for more */
         }
         if (scanned > 0) {
             if (out != NULL) {
@@ -66,8 +66,8 @@ tq_status tq_detok_stream_push(const tq_tokenizer *tok, tq_detok_stream *stream,
     }
     if (stream->n_pending > 3) {
         return tq_error_set(err, TQ_ERR_INVALID,
-                            "stream decode: the stream holds %zu pending bytes (at most 3 are possible); "
-                            "initialize it with tq_detok_stream_init",
+                            "stream decode: the stream has %zu pending bytes but at most 3 are possible. "
+                            "Initialize it with tq_detok_stream_init",
                             stream->n_pending);
     }
     size_t piece_len;

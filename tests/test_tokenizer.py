@@ -416,3 +416,68 @@ def test_malformed_vocab_rejected():
 def test_vocab_without_byte_pieces_uses_unk():
     tok = _core.Tokenizer([b"<unk>", b"a", "\u2581".encode()], types=np.array([2, 1, 1], dtype=np.int32), unk_id=0)
     assert tok.encode("a z a", add_bos=False) == [1, 2, 0, 2, 1]
+
+
+# ------------------------------------------------------------ GGUF metadata
+
+
+def write_tokenizer_gguf(path, tokens, scores=None, types=None, bos_id=None, model="llama", add_bos=None):
+    """Write a GGUF file with only tokenizer metadata, using the gguf package's writer."""
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_tokenizer_model(model)
+    writer.add_token_list(tokens)
+    if scores is not None:
+        writer.add_token_scores(scores)
+    if types is not None:
+        writer.add_token_types(types)
+    if bos_id is not None:
+        writer.add_bos_token_id(bos_id)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+SMALL_TOKENS = ["<unk>", "<s>", "a", "b", "ab", "\u2581"]
+SMALL_SCORES = [0.0, 0.0, -1.0, -2.0, -3.0, -4.0]
+SMALL_TYPES = [2, 3, 1, 1, 1, 1]
+
+
+def test_from_gguf_small_vocab(tmp_path):
+    path = write_tokenizer_gguf(tmp_path / "small.gguf", SMALL_TOKENS, SMALL_SCORES, SMALL_TYPES, bos_id=1)
+    small = Tokenizer.from_gguf(path)
+    assert isinstance(small, Tokenizer)
+    assert small.n_vocab == 6
+    assert small.bos_id == 1
+    # Without unknown_token_id the first piece of type unknown is used.
+    assert small.unk_id == 0
+    # add_bos_token and add_space_prefix default to true, as in llama.cpp.
+    assert small.add_bos is True
+    assert small.encode("ab ab") == [1, 5, 4, 5, 4]
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        (dict(scores=[0.0, 0.0, 0.0]), ValueError, "tokenizer.ggml.scores. has 3 entries"),
+        (dict(types=[1, 1]), ValueError, "tokenizer.ggml.token_type. has 2 entries"),
+        (dict(bos_id=9), ValueError, "bos_token_id' is 9"),
+        (dict(model="gpt2"), NotImplementedError, "gpt2"),
+        (dict(bos_id=None, add_bos=True), ValueError, "bos_token_id is missing"),
+    ],
+)
+def test_from_gguf_rejects_malformed(tmp_path, changes, error, message):
+    fields = dict(tokens=SMALL_TOKENS, scores=SMALL_SCORES, types=SMALL_TYPES, bos_id=1)
+    fields.update(changes)
+    path = write_tokenizer_gguf(tmp_path / "bad.gguf", **fields)
+    with pytest.raises(error, match=message):
+        Tokenizer.from_gguf(path)
+
+
+def test_from_gguf_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Tokenizer.from_gguf(tmp_path / "missing.gguf")

@@ -1,9 +1,11 @@
 /* Python types turboquant._core.Tokenizer and turboquant._core.StreamDecoder. */
 #include "py_common.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf.h"
 #include "tokenizer.h"
 
 typedef struct {
@@ -31,7 +33,7 @@ static int acquire_vector(PyObject *obj, const char *name, const char *dtype, co
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a 1-D %s array (got %.100s); pass numpy.asarray(%s, dtype=numpy.%s)",
+        PyErr_Format(PyExc_TypeError, "%s must be a 1-D %s array, got %.100s. Pass numpy.asarray(%s, dtype=numpy.%s)",
                      name, dtype, Py_TYPE(obj)->tp_name, name, dtype);
         return -1;
     }
@@ -59,8 +61,8 @@ static int acquire_vector(PyObject *obj, const char *name, const char *dtype, co
     return 0;
 }
 
-/* Convert an optional Python int to a token id in [-1, INT32_MAX]; -1 on error
- * with an exception set (check PyErr_Occurred). */
+/* Convert an optional Python int (None means absent) to a token id in
+ * [-1, INT32_MAX]. Returns 0, or -1 with an exception set. */
 static int parse_optional_id(PyObject *obj, const char *name, int32_t *out)
 {
     if (obj == NULL || obj == Py_None) {
@@ -72,7 +74,7 @@ static int parse_optional_id(PyObject *obj, const char *name, int32_t *out)
         return -1;
     }
     if (value < -1 || value > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s=%lld is not a valid token id; use None or -1 when it is absent", name,
+        PyErr_Format(PyExc_ValueError, "%s=%lld is not a valid token id. Use None or -1 when it is absent", name,
                      value);
         return -1;
     }
@@ -103,6 +105,17 @@ static int parse_token_id(const tq_tokenizer *tok, PyObject *obj, int32_t *out)
 }
 
 /* ------------------------------------------------------------ Tokenizer */
+
+static PyObject *Tokenizer_wrap(PyTypeObject *type, tq_tokenizer *tok)
+{
+    TokenizerObject *self = (TokenizerObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        tq_tokenizer_free(tok);
+        return NULL;
+    }
+    self->tok = tok;
+    return (PyObject *)self;
+}
 
 static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -144,7 +157,7 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(pieces);
     if (n <= 0 || n > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "pieces has %zd entries; a vocabulary needs 1 to %d", n, (int)INT32_MAX);
+        PyErr_Format(PyExc_ValueError, "pieces has %zd entries, but a vocabulary needs 1 to %d", n, (int)INT32_MAX);
         Py_DECREF(pieces);
         return -1;
     }
@@ -189,7 +202,7 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
         }
         have_scores = 1;
         if (scores_view.shape[0] != n) {
-            PyErr_Format(PyExc_ValueError, "scores has %zd entries but pieces has %zd; give one score per piece",
+            PyErr_Format(PyExc_ValueError, "scores has %zd entries but pieces has %zd. Give one score per piece",
                          scores_view.shape[0], n);
             goto done;
         }
@@ -201,7 +214,7 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
         }
         have_types = 1;
         if (types_view.shape[0] != n) {
-            PyErr_Format(PyExc_ValueError, "types has %zd entries but pieces has %zd; give one token type per piece",
+            PyErr_Format(PyExc_ValueError, "types has %zd entries but pieces has %zd. Give one token type per piece",
                          types_view.shape[0], n);
             goto done;
         }
@@ -248,10 +261,50 @@ static void Tokenizer_dealloc(TokenizerObject *self)
 static int Tokenizer_check_ready(TokenizerObject *self)
 {
     if (self->tok == NULL) {
-        PyErr_SetString(PyExc_ValueError, "Tokenizer is not initialized; call Tokenizer(pieces, ...) or from_gguf()");
+        PyErr_SetString(PyExc_ValueError, "Tokenizer is not initialized. Call Tokenizer(pieces, ...) or Tokenizer.from_gguf(path)");
         return -1;
     }
     return 0;
+}
+
+static PyObject *Tokenizer_from_gguf(PyObject *cls, PyObject *args)
+{
+    PyObject *path_obj = NULL;
+    if (!PyArg_ParseTuple(args, "O&:from_gguf", PyUnicode_FSConverter, &path_obj)) {
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_gguf *gguf = NULL;
+    tq_tokenizer *tok = NULL;
+    tq_status rc;
+    int open_errno = 0;
+    Py_BEGIN_ALLOW_THREADS
+    errno = 0;
+    rc = tq_gguf_open(PyBytes_AS_STRING(path_obj), &gguf, &err);
+    open_errno = errno;
+    if (rc == TQ_OK) {
+        rc = tq_tokenizer_create_from_gguf(gguf, &tok, &err);
+    }
+    tq_gguf_close(gguf);
+    Py_END_ALLOW_THREADS
+    if (rc == TQ_ERR_IO && open_errno != 0) {
+        /* OSError(errno, message, filename) builds the matching subclass, such as FileNotFoundError. */
+        PyObject *filename = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(path_obj));
+        PyObject *exc = filename ? PyObject_CallFunction(PyExc_OSError, "isO", open_errno, err.message, filename) : NULL;
+        Py_XDECREF(filename);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    Py_DECREF(path_obj);
+    if (rc != TQ_OK) {
+        return tq_py_raise(&err);
+    }
+    return Tokenizer_wrap((PyTypeObject *)cls, tok);
 }
 
 static PyObject *Tokenizer_encode(TokenizerObject *self, PyObject *args, PyObject *kwargs)
@@ -265,7 +318,7 @@ static PyObject *Tokenizer_encode(TokenizerObject *self, PyObject *args, PyObjec
         return NULL;
     }
     if (!PyUnicode_Check(text_obj)) {
-        PyErr_Format(PyExc_TypeError, "text must be str, not %.100s; decode bytes first", Py_TYPE(text_obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "text must be str, not %.100s. Decode bytes first", Py_TYPE(text_obj)->tp_name);
         return NULL;
     }
     int add_bos = -1;
@@ -278,7 +331,7 @@ static PyObject *Tokenizer_encode(TokenizerObject *self, PyObject *args, PyObjec
     Py_ssize_t len = 0;
     const char *text = PyUnicode_AsUTF8AndSize(text_obj, &len);
     if (text == NULL) {
-        return NULL; /* lone surrogates: UnicodeEncodeError, a ValueError */
+        return NULL; /* lone surrogates raise UnicodeEncodeError, a ValueError subclass */
     }
 
     tq_error err;
@@ -286,8 +339,8 @@ static PyObject *Tokenizer_encode(TokenizerObject *self, PyObject *args, PyObjec
     int32_t *ids = NULL;
     size_t n_ids = 0;
     tq_status rc;
-    /* text stays valid without the GIL: str objects are immutable and the
-     * argument tuple holds a reference for the whole call. */
+    /* text stays valid without the GIL because str objects are immutable and
+     * the argument tuple holds a reference for the whole call. */
     Py_BEGIN_ALLOW_THREADS
     rc = tq_tokenizer_encode(self->tok, text, (size_t)len, add_bos, special, &ids, &n_ids, &err);
     Py_END_ALLOW_THREADS
@@ -509,6 +562,8 @@ static Py_ssize_t Tokenizer_len(TokenizerObject *self)
 }
 
 static PyMethodDef Tokenizer_methods[] = {
+    {"from_gguf", (PyCFunction)Tokenizer_from_gguf, METH_VARARGS | METH_CLASS,
+     "from_gguf(path) -> Tokenizer\n\nBuild the tokenizer from the tokenizer.ggml.* metadata of a GGUF file."},
     {"encode", (PyCFunction)(void (*)(void))Tokenizer_encode, METH_VARARGS | METH_KEYWORDS,
      "encode(text, add_bos=None, special=True) -> list[int]\n\n"
      "Encode a str. add_bos=None uses the vocabulary's default. special=True maps control pieces written in the\n"
@@ -605,7 +660,7 @@ static void StreamDecoder_dealloc(StreamDecoderObject *self)
 static int StreamDecoder_check_ready(StreamDecoderObject *self)
 {
     if (self->tokenizer == NULL || self->buffer == NULL) {
-        PyErr_SetString(PyExc_ValueError, "StreamDecoder is not initialized; call StreamDecoder(tokenizer)");
+        PyErr_SetString(PyExc_ValueError, "StreamDecoder is not initialized. Call StreamDecoder(tokenizer)");
         return -1;
     }
     return 0;
