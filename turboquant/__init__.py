@@ -24,6 +24,7 @@ from .qjl_polar import QJL, PolarQuant  # noqa: E402
 
 __all__ += ["QJL", "PolarQuant"]
 # tokenizer
+from .chat import encode_gemma3_chat, format_gemma3_chat  # noqa: E402
 from .tokenizer import StreamDecoder, Tokenizer  # noqa: E402
 
-__all__ += ["Tokenizer", "StreamDecoder"]
+__all__ += ["Tokenizer", "StreamDecoder", "format_gemma3_chat", "encode_gemma3_chat"]
