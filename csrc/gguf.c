@@ -60,8 +60,9 @@ typedef struct {
 } gguf_name_index;
 
 struct tq_gguf {
-    const uint8_t *base; /* the mapping, file_size bytes */
+    const uint8_t *base; /* the mapping or the caller's buffer, file_size bytes */
     uint64_t file_size;
+    int owns_mapping; /* 1 when base came from mmap and tq_gguf_close() unmaps it */
     uint32_t version;
     uint64_t alignment;
     uint64_t data_offset; /* absolute offset of the data section */
@@ -893,7 +894,25 @@ static tq_status gguf_map_file(const char *path, const char *shown_path, tq_gguf
     }
     g->base = map;
     g->file_size = (uint64_t)st.st_size;
+    g->owns_mapping = 1;
     return TQ_OK;
+}
+
+/* Parse the header, metadata and tensor infos of g's bytes. */
+static tq_status gguf_parse(gguf_cursor *c, tq_gguf *g)
+{
+    c->base = g->base;
+    c->size = g->file_size;
+    snprintf(c->entry, sizeof(c->entry), "header");
+
+    tq_status st = gguf_parse_header(c, g, &g->n_tensors, &g->n_kv);
+    if (st == TQ_OK) {
+        st = gguf_parse_kvs(c, g);
+    }
+    if (st == TQ_OK) {
+        st = gguf_parse_tensors(c, g);
+    }
+    return st;
 }
 
 tq_status tq_gguf_open(const char *path, tq_gguf **out, tq_error *err)
@@ -924,17 +943,44 @@ tq_status tq_gguf_open(const char *path, tq_gguf **out, tq_error *err)
         errno = saved;
         return st;
     }
-    c.base = g->base;
-    c.size = g->file_size;
-    snprintf(c.entry, sizeof(c.entry), "header");
+    st = gguf_parse(&c, g);
+    if (st != TQ_OK) {
+        tq_gguf_close(g);
+        return st;
+    }
+    *out = g;
+    return TQ_OK;
+}
 
-    st = gguf_parse_header(&c, g, &g->n_tensors, &g->n_kv);
-    if (st == TQ_OK) {
-        st = gguf_parse_kvs(&c, g);
+tq_status tq_gguf_open_memory(const void *data, size_t size, const char *name, tq_gguf **out, tq_error *err)
+{
+    if (out == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_gguf_open_memory: out must not be NULL");
     }
-    if (st == TQ_OK) {
-        st = gguf_parse_tensors(&c, g);
+    *out = NULL;
+    if (data == NULL && size > 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_gguf_open_memory: data is NULL but size is %zu", size);
     }
+
+    gguf_cursor c;
+    memset(&c, 0, sizeof(c));
+    c.err = err;
+    char shown[GGUF_MAX_SHOWN_PATH * 4 + 8];
+    gguf_format_path(shown, sizeof(shown), name != NULL ? name : "<buffer>");
+    snprintf(c.path, sizeof(c.path), "'%s'", shown);
+    if (size == 0) {
+        return tq_error_set(err, TQ_ERR_FORMAT,
+                            "%s is empty (0 bytes); a GGUF file starts with the magic 'GGUF' and a header", c.path);
+    }
+
+    tq_gguf *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory opening %s", c.path);
+    }
+    g->base = data;
+    g->file_size = (uint64_t)size;
+    g->owns_mapping = 0;
+    tq_status st = gguf_parse(&c, g);
     if (st != TQ_OK) {
         tq_gguf_close(g);
         return st;
@@ -959,7 +1005,7 @@ void tq_gguf_close(tq_gguf *gguf)
     free(gguf->tensors);
     free(gguf->kv_index.entries);
     free(gguf->tensor_index.entries);
-    if (gguf->base != NULL) {
+    if (gguf->owns_mapping && gguf->base != NULL) {
         munmap((void *)gguf->base, (size_t)gguf->file_size);
     }
     free(gguf);

@@ -87,6 +87,12 @@ typedef struct tq_gguf tq_gguf;
  * (bad magic, truncated, any size or offset out of bounds), TQ_ERR_UNSUPPORTED
  * (version or tensor type this reader does not know). */
 tq_status tq_gguf_open(const char *path, tq_gguf **out, tq_error *err);
+
+/* Parse size bytes at data, with the same checks and errors as tq_gguf_open(),
+ * without copying them. The caller keeps data valid and unchanged until
+ * tq_gguf_close(), because the accessors read it and trust what was checked.
+ * name (NULL for "<buffer>") replaces the path in error messages. */
+tq_status tq_gguf_open_memory(const void *data, size_t size, const char *name, tq_gguf **out, tq_error *err);
 /* After tq_gguf_open() fails with TQ_ERR_IO, errno is the error code of the failing
  * system call (ENOENT, EACCES, ...), or EISDIR for a directory and EINVAL for
  * another non-regular file. */

@@ -779,3 +779,46 @@ def test_bool_array_out_of_range(tmp_path):
     error = open_error(tmp_path, build_gguf(kvs=[kv_entry("flags", ARRAY, payload)]))
     assert isinstance(error, ValueError)
     assert "bool at offset 55 is 3" in str(error)
+
+
+# ---- parsing from memory ----
+
+
+def test_from_buffer_matches_file(model_path):
+    import mmap
+
+    with open(model_path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    from_file = GGUFFile(model_path)
+    from_memory = GGUFFile.from_buffer(mapping, name="model in memory")
+    assert from_memory.path == "model in memory"
+    assert from_memory.tensors == from_file.tensors
+    assert from_memory.metadata_types == from_file.metadata_types
+    assert from_memory.data_offset == from_file.data_offset
+    name = "token_embd.weight"
+    assert from_memory.tensor_data(name).tobytes() == from_file.tensor_data(name).tobytes()
+    from_memory.close()
+    from_file.close()
+    mapping.close()
+
+
+def test_from_buffer_errors(small_model):
+    path, _ = small_model
+    content = pathlib.Path(path).read_bytes()
+    with pytest.raises(TypeError, match="read-only buffer"):
+        GGUFFile.from_buffer(bytearray(content))
+    with pytest.raises(TypeError):
+        GGUFFile.from_buffer("not a buffer")
+    with pytest.raises(ValueError, match="'<buffer>' is empty"):
+        GGUFFile.from_buffer(b"")
+    with pytest.raises(ValueError, match="'mine': header: tensor count at offset 8"):
+        GGUFFile.from_buffer(content[:12], name="mine")
+
+
+def test_from_buffer_keeps_data_alive(small_model):
+    path, tensors = small_model
+    f = GGUFFile.from_buffer(pathlib.Path(path).read_bytes())
+    data = f.tensor_data("q8_tensor")
+    f.close()
+    del f
+    assert data.tobytes() == tensors["q8_tensor"].tobytes()

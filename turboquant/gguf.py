@@ -13,6 +13,9 @@ arrays come back as read-only NumPy arrays over the mapping, without copies::
             print(info["name"], info["shape"], info["type_name"], info["nbytes"])
         raw = f.tensor_data("token_embd.weight")  # uint8 array of the stored blocks
 
+``GGUFFile.from_buffer(data)`` parses a file that is already in memory (bytes or a
+read-only mmap) in the same way, without copying it.
+
 Strings in metadata are decoded from UTF-8 with the 'surrogateescape' error handler,
 so ``s.encode("utf-8", "surrogateescape")`` returns the bytes of the file. Arrays
 returned by the object stay valid after ``close()``, because each keeps the mapping

@@ -2,7 +2,7 @@
  *
  * Arrays returned to Python (tensor data, numeric metadata arrays) are read-only
  * NumPy views of the mapping, made through this type's buffer interface. Each
- * view holds a buffer export, so close() only marks the object closed while
+ * view keeps a buffer export open, so close() only marks the object closed while
  * views exist, and the mapping is released when the last view goes away.
  */
 #include "py_common.h"
@@ -22,6 +22,8 @@ typedef struct {
     uint64_t alignment;
     uint64_t data_offset;
     uint64_t file_size;
+    Py_buffer source; /* the caller's buffer for from_buffer(), while has_source is 1 */
+    int has_source;
 } GGUFFileObject;
 
 /* Raise the exception for a failed tq_gguf_open(). An I/O error becomes the
@@ -61,6 +63,17 @@ static PyObject *gguf_raise_open_error(const tq_error *err, int os_errno, PyObje
     return tq_py_raise(&clean);
 }
 
+/* Release the parsed file and, for from_buffer(), the caller's buffer. */
+static void gguf_release(GGUFFileObject *self)
+{
+    tq_gguf_close(self->gguf);
+    self->gguf = NULL;
+    if (self->has_source) {
+        PyBuffer_Release(&self->source);
+        self->has_source = 0;
+    }
+}
+
 static int gguf_check_open(GGUFFileObject *self)
 {
     if (self->closed || self->gguf == NULL) {
@@ -71,6 +84,34 @@ static int gguf_check_open(GGUFFileObject *self)
 }
 
 /* ---- creation and destruction ---- */
+
+/* Create the Python object for an opened gguf. It takes over gguf, the reference
+ * to path and, when source is not NULL, the buffer view; on failure it releases them. */
+static PyObject *gguf_wrap(PyTypeObject *type, tq_gguf *gguf, PyObject *path, Py_buffer *source)
+{
+    GGUFFileObject *self = (GGUFFileObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        tq_gguf_close(gguf);
+        Py_DECREF(path);
+        if (source != NULL) {
+            PyBuffer_Release(source);
+        }
+        return NULL;
+    }
+    self->gguf = gguf;
+    self->path = path;
+    self->exports = 0;
+    self->closed = 0;
+    self->version = tq_gguf_version(gguf);
+    self->alignment = tq_gguf_alignment(gguf);
+    self->data_offset = tq_gguf_data_offset(gguf);
+    self->file_size = tq_gguf_file_size(gguf);
+    if (source != NULL) {
+        self->source = *source;
+        self->has_source = 1;
+    }
+    return (PyObject *)self;
+}
 
 static PyObject *GGUFFile_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -103,28 +144,54 @@ static PyObject *GGUFFile_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         return NULL;
     }
 
-    GGUFFileObject *self = (GGUFFileObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        tq_gguf_close(gguf);
-        Py_DECREF(path_str);
+    return gguf_wrap(type, gguf, path_str, NULL);
+}
+
+static PyObject *GGUFFile_from_buffer(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"data", "name", NULL};
+    PyObject *data = NULL;
+    const char *name = "<buffer>";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:from_buffer", keywords, &data, &name)) {
         return NULL;
     }
-    self->gguf = gguf;
-    self->path = path_str;
-    self->exports = 0;
-    self->closed = 0;
-    self->version = tq_gguf_version(gguf);
-    self->alignment = tq_gguf_alignment(gguf);
-    self->data_offset = tq_gguf_data_offset(gguf);
-    self->file_size = tq_gguf_file_size(gguf);
-    return (PyObject *)self;
+    Py_buffer source;
+    if (PyObject_GetBuffer(data, &source, PyBUF_SIMPLE) != 0) {
+        return NULL;
+    }
+    if (!source.readonly) {
+        PyBuffer_Release(&source);
+        PyErr_Format(PyExc_TypeError,
+                     "data must be a read-only buffer such as bytes (got a writable %.100s), because the reader "
+                     "trusts the bytes it has checked; pass bytes(data)",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    PyObject *name_str = PyUnicode_FromString(name);
+    if (name_str == NULL) {
+        PyBuffer_Release(&source);
+        return NULL;
+    }
+
+    tq_error err;
+    tq_error_clear(&err);
+    tq_gguf *gguf = NULL;
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_gguf_open_memory(source.buf, (size_t)source.len, name, &gguf, &err);
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        PyBuffer_Release(&source);
+        Py_DECREF(name_str);
+        return gguf_raise_open_error(&err, 0, NULL);
+    }
+    return gguf_wrap(type, gguf, name_str, &source);
 }
 
 static void GGUFFile_dealloc(GGUFFileObject *self)
 {
     /* Every export holds a reference to self, so none is left here. */
-    tq_gguf_close(self->gguf);
-    self->gguf = NULL;
+    gguf_release(self);
     Py_XDECREF(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -132,9 +199,8 @@ static void GGUFFile_dealloc(GGUFFileObject *self)
 static PyObject *GGUFFile_close(GGUFFileObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->closed = 1;
-    if (self->exports == 0 && self->gguf != NULL) {
-        tq_gguf_close(self->gguf);
-        self->gguf = NULL;
+    if (self->exports == 0) {
+        gguf_release(self);
     }
     Py_RETURN_NONE;
 }
@@ -182,9 +248,8 @@ static void GGUFFile_releasebuffer(GGUFFileObject *self, Py_buffer *view)
 {
     (void)view;
     self->exports--;
-    if (self->closed && self->exports == 0 && self->gguf != NULL) {
-        tq_gguf_close(self->gguf);
-        self->gguf = NULL;
+    if (self->closed && self->exports == 0) {
+        gguf_release(self);
     }
 }
 
@@ -580,6 +645,11 @@ static PyMethodDef GGUFFile_methods[] = {
      "Raw bytes of the tensor called name: a read-only uint8 array of length nbytes over\n"
      "the mapping, without a copy. The array keeps the mapping alive, even after close().\n"
      "Raises KeyError when no tensor has that name."},
+    {"from_buffer", (PyCFunction)(void (*)(void))GGUFFile_from_buffer, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_buffer(data, name='<buffer>') -> GGUFFile\n\n"
+     "Parse a GGUF file held in memory: any read-only buffer such as bytes or a read-only\n"
+     "mmap. The object keeps the buffer without copying it. name replaces the path in\n"
+     "error messages and in .path. Raises TypeError for a writable buffer."},
     {"get", (PyCFunction)GGUFFile_get, METH_VARARGS,
      "get(key, default=None) -> value\n\n"
      "Value of one metadata key, converted as in .metadata, or default when the file has\n"
