@@ -768,8 +768,15 @@ static tq_status gguf_place_tensor(gguf_cursor *c, tq_gguf *g, tq_gguf_tensor *t
                             "; the file is corrupt",
                             c->path, c->entry, t->offset, g->alignment);
     }
+    if (t->offset > g->file_size) {
+        return tq_error_set(c->err, TQ_ERR_FORMAT,
+                            "%s: %s: data offset %" PRIu64 " is past the end of the %" PRIu64
+                            "-byte file; the file is truncated or corrupt",
+                            c->path, c->entry, t->offset, g->file_size);
+    }
+    /* data_offset is at most the file size plus the alignment (< 2^32), so no overflow. */
     uint64_t start = g->data_offset + t->offset;
-    if (t->offset > g->file_size || start > g->file_size || t->nbytes > g->file_size - start) {
+    if (start > g->file_size || t->nbytes > g->file_size - start) {
         return tq_error_set(c->err, TQ_ERR_FORMAT,
                             "%s: %s: offset %" PRIu64 " + size %" PRIu64 " exceeds the file size %" PRIu64
                             " (the data section starts at %" PRIu64 "); the file is truncated or corrupt",

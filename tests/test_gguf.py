@@ -521,6 +521,12 @@ def test_tensor_past_eof(tmp_path):
     assert "exceeds the file size" in message
 
 
+def test_tensor_offset_huge(tmp_path):
+    error = open_error(tmp_path, one_tensor_file(offset=2**64 - 32))
+    assert isinstance(error, ValueError)
+    assert "data offset 18446744073709551584 is past the end" in str(error)
+
+
 def test_tensor_larger_than_file(tmp_path):
     error = open_error(tmp_path, one_tensor_file(dims=(1024,)))
     assert isinstance(error, ValueError)
