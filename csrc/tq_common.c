@@ -1,3 +1,5 @@
+#define _POSIX_C_SOURCE 200112L /* posix_memalign, also without _GNU_SOURCE */
+
 #include "tq_common.h"
 
 #include <stdarg.h>
