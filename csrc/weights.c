@@ -339,6 +339,8 @@ tq_status tq_weight_get_row(const tq_weight *w, int64_t row, float *dst, tq_erro
 
 /* ---- Matrix product ---- */
 
+#define MAX_CHUNK_ROWS 64
+
 /* Rows per work item: enough that a chunk of weights stays in a 32 KiB L1 data
  * cache while every token of a tile passes over it, but small enough that both
  * threads get many chunks. */
@@ -348,8 +350,8 @@ static int64_t rows_per_chunk(const tq_weight *w)
     if (rows < 4) {
         rows = 4;
     }
-    if (rows > 64) {
-        rows = 64;
+    if (rows > MAX_CHUNK_ROWS) {
+        rows = MAX_CHUNK_ROWS;
     }
     while (rows > 4 && w->n_out / rows < 16) {
         rows /= 2;
@@ -357,9 +359,10 @@ static int64_t rows_per_chunk(const tq_weight *w)
     return rows;
 }
 
-/* Tokens per tile: activation rows of one tile are reused by every weight row
- * of a chunk, so they should fit in L2 next to the chunk (64 x ~2 KiB here). */
-#define TOKENS_PER_TILE 64
+/* Tokens per tile: the quantized activation rows of one tile (16 x 680 bytes for
+ * n_in = 640 with Q8_0) stay in L1 next to the weight chunk while every row of the
+ * chunk passes over them. */
+#define TOKENS_PER_TILE 16
 
 tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err)
 {
@@ -434,25 +437,31 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t c = 0; c < n_chunks; c++) {
         const int64_t r0 = c * chunk_rows;
-        const int64_t r1 = r0 + chunk_rows < n_out ? r0 + chunk_rows : n_out;
+        const int64_t rows = r0 + chunk_rows < n_out ? chunk_rows : n_out - r0;
+        /* Results go to a small tile first: writing y directly would touch one line
+         * per token at a stride of n_out floats, which for large power-of-two n_out
+         * maps every token to the same cache set. */
+        float tile[TOKENS_PER_TILE * MAX_CHUNK_ROWS];
         for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_TILE) {
-            const int64_t t1 = t0 + TOKENS_PER_TILE < n_tokens ? t0 + TOKENS_PER_TILE : n_tokens;
-            int64_t t = t0;
+            const int64_t tokens = t0 + TOKENS_PER_TILE < n_tokens ? TOKENS_PER_TILE : n_tokens - t0;
+            int64_t t = 0;
             if (vec_dot_x4 != NULL) {
-                for (; t + 4 <= t1; t += 4) {
-                    const void *a = acts + (size_t)t * act_row_bytes;
-                    float *yt = y + t * n_out;
-                    for (int64_t r = r0; r < r1; r++) {
-                        vec_dot_x4(n_in, &yt[r], (size_t)n_out, weights + (size_t)r * row_bytes, a, act_row_bytes);
+                for (; t + 4 <= tokens; t += 4) {
+                    const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
+                    for (int64_t r = 0; r < rows; r++) {
+                        vec_dot_x4(n_in, &tile[t * rows + r], (size_t)rows, weights + (size_t)(r0 + r) * row_bytes, a,
+                                   act_row_bytes);
                     }
                 }
             }
-            for (; t < t1; t++) {
-                const void *a = acts + (size_t)t * act_row_bytes;
-                float *yt = y + t * n_out;
-                for (int64_t r = r0; r < r1; r++) {
-                    vec_dot(n_in, &yt[r], weights + (size_t)r * row_bytes, a);
+            for (; t < tokens; t++) {
+                const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
+                for (int64_t r = 0; r < rows; r++) {
+                    vec_dot(n_in, &tile[t * rows + r], weights + (size_t)(r0 + r) * row_bytes, a);
                 }
+            }
+            for (t = 0; t < tokens; t++) {
+                memcpy(y + (t0 + t) * n_out + r0, &tile[t * rows], (size_t)rows * sizeof(float));
             }
         }
     }

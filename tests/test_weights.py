@@ -340,6 +340,21 @@ def test_matmul_one_dimensional_x():
     assert np.array_equal(y, _core.matmul(int(T.Q8_0), raw, 64, 16, x[None, :])[0])
 
 
+def test_matmul_concurrent_calls():
+    # The binding releases the GIL and tq_matmul keeps its scratch per call, so calls
+    # from several threads at once must give the same results as calls in sequence.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    raw = random_raw(T.Q5_0, 300, 640, rng)
+    inputs = [rng.standard_normal((n, 640)).astype(np.float32) for n in (1, 5, 9, 16)] * 3
+    expected = [_core.matmul(int(T.Q5_0), raw, 640, 300, x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda x: _core.matmul(int(T.Q5_0), raw, 640, 300, x), inputs))
+    for got, want in zip(results, expected):
+        assert np.array_equal(got, want)
+
+
 # ---- bad input ----
 
 
