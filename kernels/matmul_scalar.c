@@ -36,7 +36,9 @@ static float max_abs(const float *x, int n)
 }
 
 /* Symmetric 8-bit quantization per block of 32: d = amax / 127 (stored as fp16),
- * q = round(x * 127 / amax). */
+ * q = round(x * 127 / amax).
+ * NOTE: a block with max |x| of 65520 * 127 (about 8.3e6) or more gets an infinite
+ * fp16 scale and so infinite or NaN products, as Q8_0 does in llama.cpp. */
 void tq_quantize_row_q8_0_scalar(const float *x, void *y, int64_t n)
 {
     tq_block_q8_0 *blocks = (tq_block_q8_0 *)y;
