@@ -63,7 +63,10 @@ tq_status tq_weight_init(tq_weight *w, int type, int64_t n_in, int64_t n_out, co
 
 /* y[t][o] = sum_i W[o][i] * x[t][i] for t < n_tokens, with x of shape [n_tokens][n_in]
  * and y of shape [n_tokens][n_out], both row-major float32. isa selects the kernel
- * variant (see cpu.h); threads over output rows (and tokens) with OpenMP. */
+ * variant (see cpu.h); threads over output rows (and tokens) with OpenMP.
+ * Integer formats quantize each row of x once (Q8_0 or Q8_K) into scratch memory
+ * that the call allocates and frees itself (TQ_ERR_NOMEM when that fails), so
+ * concurrent calls on different outputs share no state. x and y must not overlap. */
 tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err);
 
 /* Copy row `row` of w, dequantized, into dst (n_in floats). Used for embedding lookup. */
