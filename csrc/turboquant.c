@@ -200,25 +200,6 @@ static void decode_mse_rotated(const tq_turboquant *q, const uint8_t *row, float
     }
 }
 
-/* Sum of x[i]^2 in double. Each square of a float is exact in double, and eight
- * partial sums in a fixed order break the dependency chain that a single sum would
- * form (the compiler may not reorder a floating-point reduction by itself). The
- * order is the same for every kernel variant, so the result is too. */
-static double sum_of_squares(const float *x, int n)
-{
-    double partial[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        for (int k = 0; k < 8; k++) {
-            partial[k] += (double)x[i + k] * (double)x[i + k];
-        }
-    }
-    for (; i < n; i++) {
-        partial[0] += (double)x[i] * (double)x[i];
-    }
-    return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
-}
-
 static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, float *scratch, int *bad)
 {
     const tq_turboquant_layout *L = &q->layout;
@@ -226,7 +207,7 @@ static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, flo
     float *v = scratch;
     float *w = scratch + dim;
 
-    const double norm = sqrt(sum_of_squares(x, dim));
+    const double norm = sqrt(q->kernels->sum_squares(x, (size_t)dim));
     if (!(norm <= FLT_MAX)) {
         *bad = 1;
         memset(row, 0, L->row_bytes);
@@ -261,7 +242,7 @@ static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, flo
         for (int i = 0; i < dim; i++) {
             w[i] = v[i] - w[i];
         }
-        const double residual_sum = sum_of_squares(w, dim);
+        const double residual_sum = q->kernels->sum_squares(w, (size_t)dim);
         q->kernels->matvec(q->gaussian, w, v, (size_t)dim, (size_t)dim);
         q->kernels->encode(v, (size_t)dim, 1, zero_boundary, row + L->high_bytes + L->low_bytes);
         const float residual_norm = (float)sqrt(residual_sum);

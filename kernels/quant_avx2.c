@@ -90,6 +90,28 @@ static float horizontal_sum(__m256 v)
     return _mm_cvtss_f32(sum);
 }
 
+static double sum_squares_avx2(const float *x, size_t n)
+{
+    /* Lanes of acc_low and acc_high are partial sums 0..3 and 4..7; an FMA of an
+     * exact square rounds once, as the scalar add does. */
+    __m256d acc_low = _mm256_setzero_pd();
+    __m256d acc_high = _mm256_setzero_pd();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256d low = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+        const __m256d high = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        acc_low = _mm256_fmadd_pd(low, low, acc_low);
+        acc_high = _mm256_fmadd_pd(high, high, acc_high);
+    }
+    double partial[8];
+    _mm256_storeu_pd(partial, acc_low);
+    _mm256_storeu_pd(partial + 4, acc_high);
+    for (; i < n; i++) {
+        partial[0] += (double)x[i] * (double)x[i];
+    }
+    return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
 static void matvec_avx2(const float *m, const float *x, float *y, size_t rows, size_t cols)
 {
     for (size_t r = 0; r < rows; r++) {
@@ -131,7 +153,9 @@ static void encode_avx2(const float *x, size_t count, int bits, const float *bou
         folded = _mm_or_si128(folded, _mm_unpackhi_epi64(folded, folded));
         folded = _mm_or_si128(folded, _mm_srli_epi64(folded, 32));
         const uint32_t word = (uint32_t)_mm_cvtsi128_si32(folded);
-        memcpy(out + (i / 8) * (size_t)bits, &word, (size_t)bits);
+        for (int k = 0; k < bits; k++) {
+            out[(i / 8) * (size_t)bits + (size_t)k] = (uint8_t)(word >> (8 * k));
+        }
     }
     if (i < count) {
         /* The tail starts on a byte boundary, so the scalar packer can finish it. */
@@ -224,6 +248,7 @@ static void dot_rows_avx2(const uint8_t *codes, size_t row_bytes, size_t n_rows,
 
 const tq_quant_kernels tq_quant_kernels_avx2 = {
     .fwht = fwht_avx2,
+    .sum_squares = sum_squares_avx2,
     .matvec = matvec_avx2,
     .encode = encode_avx2,
     .decode = decode_avx2,

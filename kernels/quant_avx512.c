@@ -23,6 +23,15 @@ static inline uint64_t load_bits(const uint8_t *p, size_t bytes, size_t availabl
     return word;
 }
 
+/* Write the low `bytes` bytes of word, little-endian. A loop of byte stores avoids
+ * the library call that memcpy with a variable size becomes. */
+static inline void store_bytes(uint8_t *p, uint64_t word, size_t bytes)
+{
+    for (size_t k = 0; k < bytes; k++) {
+        p[k] = (uint8_t)(word >> (8 * k));
+    }
+}
+
 /* Lane i of the result is code i of the 16 codes packed in word. */
 static inline __m512i unpack16(uint64_t word, int bits, __m512i shifts, __m512i mask)
 {
@@ -76,6 +85,24 @@ static void fwht_avx512(float *x, size_t n)
     }
 }
 
+static double sum_squares_avx512(const float *x, size_t n)
+{
+    /* Lane k of acc is partial sum k; an FMA of an exact square rounds once, as the
+     * scalar add does. */
+    __m512d acc = _mm512_setzero_pd();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+        acc = _mm512_fmadd_pd(v, v, acc);
+    }
+    double partial[8];
+    _mm512_storeu_pd(partial, acc);
+    for (; i < n; i++) {
+        partial[0] += (double)x[i] * (double)x[i];
+    }
+    return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
 static void matvec_avx512(const float *m, const float *x, float *y, size_t rows, size_t cols)
 {
     const size_t tail = cols % 16;
@@ -122,12 +149,17 @@ static void encode_avx512(const float *x, size_t count, int bits, const float *b
             const __mmask16 above = _mm512_mask_cmp_ps_mask(valid, v, threshold, _CMP_GT_OQ);
             code = _mm512_mask_add_epi32(code, above, code, _mm512_set1_epi32(step));
         }
-        const __m512i placed = _mm512_sllv_epi32(code, shifts);
-        const uint64_t low = (uint32_t)_mm512_mask_reduce_or_epi32(0x00FF, placed);
-        const uint64_t high = (uint32_t)_mm512_mask_reduce_or_epi32(0xFF00, placed);
+        /* The shifted codes of each 8-lane half occupy disjoint bits, so OR-ing the
+         * lanes of a half packs it: within 128-bit lanes first, then across pairs. */
+        __m512i placed = _mm512_sllv_epi32(code, shifts);
+        placed = _mm512_or_si512(placed, _mm512_shuffle_epi32(placed, _MM_PERM_BADC));
+        placed = _mm512_or_si512(placed, _mm512_shuffle_epi32(placed, _MM_PERM_CDAB));
+        placed = _mm512_or_si512(placed, _mm512_shuffle_i32x4(placed, placed, _MM_SHUFFLE(2, 3, 0, 1)));
+        const uint64_t low = (uint32_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(placed));
+        const uint64_t high = (uint32_t)_mm_cvtsi128_si32(_mm512_extracti32x4_epi32(placed, 2));
         const uint64_t word = low | (high << (8 * bits));
         const size_t bytes = lanes == 16 ? chunk_bytes : (lanes * (size_t)bits + 7) / 8;
-        memcpy(out + (i / 16) * chunk_bytes, &word, bytes);
+        store_bytes(out + (i / 16) * chunk_bytes, word, bytes);
     }
 }
 
@@ -246,6 +278,7 @@ static void dot_rows_avx512(const uint8_t *codes, size_t row_bytes, size_t n_row
 
 const tq_quant_kernels tq_quant_kernels_avx512 = {
     .fwht = fwht_avx512,
+    .sum_squares = sum_squares_avx512,
     .matvec = matvec_avx512,
     .encode = encode_avx512,
     .decode = decode_avx512,

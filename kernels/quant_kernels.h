@@ -25,6 +25,12 @@ typedef struct {
      * x <- H x with H the Sylvester Hadamard matrix. */
     void (*fwht)(float *x, size_t n);
 
+    /* Returns sum_i x[i]^2 in double, in one fixed order for every variant: eight
+     * partial sums, partial k over i = k mod 8 for i < n - n mod 8 in increasing i,
+     * the rest added to partial 0, combined as ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)).
+     * Squares of floats are exact in double, so every variant gives the same bits. */
+    double (*sum_squares)(const float *x, size_t n);
+
     /* y = M x with M row-major (rows x cols); y must not alias x. */
     void (*matvec)(const float *m, const float *x, float *y, size_t rows, size_t cols);
 

@@ -84,6 +84,34 @@ static void fwht_neon(float *x, size_t n)
     }
 }
 
+static double sum_squares_neon(const float *x, size_t n)
+{
+    /* acc[j] holds partial sums 2j and 2j + 1; an FMA of an exact square rounds
+     * once, as the scalar add does. */
+    float64x2_t acc[4] = {vdupq_n_f64(0.0), vdupq_n_f64(0.0), vdupq_n_f64(0.0), vdupq_n_f64(0.0)};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float32x4_t first = vld1q_f32(x + i);
+        const float32x4_t second = vld1q_f32(x + i + 4);
+        const float64x2_t v0 = vcvt_f64_f32(vget_low_f32(first));
+        const float64x2_t v1 = vcvt_high_f64_f32(first);
+        const float64x2_t v2 = vcvt_f64_f32(vget_low_f32(second));
+        const float64x2_t v3 = vcvt_high_f64_f32(second);
+        acc[0] = vfmaq_f64(acc[0], v0, v0);
+        acc[1] = vfmaq_f64(acc[1], v1, v1);
+        acc[2] = vfmaq_f64(acc[2], v2, v2);
+        acc[3] = vfmaq_f64(acc[3], v3, v3);
+    }
+    double partial[8];
+    for (int j = 0; j < 4; j++) {
+        vst1q_f64(partial + 2 * j, acc[j]);
+    }
+    for (; i < n; i++) {
+        partial[0] += (double)x[i] * (double)x[i];
+    }
+    return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
 static void matvec_neon(const float *m, const float *x, float *y, size_t rows, size_t cols)
 {
     for (size_t r = 0; r < rows; r++) {
@@ -123,7 +151,9 @@ static void encode_neon(const float *x, size_t count, int bits, const float *bou
         }
         /* The shifted codes occupy disjoint bits, so their sum is their OR. */
         const uint32_t word = vaddvq_u32(vshlq_u32(code0, shift_first)) + vaddvq_u32(vshlq_u32(code1, shift_second));
-        memcpy(out + (i / 8) * (size_t)bits, &word, (size_t)bits);
+        for (int k = 0; k < bits; k++) {
+            out[(i / 8) * (size_t)bits + (size_t)k] = (uint8_t)(word >> (8 * k));
+        }
     }
     if (i < count) {
         tq_quant_kernels_scalar.encode(x + i, count - i, bits, boundaries, out + (i / 8) * (size_t)bits);
@@ -184,6 +214,7 @@ static void dot_rows_neon(const uint8_t *codes, size_t row_bytes, size_t n_rows,
 
 const tq_quant_kernels tq_quant_kernels_neon = {
     .fwht = fwht_neon,
+    .sum_squares = sum_squares_neon,
     .matvec = matvec_neon,
     .encode = encode_neon,
     .decode = decode_neon,

@@ -17,6 +17,21 @@ static void fwht_scalar(float *x, size_t n)
     }
 }
 
+static double sum_squares_scalar(const float *x, size_t n)
+{
+    double partial[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int k = 0; k < 8; k++) {
+            partial[k] += (double)x[i + k] * (double)x[i + k];
+        }
+    }
+    for (; i < n; i++) {
+        partial[0] += (double)x[i] * (double)x[i];
+    }
+    return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
 static void matvec_scalar(const float *m, const float *x, float *y, size_t rows, size_t cols)
 {
     for (size_t r = 0; r < rows; r++) {
@@ -84,6 +99,7 @@ static void dot_rows_scalar(const uint8_t *codes, size_t row_bytes, size_t n_row
 
 const tq_quant_kernels tq_quant_kernels_scalar = {
     .fwht = fwht_scalar,
+    .sum_squares = sum_squares_scalar,
     .matvec = matvec_scalar,
     .encode = encode_scalar,
     .decode = decode_scalar,
