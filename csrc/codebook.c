@@ -226,9 +226,9 @@ static double density_of_x(const density_ctx *ctx, double x)
  * conditional means of the cells between their midpoints. Lloyd's iteration alone
  * converges linearly, with a rate that tends to 1 as the levels grow (thousands of
  * steps at 8 bits); Newton converges quadratically near the optimum.
- * The Jacobian of T is tridiagonal: moving edge e of cell i (with mass m and mean
- * T_i) by de moves T_i by f(e) (e - T_i) / m de (plus for the upper edge, minus for
- * the lower), and each inner edge is the midpoint of its two centroids.
+ * The Jacobian of T is tridiagonal. Moving the upper edge e of cell i (mass m,
+ * mean T_i) by de moves T_i by f(e) (e - T_i) / m de, and the lower edge moves it
+ * by minus that. Each inner edge is the midpoint of its two centroids.
  * Writes next and returns 1, or returns 0 when the step would leave the centroids
  * unordered or outside the support, so the caller takes the plain Lloyd step. */
 static int newton_step(const density_ctx *ctx, int levels, const double *c, const double *edges, const double *lloyd,

@@ -1,8 +1,8 @@
 /* Lloyd-Max scalar quantizers (codebooks) for the coordinates of random unit vectors.
  *
  * After a random rotation, each coordinate of a unit vector in dim dimensions has
- * the density TQ_DENSITY_SPHERE below, and the MSE-optimal scalar quantizer for it
- * is the Lloyd-Max quantizer: each centroid is the conditional mean of its cell and
+ * the density TQ_DENSITY_SPHERE below. The MSE-optimal scalar quantizer for it is
+ * the Lloyd-Max quantizer: each centroid is the conditional mean of its cell, and
  * each cell boundary is the midpoint of its two centroids. The solver iterates these
  * two conditions (with Newton steps on the fixed point, falling back to plain Lloyd
  * steps) until the centroids move by less than 1e-12 relative. The integrals use

@@ -214,13 +214,14 @@ static void encode_row(const tq_turboquant *q, const float *x, uint8_t *row, flo
         return;
     }
     const double inverse = norm > 0.0 ? 1.0 / norm : 0.0;
-    if (inverse <= FLT_MAX) {
+    if (inverse >= FLT_MIN && inverse <= FLT_MAX) {
         const float inverse_f = (float)inverse;
         for (int i = 0; i < dim; i++) {
             v[i] = x[i] * inverse_f;
         }
     } else {
-        /* 1/norm overflows float for norms below about 3e-39, so scale in double. */
+        /* 1/norm is not a normal float for norms below about 3e-39 or above about
+         * 8.5e37 (or for a zero vector), so scale in double to keep full precision. */
         for (int i = 0; i < dim; i++) {
             v[i] = (float)((double)x[i] * inverse);
         }

@@ -86,7 +86,7 @@ static void fwht_neon(float *x, size_t n)
 
 static double sum_squares_neon(const float *x, size_t n)
 {
-    /* acc[j] holds partial sums 2j and 2j + 1; an FMA of an exact square rounds
+    /* acc[j] contains partial sums 2j and 2j + 1; an FMA of an exact square rounds
      * once, as the scalar add does. */
     float64x2_t acc[4] = {vdupq_n_f64(0.0), vdupq_n_f64(0.0), vdupq_n_f64(0.0), vdupq_n_f64(0.0)};
     size_t i = 0;
