@@ -138,14 +138,23 @@ static void encode_avx2(const float *x, size_t count, int bits, const float *bou
 {
     const int n_boundaries = (1 << bits) - 1;
     const __m256i shifts = lane_shifts(bits);
+    __m256 bounds_low, bounds_high;
+    float padded[16] = {0};
+    memcpy(padded, boundaries, (size_t)n_boundaries * sizeof(float));
+    bounds_low = _mm256_loadu_ps(padded);
+    bounds_high = _mm256_loadu_ps(padded + 8);
     size_t i = 0;
     for (; i + 8 <= count; i += 8) {
         const __m256 v = _mm256_loadu_ps(x + i);
+        /* Binary search over the ascending boundaries: each step sets one bit of the
+         * code by comparing x with boundary code + step - 1. The result is the number
+         * of boundaries below x, as in the linear scan of the scalar code. */
         __m256i code = _mm256_setzero_si256();
-        for (int k = 0; k < n_boundaries; k++) {
-            /* A true comparison is all ones (-1), so subtracting it adds one. */
-            const __m256 above = _mm256_cmp_ps(v, _mm256_set1_ps(boundaries[k]), _CMP_GT_OQ);
-            code = _mm256_sub_epi32(code, _mm256_castps_si256(above));
+        for (int step = 1 << (bits - 1); step > 0; step >>= 1) {
+            const __m256i probe = _mm256_add_epi32(code, _mm256_set1_epi32(step - 1));
+            const __m256 threshold = lookup8(probe, bounds_low, bounds_high, bits);
+            const __m256 above = _mm256_cmp_ps(v, threshold, _CMP_GT_OQ);
+            code = _mm256_add_epi32(code, _mm256_and_si256(_mm256_castps_si256(above), _mm256_set1_epi32(step)));
         }
         /* The shifted codes occupy disjoint bits, so OR-ing the lanes packs them. */
         __m256i placed = _mm256_sllv_epi32(code, shifts);
@@ -188,6 +197,8 @@ typedef struct {
     __m256 table_high;
     __m256i shifts;
     __m256i mask;
+    __m256i gather;      /* vpshufb control: the two bytes that contain each lane's code */
+    __m256i byte_shifts; /* bit offset of each lane's code within those two bytes */
 } dot_setup;
 
 static inline dot_setup make_dot_setup(int bits, const float *table)
@@ -196,7 +207,32 @@ static inline dot_setup make_dot_setup(int bits, const float *table)
     load_table(table, bits, &setup.table_low, &setup.table_high);
     setup.shifts = lane_shifts(bits);
     setup.mask = _mm256_set1_epi32((1 << bits) - 1);
+
+    /* Lane i's code starts at bit bits * i, in byte (bits * i) / 8, and ends at most
+     * 7 + 4 bits later, so two bytes always contain it. 0x80 makes vpshufb write 0. */
+    uint8_t control[32];
+    int32_t offsets[8];
+    for (int i = 0; i < 8; i++) {
+        const int bit = bits * i;
+        control[4 * i] = (uint8_t)(bit >> 3);
+        control[4 * i + 1] = (uint8_t)((bit >> 3) + 1);
+        control[4 * i + 2] = 0x80;
+        control[4 * i + 3] = 0x80;
+        offsets[i] = bit & 7;
+    }
+    setup.gather = _mm256_loadu_si256((const __m256i *)control);
+    setup.byte_shifts = _mm256_loadu_si256((const __m256i *)offsets);
     return setup;
+}
+
+/* Codes of the 8-code chunk at p, which must have 16 readable bytes. The chunk is
+ * broadcast to both 128-bit lanes because vpshufb indexes within a lane. */
+static inline __m256 values8_bytes(const uint8_t *p, int bits, const dot_setup *setup)
+{
+    const __m256i chunk = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    const __m256i pairs = _mm256_shuffle_epi8(chunk, setup->gather);
+    const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(pairs, setup->byte_shifts), setup->mask);
+    return lookup8(index, setup->table_low, setup->table_high, bits);
 }
 
 static inline __m256 values8(uint32_t word, int bits, const dot_setup *setup)
@@ -212,6 +248,12 @@ static inline float dot_row(const uint8_t *codes, size_t count, int bits, const 
     __m256 acc0 = _mm256_setzero_ps();
     __m256 acc1 = _mm256_setzero_ps();
     size_t i = 0;
+    /* Use 16-byte loads while the second chunk of the step has 16 readable bytes. */
+    for (; i + 16 <= count && (i / 8 + 1) * (size_t)bits + 16 <= total_bytes; i += 16) {
+        const uint8_t *p = codes + (i / 8) * (size_t)bits;
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), values8_bytes(p, bits, setup), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), values8_bytes(p + bits, bits, setup), acc1);
+    }
     for (; i + 16 <= count; i += 16) {
         const size_t offset = (i / 8) * (size_t)bits;
         const uint32_t word0 = load_bits(codes + offset, (size_t)bits, total_bytes - offset);
