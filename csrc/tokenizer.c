@@ -9,14 +9,28 @@
 
 /* ---------------------------------------------------------------- hashing */
 
+/* Hash 8 bytes per round with multiply-xorshift steps (constants of the
+ * SplitMix64 finalizer), so that both halves of the result are well mixed: the
+ * low bits pick the slot and the high 32 bits are the tag. */
 static uint64_t hash_bytes(const char *s, size_t len)
 {
-    /* FNV-1a, 64-bit. */
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)len * 0xFF51AFD7ED558CCDULL);
+    while (len >= 8) {
+        uint64_t word;
+        memcpy(&word, s, 8);
+        h = (h ^ word) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+        s += 8;
+        len -= 8;
     }
+    uint64_t tail = 0;
+    for (size_t i = 0; i < len; i++) {
+        tail |= (uint64_t)(unsigned char)s[i] << (8 * i);
+    }
+    h = (h ^ tail) * 0x94D049BB133111EBULL;
+    h ^= h >> 32;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 29;
     return h;
 }
 
@@ -26,18 +40,24 @@ const char *tq_tok_piece_text(const tq_tokenizer *tok, int32_t id, size_t *len)
     return tok->text + tok->text_offsets[id];
 }
 
-int32_t tq_tok_table_find(const tq_tokenizer *tok, const int32_t *table, size_t mask, const char *s, size_t len)
+int32_t tq_tok_table_find(const tq_tokenizer *tok, const tq_tok_slot *table, size_t mask, const char *s, size_t len)
 {
-    size_t slot = (size_t)hash_bytes(s, len) & mask;
+    uint64_t hash = hash_bytes(s, len);
+    uint32_t tag = (uint32_t)(hash >> 32);
+    size_t slot = (size_t)hash & mask;
     for (;;) {
-        int32_t id = table[slot];
-        if (id < 0) {
+        tq_tok_slot entry = table[slot];
+        if (entry.id < 0) {
             return -1;
         }
-        size_t id_len;
-        const char *id_text = tq_tok_piece_text(tok, id, &id_len);
-        if (id_len == len && memcmp(id_text, s, len) == 0) {
-            return id;
+        /* A tag mismatch rejects the slot without reading the offsets and the
+         * piece text, which would be two more cache misses. */
+        if (entry.tag == tag) {
+            size_t id_len;
+            const char *id_text = tq_tok_piece_text(tok, entry.id, &id_len);
+            if (id_len == len && memcmp(id_text, s, len) == 0) {
+                return entry.id;
+            }
         }
         slot = (slot + 1) & mask;
     }
@@ -45,37 +65,36 @@ int32_t tq_tok_table_find(const tq_tokenizer *tok, const int32_t *table, size_t 
 
 /* Insert id unless a piece with the same text is already present, so the
  * lowest id wins for duplicate texts. */
-static void table_insert(const tq_tokenizer *tok, int32_t *table, size_t mask, int32_t id)
+static void table_insert(const tq_tokenizer *tok, tq_tok_slot *table, size_t mask, int32_t id)
 {
     size_t len;
     const char *s = tq_tok_piece_text(tok, id, &len);
-    size_t slot = (size_t)hash_bytes(s, len) & mask;
-    for (;;) {
-        int32_t other = table[slot];
-        if (other < 0) {
-            table[slot] = id;
-            return;
-        }
-        size_t other_len;
-        const char *other_text = tq_tok_piece_text(tok, other, &other_len);
-        if (other_len == len && memcmp(other_text, s, len) == 0) {
-            return;
-        }
+    if (tq_tok_table_find(tok, table, mask, s, len) >= 0) {
+        return;
+    }
+    uint64_t hash = hash_bytes(s, len);
+    size_t slot = (size_t)hash & mask;
+    while (table[slot].id >= 0) {
         slot = (slot + 1) & mask;
     }
+    table[slot].tag = (uint32_t)(hash >> 32);
+    table[slot].id = id;
 }
 
-static tq_status table_alloc(size_t n_entries, int32_t **table, size_t *mask, tq_error *err)
+static tq_status table_alloc(size_t n_entries, tq_tok_slot **table, size_t *mask, tq_error *err)
 {
     size_t size = 16;
     while (size < 2 * n_entries) {
         size *= 2;
     }
-    *table = malloc(size * sizeof(int32_t));
+    *table = malloc(size * sizeof(tq_tok_slot));
     if (*table == NULL) {
         return tq_error_set(err, TQ_ERR_NOMEM, "tokenizer: out of memory for a hash table of %zu slots", size);
     }
-    memset(*table, 0xFF, size * sizeof(int32_t)); /* every slot -1 */
+    for (size_t i = 0; i < size; i++) {
+        (*table)[i].tag = 0;
+        (*table)[i].id = -1;
+    }
     *mask = size - 1;
     return TQ_OK;
 }

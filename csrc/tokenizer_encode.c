@@ -43,6 +43,7 @@ static tq_status id_vec_push(id_vec *vec, int32_t id, tq_error *err)
 typedef struct {
     int32_t prev;
     int32_t next;
+    int32_t id; /* piece id of the symbol's text, or -1 when it has none */
     size_t start;
     size_t len;
 } symbol;
@@ -53,7 +54,8 @@ typedef struct {
     float score;
     int32_t left;
     int32_t right;
-    size_t len;
+    int32_t id;   /* piece id of the merged text */
+    uint32_t len; /* fits because workspace_reserve limits a fragment to INT32_MAX bytes */
 } bigram;
 
 /* Scratch memory reused across the fragments of one encode call. */
@@ -189,15 +191,15 @@ static void queue_bigram(const tq_tokenizer *tok, workspace *ws, int32_t left, i
     if (id < 0) {
         return;
     }
-    bigram item = {tok->scores[id], left, right, len};
+    bigram item = {tok->scores[id], left, right, id, (uint32_t)len};
     heap_push(ws, item);
 }
 
-/* Emit the ids of one final symbol: its piece, or else one byte token per byte
- * (SentencePiece's byte fallback), or else the unknown token. */
-static tq_status emit_symbol(const tq_tokenizer *tok, const char *s, size_t len, id_vec *ids, tq_error *err)
+/* Emit the ids of one final symbol: its piece id when it has one, or else one
+ * byte token per byte (SentencePiece's byte fallback), or else the unknown token. */
+static tq_status emit_symbol(const tq_tokenizer *tok, int32_t id, const char *s, size_t len, id_vec *ids,
+                             tq_error *err)
 {
-    int32_t id = find_bpe_piece(tok, s, len);
     if (id >= 0) {
         return id_vec_push(ids, id, err);
     }
@@ -260,6 +262,7 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
         sym->next = (pos + char_len < n_bytes) ? n_symbols + 1 : -1;
         sym->start = pos;
         sym->len = char_len;
+        sym->id = find_bpe_piece(tok, ws->buffer + pos, char_len);
         n_symbols++;
         pos += char_len;
     }
@@ -278,6 +281,7 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
             continue;
         }
         left->len += right->len;
+        left->id = top.id;
         right->len = 0;
         left->next = right->next;
         if (right->next >= 0) {
@@ -290,7 +294,7 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
     /* Symbol 0 only ever absorbs its right neighbors, so it heads the list. */
     for (int32_t i = 0; i >= 0 && n_symbols > 0; i = ws->symbols[i].next) {
         const symbol *sym = &ws->symbols[i];
-        status = emit_symbol(tok, ws->buffer + sym->start, sym->len, ids, err);
+        status = emit_symbol(tok, sym->id, ws->buffer + sym->start, sym->len, ids, err);
         if (status != TQ_OK) {
             return status;
         }

@@ -10,13 +10,20 @@
 #define TQ_SPACE_MARK "\xE2\x96\x81"
 #define TQ_SPACE_MARK_LEN 3
 
+/* One slot of the open-addressing piece tables: the upper 32 bits of the
+ * text's hash, and the piece id or -1 for an empty slot. */
+typedef struct {
+    uint32_t tag;
+    int32_t id;
+} tq_tok_slot;
+
 struct tq_tokenizer {
     int32_t n_vocab;
     int32_t bos_id, eos_id, unk_id, pad_id;
     int add_bos;
     int add_space_prefix;
 
-    /* Piece texts as stored in the vocabulary, concatenated; piece i spans
+    /* Piece texts as stored in the vocabulary, concatenated. Piece i spans
      * text[text_offsets[i] .. text_offsets[i + 1]). */
     char *text;
     size_t *text_offsets;
@@ -27,17 +34,17 @@ struct tq_tokenizer {
      * control and unknown pieces empty. */
     char *decoded;
     size_t *decoded_offsets;
-    size_t max_piece_len; /* longest piece text in bytes */
+    size_t max_piece_len; /* maximum piece text length in bytes */
 
-    /* Open-addressing hash table of every non-empty piece text; slots hold an
-     * id or -1. Size is a power of two at least twice n_vocab. */
-    int32_t *piece_table;
+    /* Open-addressing hash table of every non-empty piece text, with linear
+     * probing. Its size is a power of two and at least twice n_vocab. */
+    tq_tok_slot *piece_table;
     size_t piece_mask;
 
     /* The pieces matched whole before BPE (user-defined and control), grouped
      * by first byte: for byte b, special_lens[special_len_start[b] ..
      * special_len_start[b + 1]) lists their distinct lengths, longest first. */
-    int32_t *special_table;
+    tq_tok_slot *special_table;
     size_t special_mask;
     size_t special_len_start[257];
     uint32_t *special_lens;
@@ -51,7 +58,7 @@ const char *tq_tok_piece_text(const tq_tokenizer *tok, int32_t id, size_t *len);
 /* The bytes id decodes to (see tq_tokenizer_piece_bytes), pointing into tok. */
 const char *tq_tok_piece_decoded(const tq_tokenizer *tok, int32_t id, int render_special, size_t *len);
 
-/* Look up s in one of the hash tables of tok; -1 when absent. */
-int32_t tq_tok_table_find(const tq_tokenizer *tok, const int32_t *table, size_t mask, const char *s, size_t len);
+/* Look up s in one of the hash tables of tok. Returns the piece id, or -1. */
+int32_t tq_tok_table_find(const tq_tokenizer *tok, const tq_tok_slot *table, size_t mask, const char *s, size_t len);
 
 #endif /* TQ_TOKENIZER_INTERNAL_H */

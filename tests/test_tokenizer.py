@@ -4,6 +4,7 @@ References:
 - the ``sentencepiece`` package running a BPE model proto built here from the GGUF vocabulary
   (read with the ``gguf`` package, not with turboquant);
 - transformers' tokenizer converted from the same GGUF file;
+- llama.cpp through llama-cpp-python, loading only the vocabulary of the GGUF file;
 - CPython's UTF-8 decoder with errors="replace" for streaming decode.
 """
 
@@ -76,7 +77,7 @@ def build_sentencepiece(pieces, scores, types, add_dummy_prefix=False, unk_id=No
     for piece, score, token_type in zip(pieces, scores, types):
         text = piece.decode("utf-8")
         if token_type == 4:
-            # llama.cpp's converter writes user-defined runs of spaces with real spaces; a
+            # llama.cpp's converter writes user-defined runs of spaces with real spaces, but a
             # SentencePiece model spells them with U+2581 because it matches normalized text.
             text = text.replace(" ", SPACE_MARK)
         entry = model.pieces.add()
@@ -101,6 +102,12 @@ def hf_tokenizer():
         return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     except (ValueError, KeyError, NotImplementedError) as exc:
         pytest.skip(f"transformers cannot convert the Gemma 3 GGUF tokenizer: {exc}")
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_model():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    return llama_cpp.Llama(model_path=str(gemma_path()), vocab_only=True, verbose=False)
 
 
 # ----------------------------------------------------------- vocabulary facts
@@ -179,6 +186,26 @@ def test_encode_matches_transformers(tok, hf_tokenizer):
         assert tok.encode(text) == hf_tokenizer.encode(text), repr(text)
         compared += 1
     assert compared >= 280
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_encode_matches_llama_cpp(tok, llama_cpp_model, special):
+    """Every test string encodes as llama.cpp encodes it.
+
+    Left out with special=False: text containing "</s>". While loading any vocabulary,
+    llama.cpp (llama-vocab.cpp, as built by llama-cpp-python 0.3.36) turns a piece spelled
+    "</s>" into a control token because it takes it for an end-of-generation marker, so it
+    stops matching it whole. Gemma's GGUF marks it user-defined, and sentencepiece and
+    transformers keep it whole.
+    """
+    compared = 0
+    for text in STRINGS:
+        if not special and "</s>" in text:
+            continue
+        expected = llama_cpp_model.tokenize(text.encode(), add_bos=True, special=special)
+        assert tok.encode(text, special=special) == expected, repr(text)
+        compared += 1
+    assert compared >= len(STRINGS) - 5
 
 
 def test_encode_special_pieces(tok):
@@ -277,6 +304,14 @@ def test_decode_matches_transformers(tok, hf_tokenizer):
     for text in STRINGS:
         ids = tok.encode(text)
         assert tok.decode(ids, skip_special=False) == hf_tokenizer.decode(ids, skip_special_tokens=False), repr(text)
+
+
+def test_decode_matches_llama_cpp(tok, llama_cpp_model):
+    # special=True renders control tokens. With special=False, llama-cpp-python 0.3.36 also
+    # strips a leading space after BOS, which transformers keeps (checked above).
+    for text in STRINGS:
+        ids = tok.encode(text)
+        assert tok.decode_bytes(ids, skip_special=False) == llama_cpp_model.detokenize(ids, special=True), repr(text)
 
 
 def test_decode_skips_control_tokens(tok):
@@ -481,3 +516,14 @@ def test_from_gguf_rejects_malformed(tmp_path, changes, error, message):
 def test_from_gguf_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         Tokenizer.from_gguf(tmp_path / "missing.gguf")
+
+
+def test_encode_concurrent_threads(tok):
+    """encode releases the GIL and the tokenizer is read-only, so threads get the same ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = STRINGS[:100] * 4
+    expected = [tok.encode(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(tok.encode, texts))
+    assert results == expected
