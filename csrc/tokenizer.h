@@ -30,7 +30,7 @@ typedef struct {
     const float *scores;         /* n_vocab scores, or NULL (all 0) */
     const int32_t *types;        /* n_vocab token types, or NULL (all normal) */
     int32_t bos_id, eos_id, unk_id, pad_id; /* -1 when absent */
-    int add_bos;                 /* prepend BOS in tq_tokenizer_encode when add_bos_flag < 0 */
+    int add_bos;                 /* prepend BOS in tq_tokenizer_encode when its add_bos argument is -1 */
     int add_space_prefix;        /* prepend U+2581 to the text (off for Gemma) */
 } tq_tokenizer_spec;
 
@@ -39,8 +39,8 @@ typedef struct tq_tokenizer tq_tokenizer;
 tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out, tq_error *err);
 void tq_tokenizer_free(tq_tokenizer *tok);
 
-/* Declared in gguf.h; C11 allows repeating the typedef, so this header does not
- * need the GGUF reader. */
+/* Also declared in gguf.h. C11 allows repeating the typedef, so this header
+ * does not need the GGUF reader. */
 typedef struct tq_gguf tq_gguf;
 
 /* Build a tokenizer from the tokenizer.ggml.* metadata of an open GGUF file
@@ -74,7 +74,7 @@ int32_t tq_tokenizer_find(const tq_tokenizer *tok, const char *piece, size_t len
  * they are tokenized as plain text. User-defined pieces (Gemma's runs of
  * spaces, tabs and newlines, and HTML tags) map to their ids in both cases, as
  * in SentencePiece, llama.cpp and Hugging Face tokenizers. On success *ids is
- * malloc'ed (free with free()) and holds *n_ids ids. Invalid UTF-8 bytes fall
+ * malloc'ed (free with free()) and contains *n_ids ids. Invalid UTF-8 bytes fall
  * back to byte tokens. */
 tq_status tq_tokenizer_encode(const tq_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
                               int32_t **ids, size_t *n_ids, tq_error *err);
@@ -86,13 +86,14 @@ tq_status tq_tokenizer_encode(const tq_tokenizer *tok, const char *text, size_t 
  * -1 for an id outside the vocabulary. */
 int64_t tq_tokenizer_piece_bytes(const tq_tokenizer *tok, int32_t id, int render_special, char *out, size_t cap);
 
-/* The piece text of id exactly as stored in the vocabulary, with the same
- * conventions as tq_tokenizer_piece_bytes. */
+/* Copy the piece text of id, exactly as stored in the vocabulary, to out. Like
+ * tq_tokenizer_piece_bytes, writes at most cap bytes and returns the full
+ * length, or -1 for an id outside the vocabulary. */
 int64_t tq_tokenizer_piece_text(const tq_tokenizer *tok, int32_t id, char *out, size_t cap);
 
 /* Decode n_ids ids into the concatenation of their piece bytes. The result may
  * hold invalid UTF-8 (for example half of a character made of byte tokens).
- * On success *out is malloc'ed, NUL-terminated (free with free()) and holds
+ * On success *out is malloc'ed, NUL-terminated (free with free()) and contains
  * *out_len bytes. An id outside the vocabulary is TQ_ERR_INVALID. */
 tq_status tq_tokenizer_decode(const tq_tokenizer *tok, const int32_t *ids, size_t n_ids, int render_special,
                               char **out, size_t *out_len, tq_error *err);

@@ -79,7 +79,7 @@ tq_status tq_detok_stream_push(const tq_tokenizer *tok, tq_detok_stream *stream,
     size_t needed = release_characters(stream->pending, stream->n_pending, piece, piece_len, NULL, tail, &tail_len);
     if (needed > cap) {
         return tq_error_set(err, TQ_ERR_RANGE,
-                            "stream decode: token %d releases %zu bytes but the output buffer holds %zu", (int)id,
+                            "stream decode: token %d releases %zu bytes but the output buffer has room for %zu", (int)id,
                             needed, cap);
     }
     *out_len = release_characters(stream->pending, stream->n_pending, piece, piece_len, out, tail, &tail_len);
@@ -97,7 +97,7 @@ tq_status tq_detok_stream_flush(tq_detok_stream *stream, char *out, size_t cap, 
     /* The pending bytes are always one incomplete character, so one U+FFFD
      * replaces them, as a whole-text decode with replacement would. */
     if (cap < sizeof(REPLACEMENT_CHARACTER)) {
-        return tq_error_set(err, TQ_ERR_RANGE, "stream flush: needs 3 bytes of output but the buffer holds %zu",
+        return tq_error_set(err, TQ_ERR_RANGE, "stream flush: needs 3 bytes of output but the buffer has room for %zu",
                             cap);
     }
     memcpy(out, REPLACEMENT_CHARACTER, sizeof(REPLACEMENT_CHARACTER));

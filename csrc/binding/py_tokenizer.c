@@ -340,7 +340,7 @@ static PyObject *Tokenizer_encode(TokenizerObject *self, PyObject *args, PyObjec
     size_t n_ids = 0;
     tq_status rc;
     /* text stays valid without the GIL because str objects are immutable and
-     * the argument tuple holds a reference for the whole call. */
+     * the argument tuple keeps a reference for the whole call. */
     Py_BEGIN_ALLOW_THREADS
     rc = tq_tokenizer_encode(self->tok, text, (size_t)len, add_bos, special, &ids, &n_ids, &err);
     Py_END_ALLOW_THREADS

