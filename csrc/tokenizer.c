@@ -103,7 +103,7 @@ static tq_status table_alloc(size_t n_entries, tq_tok_slot **table, size_t *mask
 
 static int is_special_type(int32_t type)
 {
-    return type == TQ_TOKEN_CONTROL || type == TQ_TOKEN_USER_DEFINED;
+    return type == TQ_TOKEN_CONTROL || type == TQ_TOKEN_USER_DEFINED || type == TQ_TOKEN_UNKNOWN;
 }
 
 /* Parse "<0xXX>" with upper- or lower-case hex digits. Returns the byte, or -1

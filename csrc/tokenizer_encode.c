@@ -1,7 +1,7 @@
 /* Encoding of the SentencePiece tokenizer, in two stages:
  *   1. Split the text at pieces that are matched whole: user-defined pieces
- *      always, control pieces only when parse_special is set. Matching is
- *      leftmost-longest.
+ *      always, control and unknown pieces only when parse_special is set.
+ *      Matching is leftmost-longest.
  *   2. Encode every other fragment with BPE: replace " " by U+2581, start from
  *      single UTF-8 characters, and repeatedly merge the adjacent pair whose
  *      concatenation is a vocabulary piece with the highest score (ties go to
@@ -306,8 +306,8 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
 
 /* The id of the longest whole-matched piece that starts at text[0], or -1.
  * User-defined pieces always match, as in SentencePiece, llama.cpp and the
- * added tokens of Hugging Face tokenizers. Control pieces match only when
- * parse_special is set. */
+ * added tokens of Hugging Face tokenizers. Control and unknown pieces match
+ * only when parse_special is set, as in llama.cpp. */
 static int32_t match_special(const tq_tokenizer *tok, const char *text, size_t len, int parse_special,
                              size_t *match_len)
 {

@@ -41,7 +41,7 @@ struct tq_tokenizer {
     tq_tok_slot *piece_table;
     size_t piece_mask;
 
-    /* The pieces matched whole before BPE (user-defined and control), grouped
+    /* The pieces matched whole before BPE (user-defined, control, unknown), grouped
      * by first byte: for byte b, special_lens[special_len_start[b] ..
      * special_len_start[b + 1]) lists their distinct lengths, longest first. */
     tq_tok_slot *special_table;

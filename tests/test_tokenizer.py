@@ -529,3 +529,13 @@ def test_encode_concurrent_threads(tok):
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(tok.encode, texts))
     assert results == expected
+
+
+def test_whole_match_by_token_type():
+    """User-defined pieces always match whole; control and unknown ones only with special=True."""
+    pieces = [b"<unk>", b"<s>", b"<x>", b"a", b"<", b">", b"u", b"n", b"k", b"s", b"x"]
+    types = np.array([2, 3, 4, 1, 1, 1, 1, 1, 1, 1, 1], dtype=np.int32)
+    small = _core.Tokenizer(pieces, types=types, unk_id=0)
+    text = "a<unk><s><x>"
+    assert small.encode(text, add_bos=False, special=True) == [3, 0, 1, 2]
+    assert small.encode(text, add_bos=False, special=False) == [3, 4, 6, 7, 8, 5, 4, 9, 5, 2]
