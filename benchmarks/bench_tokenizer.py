@@ -3,8 +3,8 @@
 It builds a mixed text of --chars characters (English words, accents, CJK, emoji, code,
 runs of spaces and newlines) and checks that every implementation produces the same ids.
 Then it prints the minimum CPU time of --repeats calls for each, and the ratio to turboquant.
-CPU time (time.process_time) is used because the machines this runs on are often shared;
-it adds up all threads of the process, so a multithreaded reference is not flattered.
+CPU time (time.process_time) is used because the machines this runs on are often shared.
+It adds up all threads of the process, so a multithreaded reference is not flattered.
 llama-cpp-python and transformers are optional and skipped when missing.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_tokenizer.py [--chars 100000] [--repeats 5]

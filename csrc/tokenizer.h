@@ -71,7 +71,7 @@ int32_t tq_tokenizer_find(const tq_tokenizer *tok, const char *piece, size_t len
 
 /* Encode len bytes of text. add_bos: 1 yes, 0 no, -1 the vocabulary's default.
  * parse_special: when 1, control and unknown pieces (such as "<start_of_turn>"
- * and "<unk>") in the text map to their ids; when 0 they are tokenized as plain
+ * and "<unk>") in the text map to their ids. When 0, they are tokenized as plain
  * text. User-defined pieces (Gemma's runs of
  * spaces, tabs and newlines, and HTML tags) map to their ids in both cases, as
  * in SentencePiece, llama.cpp and Hugging Face tokenizers. On success *ids is

@@ -8,7 +8,8 @@ int tq_utf8_scan(const unsigned char *s, size_t n)
     }
 
     /* Expected length, and the valid range of the second byte, which excludes
-     * overlong forms (E0, F0), surrogates (ED) and code points above U+10FFFF (F4). */
+     * overlong forms (E0, F0), surrogates (ED) and code points above U+10FFFF (F4),
+     * as in the UTF-8 byte sequence syntax of RFC 3629, section 4. */
     int need;
     unsigned char low = 0x80;
     unsigned char high = 0xBF;

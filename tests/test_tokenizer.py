@@ -174,10 +174,11 @@ def has_long_space_run(text):
 def test_encode_matches_transformers(tok, hf_tokenizer):
     """Every test string encodes as transformers' GGUF tokenizer encodes it, control pieces included.
 
-    Left out: runs of more than 31 spaces, because transformers' GGUF converter renames the
-    user-defined space pieces and then no longer matches them whole, so it splits long runs by
-    BPE merges where sentencepiece and llama.cpp take the longest piece first (checked against
-    sentencepiece above). Also left out: literal U+2581, as in the sentencepiece test.
+    Left out: runs of more than 31 spaces. transformers' GGUF converter renames the
+    user-defined space pieces and then no longer matches them whole, so it splits long runs
+    by BPE merges. sentencepiece and llama.cpp take the longest piece first instead, and the
+    tests against them cover these strings. Also left out: literal U+2581, as in the
+    sentencepiece test.
     """
     compared = 0
     for text in STRINGS:
