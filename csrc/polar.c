@@ -16,6 +16,13 @@
 #define POLAR_ROTATION_PURPOSE 0x504F4C52u /* "POLR" */
 #define POLAR_QJL_PURPOSE 0x504F4C51u      /* "POLQ" */
 
+/* Loops with fewer multiply-adds than this run on the calling thread, because starting a
+ * parallel region costs more than it saves (one key per decode step, for example). */
+#define POLAR_PARALLEL_MIN_WORK ((size_t)65536)
+
+/* Rough multiply-adds per coordinate to encode or decode a row (rotation and polar step). */
+#define POLAR_WORK_PER_COORDINATE ((size_t)8)
+
 /* Memory for the per-query angle tables of one block of queries in inner_product. */
 #define POLAR_TABLE_BUDGET_BYTES ((size_t)8 << 20)
 
@@ -219,7 +226,7 @@ size_t tq_polar_code_bytes(const tq_polar *polar)
 void tq_polar_rotate(const tq_polar *polar, const float *x, size_t n, float *out)
 {
     const size_t dim = (size_t)polar->dim;
-#pragma omp parallel for schedule(static) if (n * dim > 65536)
+#pragma omp parallel for schedule(static) if (n > 1 && n * dim > POLAR_PARALLEL_MIN_WORK)
     for (size_t r = 0; r < n; r++) {
         tq_rotation_forward(polar->rotation, x + r * dim, out + r * dim);
     }
@@ -252,7 +259,7 @@ static tq_status scratch_alloc(scratch_space *scratch, int threads, size_t float
                             threads);
     }
     scratch->floats_per_thread = floats_per_thread;
-    /* Rounding each thread's bytes up to 64 keeps threads off each other's cache lines. */
+    /* 64 spare bytes per thread keep threads from writing to one cache line. */
     scratch->bytes_per_thread = bytes_per_thread + 64;
     return TQ_OK;
 }
@@ -376,7 +383,7 @@ tq_status tq_polar_quantize(const tq_polar *polar, const float *x, size_t n, uin
     const size_t dim = (size_t)polar->dim;
     const size_t code_bytes = tq_polar_code_bytes(polar);
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (n > 1 && n * dim * POLAR_WORK_PER_COORDINATE > POLAR_PARALLEL_MIN_WORK)
     {
         const int thread = omp_get_thread_num();
         float *work = scratch.floats + (size_t)thread * scratch.floats_per_thread;
@@ -412,7 +419,7 @@ tq_status tq_polar_dequantize(const tq_polar *polar, const uint8_t *codes, const
     const size_t pairs = (size_t)polar->pairs;
     const size_t code_bytes = tq_polar_code_bytes(polar);
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (n > 1 && n * dim * POLAR_WORK_PER_COORDINATE > POLAR_PARALLEL_MIN_WORK)
     {
         const int thread = omp_get_thread_num();
         float *work = scratch.floats + (size_t)thread * scratch.floats_per_thread;
@@ -499,13 +506,13 @@ tq_status tq_polar_inner_product(const tq_polar *polar, const uint8_t *codes, co
     for (size_t first = 0; first < n_queries; first += block) {
         const size_t count = n_queries - first < block ? n_queries - first : block;
 
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads) if (count > 1 && count * pairs * angles > POLAR_PARALLEL_MIN_WORK)
         for (size_t q = 0; q < count; q++) {
             float *rotated = query_data + q * query_floats;
             prepare_query(polar, queries + (first + q) * dim, rotated, rotated + dim, rotated + dim + pairs * angles);
         }
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (n > 1 && n * count * pairs > POLAR_PARALLEL_MIN_WORK)
         {
             uint8_t *unpacked = scratch.bytes + (size_t)omp_get_thread_num() * scratch.bytes_per_thread;
 #pragma omp for schedule(static)

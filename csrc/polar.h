@@ -1,5 +1,7 @@
 /* PolarQuant, pairwise form: each pair of rotated coordinates is stored as a
- * quantized radius and a quantized angle (arXiv 2502.00527).
+ * quantized radius and a quantized angle, as in "PolarQuant: Leveraging Polar
+ * Transformation for Key Cache Quantization and Decoding Acceleration" (NeurIPS).
+ * It is not the recursive polar transform of arXiv 2502.02617, which has the same name.
  *
  * A row x of even dimension d is stored as ||x||, then u = x / ||x|| is rotated
  * (v = R u, R from rotation.h) and coordinate j is paired with j + d/2, the NeoX RoPE

@@ -263,7 +263,7 @@ tq_status tq_qjl_quantize(const tq_qjl *qjl, const float *x, size_t n, uint8_t *
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating QJL scratch for %d threads", threads);
     }
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (n > 1 && n * m * dim > 65536)
     {
         float *mine = scratch + (size_t)omp_get_thread_num() * m;
 #pragma omp for schedule(static)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from turboquant import _core
+from turboquant import _core, fit_codebook
 from turboquant.qjl_polar import PackedCodes, PolarQuant
 
 
@@ -74,21 +74,6 @@ def reference_dequantize(polar, x):
     return norms * (rebuilt @ rotation)
 
 
-def quantile_codebook(dim, bits):
-    """Radius centroids at the quantiles (k + 1/2) / 2^bits of the pair-radius density.
-
-    Tests at 7 and 8 radius bits pass this instead of the default, because solving the
-    Lloyd-Max codebook at those widths takes 15 to 110 seconds.
-    """
-    quantiles = (np.arange(2**bits) + 0.5) / 2**bits
-    return np.sqrt(1 - (1 - quantiles) ** (2 / (dim - 2))).astype(np.float32)
-
-
-def polar_for_test(dim, radius_bits, angle_bits, **kwargs):
-    codebook = quantile_codebook(dim, radius_bits) if radius_bits >= 7 else None
-    return PolarQuant(dim, radius_bits=radius_bits, angle_bits=angle_bits, radius_codebook=codebook, **kwargs)
-
-
 def unit_rows(count, dim, seed):
     rows = np.random.default_rng(seed).standard_normal((count, dim))
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
@@ -120,7 +105,7 @@ def test_rotation_is_orthogonal():
     "dim, radius_bits, angle_bits", [(256, 4, 3), (64, 2, 2), (40, 3, 5), (96, 1, 1), (16, 8, 8)]
 )
 def test_dequantize_matches_numpy_reference(dim, radius_bits, angle_bits):
-    polar = polar_for_test(dim, radius_bits, angle_bits, seed=3)
+    polar = PolarQuant(dim, radius_bits=radius_bits, angle_bits=angle_bits, seed=3)
     x = np.random.default_rng(dim).standard_normal((64, dim)).astype(np.float32) * 3
     rebuilt = polar.dequantize(polar.quantize(x))
     expected = reference_dequantize(polar, x)
@@ -162,7 +147,7 @@ def test_low_bit_mse_matches_prediction(dim, radius_bits, angle_bits):
 @pytest.mark.parametrize("qjl_bits", [0, 1, 2])
 @pytest.mark.parametrize("dim, radius_bits, angle_bits", [(256, 4, 3), (40, 1, 1), (96, 5, 8), (34, 8, 2)])
 def test_inner_product_equals_dot_with_dequantized(dim, radius_bits, angle_bits, qjl_bits):
-    polar = polar_for_test(dim, radius_bits, angle_bits, qjl_bits=qjl_bits, seed=9)
+    polar = PolarQuant(dim, radius_bits=radius_bits, angle_bits=angle_bits, qjl_bits=qjl_bits, seed=9)
     rng = np.random.default_rng(dim + qjl_bits)
     x = rng.standard_normal((70, dim)).astype(np.float32)
     y = rng.standard_normal((5, dim)).astype(np.float32)
@@ -175,7 +160,7 @@ def test_inner_product_equals_dot_with_dequantized(dim, radius_bits, angle_bits,
 
 def estimates_over_seeds(x, y, qjl_bits, seeds):
     """Estimates of <x, y> at 1 + 1 bits, one PolarQuant per seed."""
-    # Solving the default codebook once and passing it keeps each creation cheap.
+    # Passing the default codebook skips solving it again for each quantizer.
     codebook = PolarQuant(32, radius_bits=1).radius_codebook
     values = np.empty(len(seeds))
     for index, seed in enumerate(seeds):
@@ -259,7 +244,7 @@ def test_bits_per_value_counts_everything(radius_bits, angle_bits, qjl_bits, row
 
 def test_odd_pair_count_bit_stream():
     # 5 pairs at 7 + 5 bits: streams of 35 and 25 bits cross byte boundaries.
-    polar = polar_for_test(10, 7, 5, seed=2)
+    polar = PolarQuant(10, radius_bits=7, angle_bits=5, seed=2)
     x = np.random.default_rng(3).standard_normal((30, 10)).astype(np.float32)
     codes = polar.quantize(x)
     assert codes.arrays["codes"].shape == (30, 5 + 4)
@@ -269,8 +254,7 @@ def test_odd_pair_count_bit_stream():
 
 def test_custom_radius_codebook():
     samples = np.random.default_rng(4).uniform(0.0, 0.5, 10000).astype(np.float32)
-    fitted = np.empty(8, dtype=np.float32)
-    _core.fit_codebook(samples, 3, fitted)
+    fitted = fit_codebook(samples, 3)
     polar = PolarQuant(64, radius_bits=3, radius_codebook=fitted)
     np.testing.assert_array_equal(polar.radius_codebook, fitted)
     x = unit_rows(30, 64, seed=3)

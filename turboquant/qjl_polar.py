@@ -237,7 +237,10 @@ class QJL:
         expected = (self.kind, self.dim, self.bits, self.seed, self._params())
         found = (codes.kind, codes.dim, codes.bits, codes.seed, codes.params)
         if found != expected:
-            raise ValueError(f"codes were made by a different quantizer: (kind, dim, bits, seed, params) {found} != {expected}")
+            raise ValueError(
+                f"codes were made by a different quantizer: (kind, dim, bits, seed, params) {found} != "
+                f"{expected}; decode them with the quantizer that produced them"
+            )
         return codes.arrays["codes"], codes.arrays["norms"]
 
     def project(self, queries):
@@ -279,9 +282,10 @@ class PolarQuant:
     A row x (even ``dim``) is stored as ||x|| (float32) and, for the rotated unit vector
     v = R x / ||x||, one (radius, angle) code per pair (v_j, v_{j + dim/2}). That is the NeoX
     RoPE pairing, so keys after RoPE pair naturally. The radius goes through
-    ``radius_codebook`` (default: the Lloyd-Max codebook of the radius of a coordinate pair of
-    a uniform unit vector in ``dim`` dimensions, density proportional to r (1 - r^2)^((dim-4)/2)),
-    the angle through 2^angle_bits equal cells with centroids at the cell centres.
+    ``radius_codebook``. By default that is the Lloyd-Max codebook of the radius of a
+    coordinate pair of a uniform unit vector in ``dim`` dimensions, whose density is
+    proportional to r (1 - r^2)^((dim-4)/2). The angle goes through 2^angle_bits equal cells
+    with centroids at the cell centres.
 
     With ``qjl_bits`` 1 or 2 the residual x - x_hat is also stored as a QJL sketch
     (``sketch_dim = dim``) with its norm, and the inner-product estimate becomes unbiased;
@@ -362,7 +366,10 @@ class PolarQuant:
         expected = (self.kind, self.dim, self.bits, self.seed, self._params())
         found = (codes.kind, codes.dim, codes.bits, codes.seed, codes.params)
         if found != expected:
-            raise ValueError(f"codes were made by a different quantizer: (kind, dim, bits, seed, params) {found} != {expected}")
+            raise ValueError(
+                f"codes were made by a different quantizer: (kind, dim, bits, seed, params) {found} != "
+                f"{expected}; decode them with the quantizer that produced them"
+            )
         names = ["codes", "norms"] + (["residual_norms"] if self.qjl_bits else [])
         if list(codes.arrays) != names:
             raise ValueError(f"PolarQuant codes must contain arrays {names}, got {list(codes.arrays)}")
