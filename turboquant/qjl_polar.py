@@ -287,6 +287,10 @@ class PolarQuant:
     proportional to r (1 - r^2)^((dim-4)/2). The angle goes through 2^angle_bits equal cells
     with centroids at the cell centres.
 
+    The angle error usually dominates: on uniform unit vectors at dim 256 the default
+    4 radius + 3 angle bits give an MSE of 0.053, while 3 + 4 bits give 0.019 at the same
+    storage, below TurboQuantMSE at 3.5 bits (0.022); ``tests/test_polar.py`` prints these.
+
     With ``qjl_bits`` 1 or 2 the residual x - x_hat is also stored as a QJL sketch
     (``sketch_dim = dim``) with its norm, and the inner-product estimate becomes unbiased;
     without it the estimate <x_hat, y> is biased towards zero. Inner products use a table of
