@@ -1,10 +1,10 @@
 """Throughput of QJL and PolarQuant against a NumPy implementation of the same algorithms.
 
-For QJL at 1 and 2 bits and PolarQuant at 4 + 3 bits (with and without a 1-bit residual
-sketch) it measures quantize and inner_product (queries against all codes) in rows per
-second, next to NumPy code that computes the same codes and scores from the quantizer's
-own sketch, rotation and codebook. The NumPy results are checked against the C results
-before timing, so both sides do the same work. BLAS gets the same thread count as OpenMP.
+The script measures quantize and inner_product (queries against all codes) in rows per
+second for QJL at 1 and 2 bits and PolarQuant at 4 + 3 bits without residual sketch. The
+NumPy side computes the same codes and scores from the quantizer's own sketch, rotation
+and codebook. Its results are checked against the C results before timing, so both sides
+do the same work. BLAS gets the same thread count as OpenMP.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_qjl_polar.py [--rows 8192] [--queries 16] [--repeats 5]
 """
@@ -22,7 +22,7 @@ for variable in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-# Run from a source checkout without installing: the repository root holds the package.
+# Run from a source checkout without installing: the repository root contains the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from turboquant import PolarQuant, QJL, _core  # noqa: E402

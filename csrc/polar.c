@@ -232,7 +232,7 @@ void tq_polar_rotate(const tq_polar *polar, const float *x, size_t n, float *out
     }
 }
 
-/* Per-thread scratch: floats_per_thread floats and bytes_per_thread bytes for each thread. */
+/* Scratch memory with one slice of floats and one of bytes per thread. */
 typedef struct {
     float *floats;
     uint8_t *bytes;
@@ -299,7 +299,7 @@ static unsigned angle_code(const tq_polar *polar, float y, float x)
     return (unsigned)(cell >= angles ? angles - 1 : cell);
 }
 
-/* Write ||x|| R^T v_hat for one row's unpacked codes into out (dim floats); work holds dim floats. */
+/* Write ||x|| R^T v_hat for one row's unpacked codes into out (dim floats), using work (dim floats). */
 static void reconstruct_row(const tq_polar *polar, const uint8_t *radius_codes, const uint8_t *angle_codes,
                             float norm, float *work, float *out)
 {

@@ -67,7 +67,7 @@ tq_status tq_polar_quantize(const tq_polar *polar, const float *x, size_t n, uin
 tq_status tq_polar_dequantize(const tq_polar *polar, const uint8_t *codes, const float *norms,
                               const float *residual_norms, size_t n, float *out, tq_error *err);
 
-/* Estimates out[q * n + i] ~ <x_i, y_q> from codes, for queries (n_queries x dim). */
+/* Write the estimates out[q * n + i] ~ <x_i, y_q> from codes, for queries (n_queries x dim). */
 tq_status tq_polar_inner_product(const tq_polar *polar, const uint8_t *codes, const float *norms,
                                  const float *residual_norms, size_t n, const float *queries, size_t n_queries,
                                  float *out, tq_error *err);

@@ -68,10 +68,10 @@ float tq_qjl_quantize_row(const tq_qjl *qjl, const float *x, float *scratch, uin
 /* Project n rows y (n x dim) to S y (n x sketch_dim). */
 void tq_qjl_project(const tq_qjl *qjl, const float *y, size_t n, float *projected);
 
-/* Estimate of <x, y> from the codes and norm of x and the projection S y of y. */
+/* Return the estimate of <x, y> from the codes and norm of x and the projection S y of y. */
 float tq_qjl_score_row(const tq_qjl *qjl, const uint8_t *codes, float norm, const float *projected);
 
-/* Estimates for all pairs: out[q * n + i] ~ <x_i, y_q>, from projected queries
+/* Write the estimates out[q * n + i] ~ <x_i, y_q> for all pairs, from projected queries
  * (n_queries x sketch_dim). Rows run in parallel. */
 void tq_qjl_inner_product(const tq_qjl *qjl, const uint8_t *codes, const float *norms, size_t n,
                           const float *projected, size_t n_queries, float *out);

@@ -397,5 +397,5 @@ def test_core_rejects_wrong_buffer_sizes():
         core.quantize(x, np.empty(1, dtype=np.uint8), np.empty(2, dtype=np.float32))
     with pytest.raises(TypeError, match="norms must have dtype float32"):
         core.quantize(x, np.empty(2, dtype=np.uint8), np.empty(2, dtype=np.float64))
-    with pytest.raises(ValueError, match="n=-1"):
+    with pytest.raises(ValueError, match="n=-1 is invalid"):
         core.dequantize(np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.float32), -1, np.empty(0, dtype=np.float32))

@@ -171,7 +171,7 @@ static PyObject *qjl_inner_product(QJLObject *self, PyObject *args)
         return NULL;
     }
     if (n_signed < 0) {
-        PyErr_Format(PyExc_ValueError, "n=%zd must not be negative", n_signed);
+        PyErr_Format(PyExc_ValueError, "n=%zd is invalid; pass the number of stored rows (0 or more)", n_signed);
         return NULL;
     }
     const size_t n = (size_t)n_signed;
@@ -214,7 +214,7 @@ static PyObject *qjl_dequantize(QJLObject *self, PyObject *args)
         return NULL;
     }
     if (n_signed < 0) {
-        PyErr_Format(PyExc_ValueError, "n=%zd must not be negative", n_signed);
+        PyErr_Format(PyExc_ValueError, "n=%zd is invalid; pass the number of stored rows (0 or more)", n_signed);
         return NULL;
     }
     const size_t n = (size_t)n_signed;
@@ -493,7 +493,7 @@ static PyObject *polar_dequantize(PolarObject *self, PyObject *args)
         return NULL;
     }
     if (n_signed < 0) {
-        PyErr_Format(PyExc_ValueError, "n=%zd must not be negative", n_signed);
+        PyErr_Format(PyExc_ValueError, "n=%zd is invalid; pass the number of stored rows (0 or more)", n_signed);
         return NULL;
     }
     const size_t n = (size_t)n_signed;
@@ -530,7 +530,7 @@ static PyObject *polar_inner_product(PolarObject *self, PyObject *args)
         return NULL;
     }
     if (n_signed < 0) {
-        PyErr_Format(PyExc_ValueError, "n=%zd must not be negative", n_signed);
+        PyErr_Format(PyExc_ValueError, "n=%zd is invalid; pass the number of stored rows (0 or more)", n_signed);
         return NULL;
     }
     const size_t n = (size_t)n_signed;
