@@ -20,6 +20,9 @@
 typedef struct {
     /* Dot product of two float vectors of length n. */
     float (*dot)(const float *a, const float *b, size_t n);
+    /* out[r] = dot(a, b + r * stride, n) for r < 4, summed in the same order as dot, so a
+     * row gets the same bits whether it is projected alone or in a group of four. */
+    void (*dot4)(const float *a, const float *b, size_t stride, size_t n, float *out);
     /* Sum over i < m of (bit i set ? q[i] : -q[i]). */
     float (*sign_dot)(const uint8_t *bits, const float *q, size_t m);
     /* Sum over i < m of levels[code i] * q[i] for 2-bit codes; levels has 4 entries. */

@@ -10,6 +10,19 @@ static float dot_scalar(const float *a, const float *b, size_t n)
     return sum;
 }
 
+static void dot4_scalar(const float *a, const float *b, size_t stride, size_t n, float *out)
+{
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (size_t i = 0; i < n; i++) {
+        for (size_t r = 0; r < 4; r++) {
+            sum[r] += a[i] * b[r * stride + i];
+        }
+    }
+    for (size_t r = 0; r < 4; r++) {
+        out[r] = sum[r];
+    }
+}
+
 static float sign_dot_scalar(const uint8_t *bits, const float *q, size_t m)
 {
     float sum = 0.0f;
@@ -42,6 +55,7 @@ static float polar_dot_scalar(const uint8_t *radius_codes, const uint8_t *angle_
 
 const tq_qjl_polar_kernels tq_qjl_polar_kernels_scalar = {
     dot_scalar,
+    dot4_scalar,
     sign_dot_scalar,
     level2_dot_scalar,
     polar_dot_scalar,

@@ -283,6 +283,21 @@ def test_simd_variants_equal_scalar(monkeypatch, bits):
         assert np.all(np.abs(scores - scalar_scores) <= bound), variant
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+def test_row_codes_independent_of_batch(monkeypatch, bits):
+    # Rows are projected four at a time; a row must get the same codes alone or in a batch.
+    x = np.random.default_rng(12).standard_normal((11, 100)).astype(np.float32)
+    for variant in _core.build_info()["supported_kernels"]:
+        monkeypatch.setenv("TURBOQUANT_KERNELS", variant)
+        qjl = QJL(100, bits=bits, seed=3, sketch_dim=77)
+        batch = qjl.quantize(x)
+        projected_batch = qjl.project(x)
+        for row in range(len(x)):
+            single = qjl.quantize(x[row : row + 1])
+            np.testing.assert_array_equal(single.arrays["codes"][0], batch.arrays["codes"][row])
+            np.testing.assert_array_equal(qjl.project(x[row]), projected_batch[row : row + 1])
+
+
 def test_same_seed_gives_same_codes(vectors):
     x, _ = vectors
     first = QJL(48, bits=2, seed=21).quantize(x)
