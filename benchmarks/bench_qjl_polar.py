@@ -105,7 +105,8 @@ class NumpyPolar:
         angles = 2**self.angle_bits
         angle_codes = np.minimum((theta * (angles / (2 * np.pi))).astype(np.int32), angles - 1)
         radius_codes = np.searchsorted(self.radius_thresholds, radius, side="left")
-        return np.concatenate([pack_fields(radius_codes, self.radius_bits), pack_fields(angle_codes, self.angle_bits)], axis=1), norms
+        packed = [pack_fields(radius_codes, self.radius_bits), pack_fields(angle_codes, self.angle_bits)]
+        return np.concatenate(packed, axis=1), norms
 
     def inner_product(self, packed, norms, queries):
         radius_bytes = (self.half * self.radius_bits + 7) // 8

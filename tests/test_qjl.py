@@ -90,7 +90,7 @@ def test_levels_and_moments_match_scipy(bits):
 
 
 def test_two_bit_gain_is_one_minus_published_mse():
-    # Published MSE of the 4-level Lloyd-Max quantizer of N(0, 1) is 0.1175 (4 digits).
+    # The 4-level Lloyd-Max quantizer of N(0, 1) has MSE 0.1175 to 4 digits (a standard table value).
     assert QJL(8, bits=2).gain == pytest.approx(1 - 0.1175, abs=5e-5)
 
 
@@ -214,8 +214,8 @@ def variance_crossover():
 
 
 def test_two_bit_variance_crossover_value():
-    # 2 bits win for |cos| below about 0.58, which covers a query against most keys; for nearly
-    # parallel vectors sign(u) |u| varies less than u Q(u), so 1 bit has the lower variance.
+    # 2 bits win for |cos| below about 0.58. For nearly parallel vectors sign(u) |u| varies
+    # less than u Q(u), so 1 bit has the lower variance there.
     crossover = variance_crossover()
     assert 0.33 < crossover < 0.35
     one_bit = QJL(8, bits=1)

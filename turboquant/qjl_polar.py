@@ -111,7 +111,8 @@ class PackedCodes:
         }
         header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
         parts = [self._MAGIC, struct.pack("<II", self._VERSION, len(header_bytes)), header_bytes]
-        parts += [np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes() for array in self.arrays.values()]
+        for array in self.arrays.values():
+            parts.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
         return b"".join(parts)
 
     @classmethod
@@ -133,7 +134,16 @@ class PackedCodes:
         if not isinstance(header, dict):
             raise ValueError("packed codes header must be a JSON object")
 
-        for key, kind in (("kind", str), ("dim", int), ("bits", int), ("seed", int), ("n", int), ("params", dict), ("arrays", list)):
+        required = (
+            ("kind", str),
+            ("dim", int),
+            ("bits", int),
+            ("seed", int),
+            ("n", int),
+            ("params", dict),
+            ("arrays", list),
+        )
+        for key, kind in required:
             if key not in header:
                 raise ValueError(f"packed codes header is missing '{key}'")
             if not isinstance(header[key], kind) or isinstance(header[key], bool):
@@ -229,7 +239,8 @@ class QJL:
         codes = np.empty((n, self._core.code_bytes), dtype=np.uint8)
         norms = np.empty(n, dtype=np.float32)
         self._core.quantize(x, codes, norms)
-        return PackedCodes(self.kind, self.dim, self.bits, self.seed, n, self._params(), {"codes": codes, "norms": norms})
+        arrays = {"codes": codes, "norms": norms}
+        return PackedCodes(self.kind, self.dim, self.bits, self.seed, n, self._params(), arrays)
 
     def _check_codes(self, codes):
         if not isinstance(codes, PackedCodes):
