@@ -40,6 +40,8 @@ struct tq_polar {
     float radius_thresholds[(1 << TQ_POLAR_MAX_BITS) - 1]; /* midpoints of adjacent radii */
     float angle_cos[1 << TQ_POLAR_MAX_BITS];               /* cos and sin of each cell centre */
     float angle_sin[1 << TQ_POLAR_MAX_BITS];
+    float boundary_cos[1 << (TQ_POLAR_MAX_BITS - 1)]; /* direction of cell boundary k in [0, pi) */
+    float boundary_sin[1 << (TQ_POLAR_MAX_BITS - 1)];
     size_t radius_bytes; /* per row */
     size_t angle_bytes;
     size_t qjl_bytes;
@@ -175,6 +177,11 @@ tq_status tq_polar_create(int dim, int radius_bits, int angle_bits, const float 
         polar->angle_cos[a] = (float)cos(centre);
         polar->angle_sin[a] = (float)sin(centre);
     }
+    for (int k = 0; k < angles / 2; k++) {
+        const double boundary = 2.0 * M_PI * k / angles;
+        polar->boundary_cos[k] = (float)cos(boundary);
+        polar->boundary_sin[k] = (float)sin(boundary);
+    }
     *out = polar;
     return TQ_OK;
 }
@@ -288,15 +295,33 @@ static unsigned radius_code(const tq_polar *polar, float radius)
     return lo;
 }
 
+/* Angle cell of the point (x, y): floor(theta * L / (2 pi)) for theta = atan2(y, x) in
+ * [0, 2 pi), found without trigonometry. The lower half-plane is turned by pi onto the upper
+ * one, which selects the first or second half of the cells. There every cell boundary is
+ * less than pi away from theta, so the sign of the cross product of the boundary direction
+ * with the point tells on which side theta lies, and a binary search finds the cell. */
 static unsigned angle_code(const tq_polar *polar, float y, float x)
 {
-    const int angles = 1 << polar->angle_bits;
-    double theta = atan2((double)y, (double)x);
-    if (theta < 0.0) {
-        theta += 2.0 * M_PI;
+    const unsigned half = 1u << (polar->angle_bits - 1);
+    if (x == 0.0f && y == 0.0f) {
+        return 0; /* atan2(0, 0) is 0 */
     }
-    int cell = (int)(theta * angles / (2.0 * M_PI));
-    return (unsigned)(cell >= angles ? angles - 1 : cell);
+    const int lower = y < 0.0f || (y == 0.0f && x < 0.0f);
+    if (lower) {
+        x = -x;
+        y = -y;
+    }
+    unsigned lo = 0;
+    unsigned hi = half - 1;
+    while (lo < hi) {
+        const unsigned mid = (lo + hi + 1) / 2;
+        if (polar->boundary_cos[mid] * y - polar->boundary_sin[mid] * x >= 0.0f) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return (lower ? half : 0u) + lo;
 }
 
 /* Write ||x|| R^T v_hat for one row's unpacked codes into out (dim floats), using work (dim floats). */
@@ -348,7 +373,8 @@ static void quantize_row(const tq_polar *polar, const float *x, float *work, uin
     for (int j = 0; j < pairs; j++) {
         const float a = rotated[j];
         const float b = rotated[j + pairs];
-        radius_codes[j] = (uint8_t)radius_code(polar, hypotf(a, b));
+        /* Both coordinates of a unit vector are at most 1, so a * a + b * b cannot overflow. */
+        radius_codes[j] = (uint8_t)radius_code(polar, sqrtf(a * a + b * b));
         angle_codes[j] = (uint8_t)angle_code(polar, b, a);
         put_field(radius_stream, (size_t)j, polar->radius_bits, radius_codes[j]);
         put_field(angle_stream, (size_t)j, polar->angle_bits, angle_codes[j]);
