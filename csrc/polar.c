@@ -84,22 +84,22 @@ static size_t stream_bytes(int pairs, int bits)
 
 /* ---------------------------------------------------------------- creation */
 
-static tq_status set_radius_codebook(tq_polar *polar, const float *given, tq_error *err)
+static tq_status set_radius_codebook(tq_polar *polar, const float *codebook, tq_error *err)
 {
     const int levels = 1 << polar->radius_bits;
-    if (given != NULL) {
+    if (codebook != NULL) {
         for (int k = 0; k < levels; k++) {
-            if (!isfinite(given[k]) || given[k] < 0.0f) {
+            if (!isfinite(codebook[k]) || codebook[k] < 0.0f) {
                 return tq_error_set(err, TQ_ERR_INVALID,
                                     "radius_codebook[%d] is %g; radii must be finite and non-negative", k,
-                                    (double)given[k]);
+                                    (double)codebook[k]);
             }
-            if (k > 0 && given[k] < given[k - 1]) {
+            if (k > 0 && codebook[k] < codebook[k - 1]) {
                 return tq_error_set(err, TQ_ERR_INVALID,
                                     "radius_codebook[%d] = %g is below radius_codebook[%d] = %g; sort it ascending",
-                                    k, (double)given[k], k - 1, (double)given[k - 1]);
+                                    k, (double)codebook[k], k - 1, (double)codebook[k - 1]);
             }
-            polar->radius[k] = given[k];
+            polar->radius[k] = codebook[k];
         }
     } else if (polar->dim == 2) {
         /* A 2-D unit vector is one pair of radius exactly 1. */
@@ -299,7 +299,7 @@ static unsigned radius_code(const tq_polar *polar, float radius)
  * [0, 2 pi), found without trigonometry. The lower half-plane is turned by pi onto the upper
  * one, which selects the first or second half of the cells. There every cell boundary is
  * less than pi away from theta, so the sign of the cross product of the boundary direction
- * with the point tells on which side theta lies, and a binary search finds the cell. */
+ * with the point shows on which side theta lies, and a binary search finds the cell. */
 static unsigned angle_code(const tq_polar *polar, float y, float x)
 {
     const unsigned half = 1u << (polar->angle_bits - 1);

@@ -353,6 +353,10 @@ def test_codes_from_other_quantizer_rejected(vectors):
         QJL(48, bits=2, seed=1).dequantize(codes)
     with pytest.raises(TypeError, match="PackedCodes"):
         QJL(48).dequantize(x)
+    arrays = {"codes": codes.arrays["codes"]}
+    missing_norms = PackedCodes(codes.kind, codes.dim, codes.bits, codes.seed, codes.n, codes.params, arrays)
+    with pytest.raises(ValueError, match="must contain arrays"):
+        QJL(48, seed=1).dequantize(missing_norms)
 
 
 def test_empty_batches():

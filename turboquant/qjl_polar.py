@@ -252,6 +252,8 @@ class QJL:
                 f"codes were made by a different quantizer: (kind, dim, bits, seed, params) {found} != "
                 f"{expected}; decode them with the quantizer that produced them"
             )
+        if list(codes.arrays) != ["codes", "norms"]:
+            raise ValueError(f"QJL codes must contain arrays ['codes', 'norms'], got {list(codes.arrays)}")
         return codes.arrays["codes"], codes.arrays["norms"]
 
     def project(self, queries):
