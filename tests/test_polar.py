@@ -1,5 +1,6 @@
 """Tests of turboquant.PolarQuant against SciPy Lloyd-Max codebooks and a NumPy reference encoder."""
 
+import concurrent.futures
 import math
 
 import numpy as np
@@ -223,6 +224,24 @@ def test_simd_variants_equal_scalar(monkeypatch, dim, qjl_bits):
             np.testing.assert_array_equal(polar.quantize(x).arrays["codes"], codes.arrays["codes"])
         # Float32 sums in another order: 2e-5 of ||x|| ||y|| (see the dequantize comparison).
         assert np.all(np.abs(polar.inner_product(codes, y) - scalar_scores) <= 2e-5 * scale), variant
+
+
+def test_concurrent_calls_share_one_quantizer():
+    # The methods release the GIL and the C objects are read-only after creation, so calls
+    # from several Python threads on one quantizer must give the single-threaded results.
+    polar = PolarQuant(128, qjl_bits=1, seed=2)
+    x = unit_rows(300, 128, seed=11)
+    queries = unit_rows(6, 128, seed=12)
+    codes = polar.quantize(x)
+    expected_scores = polar.inner_product(codes, queries)
+    expected_codes = codes.arrays["codes"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        scores = list(pool.map(lambda _: polar.inner_product(codes, queries), range(8)))
+        encoded = list(pool.map(lambda _: polar.quantize(x).arrays["codes"], range(8)))
+    for result in scores:
+        np.testing.assert_array_equal(result, expected_scores)
+    for result in encoded:
+        np.testing.assert_array_equal(result, expected_codes)
 
 
 def test_same_seed_gives_same_codes():
