@@ -1,7 +1,522 @@
+/* CPython binding of the model: _core.Model (Gemma 3 forward pass with its KV
+ * cache) and _core.kv_cache_attention (one cache layer, for kernel tests). */
 #include "py_common.h"
+
+#include <errno.h>
+#include <sys/stat.h>
+
+#include <numpy/arrayobject.h>
+
+#include "kv_cache.h"
+#include "model.h"
+
+typedef struct {
+    PyObject_HEAD
+    tq_model *model;
+    tq_kv_type type_k;
+    tq_kv_type type_v;
+    PyObject *tokenizer; /* _core.Tokenizer sharing the model's C tokenizer, or NULL */
+} ModelObject;
+
+/* Converts a str (or None for the default) to a cache type; -1 with ValueError. */
+static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *out)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str such as 'f16', got %.100s", argument,
+                     Py_TYPE(name)->tp_name);
+        return -1;
+    }
+    const char *text = PyUnicode_AsUTF8(name);
+    if (text == NULL) {
+        return -1;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    if (tq_kv_type_parse(text, out, &err) != TQ_OK) {
+        PyErr_Format(PyExc_ValueError, "%s: %s", argument, err.message);
+        return -1;
+    }
+    return 0;
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"path", "threads", "cache_type_k", "cache_type_v", "ctx", "n_batch", NULL};
+    PyObject *path_bytes = NULL;
+    int threads = 0;
+    PyObject *cache_type_k = NULL;
+    PyObject *cache_type_v = NULL;
+    long long ctx = 0;
+    long long n_batch = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLL:Model", keywords, PyUnicode_FSConverter, &path_bytes,
+                                     &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch)) {
+        return -1;
+    }
+    if (self->model != NULL) {
+        Py_DECREF(path_bytes);
+        PyErr_SetString(PyExc_RuntimeError, "Model.__init__ was already called");
+        return -1;
+    }
+    tq_kv_type type_k = TQ_KV_F16;
+    tq_kv_type type_v = TQ_KV_F16;
+    if ((cache_type_k != NULL && parse_cache_type(cache_type_k, "cache_type_k", &type_k) != 0) ||
+        (cache_type_v != NULL && parse_cache_type(cache_type_v, "cache_type_v", &type_v) != 0)) {
+        Py_DECREF(path_bytes);
+        return -1;
+    }
+    if (threads < 0) {
+        Py_DECREF(path_bytes);
+        PyErr_Format(PyExc_ValueError, "threads must be >= 0 (0 uses the OpenMP default), got %d", threads);
+        return -1;
+    }
+    if (ctx < 0 || n_batch < 0) {
+        Py_DECREF(path_bytes);
+        PyErr_Format(PyExc_ValueError, "ctx (%lld) and n_batch (%lld) must be >= 0; 0 selects the default", ctx,
+                     n_batch);
+        return -1;
+    }
+
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    struct stat info;
+    if (stat(path, &info) != 0) {
+        /* FileNotFoundError (or PermissionError, ...) with the path, from errno. */
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        Py_DECREF(path_bytes);
+        return -1;
+    }
+
+    tq_model_params params = {
+        .path = path,
+        .threads = threads,
+        .n_ctx = ctx,
+        .n_batch = n_batch,
+        .type_k = type_k,
+        .type_v = type_v,
+    };
+    tq_error err;
+    tq_error_clear(&err);
+    tq_model *model = NULL;
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_model_create(&params, &model, &err);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (status != TQ_OK) {
+        tq_py_raise(&err);
+        return -1;
+    }
+    self->model = model;
+    self->type_k = type_k;
+    self->type_v = type_v;
+    return 0;
+}
+
+static void Model_dealloc(ModelObject *self)
+{
+    Py_CLEAR(self->tokenizer);
+    tq_model_free(self->model);
+    self->model = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_ready(ModelObject *self)
+{
+    if (self->model == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is not initialised; call Model(path, ...)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Copy a sequence of ints (list, tuple, NumPy integer array) into a new int32
+ * array; ids outside int32 raise ValueError, non-integers TypeError. */
+static int32_t *tokens_from_object(PyObject *object, Py_ssize_t *n_out)
+{
+    PyObject *sequence = PySequence_Fast(object, "tokens must be a sequence of ints or an integer array");
+    if (sequence == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    if (n == 0) {
+        Py_DECREF(sequence);
+        PyErr_SetString(PyExc_ValueError, "tokens is empty; pass at least one token id");
+        return NULL;
+    }
+    int32_t *tokens = PyMem_Malloc((size_t)n * sizeof(int32_t));
+    if (tokens == NULL) {
+        Py_DECREF(sequence);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *index = PyNumber_Index(items[i]);
+        if (index == NULL) {
+            PyErr_Format(PyExc_TypeError, "tokens[%zd] must be an int, got %.100s", i, Py_TYPE(items[i])->tp_name);
+            goto fail;
+        }
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(index, &overflow);
+        Py_DECREF(index);
+        if (value == -1 && PyErr_Occurred()) {
+            goto fail;
+        }
+        if (overflow != 0 || value < INT32_MIN || value > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "tokens[%zd] is outside the range of token ids", i);
+            goto fail;
+        }
+        tokens[i] = (int32_t)value;
+    }
+    Py_DECREF(sequence);
+    *n_out = n;
+    return tokens;
+
+fail:
+    PyMem_Free(tokens);
+    Py_DECREF(sequence);
+    return NULL;
+}
+
+static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"tokens", "logits", NULL};
+    PyObject *tokens_object;
+    const char *logits_name = "last";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s:eval", keywords, &tokens_object, &logits_name)) {
+        return NULL;
+    }
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    tq_logits_mode mode;
+    if (strcmp(logits_name, "last") == 0) {
+        mode = TQ_LOGITS_LAST;
+    } else if (strcmp(logits_name, "all") == 0) {
+        mode = TQ_LOGITS_ALL;
+    } else if (strcmp(logits_name, "none") == 0) {
+        mode = TQ_LOGITS_NONE;
+    } else {
+        PyErr_Format(PyExc_ValueError, "logits must be 'last', 'all' or 'none', got '%s'", logits_name);
+        return NULL;
+    }
+
+    Py_ssize_t n = 0;
+    int32_t *tokens = tokens_from_object(tokens_object, &n);
+    if (tokens == NULL) {
+        return NULL;
+    }
+    const tq_model_config *config = tq_model_get_config(self->model);
+    const int64_t n_past = tq_model_n_past(self->model);
+    const int64_t n_ctx = tq_model_n_ctx(self->model);
+    if ((int64_t)n > n_ctx - n_past) {
+        PyMem_Free(tokens);
+        PyErr_Format(PyExc_IndexError,
+                     "%lld positions already used plus %zd new tokens exceed the context of %lld; create the "
+                     "model with a larger ctx or call truncate()/reset()",
+                     (long long)n_past, n, (long long)n_ctx);
+        return NULL;
+    }
+
+    PyObject *result = Py_None;
+    float *logits = NULL;
+    if (mode == TQ_LOGITS_LAST) {
+        npy_intp dims[1] = {config->n_vocab};
+        result = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    } else if (mode == TQ_LOGITS_ALL) {
+        npy_intp dims[2] = {n, config->n_vocab};
+        result = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    } else {
+        Py_INCREF(result);
+    }
+    if (result == NULL) {
+        PyMem_Free(tokens);
+        return NULL;
+    }
+    if (mode != TQ_LOGITS_NONE) {
+        logits = (float *)PyArray_DATA((PyArrayObject *)result);
+    }
+
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_model_eval(self->model, tokens, n, mode, logits, &err);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(tokens);
+    if (status != TQ_OK) {
+        Py_DECREF(result);
+        return tq_py_raise(&err);
+    }
+    return result;
+}
+
+static PyObject *Model_truncate(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"n_past", NULL};
+    long long n_past;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L:truncate", keywords, &n_past)) {
+        return NULL;
+    }
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    if (tq_model_truncate(self->model, n_past, &err) != TQ_OK) {
+        return tq_py_raise(&err);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_reset(ModelObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    if (tq_model_truncate(self->model, 0, &err) != TQ_OK) {
+        return tq_py_raise(&err);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_kv_cache_bytes(ModelObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    return PyLong_FromSize_t(tq_kv_cache_bytes(tq_model_kv_cache(self->model)));
+}
+
+static PyObject *Model_kv_bytes_per_token(ModelObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    return PyLong_FromSize_t(tq_kv_cache_bytes_per_token(tq_model_kv_cache(self->model)));
+}
+
+static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    const tq_model_config *c = tq_model_get_config(self->model);
+    return Py_BuildValue(
+        "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:L,s:L,s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:s}", "architecture", c->architecture,
+        "n_layers", c->n_layers, "hidden", c->hidden, "n_heads", c->n_heads, "n_kv_heads", c->n_kv_heads, "head_dim",
+        c->head_dim, "ffn", c->ffn, "vocab", c->n_vocab, "context_length", (long long)c->context_length,
+        "sliding_window", (long long)c->sliding_window, "sliding_window_pattern", c->sliding_window_pattern,
+        "rope_base_global", (double)c->rope_base_global, "rope_base_local", (double)c->rope_base_local,
+        "rope_scale_global", (double)c->rope_scale_global, "eps", (double)c->rms_eps, "query_pre_attn_scalar",
+        (double)c->query_pre_attn_scalar, "embedding_scale", (double)c->embedding_scale, "kernels",
+        tq_isa_name(tq_model_isa(self->model)));
+}
+
+static PyObject *Model_get_n_ctx(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyLong_FromLongLong(tq_model_n_ctx(self->model));
+}
+
+static PyObject *Model_get_n_past(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyLong_FromLongLong(tq_model_n_past(self->model));
+}
+
+static PyObject *Model_get_n_vocab(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyLong_FromLong(tq_model_get_config(self->model)->n_vocab);
+}
+
+static PyObject *Model_get_threads(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyLong_FromLong(tq_model_threads(self->model));
+}
+
+static PyObject *Model_get_cache_type_k(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyUnicode_FromString(tq_kv_type_get(self->type_k)->name);
+}
+
+static PyObject *Model_get_cache_type_v(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyUnicode_FromString(tq_kv_type_get(self->type_v)->name);
+}
+
+static PyMethodDef Model_methods[] = {
+    {"eval", (PyCFunction)(void (*)(void))Model_eval, METH_VARARGS | METH_KEYWORDS,
+     "eval(tokens, logits='last')\n\n"
+     "Run tokens (ints) at positions n_past, n_past + 1, ... and append them to the KV cache.\n"
+     "logits: 'last' returns float32 (n_vocab,), 'all' returns (len(tokens), n_vocab), 'none' returns None.\n"
+     "Raises IndexError when n_past + len(tokens) > n_ctx, ValueError for an empty list or an unknown id."},
+    {"truncate", (PyCFunction)(void (*)(void))Model_truncate, METH_VARARGS | METH_KEYWORDS,
+     "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
+    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
+    {"kv_cache_bytes", (PyCFunction)Model_kv_cache_bytes, METH_NOARGS,
+     "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
+    {"kv_bytes_per_token", (PyCFunction)Model_kv_bytes_per_token, METH_NOARGS,
+     "kv_bytes_per_token() -> int\n\nBytes one position takes in every layer, K and V."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Model_getset[] = {
+    {"config", (getter)Model_get_config, NULL, "Model configuration read from the GGUF metadata (dict).", NULL},
+    {"n_ctx", (getter)Model_get_n_ctx, NULL, "Positions the KV cache can hold.", NULL},
+    {"n_past", (getter)Model_get_n_past, NULL, "Positions stored in the KV cache.", NULL},
+    {"n_vocab", (getter)Model_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},
+    {"threads", (getter)Model_get_threads, NULL, "OpenMP threads per call (0: OpenMP default).", NULL},
+    {"cache_type_k", (getter)Model_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
+    {"cache_type_v", (getter)Model_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0)\n\n"
+              "Gemma 3 model from a GGUF file with a KV cache of ctx positions (0: the model's context length).\n"
+              "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0' or 'q4_0'. n_batch: prompt micro-batch\n"
+              "size (0: 512). threads: OpenMP threads per call (0: OpenMP default).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+};
+
+/* ---- kv_cache_attention ----------------------------------------------------- */
+
+static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"keys", "values", "queries", "cache_type_k", "cache_type_v",
+                               "window", "n_batch", "kernels", NULL};
+    PyObject *keys_object, *values_object, *queries_object;
+    PyObject *cache_type_k = NULL, *cache_type_v = NULL;
+    long long window = 0, n_batch = 0;
+    const char *kernels = "auto";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLs:kv_cache_attention", keywords, &keys_object,
+                                     &values_object, &queries_object, &cache_type_k, &cache_type_v, &window,
+                                     &n_batch, &kernels)) {
+        return NULL;
+    }
+    tq_kv_type type_k = TQ_KV_F32, type_v = TQ_KV_F32;
+    if ((cache_type_k != NULL && parse_cache_type(cache_type_k, "cache_type_k", &type_k) != 0) ||
+        (cache_type_v != NULL && parse_cache_type(cache_type_v, "cache_type_v", &type_v) != 0)) {
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_isa isa;
+    if (tq_isa_parse(kernels, &isa, &err) != TQ_OK) {
+        return tq_py_raise(&err);
+    }
+    if (window < 0 || n_batch < 0) {
+        PyErr_Format(PyExc_ValueError, "window (%lld) and n_batch (%lld) must be >= 0", window, n_batch);
+        return NULL;
+    }
+
+    tq_py_matrix keys, values, queries;
+    if (tq_py_matrix_acquire(keys_object, "keys", -1, &keys) != 0) {
+        return NULL;
+    }
+    if (tq_py_matrix_acquire(values_object, "values", keys.cols, &values) != 0) {
+        tq_py_matrix_release(&keys);
+        return NULL;
+    }
+    if (tq_py_matrix_acquire(queries_object, "queries", keys.cols, &queries) != 0) {
+        tq_py_matrix_release(&keys);
+        tq_py_matrix_release(&values);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    tq_kv_cache *cache = NULL;
+    void *scratch = NULL;
+    const Py_ssize_t n = keys.rows;
+    const int head_dim = (int)keys.cols;
+    if (values.rows != n || queries.rows != n || n == 0) {
+        PyErr_Format(PyExc_ValueError, "keys, values and queries need the same nonzero number of rows (%zd, %zd, %zd)",
+                     keys.rows, values.rows, queries.rows);
+        goto done;
+    }
+    if (tq_py_check_finite(&keys, "keys") != 0 || tq_py_check_finite(&values, "values") != 0 ||
+        tq_py_check_finite(&queries, "queries") != 0) {
+        goto done;
+    }
+    int64_t layer_window = window;
+    tq_kv_cache_config config = {
+        .n_layers = 1,
+        .n_kv_heads = 1,
+        .head_dim = head_dim,
+        .n_ctx = n,
+        .n_batch = n_batch > 0 ? n_batch : n,
+        .layer_window = &layer_window,
+        .type_k = type_k,
+        .type_v = type_v,
+        .isa = isa,
+    };
+    if (tq_kv_cache_create(&config, &cache, &err) != TQ_OK) {
+        tq_py_raise(&err);
+        goto done;
+    }
+    npy_intp dims[2] = {n, head_dim};
+    result = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    scratch = tq_aligned_alloc(tq_kv_cache_scratch_bytes(cache));
+    if (result == NULL || scratch == NULL) {
+        Py_CLEAR(result);
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    float *out = (float *)PyArray_DATA((PyArrayObject *)result);
+    /* Same order as the model: write a micro-batch, then let its queries attend. */
+    const int64_t step = config.n_batch;
+    for (int64_t start = 0; start < n; start += step) {
+        const int64_t m = n - start < step ? n - start : step;
+        if (tq_kv_cache_reserve(cache, m, &err) != TQ_OK) {
+            Py_CLEAR(result);
+            tq_py_raise(&err);
+            goto done;
+        }
+        tq_kv_cache_write(cache, 0, start, m, keys.data + start * head_dim, values.data + start * head_dim);
+        for (int64_t t = start; t < start + m; t++) {
+            tq_kv_cache_attend(cache, 0, 0, t, queries.data + t * head_dim, scratch, out + t * head_dim);
+        }
+        tq_kv_cache_advance(cache, m);
+    }
+
+done:
+    tq_aligned_free(scratch);
+    tq_kv_cache_free(cache);
+    tq_py_matrix_release(&keys);
+    tq_py_matrix_release(&values);
+    tq_py_matrix_release(&queries);
+    return result;
+}
+
+static PyMethodDef model_functions[] = {
+    {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
+     "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
+     "                   kernels='auto') -> float32 array (n, head_dim)\n\n"
+     "Store keys and values (n, head_dim) in a one-layer, one-head KV cache and return, for each query i,\n"
+     "softmax(q_i . k_j) weighted values over positions j <= i (and i - j < window when window > 0).\n"
+     "Positions are written n_batch at a time as in the model (0: all at once), so a sliding window\n"
+     "exercises the ring buffer. Exposes the cache kernels to tests."},
+    {NULL, NULL, 0, NULL},
+};
 
 int tq_py_init_model(PyObject *module)
 {
-    (void)module;
-    return 0;
+    import_array1(-1);
+    if (PyType_Ready(&ModelType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(module, "Model", (PyObject *)&ModelType) < 0) {
+        Py_DECREF(&ModelType);
+        return -1;
+    }
+    return PyModule_AddFunctions(module, model_functions);
 }

@@ -1,0 +1,127 @@
+/* KV cache: keys and values of every layer and KV head, in a storage type chosen
+ * separately for K and V, with attention computed directly on the stored rows.
+ *
+ * Layout: per layer, one array of slots; a slot holds the rows of all KV heads
+ * of one position (head h at byte h * row_bytes). Global layers map position p
+ * to slot p and grow their allocation as positions arrive, up to n_ctx.
+ * Sliding-window layers keep a ring of window + n_batch slots (position p in
+ * slot p mod ring size): a query at p needs keys from p - window + 1 on, and a
+ * micro-batch writes up to n_batch positions before its queries read, so the
+ * ring never overwrites a row that is still needed and its memory stays flat
+ * at any context length.
+ *
+ * Storage types are described by a table of operations (tq_kv_type_ops) so that
+ * code-based types (rotated, bit-packed rows scored through per-query lookup
+ * tables) can be added without touching the attention loop.
+ *
+ * Ownership: tq_kv_cache_create() returns an object owned by the caller and
+ * released with tq_kv_cache_free(). One cache serves one sequence; calls on the
+ * same cache must not run concurrently, except tq_kv_cache_attend(), which only
+ * reads and may run from many threads at once.
+ */
+#ifndef TQ_KV_CACHE_H
+#define TQ_KV_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention.h"
+#include "cpu.h"
+#include "tq_common.h"
+
+/* Operations of one storage type. Rows are head_dim values of one KV head at
+ * one position; head_dim is a multiple of 32. */
+typedef struct {
+    const char *name; /* as accepted by tq_kv_type_parse: "f16", "q4_0", ... */
+    tq_kv_type type;
+
+    /* Bytes of one stored row, codes and scales included. */
+    size_t (*row_bytes)(int head_dim);
+
+    /* Encode n rows of head_dim floats (src rows are contiguous) into stored rows
+     * that start dst_stride bytes apart. */
+    void (*write_rows)(const float *src, int64_t n, int head_dim, void *dst, size_t dst_stride);
+
+    /* Bytes of the per-query state that prepare_query builds once per query
+     * vector and KV head (for example a lookup table of partial scores); a type
+     * that scores with the float query itself returns head_dim * 4 and copies it. */
+    size_t (*query_bytes)(int head_dim);
+    void (*prepare_query)(const float *query, int head_dim, void *state);
+
+    /* out[j] = score of the prepared query against stored row j, for j < n. */
+    void (*scores)(const tq_attention_kernels *kernels, const void *state, const void *rows, size_t stride,
+                   int64_t n, int head_dim, float *out);
+
+    /* out[i] += sum_j weights[j] * row_j[i], decoding the stored rows. */
+    void (*accumulate)(const tq_attention_kernels *kernels, const float *weights, const void *rows, size_t stride,
+                       int64_t n, int head_dim, float *out);
+
+    /* Number of newest positions a code type wants kept in f16 beside its codes,
+     * scored exactly while they are recent. NOTE: the cache does not implement
+     * this window yet, so tq_kv_cache_create rejects types that set it. */
+    int recent_f16_window;
+} tq_kv_type_ops;
+
+/* Operations of a type; NULL for an id outside the table. */
+const tq_kv_type_ops *tq_kv_type_get(tq_kv_type type);
+
+/* Parse "f32", "f16", "q8_0" or "q4_0". The error lists the accepted names. */
+tq_status tq_kv_type_parse(const char *name, tq_kv_type *out, tq_error *err);
+
+typedef struct {
+    int n_layers;
+    int n_kv_heads;
+    int head_dim;                /* multiple of 32 */
+    int64_t n_ctx;               /* positions the cache can hold */
+    int64_t n_batch;             /* most positions written before their queries attend */
+    const int64_t *layer_window; /* n_layers entries: sliding window in positions, 0 for a global layer */
+    tq_kv_type type_k;
+    tq_kv_type type_v;
+    tq_isa isa;                  /* kernel variant used by tq_kv_cache_attend */
+} tq_kv_cache_config;
+
+typedef struct tq_kv_cache tq_kv_cache;
+
+tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out, tq_error *err);
+void tq_kv_cache_free(tq_kv_cache *cache);
+
+/* Positions stored so far; the next write goes to position n_past. */
+int64_t tq_kv_cache_n_past(const tq_kv_cache *cache);
+int64_t tq_kv_cache_n_ctx(const tq_kv_cache *cache);
+
+/* Make room for positions n_past .. n_past + n_new - 1 in every layer (n_new at
+ * most n_batch). Fails with TQ_ERR_RANGE past n_ctx and TQ_ERR_NOMEM. */
+tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err);
+
+/* Store n positions starting at pos (room reserved before) for one layer.
+ * keys and values are [n][n_kv_heads * head_dim] floats. */
+void tq_kv_cache_write(tq_kv_cache *cache, int layer, int64_t pos, int64_t n, const float *keys,
+                       const float *values);
+
+/* Count n more positions as stored, after every layer has written them. */
+void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n);
+
+/* Bytes of per-thread scratch that tq_kv_cache_attend needs. */
+size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache);
+
+/* Attention of one query (already scaled) at position pos over the positions of
+ * layer `layer` it may see: max(0, pos - window + 1) .. pos on a sliding layer,
+ * 0 .. pos on a global one. All of them must be written. out gets head_dim
+ * floats; scratch has tq_kv_cache_scratch_bytes() bytes, aligned to 64. */
+void tq_kv_cache_attend(const tq_kv_cache *cache, int layer, int kv_head, int64_t pos, const float *query,
+                        void *scratch, float *out);
+
+/* Forget positions >= n_past. Fails with TQ_ERR_INVALID when n_past is negative
+ * or above the stored count, or when a sliding layer has already overwritten a
+ * position that queries from n_past on would need (rolling back more than
+ * n_batch positions on a long sequence); reset with n_past = 0 always works. */
+tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err);
+
+/* Bytes stored for the positions held now: all layers, K and V, codes and scales. */
+size_t tq_kv_cache_bytes(const tq_kv_cache *cache);
+
+/* Bytes one position takes in every layer, K and V (past the window only the
+ * global layers keep growing by their share of it). */
+size_t tq_kv_cache_bytes_per_token(const tq_kv_cache *cache);
+
+#endif /* TQ_KV_CACHE_H */

@@ -1,0 +1,523 @@
+/* Gemma 3 model creation: configuration from GGUF metadata, weight tensors with
+ * shape checks, buffers for the forward pass (model_forward.c). */
+#include "model.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+/* ---- Configuration ------------------------------------------------------------ */
+
+/* Read an optional u32 key: *out keeps its default when the key is absent. */
+static tq_status get_optional_u32(const tq_gguf *gguf, const char *key, uint32_t *out, tq_error *err)
+{
+    if (tq_gguf_find_kv(gguf, key) == NULL) {
+        return TQ_OK;
+    }
+    return tq_gguf_get_u32(gguf, key, out, err);
+}
+
+static tq_status get_optional_f32(const tq_gguf *gguf, const char *key, float *out, tq_error *err)
+{
+    if (tq_gguf_find_kv(gguf, key) == NULL) {
+        return TQ_OK;
+    }
+    return tq_gguf_get_f32(gguf, key, out, err);
+}
+
+static tq_status get_positive_int(const tq_gguf *gguf, const char *key, int *out, tq_error *err)
+{
+    uint32_t value = 0;
+    tq_status status = tq_gguf_get_u32(gguf, key, &value, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    /* The limit keeps every product of two dimensions far inside int64 and size_t. */
+    if (value == 0 || value > (1u << 24)) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "metadata %s = %u is out of range; expected 1 to %u", key, value,
+                            1u << 24);
+    }
+    *out = (int)value;
+    return TQ_OK;
+}
+
+static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_error *err)
+{
+    memset(config, 0, sizeof(*config));
+    tq_gguf_string architecture;
+    tq_status status = tq_gguf_get_string(gguf, "general.architecture", &architecture, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    if (architecture.len != 6 || memcmp(architecture.data, "gemma3", 6) != 0) {
+        int shown = architecture.len < 64 ? (int)architecture.len : 64;
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                            "model architecture '%.*s' is not supported; this runtime runs 'gemma3' models", shown,
+                            architecture.data);
+    }
+    snprintf(config->architecture, sizeof(config->architecture), "gemma3");
+
+    if ((status = get_positive_int(gguf, "gemma3.block_count", &config->n_layers, err)) != TQ_OK ||
+        (status = get_positive_int(gguf, "gemma3.embedding_length", &config->hidden, err)) != TQ_OK ||
+        (status = get_positive_int(gguf, "gemma3.feed_forward_length", &config->ffn, err)) != TQ_OK ||
+        (status = get_positive_int(gguf, "gemma3.attention.head_count", &config->n_heads, err)) != TQ_OK ||
+        (status = get_positive_int(gguf, "gemma3.attention.head_count_kv", &config->n_kv_heads, err)) != TQ_OK ||
+        (status = get_positive_int(gguf, "gemma3.attention.key_length", &config->head_dim, err)) != TQ_OK) {
+        return status;
+    }
+    int value_length = 0;
+    if ((status = get_positive_int(gguf, "gemma3.attention.value_length", &value_length, err)) != TQ_OK) {
+        return status;
+    }
+    if (value_length != config->head_dim) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                            "gemma3.attention.value_length %d differs from key_length %d; only equal lengths are "
+                            "supported",
+                            value_length, config->head_dim);
+    }
+    if (config->n_heads % config->n_kv_heads != 0) {
+        return tq_error_set(err, TQ_ERR_FORMAT,
+                            "gemma3.attention.head_count %d is not a multiple of head_count_kv %d", config->n_heads,
+                            config->n_kv_heads);
+    }
+    if (config->head_dim % 32 != 0) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                            "gemma3.attention.key_length %d is not supported; the KV cache needs a multiple of 32",
+                            config->head_dim);
+    }
+
+    uint32_t context_length = 0;
+    uint32_t sliding_window = 0;
+    if ((status = tq_gguf_get_u32(gguf, "gemma3.context_length", &context_length, err)) != TQ_OK ||
+        (status = tq_gguf_get_u32(gguf, "gemma3.attention.sliding_window", &sliding_window, err)) != TQ_OK) {
+        return status;
+    }
+    if (context_length == 0 || sliding_window == 0) {
+        return tq_error_set(err, TQ_ERR_FORMAT,
+                            "gemma3.context_length (%u) and gemma3.attention.sliding_window (%u) must be positive",
+                            context_length, sliding_window);
+    }
+    config->context_length = context_length;
+    config->sliding_window = sliding_window;
+
+    if ((status = tq_gguf_get_f32(gguf, "gemma3.attention.layer_norm_rms_epsilon", &config->rms_eps, err)) !=
+            TQ_OK ||
+        (status = tq_gguf_get_f32(gguf, "gemma3.rope.freq_base", &config->rope_base_global, err)) != TQ_OK) {
+        return status;
+    }
+    if (!(config->rms_eps >= 0.0f) || !(config->rope_base_global > 1.0f)) {
+        return tq_error_set(err, TQ_ERR_FORMAT,
+                            "invalid gemma3 metadata: layer_norm_rms_epsilon %g must be >= 0 and rope.freq_base %g "
+                            "above 1",
+                            (double)config->rms_eps, (double)config->rope_base_global);
+    }
+
+    /* Gemma 3 constants that GGUF files do not store; both llama.cpp (gemma3
+     * hparams) and transformers (Gemma3Config: rope_local_base_freq=10000,
+     * sliding_window_pattern=6) hard-code them. */
+    config->rope_base_local = 10000.0f;
+    config->sliding_window_pattern = 6;
+
+    /* Linear RoPE scaling applies to global layers only (4B and larger use factor 8). */
+    config->rope_scale_global = 1.0f;
+    const tq_gguf_kv *scaling_type = tq_gguf_find_kv(gguf, "gemma3.rope.scaling.type");
+    if (scaling_type != NULL) {
+        tq_gguf_string type_name;
+        if ((status = tq_gguf_get_string(gguf, "gemma3.rope.scaling.type", &type_name, err)) != TQ_OK) {
+            return status;
+        }
+        int is_linear = type_name.len == 6 && memcmp(type_name.data, "linear", 6) == 0;
+        int is_none = type_name.len == 4 && memcmp(type_name.data, "none", 4) == 0;
+        if (!is_linear && !is_none) {
+            int shown = type_name.len < 64 ? (int)type_name.len : 64;
+            return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                                "gemma3.rope.scaling.type '%.*s' is not supported; expected 'linear' or 'none'",
+                                shown, type_name.data);
+        }
+        if (is_linear) {
+            if ((status = tq_gguf_get_f32(gguf, "gemma3.rope.scaling.factor", &config->rope_scale_global, err)) !=
+                TQ_OK) {
+                return status;
+            }
+            if (!(config->rope_scale_global > 0.0f)) {
+                return tq_error_set(err, TQ_ERR_FORMAT, "gemma3.rope.scaling.factor %g must be positive",
+                                    (double)config->rope_scale_global);
+            }
+        }
+    }
+
+    /* Queries are scaled by query_pre_attn_scalar^-1/2. transformers' configs set
+     * it to head_dim for 270M, 1B, 4B and 12B, and to hidden / heads = 168 for
+     * 27B (62 layers), which is also how llama.cpp picks it. GGUF files from
+     * llama.cpp's converter do not store it; an optional key overrides the rule. */
+    config->query_pre_attn_scalar = (float)config->head_dim;
+    if (config->n_layers == 62) {
+        config->query_pre_attn_scalar = (float)config->hidden / (float)config->n_heads;
+    }
+    if ((status = get_optional_f32(gguf, "gemma3.attention.query_pre_attn_scalar", &config->query_pre_attn_scalar,
+                                   err)) != TQ_OK) {
+        return status;
+    }
+    if (!(config->query_pre_attn_scalar > 0.0f)) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "gemma3.attention.query_pre_attn_scalar %g must be positive",
+                            (double)config->query_pre_attn_scalar);
+    }
+    uint32_t pattern = (uint32_t)config->sliding_window_pattern;
+    if ((status = get_optional_u32(gguf, "gemma3.attention.sliding_window_pattern", &pattern, err)) != TQ_OK) {
+        return status;
+    }
+    if (pattern == 0 || pattern > 1024) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "gemma3.attention.sliding_window_pattern %u is out of range 1..1024",
+                            pattern);
+    }
+    config->sliding_window_pattern = (int)pattern;
+
+    /* transformers multiplies embeddings by sqrt(hidden) cast to the model dtype;
+     * in float32 that is sqrtf. */
+    config->embedding_scale = sqrtf((float)config->hidden);
+    return TQ_OK;
+}
+
+int tq_model_layer_is_global(const tq_model_config *config, int layer)
+{
+    return layer % config->sliding_window_pattern == config->sliding_window_pattern - 1;
+}
+
+/* ---- Tensors ------------------------------------------------------------------ */
+
+static tq_status find_tensor(const tq_gguf *gguf, const char *name, int64_t ne0, int64_t ne1,
+                             const tq_gguf_tensor **out, tq_error *err)
+{
+    const tq_gguf_tensor *tensor = tq_gguf_find_tensor(gguf, name);
+    if (tensor == NULL) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "tensor %s is missing from the GGUF file", name);
+    }
+    if ((int64_t)tensor->ne[0] != ne0 || (int64_t)tensor->ne[1] != ne1 || tensor->ne[2] != 1 || tensor->ne[3] != 1) {
+        return tq_error_set(err, TQ_ERR_FORMAT,
+                            "tensor %s has shape [%llu, %llu, %llu, %llu]; the model configuration expects [%lld, "
+                            "%lld]",
+                            name, (unsigned long long)tensor->ne[0], (unsigned long long)tensor->ne[1],
+                            (unsigned long long)tensor->ne[2], (unsigned long long)tensor->ne[3], (long long)ne0,
+                            (long long)ne1);
+    }
+    *out = tensor;
+    return TQ_OK;
+}
+
+static tq_status load_norm(const tq_gguf *gguf, const char *name, int64_t n, const float **out, tq_error *err)
+{
+    const tq_gguf_tensor *tensor;
+    tq_status status = find_tensor(gguf, name, n, 1, &tensor, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    if (tensor->type != TQ_TYPE_F32) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED, "norm tensor %s has type %s; only f32 norms are supported",
+                            name, tq_type_name(tensor->type));
+    }
+    if (((uintptr_t)tensor->data % sizeof(float)) != 0) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "tensor %s data is not aligned to 4 bytes", name);
+    }
+    *out = (const float *)tensor->data;
+    return TQ_OK;
+}
+
+static tq_status load_matrix(const tq_gguf *gguf, const char *name, int64_t n_in, int64_t n_out, tq_weight *out,
+                             tq_error *err)
+{
+    const tq_gguf_tensor *tensor;
+    tq_status status = find_tensor(gguf, name, n_in, n_out, &tensor, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    if (!tq_type_supported(tensor->type)) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED, "tensor %s has type %s, which has no matmul kernel", name,
+                            tq_type_name(tensor->type));
+    }
+    status = tq_weight_init(out, tensor->type, n_in, n_out, tensor->data, err);
+    if (status != TQ_OK) {
+        char inner[TQ_ERROR_MSG_SIZE];
+        memcpy(inner, err->message, sizeof(inner));
+        return tq_error_set(err, status, "tensor %s: %s", name, inner);
+    }
+    return TQ_OK;
+}
+
+static tq_status load_layer(const tq_gguf *gguf, const tq_model_config *c, int l, tq_layer_weights *w,
+                            tq_error *err)
+{
+    char name[96];
+    tq_status status;
+    const int64_t q_dim = (int64_t)c->n_heads * c->head_dim;
+    const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+
+#define TQ_LAYER_NAME(suffix) (snprintf(name, sizeof(name), "blk.%d." suffix ".weight", l), name)
+    if ((status = load_norm(gguf, TQ_LAYER_NAME("attn_norm"), c->hidden, &w->attn_norm, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("attn_q"), c->hidden, q_dim, &w->attn_q, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("attn_k"), c->hidden, kv_dim, &w->attn_k, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("attn_v"), c->hidden, kv_dim, &w->attn_v, err)) != TQ_OK ||
+        (status = load_norm(gguf, TQ_LAYER_NAME("attn_q_norm"), c->head_dim, &w->attn_q_norm, err)) != TQ_OK ||
+        (status = load_norm(gguf, TQ_LAYER_NAME("attn_k_norm"), c->head_dim, &w->attn_k_norm, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("attn_output"), q_dim, c->hidden, &w->attn_output, err)) !=
+            TQ_OK ||
+        (status = load_norm(gguf, TQ_LAYER_NAME("post_attention_norm"), c->hidden, &w->post_attention_norm, err)) !=
+            TQ_OK ||
+        (status = load_norm(gguf, TQ_LAYER_NAME("ffn_norm"), c->hidden, &w->ffn_norm, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("ffn_gate"), c->hidden, c->ffn, &w->ffn_gate, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("ffn_up"), c->hidden, c->ffn, &w->ffn_up, err)) != TQ_OK ||
+        (status = load_matrix(gguf, TQ_LAYER_NAME("ffn_down"), c->ffn, c->hidden, &w->ffn_down, err)) != TQ_OK ||
+        (status = load_norm(gguf, TQ_LAYER_NAME("post_ffw_norm"), c->hidden, &w->post_ffw_norm, err)) != TQ_OK) {
+        return status;
+    }
+#undef TQ_LAYER_NAME
+    return TQ_OK;
+}
+
+static tq_status load_weights(tq_model *model, tq_error *err)
+{
+    tq_model_config *c = &model->config;
+    const tq_gguf_tensor *embd = tq_gguf_find_tensor(model->gguf, "token_embd.weight");
+    if (embd == NULL) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "tensor token_embd.weight is missing from the GGUF file");
+    }
+    if (embd->ne[1] == 0 || embd->ne[1] > INT32_MAX) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "tensor token_embd.weight has %llu rows; expected 1 to %d",
+                            (unsigned long long)embd->ne[1], INT32_MAX);
+    }
+    c->n_vocab = (int)embd->ne[1];
+    tq_status status = load_matrix(model->gguf, "token_embd.weight", c->hidden, c->n_vocab, &model->token_embd, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    /* Gemma ties the LM head to the embedding; use a separate output.weight if a
+     * converter wrote one. */
+    model->lm_head = model->token_embd;
+    if (tq_gguf_find_tensor(model->gguf, "output.weight") != NULL) {
+        status = load_matrix(model->gguf, "output.weight", c->hidden, c->n_vocab, &model->lm_head, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    status = load_norm(model->gguf, "output_norm.weight", c->hidden, &model->output_norm, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    model->layers = calloc((size_t)c->n_layers, sizeof(tq_layer_weights));
+    if (model->layers == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating %d layers", c->n_layers);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        status = load_layer(model->gguf, c, l, &model->layers[l], err);
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    return TQ_OK;
+}
+
+/* ---- Buffers ------------------------------------------------------------------ */
+
+static float *alloc_floats(int64_t rows, int64_t cols, tq_error *err, const char *what)
+{
+    size_t count, bytes;
+    if (!tq_mul_size((size_t)rows, (size_t)cols, &count) || !tq_mul_size(count, sizeof(float), &bytes)) {
+        tq_error_set(err, TQ_ERR_NOMEM, "buffer %s of %lld x %lld floats overflows size_t", what, (long long)rows,
+                     (long long)cols);
+        return NULL;
+    }
+    float *buffer = tq_aligned_alloc(bytes);
+    if (buffer == NULL) {
+        tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating buffer %s (%zu bytes)", what, bytes);
+    }
+    return buffer;
+}
+
+static tq_status alloc_buffers(tq_model *model, tq_error *err)
+{
+    const tq_model_config *c = &model->config;
+    const int64_t nb = model->n_batch;
+    const int64_t q_dim = (int64_t)c->n_heads * c->head_dim;
+    const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    tq_forward_buffers *b = &model->buffers;
+    if ((b->x = alloc_floats(nb, c->hidden, err, "x")) == NULL ||
+        (b->x_norm = alloc_floats(nb, c->hidden, err, "x_norm")) == NULL ||
+        (b->q = alloc_floats(nb, q_dim, err, "q")) == NULL || (b->k = alloc_floats(nb, kv_dim, err, "k")) == NULL ||
+        (b->v = alloc_floats(nb, kv_dim, err, "v")) == NULL ||
+        (b->attention = alloc_floats(nb, q_dim, err, "attention")) == NULL ||
+        (b->projection = alloc_floats(nb, c->hidden, err, "projection")) == NULL ||
+        (b->gate = alloc_floats(nb, c->ffn, err, "gate")) == NULL ||
+        (b->up = alloc_floats(nb, c->ffn, err, "up")) == NULL ||
+        (b->rope_cos_local = alloc_floats(nb, c->head_dim / 2, err, "rope_cos_local")) == NULL ||
+        (b->rope_sin_local = alloc_floats(nb, c->head_dim / 2, err, "rope_sin_local")) == NULL ||
+        (b->rope_cos_global = alloc_floats(nb, c->head_dim / 2, err, "rope_cos_global")) == NULL ||
+        (b->rope_sin_global = alloc_floats(nb, c->head_dim / 2, err, "rope_sin_global")) == NULL ||
+        (b->inv_freq_local = alloc_floats(1, c->head_dim / 2, err, "inv_freq_local")) == NULL ||
+        (b->inv_freq_global = alloc_floats(1, c->head_dim / 2, err, "inv_freq_global")) == NULL) {
+        return err->status;
+    }
+    /* Inverse frequencies as transformers computes them in float32:
+     * base^-(2i / head_dim), divided by the linear scaling factor on global layers. */
+    for (int i = 0; i < c->head_dim / 2; i++) {
+        float exponent = (float)(2 * i) / (float)c->head_dim;
+        b->inv_freq_local[i] = 1.0f / powf(c->rope_base_local, exponent);
+        b->inv_freq_global[i] = 1.0f / powf(c->rope_base_global, exponent) / c->rope_scale_global;
+    }
+    return TQ_OK;
+}
+
+static void free_buffers(tq_forward_buffers *b)
+{
+    float **all[] = {&b->x, &b->x_norm, &b->q, &b->k, &b->v, &b->attention, &b->projection, &b->gate, &b->up,
+                     &b->rope_cos_local, &b->rope_sin_local, &b->rope_cos_global, &b->rope_sin_global,
+                     &b->inv_freq_local, &b->inv_freq_global};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        tq_aligned_free(*all[i]);
+        *all[i] = NULL;
+    }
+    tq_aligned_free(b->attention_scratch);
+    b->attention_scratch = NULL;
+    b->attention_scratch_threads = 0;
+}
+
+/* ---- Create and free ------------------------------------------------------------ */
+
+#define TQ_DEFAULT_BATCH 512
+
+tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err)
+{
+    *out = NULL;
+    if (params->threads < 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "threads must be >= 0 (0 uses the OpenMP default), got %d",
+                            params->threads);
+    }
+    if (params->n_ctx < 0 || params->n_batch < 0) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "ctx must be >= 0 (0 uses the model's context length), got %lld; n_batch %lld must be "
+                            ">= 0",
+                            (long long)params->n_ctx, (long long)params->n_batch);
+    }
+    if (tq_kv_type_get(params->type_k) == NULL || tq_kv_type_get(params->type_v) == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "invalid KV cache type id (K %d, V %d)", (int)params->type_k,
+                            (int)params->type_v);
+    }
+
+    tq_model *model = calloc(1, sizeof(*model));
+    if (model == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the model");
+    }
+    model->threads = params->threads;
+    tq_status status = tq_isa_select(&model->isa, err);
+    if (status == TQ_OK) {
+        status = tq_gguf_open(params->path, &model->gguf, err);
+    }
+    if (status == TQ_OK) {
+        status = read_config(model->gguf, &model->config, err);
+    }
+    if (status == TQ_OK) {
+        status = load_weights(model, err);
+    }
+    if (status == TQ_OK) {
+        status = tq_tokenizer_create_from_gguf(model->gguf, &model->tokenizer, err);
+    }
+    if (status == TQ_OK) {
+        const tq_model_config *c = &model->config;
+        model->n_ctx = params->n_ctx > 0 ? params->n_ctx : c->context_length;
+        model->n_batch = params->n_batch > 0 ? params->n_batch : TQ_DEFAULT_BATCH;
+        if (model->n_batch > model->n_ctx) {
+            model->n_batch = model->n_ctx;
+        }
+        status = alloc_buffers(model, err);
+    }
+    if (status == TQ_OK) {
+        const tq_model_config *c = &model->config;
+        model->layer_window = calloc((size_t)c->n_layers, sizeof(int64_t));
+        if (model->layer_window == NULL) {
+            status = tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the layer table");
+        } else {
+            for (int l = 0; l < c->n_layers; l++) {
+                model->layer_window[l] = tq_model_layer_is_global(c, l) ? 0 : c->sliding_window;
+            }
+            tq_kv_cache_config cache_config = {
+                .n_layers = c->n_layers,
+                .n_kv_heads = c->n_kv_heads,
+                .head_dim = c->head_dim,
+                .n_ctx = model->n_ctx,
+                .n_batch = model->n_batch,
+                .layer_window = model->layer_window,
+                .type_k = params->type_k,
+                .type_v = params->type_v,
+                .isa = model->isa,
+            };
+            status = tq_kv_cache_create(&cache_config, &model->cache, err);
+        }
+    }
+    if (status != TQ_OK) {
+        tq_model_free(model);
+        return status;
+    }
+    *out = model;
+    return TQ_OK;
+}
+
+void tq_model_free(tq_model *model)
+{
+    if (model == NULL) {
+        return;
+    }
+    tq_kv_cache_free(model->cache);
+    free_buffers(&model->buffers);
+    free(model->layer_window);
+    free(model->layers);
+    tq_tokenizer_free(model->tokenizer);
+    tq_gguf_close(model->gguf);
+    free(model);
+}
+
+const tq_model_config *tq_model_get_config(const tq_model *model)
+{
+    return &model->config;
+}
+
+const tq_tokenizer *tq_model_tokenizer(const tq_model *model)
+{
+    return model->tokenizer;
+}
+
+const tq_gguf *tq_model_gguf(const tq_model *model)
+{
+    return model->gguf;
+}
+
+tq_kv_cache *tq_model_kv_cache(tq_model *model)
+{
+    return model->cache;
+}
+
+int64_t tq_model_n_ctx(const tq_model *model)
+{
+    return model->n_ctx;
+}
+
+int64_t tq_model_n_past(const tq_model *model)
+{
+    return tq_kv_cache_n_past(model->cache);
+}
+
+int tq_model_threads(const tq_model *model)
+{
+    return model->threads;
+}
+
+tq_isa tq_model_isa(const tq_model *model)
+{
+    return model->isa;
+}
+
+tq_status tq_model_truncate(tq_model *model, int64_t n_past, tq_error *err)
+{
+    return tq_kv_cache_truncate(model->cache, n_past, err);
+}

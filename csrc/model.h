@@ -1,0 +1,87 @@
+/* Gemma 3 text model: configuration and weights from a GGUF file, a KV cache,
+ * and the forward pass (batched prefill and one-token decode).
+ *
+ * Ownership: tq_model_create() opens the GGUF file itself and keeps it mapped;
+ * the weights point into that mapping and the tokenizer is built from its
+ * metadata. Everything is released by tq_model_free(). A model holds the KV
+ * cache of one sequence, so calls on one model must not run concurrently.
+ */
+#ifndef TQ_MODEL_H
+#define TQ_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu.h"
+#include "gguf.h"
+#include "kv_cache.h"
+#include "tokenizer.h"
+#include "tq_common.h"
+#include "weights.h"
+
+typedef struct {
+    char architecture[32];  /* general.architecture, "gemma3" */
+    int n_layers;           /* gemma3.block_count */
+    int hidden;             /* gemma3.embedding_length */
+    int ffn;                /* gemma3.feed_forward_length */
+    int n_heads;            /* gemma3.attention.head_count */
+    int n_kv_heads;         /* gemma3.attention.head_count_kv */
+    int head_dim;           /* gemma3.attention.key_length (= value_length) */
+    int n_vocab;            /* rows of token_embd */
+    int64_t context_length; /* gemma3.context_length */
+    int64_t sliding_window; /* gemma3.attention.sliding_window */
+    int sliding_window_pattern; /* layer i is global when i % pattern == pattern - 1 */
+    float rms_eps;          /* gemma3.attention.layer_norm_rms_epsilon */
+    float rope_base_global; /* gemma3.rope.freq_base */
+    float rope_base_local;  /* sliding layers */
+    float rope_scale_global; /* linear RoPE scaling factor of global layers (1: none) */
+    float query_pre_attn_scalar; /* queries are multiplied by its inverse square root */
+    float embedding_scale;  /* sqrt(hidden), applied to embedding rows */
+} tq_model_config;
+
+typedef struct tq_model tq_model;
+
+/* How many logits rows tq_model_eval writes. */
+typedef enum {
+    TQ_LOGITS_NONE = 0, /* none (prompt prefill without sampling) */
+    TQ_LOGITS_LAST = 1, /* one row: the last token's */
+    TQ_LOGITS_ALL = 2   /* one row per token */
+} tq_logits_mode;
+
+typedef struct {
+    const char *path;
+    int threads;       /* OpenMP threads per call; 0 keeps the OpenMP default */
+    int64_t n_ctx;     /* positions the cache holds; 0 for the model's context_length */
+    int64_t n_batch;   /* micro-batch size of prefill; 0 for the default of 512 */
+    tq_kv_type type_k;
+    tq_kv_type type_v;
+} tq_model_params;
+
+/* Open path and build the model. Errors: TQ_ERR_IO (missing file), TQ_ERR_FORMAT
+ * (not GGUF, corrupt, a tensor with the wrong shape), TQ_ERR_UNSUPPORTED
+ * (architecture other than gemma3, tensor type without kernels), TQ_ERR_INVALID
+ * (threads or n_ctx negative), TQ_ERR_NOMEM. */
+tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err);
+void tq_model_free(tq_model *model);
+
+const tq_model_config *tq_model_get_config(const tq_model *model);
+const tq_tokenizer *tq_model_tokenizer(const tq_model *model);
+const tq_gguf *tq_model_gguf(const tq_model *model);
+tq_kv_cache *tq_model_kv_cache(tq_model *model);
+int64_t tq_model_n_ctx(const tq_model *model);
+int64_t tq_model_n_past(const tq_model *model);
+int tq_model_threads(const tq_model *model);
+tq_isa tq_model_isa(const tq_model *model);
+
+/* Run tokens[0..n) at positions n_past .. n_past + n - 1 and append their keys
+ * and values to the cache. logits receives n_vocab floats per row requested by
+ * mode (n rows for TQ_LOGITS_ALL, 1 for TQ_LOGITS_LAST, may be NULL for NONE).
+ * Errors: TQ_ERR_INVALID (n < 1 or a token id outside the vocabulary, nothing
+ * is run), TQ_ERR_RANGE (n_past + n > n_ctx, nothing is run). */
+tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
+                        tq_error *err);
+
+/* Forget positions >= n_past; see tq_kv_cache_truncate for the limits. */
+tq_status tq_model_truncate(tq_model *model, int64_t n_past, tq_error *err);
+
+#endif /* TQ_MODEL_H */

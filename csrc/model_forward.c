@@ -1,0 +1,271 @@
+/* Gemma 3 forward pass: prompt tokens run through every matmul together, in
+ * micro-batches of n_batch tokens; a decode step is a micro-batch of one.
+ *
+ * Per layer: RMSNorm, Q/K/V projections, per-head RMSNorm of Q and K, NeoX RoPE
+ * (dimension i pairs with i + head_dim / 2), attention over the KV cache
+ * (sliding window on local layers), output projection, post-attention RMSNorm,
+ * residual add; RMSNorm, down(gelu_tanh(gate x) * up x), post-FFN RMSNorm,
+ * residual add. Then the final RMSNorm and the LM head, without logit softcap.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+/* out = x / sqrt(mean(x^2) + eps) * weight, over n values. */
+static void rms_norm(const float *x, const float *weight, int n, float eps, float *out)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        sum += (double)x[i] * x[i];
+    }
+    const float scale = (float)(1.0 / sqrt(sum / n + eps));
+    for (int i = 0; i < n; i++) {
+        out[i] = x[i] * scale * weight[i];
+    }
+}
+
+static void rms_norm_rows(const float *x, const float *weight, int64_t rows, int n, float eps, float *out)
+{
+#pragma omp parallel for if (rows > 1)
+    for (int64_t t = 0; t < rows; t++) {
+        rms_norm(x + t * n, weight, n, eps, out + t * n);
+    }
+}
+
+/* cos and sin of pos * inv_freq[i] for the positions of one micro-batch. */
+static void rope_tables(const float *inv_freq, int half, int64_t pos0, int64_t n, float *cos_out, float *sin_out)
+{
+    for (int64_t t = 0; t < n; t++) {
+        /* float32 angles, as transformers computes them. */
+        const float pos = (float)(pos0 + t);
+        for (int i = 0; i < half; i++) {
+            float angle = pos * inv_freq[i];
+            cos_out[t * half + i] = cosf(angle);
+            sin_out[t * half + i] = sinf(angle);
+        }
+    }
+}
+
+/* NeoX rotation of one head: (x[i], x[i + half]) turns by the angle of pair i. */
+static void rope_apply(float *x, const float *cos_row, const float *sin_row, int half)
+{
+    for (int i = 0; i < half; i++) {
+        const float a = x[i];
+        const float b = x[i + half];
+        x[i] = a * cos_row[i] - b * sin_row[i];
+        x[i + half] = a * sin_row[i] + b * cos_row[i];
+    }
+}
+
+/* gelu with the tanh approximation (transformers' gelu_pytorch_tanh). */
+static inline float gelu_tanh(float x)
+{
+    const float sqrt_2_over_pi = 0.7978845608028654f;
+    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
+}
+
+/* Make sure every OpenMP thread of this call has attention scratch. Grows only
+ * when the thread count rises, so decode steps do not allocate. */
+static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error *err)
+{
+    tq_forward_buffers *b = &model->buffers;
+    if (b->attention_scratch != NULL && b->attention_scratch_threads >= threads) {
+        return TQ_OK;
+    }
+    size_t stride = (tq_kv_cache_scratch_bytes(model->cache) + 63) & ~(size_t)63;
+    size_t bytes;
+    if (!tq_mul_size(stride, (size_t)threads, &bytes)) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "attention scratch for %d threads overflows size_t", threads);
+    }
+    uint8_t *scratch = tq_aligned_alloc(bytes);
+    if (scratch == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating %zu bytes of attention scratch", bytes);
+    }
+    tq_aligned_free(b->attention_scratch);
+    b->attention_scratch = scratch;
+    b->attention_scratch_stride = stride;
+    b->attention_scratch_threads = threads;
+    return TQ_OK;
+}
+
+static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, tq_error *err)
+{
+    const tq_model_config *c = &model->config;
+    const tq_layer_weights *w = &model->layers[l];
+    tq_forward_buffers *b = &model->buffers;
+    const int hd = c->head_dim;
+    const int half = hd / 2;
+    const int q_dim = c->n_heads * hd;
+    const int kv_dim = c->n_kv_heads * hd;
+    const int group = c->n_heads / c->n_kv_heads;
+    const int global = tq_model_layer_is_global(c, l);
+    const float *rope_cos = global ? b->rope_cos_global : b->rope_cos_local;
+    const float *rope_sin = global ? b->rope_sin_global : b->rope_sin_local;
+    const float query_scale = 1.0f / sqrtf(c->query_pre_attn_scalar);
+    tq_status status;
+
+    /* Attention block. */
+    rms_norm_rows(b->x, w->attn_norm, n, c->hidden, c->rms_eps, b->x_norm);
+    if ((status = tq_matmul(model->isa, &w->attn_q, b->x_norm, b->q, n, err)) != TQ_OK ||
+        (status = tq_matmul(model->isa, &w->attn_k, b->x_norm, b->k, n, err)) != TQ_OK ||
+        (status = tq_matmul(model->isa, &w->attn_v, b->x_norm, b->v, n, err)) != TQ_OK) {
+        return status;
+    }
+
+#pragma omp parallel for if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        for (int h = 0; h < c->n_heads; h++) {
+            float *q = b->q + t * q_dim + h * hd;
+            rms_norm(q, w->attn_q_norm, hd, c->rms_eps, q);
+            rope_apply(q, rope_cos + t * half, rope_sin + t * half, half);
+            for (int i = 0; i < hd; i++) {
+                q[i] *= query_scale;
+            }
+        }
+        for (int h = 0; h < c->n_kv_heads; h++) {
+            float *k = b->k + t * kv_dim + h * hd;
+            rms_norm(k, w->attn_k_norm, hd, c->rms_eps, k);
+            rope_apply(k, rope_cos + t * half, rope_sin + t * half, half);
+        }
+    }
+    tq_kv_cache_write(model->cache, l, pos0, n, b->k, b->v);
+
+    /* Every (token, query head) pair is independent; dynamic scheduling evens
+     * out the different context lengths of the tokens. */
+    const int64_t tasks = n * c->n_heads;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t t = task / c->n_heads;
+        const int h = (int)(task % c->n_heads);
+        void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
+        tq_kv_cache_attend(model->cache, l, h / group, pos0 + t, b->q + t * q_dim + h * hd, scratch,
+                           b->attention + t * q_dim + h * hd);
+    }
+
+    if ((status = tq_matmul(model->isa, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
+        return status;
+    }
+#pragma omp parallel for if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        float *p = b->projection + t * c->hidden;
+        float *x = b->x + t * c->hidden;
+        rms_norm(p, w->post_attention_norm, c->hidden, c->rms_eps, p);
+        for (int i = 0; i < c->hidden; i++) {
+            x[i] += p[i];
+        }
+    }
+
+    /* Feed-forward block. */
+    rms_norm_rows(b->x, w->ffn_norm, n, c->hidden, c->rms_eps, b->x_norm);
+    if ((status = tq_matmul(model->isa, &w->ffn_gate, b->x_norm, b->gate, n, err)) != TQ_OK ||
+        (status = tq_matmul(model->isa, &w->ffn_up, b->x_norm, b->up, n, err)) != TQ_OK) {
+        return status;
+    }
+    const int64_t ffn_values = n * c->ffn;
+#pragma omp parallel for if (n > 1)
+    for (int64_t i = 0; i < ffn_values; i++) {
+        b->gate[i] = gelu_tanh(b->gate[i]) * b->up[i];
+    }
+    if ((status = tq_matmul(model->isa, &w->ffn_down, b->gate, b->projection, n, err)) != TQ_OK) {
+        return status;
+    }
+#pragma omp parallel for if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        float *p = b->projection + t * c->hidden;
+        float *x = b->x + t * c->hidden;
+        rms_norm(p, w->post_ffw_norm, c->hidden, c->rms_eps, p);
+        for (int i = 0; i < c->hidden; i++) {
+            x[i] += p[i];
+        }
+    }
+    return TQ_OK;
+}
+
+/* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 through all
+ * layers; b->x then holds their final hidden states (before output_norm). */
+static tq_status forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
+{
+    const tq_model_config *c = &model->config;
+    tq_forward_buffers *b = &model->buffers;
+    tq_status status;
+
+    for (int64_t t = 0; t < n; t++) {
+        float *x = b->x + t * c->hidden;
+        if ((status = tq_weight_get_row(&model->token_embd, tokens[t], x, err)) != TQ_OK) {
+            return status;
+        }
+        for (int i = 0; i < c->hidden; i++) {
+            x[i] *= c->embedding_scale;
+        }
+    }
+    rope_tables(b->inv_freq_local, c->head_dim / 2, pos0, n, b->rope_cos_local, b->rope_sin_local);
+    rope_tables(b->inv_freq_global, c->head_dim / 2, pos0, n, b->rope_cos_global, b->rope_sin_global);
+
+    for (int l = 0; l < c->n_layers; l++) {
+        if ((status = forward_layer(model, l, pos0, n, err)) != TQ_OK) {
+            return status;
+        }
+    }
+    return TQ_OK;
+}
+
+tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
+                        tq_error *err)
+{
+    const tq_model_config *c = &model->config;
+    if (n < 1) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tokens is empty; pass at least one token id");
+    }
+    for (int64_t t = 0; t < n; t++) {
+        if (tokens[t] < 0 || tokens[t] >= c->n_vocab) {
+            return tq_error_set(err, TQ_ERR_INVALID, "token id %d at index %lld is outside the vocabulary [0, %d)",
+                                tokens[t], (long long)t, c->n_vocab);
+        }
+    }
+    const int64_t n_past = tq_kv_cache_n_past(model->cache);
+    if (n > model->n_ctx - n_past) {
+        return tq_error_set(err, TQ_ERR_RANGE,
+                            "%lld positions already used plus %lld new tokens exceed the context of %lld; create "
+                            "the model with a larger ctx or truncate the cache",
+                            (long long)n_past, (long long)n, (long long)model->n_ctx);
+    }
+    if (mode != TQ_LOGITS_NONE && logits == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "logits buffer is NULL but logits were requested");
+    }
+
+    /* Affects only the parallel regions started by this thread. */
+    if (model->threads > 0) {
+        omp_set_num_threads(model->threads);
+    }
+    tq_status status = ensure_attention_scratch(model, omp_get_max_threads(), err);
+    if (status != TQ_OK) {
+        return status;
+    }
+
+    tq_forward_buffers *b = &model->buffers;
+    for (int64_t start = 0; start < n; start += model->n_batch) {
+        const int64_t m = n - start < model->n_batch ? n - start : model->n_batch;
+        const int64_t pos0 = tq_kv_cache_n_past(model->cache);
+        if ((status = tq_kv_cache_reserve(model->cache, m, err)) != TQ_OK ||
+            (status = forward_batch(model, tokens + start, pos0, m, err)) != TQ_OK) {
+            return status;
+        }
+        tq_kv_cache_advance(model->cache, m);
+
+        /* Output norm and LM head only for the rows the caller wants. */
+        if (mode == TQ_LOGITS_ALL) {
+            rms_norm_rows(b->x, model->output_norm, m, c->hidden, c->rms_eps, b->x_norm);
+            status = tq_matmul(model->isa, &model->lm_head, b->x_norm, logits + start * (int64_t)c->n_vocab, m, err);
+        } else if (mode == TQ_LOGITS_LAST && start + m == n) {
+            rms_norm(b->x + (m - 1) * c->hidden, model->output_norm, c->hidden, c->rms_eps, b->x_norm);
+            status = tq_matmul(model->isa, &model->lm_head, b->x_norm, logits, 1, err);
+        }
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    return TQ_OK;
+}

@@ -1,0 +1,59 @@
+/* Definition of tq_model, shared by model.c (creation) and model_forward.c
+ * (forward pass). Not part of the public C API. */
+#ifndef TQ_MODEL_INTERNAL_H
+#define TQ_MODEL_INTERNAL_H
+
+#include "model.h"
+
+/* Weights of one decoder layer; matrices and norms point into the GGUF mapping.
+ * Norm weights are used as stored: llama.cpp's converter already folded Gemma's
+ * (1 + w) into them. */
+typedef struct {
+    const float *attn_norm;
+    tq_weight attn_q, attn_k, attn_v;
+    const float *attn_q_norm, *attn_k_norm; /* head_dim each, shared by all heads */
+    tq_weight attn_output;
+    const float *post_attention_norm;
+    const float *ffn_norm;
+    tq_weight ffn_gate, ffn_up, ffn_down;
+    const float *post_ffw_norm;
+} tq_layer_weights;
+
+/* Activations of one micro-batch, n_batch rows each, allocated once. */
+typedef struct {
+    float *x;          /* residual stream [n_batch][hidden] */
+    float *x_norm;     /* normalised input of a projection [n_batch][hidden] */
+    float *q;          /* [n_batch][n_heads * head_dim] */
+    float *k, *v;      /* [n_batch][n_kv_heads * head_dim] */
+    float *attention;  /* attention output [n_batch][n_heads * head_dim] */
+    float *projection; /* attention or FFN output [n_batch][hidden] */
+    float *gate, *up;  /* [n_batch][ffn] */
+    float *rope_cos_local, *rope_sin_local;   /* [n_batch][head_dim / 2] */
+    float *rope_cos_global, *rope_sin_global; /* [n_batch][head_dim / 2] */
+    float *inv_freq_local, *inv_freq_global;  /* [head_dim / 2] */
+    uint8_t *attention_scratch; /* per-thread scratch of tq_kv_cache_attend */
+    size_t attention_scratch_stride;
+    int attention_scratch_threads;
+} tq_forward_buffers;
+
+struct tq_model {
+    tq_model_config config;
+    tq_gguf *gguf;
+    tq_tokenizer *tokenizer;
+    tq_weight token_embd;
+    tq_weight lm_head; /* token_embd unless the file has output.weight */
+    const float *output_norm;
+    tq_layer_weights *layers;
+    int64_t *layer_window; /* sliding window per layer, 0 for global layers */
+    tq_kv_cache *cache;
+    int64_t n_ctx;
+    int64_t n_batch;
+    int threads;
+    tq_isa isa;
+    tq_forward_buffers buffers;
+};
+
+/* Returns 1 when layer uses full attention and the global RoPE base. */
+int tq_model_layer_is_global(const tq_model_config *config, int layer);
+
+#endif /* TQ_MODEL_INTERNAL_H */
