@@ -38,7 +38,7 @@ static void f16_write_rows(const float *src, int64_t n, int head_dim, void *dst,
     for (int64_t j = 0; j < n; j++) {
         uint16_t *row = (uint16_t *)((uint8_t *)dst + (size_t)j * dst_stride);
         for (int i = 0; i < head_dim; i++) {
-            row[i] = tq_float_to_half(src[j * head_dim + i]);
+            row[i] = tq_fp32_to_fp16(src[j * head_dim + i]);
         }
     }
 }
@@ -56,7 +56,7 @@ static void q8_0_write_rows(const float *src, int64_t n, int head_dim, void *dst
             }
             const float d = amax / 127.0f;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
-            blocks[b].d = tq_float_to_half(d);
+            blocks[b].d = tq_fp32_to_fp16(d);
             for (int i = 0; i < TQ_KV_BLOCK; i++) {
                 blocks[b].qs[i] = (int8_t)roundf(x[i] * id);
             }
@@ -83,7 +83,7 @@ static void q4_0_write_rows(const float *src, int64_t n, int head_dim, void *dst
             }
             const float d = max / -8.0f;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
-            blocks[b].d = tq_float_to_half(d);
+            blocks[b].d = tq_fp32_to_fp16(d);
             for (int i = 0; i < TQ_KV_BLOCK / 2; i++) {
                 int low = (int)(int8_t)(x[i] * id + 8.5f);
                 int high = (int)(int8_t)(x[i + TQ_KV_BLOCK / 2] * id + 8.5f);

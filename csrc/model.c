@@ -10,6 +10,9 @@
 
 #include "model_internal.h"
 
+/* Defined in tokenizer_gguf.c: a tokenizer built from the tokenizer.ggml.* metadata. */
+tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out, tq_error *err);
+
 /* ---- Configuration ------------------------------------------------------------ */
 
 /* Read an optional u32 key: *out keeps its default when the key is absent. */
@@ -210,7 +213,7 @@ static tq_status find_tensor(const tq_gguf *gguf, const char *name, int64_t ne0,
 
 static tq_status load_norm(const tq_gguf *gguf, const char *name, int64_t n, const float **out, tq_error *err)
 {
-    const tq_gguf_tensor *tensor;
+    const tq_gguf_tensor *tensor = NULL;
     tq_status status = find_tensor(gguf, name, n, 1, &tensor, err);
     if (status != TQ_OK) {
         return status;
@@ -229,7 +232,7 @@ static tq_status load_norm(const tq_gguf *gguf, const char *name, int64_t n, con
 static tq_status load_matrix(const tq_gguf *gguf, const char *name, int64_t n_in, int64_t n_out, tq_weight *out,
                              tq_error *err)
 {
-    const tq_gguf_tensor *tensor;
+    const tq_gguf_tensor *tensor = NULL;
     tq_status status = find_tensor(gguf, name, n_in, n_out, &tensor, err);
     if (status != TQ_OK) {
         return status;

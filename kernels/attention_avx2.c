@@ -78,7 +78,7 @@ static void scores_q8_0(const float *q, const void *rows, size_t stride, int64_t
             block_acc = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8), load_i8x8(blocks[b].qs + 8), block_acc);
             block_acc = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 16), load_i8x8(blocks[b].qs + 16), block_acc);
             block_acc = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 24), load_i8x8(blocks[b].qs + 24), block_acc);
-            acc = _mm256_fmadd_ps(block_acc, _mm256_set1_ps(tq_half_to_float(blocks[b].d)), acc);
+            acc = _mm256_fmadd_ps(block_acc, _mm256_set1_ps(tq_fp16_to_fp32(blocks[b].d)), acc);
         }
         out[j] = hsum256(acc);
     }
@@ -98,7 +98,7 @@ static void scores_q4_0(const float *q, const void *rows, size_t stride, int64_t
             block_acc = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8), i8_lane_to_ps(low, 1), block_acc);
             block_acc = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 16), i8_lane_to_ps(high, 0), block_acc);
             block_acc = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 24), i8_lane_to_ps(high, 1), block_acc);
-            acc = _mm256_fmadd_ps(block_acc, _mm256_set1_ps(tq_half_to_float(blocks[b].d)), acc);
+            acc = _mm256_fmadd_ps(block_acc, _mm256_set1_ps(tq_fp16_to_fp32(blocks[b].d)), acc);
         }
         out[j] = hsum256(acc);
     }
@@ -133,7 +133,7 @@ static void accumulate_q8_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q8_0 *blocks = (const tq_block_q8_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const __m256 scale = _mm256_set1_ps(w[j] * tq_half_to_float(blocks[b].d));
+            const __m256 scale = _mm256_set1_ps(w[j] * tq_fp16_to_fp32(blocks[b].d));
             float *ob = out + b * TQ_KV_BLOCK;
             for (int i = 0; i < TQ_KV_BLOCK; i += 8) {
                 _mm256_storeu_ps(ob + i,
@@ -149,7 +149,7 @@ static void accumulate_q4_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q4_0 *blocks = (const tq_block_q4_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const __m256 scale = _mm256_set1_ps(w[j] * tq_half_to_float(blocks[b].d));
+            const __m256 scale = _mm256_set1_ps(w[j] * tq_fp16_to_fp32(blocks[b].d));
             float *ob = out + b * TQ_KV_BLOCK;
             __m128i low, high;
             unpack_q4_0(&blocks[b], &low, &high);

@@ -62,7 +62,7 @@ static void scores_q8_0(const float *q, const void *rows, size_t stride, int64_t
             const float *qb = q + b * TQ_KV_BLOCK;
             __m512 block_acc = _mm512_mul_ps(_mm512_loadu_ps(qb), load_i8x16(blocks[b].qs));
             block_acc = _mm512_fmadd_ps(_mm512_loadu_ps(qb + 16), load_i8x16(blocks[b].qs + 16), block_acc);
-            acc = _mm512_fmadd_ps(block_acc, _mm512_set1_ps(tq_half_to_float(blocks[b].d)), acc);
+            acc = _mm512_fmadd_ps(block_acc, _mm512_set1_ps(tq_fp16_to_fp32(blocks[b].d)), acc);
         }
         out[j] = _mm512_reduce_add_ps(acc);
     }
@@ -80,7 +80,7 @@ static void scores_q4_0(const float *q, const void *rows, size_t stride, int64_t
             unpack_q4_0(&blocks[b], &low, &high);
             __m512 block_acc = _mm512_mul_ps(_mm512_loadu_ps(qb), low);
             block_acc = _mm512_fmadd_ps(_mm512_loadu_ps(qb + 16), high, block_acc);
-            acc = _mm512_fmadd_ps(block_acc, _mm512_set1_ps(tq_half_to_float(blocks[b].d)), acc);
+            acc = _mm512_fmadd_ps(block_acc, _mm512_set1_ps(tq_fp16_to_fp32(blocks[b].d)), acc);
         }
         out[j] = _mm512_reduce_add_ps(acc);
     }
@@ -115,7 +115,7 @@ static void accumulate_q8_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q8_0 *blocks = (const tq_block_q8_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const __m512 scale = _mm512_set1_ps(w[j] * tq_half_to_float(blocks[b].d));
+            const __m512 scale = _mm512_set1_ps(w[j] * tq_fp16_to_fp32(blocks[b].d));
             float *ob = out + b * TQ_KV_BLOCK;
             _mm512_storeu_ps(ob, _mm512_fmadd_ps(scale, load_i8x16(blocks[b].qs), _mm512_loadu_ps(ob)));
             _mm512_storeu_ps(ob + 16,
@@ -130,7 +130,7 @@ static void accumulate_q4_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q4_0 *blocks = (const tq_block_q4_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const __m512 scale = _mm512_set1_ps(w[j] * tq_half_to_float(blocks[b].d));
+            const __m512 scale = _mm512_set1_ps(w[j] * tq_fp16_to_fp32(blocks[b].d));
             float *ob = out + b * TQ_KV_BLOCK;
             __m512 low, high;
             unpack_q4_0(&blocks[b], &low, &high);

@@ -85,7 +85,7 @@ static void scores_q8_0(const float *q, const void *rows, size_t stride, int64_t
             const float *qb = q + b * TQ_KV_BLOCK;
             float32x4_t block_acc = dot_i8x16(qb, vld1q_s8(blocks[b].qs), vdupq_n_f32(0.0f));
             block_acc = dot_i8x16(qb + 16, vld1q_s8(blocks[b].qs + 16), block_acc);
-            acc = vfmaq_n_f32(acc, block_acc, tq_half_to_float(blocks[b].d));
+            acc = vfmaq_n_f32(acc, block_acc, tq_fp16_to_fp32(blocks[b].d));
         }
         out[j] = vaddvq_f32(acc);
     }
@@ -103,7 +103,7 @@ static void scores_q4_0(const float *q, const void *rows, size_t stride, int64_t
             unpack_q4_0(&blocks[b], &low, &high);
             float32x4_t block_acc = dot_i8x16(qb, low, vdupq_n_f32(0.0f));
             block_acc = dot_i8x16(qb + 16, high, block_acc);
-            acc = vfmaq_n_f32(acc, block_acc, tq_half_to_float(blocks[b].d));
+            acc = vfmaq_n_f32(acc, block_acc, tq_fp16_to_fp32(blocks[b].d));
         }
         out[j] = vaddvq_f32(acc);
     }
@@ -137,7 +137,7 @@ static void accumulate_q8_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q8_0 *blocks = (const tq_block_q8_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const float scale = w[j] * tq_half_to_float(blocks[b].d);
+            const float scale = w[j] * tq_fp16_to_fp32(blocks[b].d);
             axpy_i8x16(scale, vld1q_s8(blocks[b].qs), out + b * TQ_KV_BLOCK);
             axpy_i8x16(scale, vld1q_s8(blocks[b].qs + 16), out + b * TQ_KV_BLOCK + 16);
         }
@@ -150,7 +150,7 @@ static void accumulate_q4_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q4_0 *blocks = (const tq_block_q4_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const float scale = w[j] * tq_half_to_float(blocks[b].d);
+            const float scale = w[j] * tq_fp16_to_fp32(blocks[b].d);
             int8x16_t low, high;
             unpack_q4_0(&blocks[b], &low, &high);
             axpy_i8x16(scale, low, out + b * TQ_KV_BLOCK);

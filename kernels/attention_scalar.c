@@ -19,7 +19,7 @@ static void scores_f16(const float *q, const void *rows, size_t stride, int64_t 
         const uint16_t *k = (const uint16_t *)((const uint8_t *)rows + (size_t)j * stride);
         float sum = 0.0f;
         for (int i = 0; i < head_dim; i++) {
-            sum += q[i] * tq_half_to_float(k[i]);
+            sum += q[i] * tq_fp16_to_fp32(k[i]);
         }
         out[j] = sum;
     }
@@ -37,7 +37,7 @@ static void scores_q8_0(const float *q, const void *rows, size_t stride, int64_t
             for (int i = 0; i < TQ_KV_BLOCK; i++) {
                 block_sum += qb[i] * (float)blocks[b].qs[i];
             }
-            sum += block_sum * tq_half_to_float(blocks[b].d);
+            sum += block_sum * tq_fp16_to_fp32(blocks[b].d);
         }
         out[j] = sum;
     }
@@ -56,7 +56,7 @@ static void scores_q4_0(const float *q, const void *rows, size_t stride, int64_t
                 block_sum += qb[i] * (float)((blocks[b].qs[i] & 0x0f) - 8);
                 block_sum += qb[i + TQ_KV_BLOCK / 2] * (float)((blocks[b].qs[i] >> 4) - 8);
             }
-            sum += block_sum * tq_half_to_float(blocks[b].d);
+            sum += block_sum * tq_fp16_to_fp32(blocks[b].d);
         }
         out[j] = sum;
     }
@@ -77,7 +77,7 @@ static void accumulate_f16(const float *w, const void *rows, size_t stride, int6
     for (int64_t j = 0; j < n; j++) {
         const uint16_t *v = (const uint16_t *)((const uint8_t *)rows + (size_t)j * stride);
         for (int i = 0; i < head_dim; i++) {
-            out[i] += w[j] * tq_half_to_float(v[i]);
+            out[i] += w[j] * tq_fp16_to_fp32(v[i]);
         }
     }
 }
@@ -88,7 +88,7 @@ static void accumulate_q8_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q8_0 *blocks = (const tq_block_q8_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const float scale = w[j] * tq_half_to_float(blocks[b].d);
+            const float scale = w[j] * tq_fp16_to_fp32(blocks[b].d);
             float *ob = out + b * TQ_KV_BLOCK;
             for (int i = 0; i < TQ_KV_BLOCK; i++) {
                 ob[i] += scale * (float)blocks[b].qs[i];
@@ -103,7 +103,7 @@ static void accumulate_q4_0(const float *w, const void *rows, size_t stride, int
     for (int64_t j = 0; j < n; j++) {
         const tq_block_q4_0 *blocks = (const tq_block_q4_0 *)((const uint8_t *)rows + (size_t)j * stride);
         for (int b = 0; b < n_blocks; b++) {
-            const float scale = w[j] * tq_half_to_float(blocks[b].d);
+            const float scale = w[j] * tq_fp16_to_fp32(blocks[b].d);
             float *ob = out + b * TQ_KV_BLOCK;
             for (int i = 0; i < TQ_KV_BLOCK / 2; i++) {
                 ob[i] += scale * (float)((blocks[b].qs[i] & 0x0f) - 8);
