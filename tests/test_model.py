@@ -200,77 +200,151 @@ def test_truncated_gguf(tmp_path, model_path):
         _core.Model(str(path))
 
 
-def write_tiny_gguf(path, architecture="gemma3", q_rows=64):
-    """Write a small random Gemma 3 shaped GGUF (hidden 64, 2 layers, 2 heads of 32)."""
+TINY = dict(vocab=300, hidden=64, ffn=128, layers=6, heads=4, kv_heads=2, head_dim=32, window=16, ctx=128)
+
+
+def tiny_weights(seed=0, q_rows=None):
+    """Random weights of a tiny Gemma 3 in transformers' naming, as float32 arrays (out, in)."""
+    rng = np.random.default_rng(seed)
+    t = TINY
+    q_rows = q_rows or t["heads"] * t["head_dim"]
+
+    def normal(*shape, scale=0.2):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    weights = {"embed": normal(t["vocab"], t["hidden"], scale=1.0), "norm": normal(t["hidden"])}
+    for layer in range(t["layers"]):
+        weights[layer] = {
+            "input_layernorm": normal(t["hidden"]),
+            "q_proj": normal(q_rows, t["hidden"]),
+            "k_proj": normal(t["kv_heads"] * t["head_dim"], t["hidden"]),
+            "v_proj": normal(t["kv_heads"] * t["head_dim"], t["hidden"]),
+            "q_norm": normal(t["head_dim"]),
+            "k_norm": normal(t["head_dim"]),
+            "o_proj": normal(t["hidden"], t["heads"] * t["head_dim"]),
+            "post_attention_layernorm": normal(t["hidden"]),
+            "pre_feedforward_layernorm": normal(t["hidden"]),
+            "gate_proj": normal(t["ffn"], t["hidden"]),
+            "up_proj": normal(t["ffn"], t["hidden"]),
+            "down_proj": normal(t["hidden"], t["ffn"]),
+            "post_feedforward_layernorm": normal(t["hidden"]),
+        }
+    return weights
+
+
+def write_tiny_gguf(path, weights, architecture="gemma3", rope_scale=None):
+    """Write weights as an F32 GGUF the way llama.cpp's converter does (norms stored as 1 + w)."""
+    t = TINY
     writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(2)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(2)
-    writer.add_head_count_kv(1)
-    writer.add_key_length(32)
-    writer.add_value_length(32)
-    writer.add_context_length(128)
+    writer.add_block_count(t["layers"])
+    writer.add_embedding_length(t["hidden"])
+    writer.add_feed_forward_length(t["ffn"])
+    writer.add_head_count(t["heads"])
+    writer.add_head_count_kv(t["kv_heads"])
+    writer.add_key_length(t["head_dim"])
+    writer.add_value_length(t["head_dim"])
+    writer.add_context_length(t["ctx"])
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(1e6)
-    writer.add_sliding_window(16)
-    vocab = 300
+    writer.add_sliding_window(t["window"])
+    if rope_scale is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope_scale)
     writer.add_tokenizer_model("llama")
-    writer.add_token_list([f"<t{i}>" for i in range(vocab)])
-    writer.add_token_scores([0.0] * vocab)
-    writer.add_token_types([1] * vocab)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    writer.add_token_list(specials + [f"tok{i}" for i in range(len(specials), t["vocab"])])
+    writer.add_token_scores([0.0] * t["vocab"])
+    writer.add_token_types([3, 3, 3, 2] + [1] * (t["vocab"] - len(specials)))
     writer.add_bos_token_id(2)
     writer.add_eos_token_id(1)
-    rng = np.random.default_rng(0)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
 
-    def add(name, *shape):
-        writer.add_tensor(name, rng.standard_normal(shape[::-1]).astype(np.float32) * 0.1)
-
-    add("token_embd.weight", 64, vocab)
-    add("output_norm.weight", 64)
-    for layer in range(2):
-        prefix = f"blk.{layer}."
-        add(prefix + "attn_norm.weight", 64)
-        add(prefix + "attn_q.weight", 64, q_rows)
-        add(prefix + "attn_k.weight", 64, 32)
-        add(prefix + "attn_v.weight", 64, 32)
-        add(prefix + "attn_q_norm.weight", 32)
-        add(prefix + "attn_k_norm.weight", 32)
-        add(prefix + "attn_output.weight", 64, 64)
-        add(prefix + "post_attention_norm.weight", 64)
-        add(prefix + "ffn_norm.weight", 64)
-        add(prefix + "ffn_gate.weight", 64, 128)
-        add(prefix + "ffn_up.weight", 64, 128)
-        add(prefix + "ffn_down.weight", 128, 64)
-        add(prefix + "post_ffw_norm.weight", 64)
+    writer.add_tensor("token_embd.weight", weights["embed"])
+    writer.add_tensor("output_norm.weight", 1.0 + weights["norm"])
+    names = {
+        "input_layernorm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
+        "q_norm": "attn_q_norm", "k_norm": "attn_k_norm", "o_proj": "attn_output",
+        "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+        "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+        "post_feedforward_layernorm": "post_ffw_norm",
+    }
+    for layer in range(t["layers"]):
+        for hf_name, gguf_name in names.items():
+            value = weights[layer][hf_name]
+            if value.ndim == 1:
+                value = 1.0 + value
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
+def tiny_transformers_model(weights, rope_scale=None):
+    """transformers' Gemma 3 with the same weights, float32, eager attention."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    t = TINY
+    full_rope = {"rope_type": "default", "rope_theta": 1e6}
+    if rope_scale is not None:
+        full_rope = {"rope_type": "linear", "factor": rope_scale, "rope_theta": 1e6}
+    config = transformers.Gemma3TextConfig(
+        vocab_size=t["vocab"], hidden_size=t["hidden"], intermediate_size=t["ffn"], num_hidden_layers=t["layers"],
+        num_attention_heads=t["heads"], num_key_value_heads=t["kv_heads"], head_dim=t["head_dim"],
+        query_pre_attn_scalar=t["head_dim"], sliding_window=t["window"], max_position_embeddings=t["ctx"],
+        rms_norm_eps=1e-6, rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                            "full_attention": full_rope},
+        attn_implementation="eager", tie_word_embeddings=True,
+    )
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    state = {"model.embed_tokens.weight": weights["embed"], "model.norm.weight": weights["norm"],
+             "lm_head.weight": weights["embed"]}
+    for layer in range(t["layers"]):
+        for name, value in weights[layer].items():
+            group = "self_attn" if name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm") else (
+                "mlp" if name.endswith("_proj") else None)
+            key = f"model.layers.{layer}.{group}.{name}.weight" if group else f"model.layers.{layer}.{name}.weight"
+            state[key] = value
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("rope_scale", [None, 8.0])
+def test_tiny_model_matches_transformers(tmp_path, rope_scale):
+    # F32 weights take the float activations directly (no 8-bit activation
+    # quantization), so the C forward pass must equal transformers' up to float32
+    # rounding. 6 layers make layer 5 global; 40 tokens exceed the 16-token window;
+    # 4 query heads share 2 KV heads.
+    torch = pytest.importorskip("torch")
+    weights = tiny_weights()
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, weights, rope_scale=rope_scale)
+    reference = tiny_transformers_model(weights, rope_scale=rope_scale)
+    tokens = np.random.default_rng(1).integers(4, TINY["vocab"], size=40)
+    tokens[0] = 2
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(tokens[None, :])).logits[0].numpy()
+
+    for n_batch in (0, 7):
+        model = _core.Model(str(path), cache_type_k="f32", cache_type_v="f32", n_batch=n_batch)
+        assert model.config["rope_scale_global"] == (rope_scale or 1.0)
+        logits = model.eval(tokens.tolist(), logits="all")
+        # Logits reach about 70; the observed difference is 2e-5 (float32 summation
+        # order), so 2e-4 leaves a margin of 10 while any semantic error (window,
+        # RoPE pairing, norms) shows up at order 1.
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=2e-4)
+
+
 def test_unsupported_architecture(tmp_path):
     path = tmp_path / "llama.gguf"
-    write_tiny_gguf(path, architecture="llama")
+    write_tiny_gguf(path, tiny_weights(), architecture="llama")
     with pytest.raises(NotImplementedError, match="'llama'"):
         _core.Model(str(path))
 
 
 def test_tensor_shape_mismatch(tmp_path):
     path = tmp_path / "bad_shape.gguf"
-    write_tiny_gguf(path, q_rows=48)
-    with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight has shape \[64, 48, 1, 1\].*expects \[64, 64\]"):
+    write_tiny_gguf(path, tiny_weights(q_rows=96))
+    with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight has shape \[64, 96, 1, 1\].*expects \[64, 128\]"):
         _core.Model(str(path))
-
-
-def test_tiny_model_runs(tmp_path):
-    # The tiny file checks that the loader and forward pass accept any Gemma 3
-    # shape (here 2 heads of 32 values and a 16-position window), not only 270M.
-    path = tmp_path / "tiny.gguf"
-    write_tiny_gguf(path)
-    model = _core.Model(str(path), cache_type_k="f32", cache_type_v="f32")
-    assert model.config["n_heads"] == 2
-    assert model.config["query_pre_attn_scalar"] == 32.0
-    logits = model.eval(list(range(3, 40)), logits="all")
-    assert logits.shape == (37, 300)
-    assert np.isfinite(logits).all()
