@@ -29,6 +29,13 @@ void tq_py_matrix_release(tq_py_matrix *m);
 /* Returns -1 with ValueError set when any value is NaN or infinite, naming the first one. */
 int tq_py_check_finite(const tq_py_matrix *m, const char *name);
 
+/* A _core.Tokenizer that uses tok without owning it: it keeps a reference to
+ * owner, which must keep tok alive (a Model owns its tokenizer). Needs
+ * tq_py_init_tokenizer to have run. Returns a new reference, or NULL with an
+ * exception set. */
+struct tq_tokenizer;
+PyObject *tq_py_tokenizer_borrow(const struct tq_tokenizer *tok, PyObject *owner);
+
 /* Register one binding file's types and functions on the module. */
 int tq_py_init_quant(PyObject *module);
 int tq_py_init_qjl_polar(PyObject *module);

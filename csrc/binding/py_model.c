@@ -15,7 +15,6 @@ typedef struct {
     tq_model *model;
     tq_kv_type type_k;
     tq_kv_type type_v;
-    PyObject *tokenizer; /* _core.Tokenizer sharing the model's C tokenizer, or NULL */
 } ModelObject;
 
 /* Converts a str (or None for the default) to a cache type; -1 with ValueError. */
@@ -113,7 +112,6 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
 
 static void Model_dealloc(ModelObject *self)
 {
-    Py_CLEAR(self->tokenizer);
     tq_model_free(self->model);
     self->model = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -314,6 +312,20 @@ static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
         tq_isa_name(tq_model_isa(self->model)));
 }
 
+/* A new wrapper per access: caching it here would make a reference cycle,
+ * because the wrapper keeps the model alive. */
+static PyObject *Model_get_tokenizer(ModelObject *self, void *Py_UNUSED(closure))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    const tq_tokenizer *tok = tq_model_tokenizer(self->model);
+    if (tok == NULL) {
+        Py_RETURN_NONE;
+    }
+    return tq_py_tokenizer_borrow(tok, (PyObject *)self);
+}
+
 static PyObject *Model_get_n_ctx(ModelObject *self, void *Py_UNUSED(closure))
 {
     return check_ready(self) != 0 ? NULL : PyLong_FromLongLong(tq_model_n_ctx(self->model));
@@ -362,6 +374,8 @@ static PyMethodDef Model_methods[] = {
 
 static PyGetSetDef Model_getset[] = {
     {"config", (getter)Model_get_config, NULL, "Model configuration read from the GGUF metadata (dict).", NULL},
+    {"tokenizer", (getter)Model_get_tokenizer, NULL,
+     "_core.Tokenizer built from the same GGUF metadata; it shares the model's C tokenizer.", NULL},
     {"n_ctx", (getter)Model_get_n_ctx, NULL, "Positions the KV cache can hold.", NULL},
     {"n_past", (getter)Model_get_n_past, NULL, "Positions stored in the KV cache.", NULL},
     {"n_vocab", (getter)Model_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},

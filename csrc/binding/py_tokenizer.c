@@ -11,6 +11,7 @@
 typedef struct {
     PyObject_HEAD
     tq_tokenizer *tok;
+    PyObject *owner; /* when set, tok belongs to owner (a Model) and is not freed here */
 } TokenizerObject;
 
 typedef struct {
@@ -135,6 +136,10 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
                                      &add_space_prefix)) {
         return -1;
     }
+    if (self->owner != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this Tokenizer belongs to a Model and cannot be re-initialized");
+        return -1;
+    }
 
     tq_tokenizer_spec spec;
     memset(&spec, 0, sizeof(spec));
@@ -254,7 +259,11 @@ done:
 
 static void Tokenizer_dealloc(TokenizerObject *self)
 {
-    tq_tokenizer_free(self->tok);
+    if (self->owner != NULL) {
+        Py_CLEAR(self->owner);
+    } else {
+        tq_tokenizer_free(self->tok);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -746,4 +755,17 @@ int tq_py_init_tokenizer(PyObject *module)
         return -1;
     }
     return 0;
+}
+
+PyObject *tq_py_tokenizer_borrow(const tq_tokenizer *tok, PyObject *owner)
+{
+    TokenizerObject *self = (TokenizerObject *)TokenizerType.tp_alloc(&TokenizerType, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    /* The tokenizer is read-only after creation; the cast only fits the field. */
+    self->tok = (tq_tokenizer *)tok;
+    Py_INCREF(owner);
+    self->owner = owner;
+    return (PyObject *)self;
 }
