@@ -10,9 +10,6 @@
 
 #include "model_internal.h"
 
-/* Defined in tokenizer_gguf.c: a tokenizer built from the tokenizer.ggml.* metadata. */
-tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out, tq_error *err);
-
 /* ---- Configuration ------------------------------------------------------------ */
 
 /* Read an optional u32 key: *out keeps its default when the key is absent. */
