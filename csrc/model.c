@@ -54,9 +54,9 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_er
         return status;
     }
     if (architecture.len != 6 || memcmp(architecture.data, "gemma3", 6) != 0) {
-        int shown = architecture.len < 64 ? (int)architecture.len : 64;
+        int name_length = architecture.len < 64 ? (int)architecture.len : 64;
         return tq_error_set(err, TQ_ERR_UNSUPPORTED,
-                            "model architecture '%.*s' is not supported; this runtime runs 'gemma3' models", shown,
+                            "model architecture '%.*s' is not supported; this runtime runs 'gemma3' models", name_length,
                             architecture.data);
     }
     snprintf(config->architecture, sizeof(config->architecture), "gemma3");
@@ -133,10 +133,10 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_er
         int is_linear = type_name.len == 6 && memcmp(type_name.data, "linear", 6) == 0;
         int is_none = type_name.len == 4 && memcmp(type_name.data, "none", 4) == 0;
         if (!is_linear && !is_none) {
-            int shown = type_name.len < 64 ? (int)type_name.len : 64;
+            int name_length = type_name.len < 64 ? (int)type_name.len : 64;
             return tq_error_set(err, TQ_ERR_UNSUPPORTED,
                                 "gemma3.rope.scaling.type '%.*s' is not supported; expected 'linear' or 'none'",
-                                shown, type_name.data);
+                                name_length, type_name.data);
         }
         if (is_linear) {
             if ((status = tq_gguf_get_f32(gguf, "gemma3.rope.scaling.factor", &config->rope_scale_global, err)) !=
@@ -321,17 +321,17 @@ static tq_status load_weights(tq_model *model, tq_error *err)
 
 /* ---- Buffers ------------------------------------------------------------------ */
 
-static float *alloc_floats(int64_t rows, int64_t cols, tq_error *err, const char *what)
+static float *alloc_floats(int64_t rows, int64_t cols, tq_error *err, const char *buffer_name)
 {
     size_t count, bytes;
     if (!tq_mul_size((size_t)rows, (size_t)cols, &count) || !tq_mul_size(count, sizeof(float), &bytes)) {
-        tq_error_set(err, TQ_ERR_NOMEM, "buffer %s of %lld x %lld floats overflows size_t", what, (long long)rows,
+        tq_error_set(err, TQ_ERR_NOMEM, "buffer %s of %lld x %lld floats overflows size_t", buffer_name, (long long)rows,
                      (long long)cols);
         return NULL;
     }
     float *buffer = tq_aligned_alloc(bytes);
     if (buffer == NULL) {
-        tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating buffer %s (%zu bytes)", what, bytes);
+        tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating buffer %s (%zu bytes)", buffer_name, bytes);
     }
     return buffer;
 }

@@ -1,11 +1,12 @@
 /* Gemma 3 forward pass: prompt tokens run through every matmul together, in
  * micro-batches of n_batch tokens; a decode step is a micro-batch of one.
  *
- * Per layer: RMSNorm, Q/K/V projections, per-head RMSNorm of Q and K, NeoX RoPE
- * (dimension i pairs with i + head_dim / 2), attention over the KV cache
- * (sliding window on local layers), output projection, post-attention RMSNorm,
- * residual add; RMSNorm, down(gelu_tanh(gate x) * up x), post-FFN RMSNorm,
- * residual add. Then the final RMSNorm and the LM head, without logit softcap.
+ * The attention block of a layer runs RMSNorm, the Q/K/V projections, per-head
+ * RMSNorm of Q and K, NeoX RoPE (dimension i pairs with i + head_dim / 2),
+ * attention over the KV cache (sliding window on local layers), the output
+ * projection, post-attention RMSNorm and the residual add. The FFN block runs
+ * RMSNorm, down(gelu_tanh(gate x) * up x), post-FFN RMSNorm and the residual
+ * add. The final RMSNorm and the LM head follow, without logit softcap.
  */
 #include <math.h>
 #include <omp.h>
@@ -91,6 +92,11 @@ static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error
     return TQ_OK;
 }
 
+/* Multiply-adds (positions x head_dim, summed over heads) below which decode
+ * attention runs on the calling thread: roughly 0.1 ms of work on one core,
+ * where starting a parallel region would cost a noticeable share. */
+#define TQ_ATTENTION_PARALLEL_MIN (1 << 20)
+
 static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, tq_error *err)
 {
     const tq_model_config *c = &model->config;
@@ -134,9 +140,12 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
     tq_kv_cache_write(model->cache, l, pos0, n, b->k, b->v);
 
     /* Every (token, query head) pair is independent; dynamic scheduling evens
-     * out the different context lengths of the tokens. */
+     * out the different context lengths of the tokens. Short contexts stay on
+     * one thread, where a parallel region would cost more than the work. */
     const int64_t tasks = n * c->n_heads;
-#pragma omp parallel for schedule(dynamic, 1)
+    const int64_t visible = global || pos0 + n < c->sliding_window ? pos0 + n : c->sliding_window;
+    const int parallel = tasks > 1 && tasks * visible * hd >= TQ_ATTENTION_PARALLEL_MIN;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t t = task / c->n_heads;
         const int h = (int)(task % c->n_heads);
@@ -185,7 +194,7 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
 }
 
 /* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 through all
- * layers; b->x then holds their final hidden states (before output_norm). */
+ * layers; b->x then contains their final hidden states (before output_norm). */
 static tq_status forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
 {
     const tq_model_config *c = &model->config;

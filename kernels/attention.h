@@ -1,7 +1,7 @@
 /* Attention kernels over rows of a KV cache: query-key scores and the weighted
  * sum of value rows, for every row format the cache stores.
  *
- * A cache row holds head_dim values of one position and one KV head in one of
+ * A cache row contains head_dim values of one position and one KV head in one of
  * the formats below. Q8_0 and Q4_0 rows are arrays of the ggml blocks of
  * blocks.h (32 values with an fp16 scale d in front), so head_dim must be a
  * multiple of 32.
