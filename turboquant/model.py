@@ -269,12 +269,18 @@ class Model:
                 self.reset()
                 common = 0
 
+        # The last prompt token is evaluated on its own, so its logits come from the same
+        # one-token call whether or not the rest of the prompt was cached. A batched call can
+        # round differently, and a seeded generate() would then depend on the previous call.
         try:
-            logits = self._core.eval(prompt[common:], logits="last")
+            if len(prompt) - 1 > common:
+                self._core.eval(prompt[common:-1], logits="none")
+                self._cached.extend(prompt[common:-1])
+            logits = self._core.eval(prompt[-1:], logits="last")
         except BaseException:
             self.reset()
             raise
-        self._cached.extend(prompt[common:])
+        self._cached.append(prompt[-1])
         return logits, common
 
     def _eval_one(self, token: int):
