@@ -11,7 +11,6 @@ evaluates only the new turn. ``logits`` and ``reset`` start from an empty cache.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import os
 import time
@@ -95,38 +94,6 @@ def _held_back_length(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
-class _TextStream:
-    """Incremental detokeniser that releases only whole UTF-8 characters.
-
-    Uses the tokenizer's own StreamDecoder when the binding offers one, else decodes the
-    bytes of ``piece(id)`` with Python's incremental UTF-8 decoder and drops control tokens.
-    """
-
-    def __init__(self, tokenizer, special_ids: frozenset):
-        self._decoder = None
-        factory = getattr(tokenizer, "stream_decoder", None) or getattr(_core, "StreamDecoder", None)
-        if factory is not None:
-            try:
-                self._decoder = factory() if factory is not getattr(_core, "StreamDecoder", None) else factory(tokenizer)
-            except TypeError:
-                self._decoder = None
-        self._tokenizer = tokenizer
-        self._special_ids = special_ids
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token: int) -> str:
-        if self._decoder is not None:
-            return self._decoder.push(token)
-        if token in self._special_ids:
-            return ""
-        return self._utf8.decode(bytes(self._tokenizer.piece(token)))
-
-    def flush(self) -> str:
-        if self._decoder is not None:
-            return self._decoder.flush()
-        return self._utf8.decode(b"", final=True)
-
-
 class Model:
     """A loaded GGUF model with one KV cache. Create it with ``Model.load``.
 
@@ -140,7 +107,13 @@ class Model:
         # Tokens whose keys and values are in the cache, in order; their count equals n_past.
         self._cached: list[int] = []
         self._busy = False
-        tokenizer = core_model.tokenizer
+        tokenizer = getattr(core_model, "tokenizer", None)
+        if tokenizer is None:
+            # The runtime may be built without a tokenizer attached to the model; the
+            # vocabulary is then read from the GGUF metadata by the Python tokenizer.
+            from .tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_gguf(path)
         self._tokenizer = tokenizer
         self._end_ids = self._find_end_ids()
 
@@ -181,14 +154,8 @@ class Model:
 
     def _find_end_ids(self) -> frozenset:
         """Return the ids that end a reply: EOS and Gemma's <end_of_turn> when the vocabulary has it."""
-        ids = set()
-        eos = getattr(self._tokenizer, "eos_id", -1)
-        if eos is not None and eos >= 0:
-            ids.add(int(eos))
-        end_of_turn = self._tokenizer.encode("<end_of_turn>", add_bos=False, special=True)
-        if len(end_of_turn) == 1:
-            ids.add(int(end_of_turn[0]))
-        return frozenset(ids)
+        ids = {self._tokenizer.eos_id, self._tokenizer.find("<end_of_turn>")}
+        return frozenset(int(i) for i in ids if i is not None)
 
     # -------------------------------------------------------------- properties
 
@@ -435,7 +402,8 @@ class Model:
             decode_start = time.perf_counter()
             stats.prefill_seconds = decode_start - start
 
-            detok = _TextStream(self._tokenizer, self._end_ids)
+            # Releases only whole UTF-8 characters and drops control tokens.
+            detok = _core.StreamDecoder(self._tokenizer, skip_special=True)
             finish = "length"
             cut_by_stop_string = False
             for step in range(max_tokens):
