@@ -377,6 +377,18 @@ def QJLCodesLike(codes):
     return PackedCodes("qjl", codes.dim, codes.bits, codes.seed, codes.n, codes.params, codes.arrays)
 
 
+def test_core_rejects_wrapping_row_count():
+    # With n = 2^62 + 1 every byte count n * c (c a multiple of 4) wraps around 2^64 to c,
+    # so buffers sized for one row would match; the binding must reject n instead.
+    core = _core.PolarQuant(256, 4, 3, None, 0, 0)
+    n = 2**62 + 1
+    codes = np.zeros(core.code_bytes, dtype=np.uint8)
+    norms = np.zeros(1, dtype=np.float32)
+    out = np.zeros(256, dtype=np.float32)
+    with pytest.raises(ValueError, match="too large"):
+        core.dequantize(codes, norms, None, n, out)
+
+
 def test_core_checks_residual_argument():
     core = _core.PolarQuant(8, 4, 3, None, 1, 0)
     x = np.ones((1, 8), dtype=np.float32)

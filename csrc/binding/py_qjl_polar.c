@@ -11,10 +11,20 @@
 #include "polar.h"
 #include "qjl.h"
 
-/* A C-contiguous buffer of item_count items with struct format `format` ("B" or "f"). */
-static int acquire_buffer(PyObject *obj, const char *name, const char *format, size_t item_count, int writable,
-                          Py_buffer *view)
+/* Acquire a C-contiguous buffer of rows * cols items with struct format `format` ("B" or "f").
+ * rows often comes from the caller, so the product is overflow-checked: a wrapped product
+ * could otherwise match a short buffer and let the core read past its end. */
+static int acquire_buffer(PyObject *obj, const char *name, const char *format, size_t rows, size_t cols,
+                          int writable, Py_buffer *view)
 {
+    const Py_ssize_t itemsize = format[0] == 'B' ? 1 : 4;
+    size_t item_count, byte_count;
+    if (!tq_mul_size(rows, cols, &item_count) || !tq_mul_size(item_count, (size_t)itemsize, &byte_count) ||
+        byte_count > (size_t)PY_SSIZE_T_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s would need %zu x %zu items, which is too large; check n", name, rows,
+                     cols);
+        return -1;
+    }
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
     if (writable) {
         flags |= PyBUF_WRITABLE;
@@ -29,14 +39,13 @@ static int acquire_buffer(PyObject *obj, const char *name, const char *format, s
     if (got[0] == '<' || got[0] == '=' || got[0] == '@') {
         got++;
     }
-    const Py_ssize_t itemsize = format[0] == 'B' ? 1 : 4;
     if (strcmp(got, format) != 0 || view->itemsize != itemsize) {
         PyErr_Format(PyExc_TypeError, "%s must have dtype %s (got buffer format '%s')", name,
                      format[0] == 'B' ? "uint8" : "float32", view->format ? view->format : "B");
         PyBuffer_Release(view);
         return -1;
     }
-    if ((size_t)view->len != item_count * (size_t)itemsize) {
+    if ((size_t)view->len != byte_count) {
         PyErr_Format(PyExc_ValueError, "%s has %zd items but %zu were expected", name, view->len / itemsize,
                      item_count);
         PyBuffer_Release(view);
@@ -110,11 +119,11 @@ static PyObject *qjl_quantize(QJLObject *self, PyObject *args)
     }
     const size_t n = (size_t)x.rows;
     Py_buffer codes, norms;
-    if (acquire_buffer(codes_obj, "codes", "B", n * tq_qjl_code_bytes(self->qjl), 1, &codes) != 0) {
+    if (acquire_buffer(codes_obj, "codes", "B", n, tq_qjl_code_bytes(self->qjl), 1, &codes) != 0) {
         tq_py_matrix_release(&x);
         return NULL;
     }
-    if (acquire_buffer(norms_obj, "norms", "f", n, 1, &norms) != 0) {
+    if (acquire_buffer(norms_obj, "norms", "f", n, 1, 1, &norms) != 0) {
         PyBuffer_Release(&codes);
         tq_py_matrix_release(&x);
         return NULL;
@@ -150,7 +159,7 @@ static PyObject *qjl_project(QJLObject *self, PyObject *args)
     }
     const size_t n = (size_t)y.rows;
     Py_buffer out;
-    if (acquire_buffer(out_obj, "out", "f", n * (size_t)tq_qjl_sketch_dim(self->qjl), 1, &out) != 0) {
+    if (acquire_buffer(out_obj, "out", "f", n, (size_t)tq_qjl_sketch_dim(self->qjl), 1, &out) != 0) {
         tq_py_matrix_release(&y);
         return NULL;
     }
@@ -181,16 +190,16 @@ static PyObject *qjl_inner_product(QJLObject *self, PyObject *args)
     }
     const size_t n_queries = (size_t)projected.rows;
     Py_buffer codes, norms, out;
-    if (acquire_buffer(codes_obj, "codes", "B", n * tq_qjl_code_bytes(self->qjl), 0, &codes) != 0) {
+    if (acquire_buffer(codes_obj, "codes", "B", n, tq_qjl_code_bytes(self->qjl), 0, &codes) != 0) {
         tq_py_matrix_release(&projected);
         return NULL;
     }
-    if (acquire_buffer(norms_obj, "norms", "f", n, 0, &norms) != 0) {
+    if (acquire_buffer(norms_obj, "norms", "f", n, 1, 0, &norms) != 0) {
         PyBuffer_Release(&codes);
         tq_py_matrix_release(&projected);
         return NULL;
     }
-    if (acquire_buffer(out_obj, "out", "f", n * n_queries, 1, &out) != 0) {
+    if (acquire_buffer(out_obj, "out", "f", n_queries, n, 1, &out) != 0) {
         PyBuffer_Release(&norms);
         PyBuffer_Release(&codes);
         tq_py_matrix_release(&projected);
@@ -219,14 +228,14 @@ static PyObject *qjl_dequantize(QJLObject *self, PyObject *args)
     }
     const size_t n = (size_t)n_signed;
     Py_buffer codes, norms, out;
-    if (acquire_buffer(codes_obj, "codes", "B", n * tq_qjl_code_bytes(self->qjl), 0, &codes) != 0) {
+    if (acquire_buffer(codes_obj, "codes", "B", n, tq_qjl_code_bytes(self->qjl), 0, &codes) != 0) {
         return NULL;
     }
-    if (acquire_buffer(norms_obj, "norms", "f", n, 0, &norms) != 0) {
+    if (acquire_buffer(norms_obj, "norms", "f", n, 1, 0, &norms) != 0) {
         PyBuffer_Release(&codes);
         return NULL;
     }
-    if (acquire_buffer(out_obj, "out", "f", n * (size_t)tq_qjl_dim(self->qjl), 1, &out) != 0) {
+    if (acquire_buffer(out_obj, "out", "f", n, (size_t)tq_qjl_dim(self->qjl), 1, &out) != 0) {
         PyBuffer_Release(&norms);
         PyBuffer_Release(&codes);
         return NULL;
@@ -357,7 +366,7 @@ static int polar_init(PolarObject *self, PyObject *args, PyObject *kwargs)
     Py_buffer codebook;
     const float *codebook_data = NULL;
     if (codebook_obj != Py_None) {
-        if (acquire_buffer(codebook_obj, "radius_codebook", "f", (size_t)1 << radius_bits, 0, &codebook) != 0) {
+        if (acquire_buffer(codebook_obj, "radius_codebook", "f", (size_t)1 << radius_bits, 1, 0, &codebook) != 0) {
             return -1;
         }
         codebook_data = codebook.buf;
@@ -417,15 +426,15 @@ static int polar_acquire_codes(PolarObject *self, PyObject *codes_obj, PyObject 
                      needs_residual ? "a float32 array" : "None", tq_polar_qjl_bits(self->polar));
         return -1;
     }
-    if (acquire_buffer(codes_obj, "codes", "B", n * tq_polar_code_bytes(self->polar), writable, &out->codes) != 0) {
+    if (acquire_buffer(codes_obj, "codes", "B", n, tq_polar_code_bytes(self->polar), writable, &out->codes) != 0) {
         return -1;
     }
-    if (acquire_buffer(norms_obj, "norms", "f", n, writable, &out->norms) != 0) {
+    if (acquire_buffer(norms_obj, "norms", "f", n, 1, writable, &out->norms) != 0) {
         PyBuffer_Release(&out->codes);
         return -1;
     }
     if (needs_residual) {
-        if (acquire_buffer(residual_obj, "residual_norms", "f", n, writable, &out->residual_norms) != 0) {
+        if (acquire_buffer(residual_obj, "residual_norms", "f", n, 1, writable, &out->residual_norms) != 0) {
             PyBuffer_Release(&out->norms);
             PyBuffer_Release(&out->codes);
             return -1;
@@ -502,7 +511,7 @@ static PyObject *polar_dequantize(PolarObject *self, PyObject *args)
         return NULL;
     }
     Py_buffer out;
-    if (acquire_buffer(out_obj, "out", "f", n * (size_t)tq_polar_dim(self->polar), 1, &out) != 0) {
+    if (acquire_buffer(out_obj, "out", "f", n, (size_t)tq_polar_dim(self->polar), 1, &out) != 0) {
         polar_release_codes(&buffers);
         return NULL;
     }
@@ -549,7 +558,7 @@ static PyObject *polar_inner_product(PolarObject *self, PyObject *args)
         return NULL;
     }
     Py_buffer out;
-    if (acquire_buffer(out_obj, "out", "f", n * n_queries, 1, &out) != 0) {
+    if (acquire_buffer(out_obj, "out", "f", n_queries, n, 1, &out) != 0) {
         polar_release_codes(&buffers);
         tq_py_matrix_release(&queries);
         return NULL;
@@ -585,7 +594,7 @@ static PyObject *polar_rotate(PolarObject *self, PyObject *args)
         return NULL;
     }
     Py_buffer out;
-    if (acquire_buffer(out_obj, "out", "f", (size_t)x.rows * (size_t)tq_polar_dim(self->polar), 1, &out) != 0) {
+    if (acquire_buffer(out_obj, "out", "f", (size_t)x.rows, (size_t)tq_polar_dim(self->polar), 1, &out) != 0) {
         tq_py_matrix_release(&x);
         return NULL;
     }
