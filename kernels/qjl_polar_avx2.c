@@ -65,7 +65,7 @@ static void dot4_avx2(const float *a, const float *b, size_t stride, size_t n, f
 
 static float sign_dot_avx2(const uint8_t *bits, const float *q, size_t m)
 {
-    /* Lane k tests bit k of the byte; a clear bit flips the sign of q by XOR with -0.0f. */
+    /* Lane k tests bit k of the byte, and a clear bit flips the sign of q by XOR with -0.0f. */
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256i sign_mask = _mm256_set1_epi32((int)0x80000000u);
     __m256 acc = _mm256_setzero_ps();
@@ -86,7 +86,7 @@ static float sign_dot_avx2(const uint8_t *bits, const float *q, size_t m)
 
 static float level2_dot_avx2(const uint8_t *codes, const float *q, const float *levels, size_t m)
 {
-    /* Eight 2-bit codes come from two bytes; permutevar8x32 looks the levels up (indices 0..3). */
+    /* Eight 2-bit codes come from two bytes, and permutevar8x32 looks up their levels (indices 0..3). */
     const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     const __m256i three = _mm256_set1_epi32(3);
     const __m256 table = _mm256_setr_ps(levels[0], levels[1], levels[2], levels[3], 0.0f, 0.0f, 0.0f, 0.0f);

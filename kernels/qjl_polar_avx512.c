@@ -85,7 +85,7 @@ static float sign_dot_avx512(const uint8_t *bits, const float *q, size_t m)
 
 static float level2_dot_avx512(const uint8_t *codes, const float *q, const float *levels, size_t m)
 {
-    /* Sixteen 2-bit codes come from four bytes; permutexvar looks the levels up (indices 0..3). */
+    /* Sixteen 2-bit codes come from four bytes, and permutexvar looks up their levels (indices 0..3). */
     const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i three = _mm512_set1_epi32(3);
     const __m512 table = _mm512_maskz_loadu_ps((__mmask16)0xF, levels);

@@ -47,7 +47,7 @@ static void dot4_neon(const float *a, const float *b, size_t stride, size_t n, f
 
 static float sign_dot_neon(const uint8_t *bits, const float *q, size_t m)
 {
-    /* Lane k of each half tests one bit of the byte; a clear bit flips the sign of q. */
+    /* Lane k of each half tests one bit of the byte, and a clear bit flips the sign of q. */
     static const uint32_t low_bits[4] = {1, 2, 4, 8};
     static const uint32_t high_bits[4] = {16, 32, 64, 128};
     const uint32x4_t low = vld1q_u32(low_bits);
@@ -74,7 +74,7 @@ static float sign_dot_neon(const uint8_t *bits, const float *q, size_t m)
 
 static float level2_dot_neon(const uint8_t *codes, const float *q, const float *levels, size_t m)
 {
-    /* The 4 levels fill one 16-byte table; a code c selects bytes 4c..4c+3 through vqtbl1q_u8. */
+    /* The 4 levels fill one 16-byte table, and vqtbl1q_u8 picks bytes 4c..4c+3 for code c. */
     static const int32_t shift_amounts[4] = {0, -2, -4, -6};
     const uint8x16_t table = vreinterpretq_u8_f32(vld1q_f32(levels));
     const int32x4_t shifts = vld1q_s32(shift_amounts);
