@@ -360,75 +360,118 @@ void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n)
     cache->n_past += n;
 }
 
-/* Scratch layout: prepared query state, then one score per visible position. */
+/* Scratch layout: the prepared state of each query, then TQ_KV_CHUNK scores per query. */
 static size_t query_state_bytes(const tq_kv_cache *cache)
 {
     size_t bytes = cache->ops_k->query_bytes(cache->head_dim);
     return (bytes + 63) & ~(size_t)63;
 }
 
-size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache)
+size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries)
 {
-    int64_t max_visible = 0;
-    for (int l = 0; l < cache->n_layers; l++) {
-        const tq_kv_layer *layer = &cache->layers[l];
-        int64_t visible = layer->window > 0 && layer->window < cache->n_ctx ? layer->window : cache->n_ctx;
-        if (visible > max_visible) {
-            max_visible = visible;
-        }
-    }
-    return query_state_bytes(cache) + (size_t)max_visible * sizeof(float);
+    return (size_t)n_queries * (query_state_bytes(cache) + TQ_KV_CHUNK * sizeof(float));
 }
 
-void tq_kv_cache_attend(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t pos, const float *query,
-                        void *scratch, float *out)
+int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t pos)
+{
+    const int64_t window = cache->layers[layer].window;
+    return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+}
+
+void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t pos, int64_t begin,
+                              int64_t end, int n_queries, const float *queries, void *scratch, float *partial)
 {
     const tq_kv_layer *layer = &cache->layers[layer_index];
     const int head_dim = cache->head_dim;
-    int64_t first = 0;
-    if (layer->window > 0 && pos - layer->window + 1 > 0) {
-        first = pos - layer->window + 1;
+    const size_t partial_floats = TQ_KV_PARTIAL_FLOATS(head_dim);
+    const size_t state_bytes = query_state_bytes(cache);
+    uint8_t *states = scratch;
+    float *scores = (float *)(states + (size_t)n_queries * state_bytes);
+
+    int64_t first = tq_kv_cache_first_visible(cache, layer_index, pos);
+    first = begin > first ? begin : first;
+    const int64_t last = end - 1 < pos ? end - 1 : pos;
+
+    for (int i = 0; i < n_queries; i++) {
+        float *part = partial + (size_t)i * partial_floats;
+        part[0] = -INFINITY;
+        part[1] = 0.0f;
+        memset(part + 2, 0, (size_t)head_dim * sizeof(float));
+        cache->ops_k->prepare_query(queries + (size_t)i * head_dim, head_dim, states + (size_t)i * state_bytes);
     }
-    const int64_t n = pos - first + 1;
 
-    void *state = scratch;
-    float *scores = (float *)((uint8_t *)scratch + query_state_bytes(cache));
-    cache->ops_k->prepare_query(query, head_dim, state);
-
-    /* The visible positions occupy at most two runs of slots: from the first
-     * one to the end of the ring, then from slot 0 on. */
-    const int64_t first_slot = first % layer->max_slots;
-    const int64_t run0 = n < layer->max_slots - first_slot ? n : layer->max_slots - first_slot;
-    const int64_t run1 = n - run0;
     const uint8_t *keys = layer->keys + (size_t)kv_head * cache->key_row_bytes;
     const uint8_t *values = layer->values + (size_t)kv_head * cache->value_row_bytes;
+    int64_t chunk_start = first;
+    while (chunk_start <= last) {
+        /* A chunk is a run of consecutive slots: it ends at TQ_KV_CHUNK
+         * positions, at the last visible one, or where the ring wraps. */
+        const int64_t slot = chunk_start % layer->max_slots;
+        int64_t length = last - chunk_start + 1;
+        length = length < TQ_KV_CHUNK ? length : TQ_KV_CHUNK;
+        length = length < layer->max_slots - slot ? length : layer->max_slots - slot;
+        const uint8_t *key_rows = keys + (size_t)slot * cache->key_slot_bytes;
+        const uint8_t *value_rows = values + (size_t)slot * cache->value_slot_bytes;
 
-    cache->ops_k->scores(cache->kernels, state, keys + (size_t)first_slot * cache->key_slot_bytes,
-                         cache->key_slot_bytes, run0, head_dim, scores);
-    if (run1 > 0) {
-        cache->ops_k->scores(cache->kernels, state, keys, cache->key_slot_bytes, run1, head_dim, scores + run0);
-    }
+        for (int i = 0; i < n_queries; i++) {
+            float *part = partial + (size_t)i * partial_floats;
+            float *chunk_scores = scores + (size_t)i * TQ_KV_CHUNK;
+            cache->ops_k->scores(cache->kernels, states + (size_t)i * state_bytes, key_rows, cache->key_slot_bytes,
+                                 length, head_dim, chunk_scores);
 
-    float max_score = scores[0];
-    for (int64_t j = 1; j < n; j++) {
-        max_score = scores[j] > max_score ? scores[j] : max_score;
+            /* Online softmax: rescale what was summed so far to the new maximum. */
+            float chunk_max = chunk_scores[0];
+            for (int64_t j = 1; j < length; j++) {
+                chunk_max = chunk_scores[j] > chunk_max ? chunk_scores[j] : chunk_max;
+            }
+            if (chunk_max > part[0]) {
+                const float rescale = expf(part[0] - chunk_max);
+                part[1] *= rescale;
+                for (int d = 0; d < head_dim; d++) {
+                    part[2 + d] *= rescale;
+                }
+                part[0] = chunk_max;
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < length; j++) {
+                chunk_scores[j] = expf(chunk_scores[j] - part[0]);
+                sum += chunk_scores[j];
+            }
+            part[1] += sum;
+            cache->ops_v->accumulate(cache->kernels, chunk_scores, value_rows, cache->value_slot_bytes, length,
+                                     head_dim, part + 2);
+        }
+        chunk_start += length;
     }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        scores[j] = expf(scores[j] - max_score);
-        sum += scores[j];
-    }
-    const float inverse_sum = 1.0f / sum;
-    for (int64_t j = 0; j < n; j++) {
-        scores[j] *= inverse_sum;
-    }
+}
 
-    memset(out, 0, (size_t)head_dim * sizeof(float));
-    cache->ops_v->accumulate(cache->kernels, scores, values + (size_t)first_slot * cache->value_slot_bytes,
-                             cache->value_slot_bytes, run0, head_dim, out);
-    if (run1 > 0) {
-        cache->ops_v->accumulate(cache->kernels, scores + run0, values, cache->value_slot_bytes, run1, head_dim,
-                                 out);
+void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *partials, float *out)
+{
+    const size_t partial_floats = TQ_KV_PARTIAL_FLOATS(head_dim);
+    for (int i = 0; i < n_queries; i++) {
+        float max = -INFINITY;
+        for (int p = 0; p < n_parts; p++) {
+            const float *part = partials + ((size_t)p * n_queries + i) * partial_floats;
+            max = part[1] > 0.0f && part[0] > max ? part[0] : max;
+        }
+        float *result = out + (size_t)i * head_dim;
+        memset(result, 0, (size_t)head_dim * sizeof(float));
+        float sum = 0.0f;
+        for (int p = 0; p < n_parts; p++) {
+            const float *part = partials + ((size_t)p * n_queries + i) * partial_floats;
+            if (part[1] == 0.0f) {
+                continue; /* empty range */
+            }
+            const float weight = expf(part[0] - max);
+            sum += part[1] * weight;
+            for (int d = 0; d < head_dim; d++) {
+                result[d] += weight * part[2 + d];
+            }
+        }
+        const float inverse_sum = 1.0f / sum;
+        for (int d = 0; d < head_dim; d++) {
+            result[d] *= inverse_sum;
+        }
     }
 }
 

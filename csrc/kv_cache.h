@@ -16,8 +16,8 @@
  *
  * Ownership: tq_kv_cache_create() returns an object owned by the caller and
  * released with tq_kv_cache_free(). One cache serves one sequence; calls on the
- * same cache must not run concurrently, except tq_kv_cache_attend(), which only
- * reads and may run from many threads at once.
+ * same cache must not run concurrently, except tq_kv_cache_attend_range(),
+ * which only reads and may run from many threads at once.
  */
 #ifndef TQ_KV_CACHE_H
 #define TQ_KV_CACHE_H
@@ -77,7 +77,7 @@ typedef struct {
     const int64_t *layer_window; /* n_layers entries: sliding window in positions, 0 for a global layer */
     tq_kv_type type_k;
     tq_kv_type type_v;
-    tq_isa isa;                  /* kernel variant used by tq_kv_cache_attend */
+    tq_isa isa;                  /* kernel variant used by tq_kv_cache_attend_range */
 } tq_kv_cache_config;
 
 typedef struct tq_kv_cache tq_kv_cache;
@@ -101,15 +101,36 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer, int64_t pos, int64_t n, co
 /* Count n more positions as stored, after every layer has written them. */
 void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n);
 
-/* Bytes of per-thread scratch that tq_kv_cache_attend needs. */
-size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache);
+/* Positions scored per pass over the stored rows: the rows of one chunk stay
+ * in cache while every query of a KV head reads them. */
+#define TQ_KV_CHUNK 256
 
-/* Attention of one query (already scaled) at position pos over the positions of
- * layer `layer` it may see: max(0, pos - window + 1) .. pos on a sliding layer,
- * 0 .. pos on a global one. All of them must be written. out gets head_dim
- * floats; scratch has tq_kv_cache_scratch_bytes() bytes, aligned to 64. */
-void tq_kv_cache_attend(const tq_kv_cache *cache, int layer, int kv_head, int64_t pos, const float *query,
-                        void *scratch, float *out);
+/* Floats of one query's partial result: running max, sum of exponentials,
+ * then head_dim unnormalised weighted values. */
+#define TQ_KV_PARTIAL_FLOATS(head_dim) ((size_t)(head_dim) + 2)
+
+/* Bytes of per-thread scratch that tq_kv_cache_attend_range needs for
+ * n_queries queries (independent of the context length). */
+size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries);
+
+/* Partial attention of n_queries queries (already scaled, [n_queries][head_dim],
+ * for example the query heads that share kv_head) at position pos, over the
+ * positions in [begin, end) that pos may see: max(0, pos - window + 1) .. pos on
+ * a sliding layer, 0 .. pos on a global one. Each K and V row is read once for
+ * all queries. All those positions must be written. partial gets
+ * TQ_KV_PARTIAL_FLOATS(head_dim) floats per query (an empty range gives sum 0);
+ * tq_attention_merge turns one or more partials into the attention output.
+ * scratch has tq_kv_cache_scratch_bytes() bytes, aligned to 64. */
+void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer, int kv_head, int64_t pos, int64_t begin,
+                              int64_t end, int n_queries, const float *queries, void *scratch, float *partial);
+
+/* First visible position of a query at pos on layer (0 on a global layer). */
+int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t pos);
+
+/* Combine n_parts partials of n_queries queries (part p of query i at
+ * partials + (p * n_queries + i) * TQ_KV_PARTIAL_FLOATS(head_dim)) into the
+ * softmax-weighted values out[n_queries][head_dim]. */
+void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *partials, float *out);
 
 /* Forget positions >= n_past. Fails with TQ_ERR_INVALID when n_past is negative
  * or above the stored count, or when a sliding layer has already overwritten a

@@ -379,7 +379,9 @@ static void free_buffers(tq_forward_buffers *b)
         *all[i] = NULL;
     }
     tq_aligned_free(b->attention_scratch);
+    tq_aligned_free(b->attention_partials);
     b->attention_scratch = NULL;
+    b->attention_partials = NULL;
     b->attention_scratch_threads = 0;
 }
 

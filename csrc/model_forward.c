@@ -68,27 +68,43 @@ static inline float gelu_tanh(float x)
     return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
 }
 
-/* Make sure every OpenMP thread of this call has attention scratch. Grows only
- * when the thread count rises, so decode steps do not allocate. */
+/* Make sure every OpenMP thread of this call has attention scratch, and that
+ * the partial results of the largest task split fit. Grows only when the
+ * thread count rises, so decode steps do not allocate. */
 static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error *err)
 {
     tq_forward_buffers *b = &model->buffers;
     if (b->attention_scratch != NULL && b->attention_scratch_threads >= threads) {
         return TQ_OK;
     }
-    size_t stride = (tq_kv_cache_scratch_bytes(model->cache) + 63) & ~(size_t)63;
-    size_t bytes;
-    if (!tq_mul_size(stride, (size_t)threads, &bytes)) {
+    const tq_model_config *c = &model->config;
+    const int group = c->n_heads / c->n_kv_heads;
+    size_t stride = (tq_kv_cache_scratch_bytes(model->cache, group) + 63) & ~(size_t)63;
+    /* Tasks are split across positions only while n_batch x n_kv_heads < threads,
+     * so there are at most max(n_batch, threads x threads) x n_kv_heads tasks. */
+    size_t max_tasks = (size_t)model->n_batch > (size_t)threads * (size_t)threads ? (size_t)model->n_batch
+                                                                                   : (size_t)threads * (size_t)threads;
+    size_t scratch_bytes, partial_count, partial_bytes;
+    if (!tq_mul_size(stride, (size_t)threads, &scratch_bytes) ||
+        !tq_mul_size(max_tasks * (size_t)c->n_kv_heads * (size_t)group, TQ_KV_PARTIAL_FLOATS(c->head_dim),
+                     &partial_count) ||
+        !tq_mul_size(partial_count, sizeof(float), &partial_bytes)) {
         return tq_error_set(err, TQ_ERR_NOMEM, "attention scratch for %d threads overflows size_t", threads);
     }
-    uint8_t *scratch = tq_aligned_alloc(bytes);
-    if (scratch == NULL) {
-        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating %zu bytes of attention scratch", bytes);
+    uint8_t *scratch = tq_aligned_alloc(scratch_bytes);
+    float *partials = tq_aligned_alloc(partial_bytes);
+    if (scratch == NULL || partials == NULL) {
+        tq_aligned_free(scratch);
+        tq_aligned_free(partials);
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating %zu bytes of attention scratch",
+                            scratch_bytes + partial_bytes);
     }
     tq_aligned_free(b->attention_scratch);
+    tq_aligned_free(b->attention_partials);
     b->attention_scratch = scratch;
     b->attention_scratch_stride = stride;
     b->attention_scratch_threads = threads;
+    b->attention_partials = partials;
     return TQ_OK;
 }
 
@@ -96,6 +112,56 @@ static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error
  * attention runs on the calling thread: roughly 0.1 ms of work on one core,
  * where starting a parallel region would cost a noticeable share. */
 #define TQ_ATTENTION_PARALLEL_MIN (1 << 20)
+
+/* Attention of the n tokens of a micro-batch on layer l, into b->attention.
+ * A task is one token and KV head, with all the query heads that share it, so
+ * each K and V row is read once per token. When there are fewer tasks than
+ * threads (decode), each task is also split into ranges of positions whose
+ * partial softmax sums are merged afterwards. */
+static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n)
+{
+    const tq_model_config *c = &model->config;
+    tq_forward_buffers *b = &model->buffers;
+    const int hd = c->head_dim;
+    const int q_dim = c->n_heads * hd;
+    const int group = c->n_heads / c->n_kv_heads;
+    const int n_kv = c->n_kv_heads;
+    const size_t task_floats = (size_t)group * TQ_KV_PARTIAL_FLOATS(hd);
+    const int threads = b->attention_scratch_threads;
+
+    const int64_t first = tq_kv_cache_first_visible(model->cache, l, pos0 + n - 1);
+    const int64_t visible = pos0 + n - first;
+    int64_t splits = 1;
+    if (n * n_kv < threads) {
+        const int64_t chunks = (visible + TQ_KV_CHUNK - 1) / TQ_KV_CHUNK;
+        splits = chunks < threads ? chunks : threads;
+    }
+    const int64_t tasks = n * n_kv * splits;
+    const int parallel = tasks > 1 && (int64_t)c->n_heads * n * visible * hd >= TQ_ATTENTION_PARALLEL_MIN;
+
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t t = task / (n_kv * splits);
+        const int g = (int)((task / splits) % n_kv);
+        const int64_t part = task % splits;
+        const int64_t pos = pos0 + t;
+        const int64_t task_first = tq_kv_cache_first_visible(model->cache, l, pos);
+        const int64_t span = pos - task_first + 1;
+        const int64_t begin = task_first + span * part / splits;
+        const int64_t end = task_first + span * (part + 1) / splits;
+        void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
+        tq_kv_cache_attend_range(model->cache, l, g, pos, begin, end, group, b->q + t * q_dim + g * group * hd,
+                                 scratch, b->attention_partials + (size_t)task * task_floats);
+    }
+
+#pragma omp parallel for if (parallel && n > 1)
+    for (int64_t merged = 0; merged < n * n_kv; merged++) {
+        const int64_t t = merged / n_kv;
+        const int g = (int)(merged % n_kv);
+        tq_attention_merge((int)splits, group, hd, b->attention_partials + (size_t)merged * splits * task_floats,
+                           b->attention + t * q_dim + g * group * hd);
+    }
+}
 
 static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, tq_error *err)
 {
@@ -106,7 +172,6 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
     const int half = hd / 2;
     const int q_dim = c->n_heads * hd;
     const int kv_dim = c->n_kv_heads * hd;
-    const int group = c->n_heads / c->n_kv_heads;
     const int global = tq_model_layer_is_global(c, l);
     const float *rope_cos = global ? b->rope_cos_global : b->rope_cos_local;
     const float *rope_sin = global ? b->rope_sin_global : b->rope_sin_local;
@@ -139,20 +204,7 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
     }
     tq_kv_cache_write(model->cache, l, pos0, n, b->k, b->v);
 
-    /* Every (token, query head) pair is independent; dynamic scheduling evens
-     * out the different context lengths of the tokens. Short contexts stay on
-     * one thread, where a parallel region would cost more than the work. */
-    const int64_t tasks = n * c->n_heads;
-    const int64_t visible = global || pos0 + n < c->sliding_window ? pos0 + n : c->sliding_window;
-    const int parallel = tasks > 1 && tasks * visible * hd >= TQ_ATTENTION_PARALLEL_MIN;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t task = 0; task < tasks; task++) {
-        const int64_t t = task / c->n_heads;
-        const int h = (int)(task % c->n_heads);
-        void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
-        tq_kv_cache_attend(model->cache, l, h / group, pos0 + t, b->q + t * q_dim + h * hd, scratch,
-                           b->attention + t * q_dim + h * hd);
-    }
+    attend_layer(model, l, pos0, n);
 
     if ((status = tq_matmul(model->isa, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
         return status;

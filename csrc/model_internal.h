@@ -31,7 +31,8 @@ typedef struct {
     float *rope_cos_local, *rope_sin_local;   /* [n_batch][head_dim / 2] */
     float *rope_cos_global, *rope_sin_global; /* [n_batch][head_dim / 2] */
     float *inv_freq_local, *inv_freq_global;  /* [head_dim / 2] */
-    uint8_t *attention_scratch; /* per-thread scratch of tq_kv_cache_attend */
+    uint8_t *attention_scratch; /* per-thread scratch of tq_kv_cache_attend_range */
+    float *attention_partials;  /* partial softmax sums of every attention task */
     size_t attention_scratch_stride;
     int attention_scratch_threads;
 } tq_forward_buffers;

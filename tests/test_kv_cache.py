@@ -26,10 +26,14 @@ def stored(x, cache_type):
 
 
 def reference_attention(keys, values, queries, window):
-    """Causal softmax attention of query i over positions j <= i (and i - j < window if window > 0)."""
+    """Causal softmax attention over positions j <= i (and i - j < window if window > 0).
+
+    queries has g rows per position: rows i * g .. i * g + g - 1 belong to position i.
+    """
     n = keys.shape[0]
+    group = queries.shape[0] // n
     scores = queries.astype(np.float64) @ keys.astype(np.float64).T
-    i = np.arange(n)[:, None]
+    i = np.repeat(np.arange(n), group)[:, None]
     j = np.arange(n)[None, :]
     visible = j <= i
     if window > 0:
@@ -76,6 +80,26 @@ def test_sliding_window_ring(kernels, window, n_batch):
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernels", SUPPORTED_KERNELS)
+@pytest.mark.parametrize("group,splits", [(4, 1), (4, 3), (1, 5), (2, 64)])
+def test_grouped_queries_and_splits(kernels, group, splits):
+    # 600 positions with a 300-position window and micro-batches of 64: chunks of
+    # 256 rows meet the ring's wrap point, and each query's range is split in up
+    # to 64 parts, some of them empty for the first positions.
+    rng = np.random.default_rng(7)
+    n, head_dim = 600, 32
+    keys = rng.standard_normal((n, head_dim)).astype(np.float32)
+    values = rng.standard_normal((n, head_dim)).astype(np.float32)
+    queries = (0.3 * rng.standard_normal((n * group, head_dim))).astype(np.float32)
+    out = _core.kv_cache_attention(
+        keys, values, queries, cache_type_k="f16", cache_type_v="q8_0", window=300, n_batch=64, splits=splits,
+        kernels=kernels,
+    )
+    expected = reference_attention(stored(keys, "f16"), stored(values, "q8_0"), queries, window=300)
+    # Sums over up to 300 rows in float32, with online softmax rescaling.
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("kernels", [k for k in SUPPORTED_KERNELS if k != "scalar"])
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
 def test_simd_matches_scalar(kernels, cache_type):
@@ -103,3 +127,11 @@ def test_mismatched_rows():
     keys, values, queries = random_rows(seed=6, n=4)
     with pytest.raises(ValueError, match="same nonzero number of rows"):
         _core.kv_cache_attention(keys, values[:3], queries)
+    with pytest.raises(ValueError, match="1 to 64 times as many"):
+        _core.kv_cache_attention(keys, values, queries[:3])
+
+
+def test_invalid_splits():
+    keys, values, queries = random_rows(seed=8, n=4)
+    with pytest.raises(ValueError, match="splits must be between 1 and 64"):
+        _core.kv_cache_attention(keys, values, queries, splits=0)

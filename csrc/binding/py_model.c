@@ -404,15 +404,20 @@ static PyTypeObject ModelType = {
 
 static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"keys", "values", "queries", "cache_type_k", "cache_type_v",
-                               "window", "n_batch", "kernels", NULL};
+    static char *keywords[] = {"keys", "values", "queries", "cache_type_k", "cache_type_v", "window",
+                               "n_batch", "splits", "kernels", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     long long window = 0, n_batch = 0;
+    int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLs:kv_cache_attention", keywords, &keys_object,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLis:kv_cache_attention", keywords, &keys_object,
                                      &values_object, &queries_object, &cache_type_k, &cache_type_v, &window,
-                                     &n_batch, &kernels)) {
+                                     &n_batch, &splits, &kernels)) {
+        return NULL;
+    }
+    if (splits < 1 || splits > 64) {
+        PyErr_Format(PyExc_ValueError, "splits must be between 1 and 64, got %d", splits);
         return NULL;
     }
     tq_kv_type type_k = TQ_KV_F32, type_v = TQ_KV_F32;
@@ -447,13 +452,17 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     PyObject *result = NULL;
     tq_kv_cache *cache = NULL;
     void *scratch = NULL;
+    float *partials = NULL;
     const Py_ssize_t n = keys.rows;
     const int head_dim = (int)keys.cols;
-    if (values.rows != n || queries.rows != n || n == 0) {
-        PyErr_Format(PyExc_ValueError, "keys, values and queries need the same nonzero number of rows (%zd, %zd, %zd)",
+    if (values.rows != n || n == 0 || queries.rows % n != 0 || queries.rows / n > 64) {
+        PyErr_Format(PyExc_ValueError,
+                     "keys and values need the same nonzero number of rows and queries 1 to 64 times as many "
+                     "(got %zd, %zd, %zd)",
                      keys.rows, values.rows, queries.rows);
         goto done;
     }
+    const int group = (int)(queries.rows / n);
     if (tq_py_check_finite(&keys, "keys") != 0 || tq_py_check_finite(&values, "values") != 0 ||
         tq_py_check_finite(&queries, "queries") != 0) {
         goto done;
@@ -474,10 +483,11 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         tq_py_raise(&err);
         goto done;
     }
-    npy_intp dims[2] = {n, head_dim};
+    npy_intp dims[2] = {queries.rows, head_dim};
     result = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    scratch = tq_aligned_alloc(tq_kv_cache_scratch_bytes(cache));
-    if (result == NULL || scratch == NULL) {
+    scratch = tq_aligned_alloc(tq_kv_cache_scratch_bytes(cache, group));
+    partials = tq_aligned_alloc((size_t)splits * (size_t)group * TQ_KV_PARTIAL_FLOATS(head_dim) * sizeof(float));
+    if (result == NULL || scratch == NULL || partials == NULL) {
         Py_CLEAR(result);
         if (!PyErr_Occurred()) {
             PyErr_NoMemory();
@@ -496,12 +506,21 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         }
         tq_kv_cache_write(cache, 0, start, m, keys.data + start * head_dim, values.data + start * head_dim);
         for (int64_t t = start; t < start + m; t++) {
-            tq_kv_cache_attend(cache, 0, 0, t, queries.data + t * head_dim, scratch, out + t * head_dim);
+            const int64_t first = tq_kv_cache_first_visible(cache, 0, t);
+            const int64_t span = t - first + 1;
+            for (int part = 0; part < splits; part++) {
+                tq_kv_cache_attend_range(cache, 0, 0, t, first + span * part / splits,
+                                         first + span * (part + 1) / splits, group,
+                                         queries.data + t * group * head_dim, scratch,
+                                         partials + (size_t)part * group * TQ_KV_PARTIAL_FLOATS(head_dim));
+            }
+            tq_attention_merge(splits, group, head_dim, partials, out + t * group * head_dim);
         }
         tq_kv_cache_advance(cache, m);
     }
 
 done:
+    tq_aligned_free(partials);
     tq_aligned_free(scratch);
     tq_kv_cache_free(cache);
     tq_py_matrix_release(&keys);
@@ -513,11 +532,13 @@ done:
 static PyMethodDef model_functions[] = {
     {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
-     "                   kernels='auto') -> float32 array (n, head_dim)\n\n"
-     "Store keys and values (n, head_dim) in a one-layer, one-head KV cache and return, for each query i,\n"
-     "softmax(q_i . k_j) weighted values over positions j <= i (and i - j < window when window > 0).\n"
+     "                   splits=1, kernels='auto') -> float32 array (len(queries), head_dim)\n\n"
+     "Store keys and values (n, head_dim) in a one-layer, one-head KV cache. queries holds g rows per\n"
+     "position (g query heads sharing the KV head, g = len(queries) / n); each query of position i gets\n"
+     "softmax(q . k_j) weighted values over positions j <= i (and i - j < window when window > 0).\n"
      "Positions are written n_batch at a time as in the model (0: all at once), so a sliding window\n"
-     "exercises the ring buffer. Exposes the cache kernels to tests."},
+     "exercises the ring buffer; splits > 1 attends over that many position ranges and merges them.\n"
+     "Exposes the cache kernels to tests."},
     {NULL, NULL, 0, NULL},
 };
 
