@@ -106,7 +106,7 @@ void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n);
 #define TQ_KV_CHUNK 256
 
 /* Floats of one query's partial result: running max, sum of exponentials,
- * then head_dim unnormalised weighted values. */
+ * then head_dim unnormalized weighted values. */
 #define TQ_KV_PARTIAL_FLOATS(head_dim) ((size_t)(head_dim) + 2)
 
 /* Bytes of per-thread scratch that tq_kv_cache_attend_range needs for

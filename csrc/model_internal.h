@@ -22,7 +22,7 @@ typedef struct {
 /* Activations of one micro-batch, n_batch rows each, allocated once. */
 typedef struct {
     float *x;          /* residual stream [n_batch][hidden] */
-    float *x_norm;     /* normalised input of a projection [n_batch][hidden] */
+    float *x_norm;     /* normalized input of a projection [n_batch][hidden] */
     float *q;          /* [n_batch][n_heads * head_dim] */
     float *k, *v;      /* [n_batch][n_kv_heads * head_dim] */
     float *attention;  /* attention output [n_batch][n_heads * head_dim] */

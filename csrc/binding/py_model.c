@@ -17,7 +17,7 @@ typedef struct {
     tq_kv_type type_v;
 } ModelObject;
 
-/* Converts a str (or None for the default) to a cache type; -1 with ValueError. */
+/* Parse a cache type name; returns -1 with TypeError (not a str) or ValueError (unknown name). */
 static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *out)
 {
     if (!PyUnicode_Check(name)) {
@@ -120,7 +120,7 @@ static void Model_dealloc(ModelObject *self)
 static int check_ready(ModelObject *self)
 {
     if (self->model == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Model is not initialised; call Model(path, ...)");
+        PyErr_SetString(PyExc_RuntimeError, "Model is not initialized; call Model(path, ...)");
         return -1;
     }
     return 0;
@@ -160,7 +160,7 @@ static int32_t *tokens_from_object(PyObject *object, Py_ssize_t *n_out)
             goto fail;
         }
         if (overflow != 0 || value < INT32_MIN || value > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "tokens[%zd] is outside the range of token ids", i);
+            PyErr_Format(PyExc_ValueError, "tokens[%zd] does not fit in int32; token ids lie in [0, n_vocab)", i);
             goto fail;
         }
         tokens[i] = (int32_t)value;
