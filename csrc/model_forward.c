@@ -61,11 +61,15 @@ static void rope_apply(float *x, const float *cos_row, const float *sin_row, int
     }
 }
 
-/* gelu with the tanh approximation (transformers' gelu_pytorch_tanh). */
+/* gelu with the tanh approximation (transformers' gelu_pytorch_tanh). Uses
+ * 1 + tanh(y) = 2 - 2 / (1 + e^(2y)), because glibc's tanhf took 10% of a
+ * prefill and expf is several times cheaper; the absolute error stays near
+ * 1e-7, and e^(2y) overflowing to infinity still gives the limit 2. */
 static inline float gelu_tanh(float x)
 {
     const float sqrt_2_over_pi = 0.7978845608028654f;
-    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
+    const float y = sqrt_2_over_pi * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (2.0f - 2.0f / (1.0f + expf(2.0f * y)));
 }
 
 /* Make sure every OpenMP thread of this call has attention scratch, and that
