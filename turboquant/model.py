@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -107,14 +107,7 @@ class Model:
         # Tokens whose keys and values are in the cache, in order; their count equals n_past.
         self._cached: list[int] = []
         self._busy = False
-        tokenizer = getattr(core_model, "tokenizer", None)
-        if tokenizer is None:
-            # The runtime may be built without a tokenizer attached to the model; the
-            # vocabulary is then read from the GGUF metadata by the Python tokenizer.
-            from .tokenizer import Tokenizer
-
-            tokenizer = Tokenizer.from_gguf(path)
-        self._tokenizer = tokenizer
+        self._tokenizer = core_model.tokenizer
         self._end_ids = self._find_end_ids()
 
     # ----------------------------------------------------------------- loading
@@ -337,8 +330,11 @@ class Model:
 
         prompt: text (tokenised with BOS, control tokens such as <start_of_turn> recognised)
         or a list of token ids used as they are. Sampling parameters are those of
-        ``turboquant._core.Sampler``; temperature 0 is greedy, and a fixed seed gives the same
-        text on every run. The penalties also count the prompt tokens, as llama.cpp does.
+        ``turboquant._core.Sampler``: temperature 0 is greedy, and the penalties read the last
+        penalty_last_n tokens of prompt and output, as llama.cpp does. A fixed seed gives the
+        same text for the same prompt and the same cache state (after ``reset``, or in a new
+        process). A cached prompt prefix computed by a different earlier call can round
+        differently and flip a near tie.
 
         Generation ends at EOS or <end_of_turn> (finish_reason "stop"), at the first stop
         string (the text is cut before it, finish_reason "stop"), or after max_tokens tokens
