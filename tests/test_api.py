@@ -205,6 +205,16 @@ def test_max_tokens_finish_length(model):
     assert stats.decode_tokens_per_s > 0
 
 
+def test_full_context_finish_length():
+    small = Model.load(threads=2, ctx=16)
+    prompt = small.tokenize(STORY_PROMPT)[:14]
+    small.generate(prompt, max_tokens=10)
+    # Tokens 1 and 2 fill positions 14 and 15; token 3 is sampled from the logits at
+    # position 15 but has no position left to be evaluated at.
+    assert small.last_stats.completion_tokens == 3
+    assert small.last_stats.finish_reason == "length"
+
+
 def test_max_tokens_zero(model):
     assert model.generate(STORY_PROMPT, max_tokens=0) == ""
     assert model.last_stats.finish_reason == "length"
