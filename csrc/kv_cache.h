@@ -1,7 +1,7 @@
 /* KV cache: keys and values of every layer and KV head, in a storage type chosen
  * separately for K and V, with attention computed directly on the stored rows.
  *
- * Layout: per layer, one array of slots; a slot holds the rows of all KV heads
+ * Layout: per layer, one array of slots; a slot contains the rows of all KV heads
  * of one position (head h at byte h * row_bytes). Global layers map position p
  * to slot p and grow their allocation as positions arrive, up to n_ctx.
  * Sliding-window layers keep a ring of window + n_batch slots (position p in
@@ -43,7 +43,7 @@ typedef struct {
     void (*write_rows)(const float *src, int64_t n, int head_dim, void *dst, size_t dst_stride);
 
     /* Bytes of the per-query state that prepare_query builds once per query
-     * vector and KV head (for example a lookup table of partial scores); a type
+     * vector and KV head, for example a lookup table of partial scores. A type
      * that scores with the float query itself returns head_dim * 4 and copies it. */
     size_t (*query_bytes)(int head_dim);
     void (*prepare_query)(const float *query, int head_dim, void *state);

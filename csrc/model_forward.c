@@ -2,11 +2,11 @@
  * micro-batches of n_batch tokens; a decode step is a micro-batch of one.
  *
  * The attention block of a layer runs RMSNorm, the Q/K/V projections, per-head
- * RMSNorm of Q and K, NeoX RoPE (dimension i pairs with i + head_dim / 2),
- * attention over the KV cache (sliding window on local layers), the output
- * projection, post-attention RMSNorm and the residual add. The FFN block runs
- * RMSNorm, down(gelu_tanh(gate x) * up x), post-FFN RMSNorm and the residual
- * add. The final RMSNorm and the LM head follow, without logit softcap.
+ * RMSNorm of Q and K, and NeoX RoPE (dimension i pairs with i + head_dim / 2).
+ * Attention over the KV cache follows (sliding window on local layers), then
+ * the output projection, post-attention RMSNorm and the residual add. The FFN
+ * block runs RMSNorm, down(gelu_tanh(gate x) * up x), post-FFN RMSNorm and the
+ * residual add. The final RMSNorm and the LM head follow, without logit softcap.
  */
 #include <math.h>
 #include <omp.h>
