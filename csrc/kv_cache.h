@@ -1,9 +1,10 @@
 /* KV cache: keys and values of every layer and KV head, in a storage type chosen
  * separately for K and V, with attention computed directly on the stored rows.
  *
- * Layout: per layer, one array of slots; a slot contains the rows of all KV heads
- * of one position (head h at byte h * row_bytes). Global layers map position p
- * to slot p and grow their allocation as positions arrive, up to n_ctx.
+ * Layout: each layer has one array of slots. A slot contains the rows of all KV
+ * heads of one position (head h at byte h * row_bytes). Global layers map
+ * position p to slot p and grow their allocation as positions arrive, up to
+ * n_ctx.
  * Sliding-window layers keep a ring of window + n_batch slots (position p in
  * slot p mod ring size): a query at p needs keys from p - window + 1 on, and a
  * micro-batch writes up to n_batch positions before its queries read, so the

@@ -509,11 +509,11 @@ def test_quantized_path_close_to_transformers(model_path, prompt_ids, transforme
     # The runtime path quantizes each activation row to 8 bits (Q8_0, or Q8_K for
     # the K-quant weights) before integer dot products, as llama.cpp does. With
     # Gemma 3's large activations that moves logits by about 1. Observed over the
-    # four prompts: mean difference 0.18 to 0.52, median row maximum 0.88 to 1.17,
-    # 99th percentile row maximum up to 3.5, and one outlier row of 9.6 in the
-    # long prompt, which no bound below covers because one flipped activation
-    # code decides it. The top token differs at 6 of 731 positions, each a near
-    # tie in transformers (top-2 gap at most 0.17).
+    # four prompts: mean difference 0.18 to 0.52, median row maximum 0.88 to 1.17
+    # and 99th percentile row maximum up to 3.5. One outlier row of the long
+    # prompt reaches 9.6. No bound covers that maximum, because a single flipped
+    # activation code decides it. The top token differs at 6 of 731 positions,
+    # each a near tie in transformers (top-2 gap at most 0.17).
     reference_logits, _ = transformers_reference
     agreeing = 0
     positions = 0
