@@ -157,6 +157,22 @@ def test_thread_count_keeps_logits(model_path):
     np.testing.assert_array_equal(two_threads, one_thread)
 
 
+def test_decode_splits_long_attention(tmp_path):
+    # With more threads than decode tasks (4 threads, 2 KV heads), a step past 256
+    # visible positions splits its attention range and merges the partial sums.
+    # F32 weights keep the activations in float, so only summation order differs
+    # from the single-thread run (observed 4e-6 on logits of about 65).
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, tiny_weights())
+    tokens = np.random.default_rng(3).integers(4, TINY["vocab"], size=300).tolist()
+    results = []
+    for threads in (1, 4):
+        model = _core.Model(str(path), threads=threads, cache_type_k="f16", cache_type_v="f32", ctx=320)
+        model.eval(tokens[:-4], logits="none")
+        results.append(np.stack([model.eval([token]) for token in tokens[-4:]]))
+    np.testing.assert_allclose(results[1], results[0], rtol=0, atol=1e-4)
+
+
 def test_truncate_then_eval_repeats_logits(model_path):
     # The same calls after truncation must give the same logits: the truncated
     # positions are overwritten, and nothing else depends on them.
