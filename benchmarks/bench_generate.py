@@ -221,6 +221,7 @@ def main(argv=None):
         print(f"llama_cpp is not importable ({exc}); measuring turboquant only. "
               "Install it with: pip install llama-cpp-python", file=sys.stderr)
 
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(tokens[: max(prompts)], f)
@@ -242,6 +243,7 @@ def main(argv=None):
     finally:
         os.unlink(tokens_file)
 
+    load_after = os.getloadavg()[0]
     command = "python benchmarks/bench_generate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     body = "\n".join([
         f"Command: `{command.strip()}`",
@@ -249,6 +251,9 @@ def main(argv=None):
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
         f"llama-cpp-python {llama_version or 'not installed'}; model {os.path.basename(args.model)}; "
         "KV cache f16 on both engines.",
+        "",
+        f"Load average (1 minute) before and after the run: {load_before:.1f} and {load_after:.1f}. "
+        "A load above the core count means other processes shared the CPU, which makes the speeds noisy.",
         "",
         format_table(rows, args.decode, len(engines) > 1),
     ])
