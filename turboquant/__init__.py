@@ -32,3 +32,7 @@ from .tokenizer import StreamDecoder, Tokenizer  # noqa: E402
 
 __all__ += ["Tokenizer", "StreamDecoder", "format_gemma3_chat", "encode_gemma3_chat"]
 __all__ += ["Model", "GenerationStats"]
+# KV-cache codecs and attention on their codes.
+from ._core import KVCodec, kv_attention
+
+__all__ += ["KVCodec", "kv_attention"]

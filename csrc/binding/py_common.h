@@ -44,5 +44,6 @@ int tq_py_init_gguf(PyObject *module);
 int tq_py_init_tokenizer(PyObject *module);
 int tq_py_init_model(PyObject *module);
 int tq_py_init_sampler(PyObject *module);
+int tq_py_init_kv_codec(PyObject *module);
 
 #endif /* TQ_PY_COMMON_H */

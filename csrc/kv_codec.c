@@ -1,0 +1,871 @@
+/* KV-cache codecs: format table, codebooks, rotation, encoding, and attention on codes. */
+#include "kv_codec.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_codec_kernels.h"
+#include "rng.h"
+
+/* Purposes passed to tq_rng_derive_seed, so rotation signs and the QJL matrix of one seed
+ * are independent streams. */
+enum { SEED_ROTATION = 0x6b76726f74ull, SEED_QJL = 0x6b76716a6cull };
+
+typedef struct {
+    const char *name;
+    int kind;
+    int bits_first;
+    int bits_second;
+    int has_qjl;
+} format_spec;
+
+static const format_spec format_specs[] = {
+    {"f16", TQ_KV_KIND_F16, 0, 0, 0},      {"tq4", TQ_KV_KIND_MSE, 4, 4, 0},
+    {"tq3.5", TQ_KV_KIND_MSE, 4, 3, 0},    {"tq3", TQ_KV_KIND_MSE, 3, 3, 0},
+    {"tq2.5", TQ_KV_KIND_MSE, 3, 2, 0},    {"tq2", TQ_KV_KIND_MSE, 2, 2, 0},
+    {"tq3+qjl", TQ_KV_KIND_MSE, 2, 2, 1},  {"tq4+qjl", TQ_KV_KIND_MSE, 3, 3, 1},
+    {"polar", TQ_KV_KIND_POLAR, 0, 0, 0},  {"polar+qjl", TQ_KV_KIND_POLAR, 0, 0, 1},
+};
+
+#define FORMAT_COUNT (sizeof(format_specs) / sizeof(format_specs[0]))
+
+struct tq_kv_codec {
+    const format_spec *spec;
+    tq_isa isa;
+    const tq_kv_kernels *kernels;
+    tq_kv_layout layout;
+    size_t row_bytes;
+    /* Decision thresholds between consecutive centroids (levels - 1 of them). */
+    float thresholds_first[15];
+    float thresholds_second[15];
+    float radius_thresholds[15];
+    /* Random signs of the two rounds of the randomized Hadamard transform. */
+    float *signs;      /* 2 * head_dim: round 1, then round 2 */
+    float *projection; /* QJL matrix, head_dim x head_dim, row-major, N(0, 1) entries; NULL without QJL */
+};
+
+/* ---------------------------------------------------------------------------------- */
+/* f16 conversion (round to nearest even), used for norms and f16 rows.                 */
+
+static uint16_t float_to_half(float value)
+{
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof(bits));
+    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    const uint32_t abs_bits = bits & 0x7fffffffu;
+
+    if (abs_bits >= 0x7f800000u) {
+        return (uint16_t)(sign | 0x7c00u | (abs_bits > 0x7f800000u ? 0x200u : 0u));
+    }
+    if (abs_bits >= 0x477ff000u) {
+        return (uint16_t)(sign | 0x7c00u); /* rounds above 65504: infinity */
+    }
+    if (abs_bits < 0x38800000u) {
+        /* Below the smallest normal half (2^-14): round value * 2^24 to an integer. */
+        float abs_value;
+        memcpy(&abs_value, &abs_bits, sizeof(abs_value));
+        return (uint16_t)(sign | (uint16_t)lrintf(abs_value * 0x1p24f));
+    }
+    /* Normal: rebias the exponent and round the 13 dropped mantissa bits to nearest even. */
+    const uint32_t rebased = abs_bits - 0x38000000u;
+    const uint32_t rounded = rebased + 0x0fffu + ((rebased >> 13) & 1u);
+    return (uint16_t)(sign | (uint16_t)(rounded >> 13));
+}
+
+static void store_half(uint8_t *p, float value)
+{
+    const uint16_t h = float_to_half(value);
+    p[0] = (uint8_t)(h & 0xff);
+    p[1] = (uint8_t)(h >> 8);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Lloyd-Max codebooks.                                                                 */
+/*                                                                                      */
+/* Densities are written in the scaled variable t = x * sqrt(d), where a coordinate of a */
+/* uniform unit vector has variance 1. The density is tabulated at the ends and midpoints */
+/* of LLOYD_GRID cells with cumulative Simpson integrals of f, t f and t^2 f, so each     */
+/* Lloyd iteration costs O(levels) and integrals are accurate to O(step^4).              */
+
+#define LLOYD_GRID 16384
+#define LLOYD_MAX_ITERATIONS 200000
+#define LLOYD_TOLERANCE 1e-12
+
+/* One coordinate of a uniform unit vector in dim dimensions: f(t) ~ (1 - t^2/d)^((d-3)/2). */
+static double sphere_coordinate_density(double t, double dim)
+{
+    const double u = 1.0 - t * t / dim;
+    return u <= 0.0 ? 0.0 : exp(0.5 * (dim - 3.0) * log(u));
+}
+
+/* Radius of a coordinate pair of a uniform unit vector: f(r) ~ r (1 - r^2/d)^((d-4)/2). */
+static double pair_radius_density(double r, double dim)
+{
+    const double u = 1.0 - r * r / dim;
+    return u <= 0.0 || r <= 0.0 ? 0.0 : r * exp(0.5 * (dim - 4.0) * log(u));
+}
+
+typedef struct {
+    double lo;
+    double step;
+    double *g[3];      /* t^k f(t) at the 2 * LLOYD_GRID + 1 cell ends and midpoints, k = 0, 1, 2 */
+    double *cumul[3];  /* Simpson integrals of g[k] from lo to each of the LLOYD_GRID + 1 cell ends */
+} density_table;
+
+/* Integral of g[k] from lo to x, integrating the quadratic through the cell's two ends
+ * and midpoint up to x. */
+static double table_integral(const density_table *table, int k, double x)
+{
+    double position = (x - table->lo) / table->step;
+    if (position <= 0.0) {
+        return 0.0;
+    }
+    if (position >= LLOYD_GRID) {
+        return table->cumul[k][LLOYD_GRID];
+    }
+    const size_t cell = (size_t)position;
+    const double u = position - (double)cell;
+    const double *g = table->g[k] + 2 * cell;
+    const double u2 = u * u;
+    const double u3 = u2 * u;
+    const double weight_start = 2.0 * (u3 / 3.0 - 0.75 * u2 + 0.5 * u);
+    const double weight_mid = -4.0 * (u3 / 3.0 - 0.5 * u2);
+    const double weight_end = 2.0 * (u3 / 3.0 - 0.25 * u2);
+    return table->cumul[k][cell] + table->step * (weight_start * g[0] + weight_mid * g[1] + weight_end * g[2]);
+}
+
+/* Lloyd-Max quantizer with `levels` centroids for density(t, dim) on [lo, hi]. Writes the
+ * centroids and thresholds in unit-vector units (t / sqrt(dim)) and, when mse is not NULL,
+ * the expected squared error per coordinate in t units. */
+static tq_status lloyd_max(double (*density)(double, double), double dim, double lo, double hi, int levels,
+                           float *centroids, float *thresholds, double *mse, tq_error *err)
+{
+    enum { POINTS = 2 * LLOYD_GRID + 1, ENDS = LLOYD_GRID + 1 };
+    density_table table;
+    table.lo = lo;
+    table.step = (hi - lo) / LLOYD_GRID;
+    double *storage = malloc(3 * (POINTS + ENDS) * sizeof(double));
+    if (storage == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory building a %d-level codebook", levels);
+    }
+    for (int k = 0; k < 3; k++) {
+        table.g[k] = storage + (size_t)k * POINTS;
+        table.cumul[k] = storage + 3 * (size_t)POINTS + (size_t)k * ENDS;
+    }
+    for (size_t i = 0; i < POINTS; i++) {
+        const double t = lo + 0.5 * table.step * (double)i;
+        const double f = density(t, dim);
+        table.g[0][i] = f;
+        table.g[1][i] = t * f;
+        table.g[2][i] = t * t * f;
+    }
+    for (int k = 0; k < 3; k++) {
+        const double *g = table.g[k];
+        table.cumul[k][0] = 0.0;
+        for (size_t i = 0; i < LLOYD_GRID; i++) {
+            table.cumul[k][i + 1] =
+                table.cumul[k][i] + table.step / 6.0 * (g[2 * i] + 4.0 * g[2 * i + 1] + g[2 * i + 2]);
+        }
+    }
+    const double total_mass = table.cumul[0][LLOYD_GRID];
+
+    /* Start from evenly spaced centroids over the bulk of the density (about +-2.5 sigma,
+     * or [0, 3.5] for a radius); Lloyd iterations then move them to the optimum. */
+    double c[16];
+    const double start = lo < 0.0 ? -2.5 : 0.2;
+    const double end = lo < 0.0 ? 2.5 : 3.5;
+    for (int i = 0; i < levels; i++) {
+        c[i] = start + (end - start) * (i + 0.5) / levels;
+    }
+
+    double edges[17];
+    for (int iteration = 0; iteration < LLOYD_MAX_ITERATIONS; iteration++) {
+        edges[0] = lo;
+        edges[levels] = hi;
+        for (int i = 1; i < levels; i++) {
+            edges[i] = 0.5 * (c[i - 1] + c[i]);
+        }
+        double change = 0.0;
+        for (int i = 0; i < levels; i++) {
+            const double mass = table_integral(&table, 0, edges[i + 1]) - table_integral(&table, 0, edges[i]);
+            const double moment = table_integral(&table, 1, edges[i + 1]) - table_integral(&table, 1, edges[i]);
+            if (mass > 1e-300) {
+                const double updated = moment / mass;
+                change = fmax(change, fabs(updated - c[i]));
+                c[i] = updated;
+            }
+        }
+        if (change < LLOYD_TOLERANCE) {
+            break;
+        }
+    }
+
+    edges[0] = lo;
+    edges[levels] = hi;
+    for (int i = 1; i < levels; i++) {
+        edges[i] = 0.5 * (c[i - 1] + c[i]);
+    }
+    double error = 0.0;
+    for (int i = 0; i < levels; i++) {
+        double m[3];
+        for (int k = 0; k < 3; k++) {
+            m[k] = table_integral(&table, k, edges[i + 1]) - table_integral(&table, k, edges[i]);
+        }
+        error += m[2] - 2.0 * c[i] * m[1] + c[i] * c[i] * m[0];
+    }
+    if (mse != NULL) {
+        *mse = error / total_mass;
+    }
+
+    const double unit = 1.0 / sqrt(dim);
+    for (int i = 0; i < 16; i++) {
+        centroids[i] = i < levels ? (float)(c[i] * unit) : 0.0f;
+    }
+    for (int i = 1; i < levels; i++) {
+        thresholds[i - 1] = (float)(edges[i] * unit);
+    }
+    free(storage);
+    return TQ_OK;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Randomized Hadamard rotation: y = H D2 H D1 x / d with random sign diagonals D1, D2. */
+/* Two rounds spread even a one-hot vector into near-Gaussian coordinates.             */
+
+static void walsh_hadamard(float *x, size_t d)
+{
+    for (size_t len = 1; len < d; len <<= 1) {
+        for (size_t start = 0; start < d; start += 2 * len) {
+            for (size_t j = start; j < start + len; j++) {
+                const float a = x[j];
+                const float b = x[j + len];
+                x[j] = a + b;
+                x[j + len] = a - b;
+            }
+        }
+    }
+}
+
+static void rotate_forward(const tq_kv_codec *codec, float *x)
+{
+    const size_t d = codec->layout.head_dim;
+    const float *signs1 = codec->signs;
+    const float *signs2 = codec->signs + d;
+    const float inverse_d = 1.0f / (float)d;
+    for (size_t j = 0; j < d; j++) {
+        x[j] *= signs1[j];
+    }
+    walsh_hadamard(x, d);
+    for (size_t j = 0; j < d; j++) {
+        x[j] *= signs2[j];
+    }
+    walsh_hadamard(x, d);
+    for (size_t j = 0; j < d; j++) {
+        x[j] *= inverse_d;
+    }
+}
+
+/* Inverse of rotate_forward, times scale. */
+static void rotate_inverse(const tq_kv_codec *codec, float *x, float scale)
+{
+    const size_t d = codec->layout.head_dim;
+    const float *signs1 = codec->signs;
+    const float *signs2 = codec->signs + d;
+    const float factor = scale / (float)d;
+    walsh_hadamard(x, d);
+    for (size_t j = 0; j < d; j++) {
+        x[j] *= signs2[j];
+    }
+    walsh_hadamard(x, d);
+    for (size_t j = 0; j < d; j++) {
+        x[j] *= signs1[j] * factor;
+    }
+}
+
+/* out = S x (QJL projection of a rotated vector). */
+static void project(const tq_kv_codec *codec, const float *x, float *out)
+{
+    const size_t d = codec->layout.head_dim;
+    for (size_t i = 0; i < d; i++) {
+        const float *s = codec->projection + i * d;
+        float sum = 0.0f;
+        for (size_t j = 0; j < d; j++) {
+            sum += s[j] * x[j];
+        }
+        out[i] = sum;
+    }
+}
+
+/* x += S^T a. */
+static void project_transposed_add(const tq_kv_codec *codec, const float *a, float *x)
+{
+    const size_t d = codec->layout.head_dim;
+    for (size_t i = 0; i < d; i++) {
+        const float *s = codec->projection + i * d;
+        const float weight = a[i];
+        for (size_t j = 0; j < d; j++) {
+            x[j] += weight * s[j];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Creation.                                                                            */
+
+static tq_status build_layout(tq_kv_codec *codec, size_t d, tq_error *err)
+{
+    const format_spec *spec = codec->spec;
+    tq_kv_layout *layout = &codec->layout;
+    memset(layout, 0, sizeof(*layout));
+    layout->kind = spec->kind;
+    layout->has_qjl = spec->has_qjl;
+    layout->head_dim = d;
+    layout->bits_first = spec->bits_first;
+    layout->bits_second = spec->bits_second;
+    layout->query_floats = spec->has_qjl ? 2 * d + 16 : d;
+    layout->acc_floats = spec->has_qjl ? 2 * d : d;
+    layout->qjl_scale = (float)(sqrt(M_PI / 2.0) / (double)d);
+
+    const size_t plane_bytes = d / 16; /* one plane covers half of the coordinates */
+    size_t offset = 0;
+    if (spec->kind == TQ_KV_KIND_F16) {
+        layout->codes_offset = 0;
+        codec->row_bytes = 2 * d;
+        return TQ_OK;
+    }
+    layout->norm_offset = offset;
+    offset += 2;
+    if (spec->has_qjl) {
+        layout->qjl_norm_offset = offset;
+        offset += 2;
+    }
+    layout->codes_offset = offset;
+
+    const double dim = (double)d;
+    const double reach = fmin(sqrt(dim), 12.0); /* the density is below exp(-70) beyond 12 sigma */
+    if (spec->kind == TQ_KV_KIND_MSE) {
+        offset += (size_t)(spec->bits_first + spec->bits_second) * plane_bytes;
+        tq_status status = lloyd_max(sphere_coordinate_density, dim, -reach, reach, 1 << spec->bits_first,
+                                     layout->centroids_first, codec->thresholds_first, NULL, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+        status = lloyd_max(sphere_coordinate_density, dim, -reach, reach, 1 << spec->bits_second,
+                           layout->centroids_second, codec->thresholds_second, NULL, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+    } else {
+        offset += (size_t)(TQ_KV_POLAR_RADIUS_BITS + TQ_KV_POLAR_ANGLE_BITS) * plane_bytes;
+        tq_status status = lloyd_max(pair_radius_density, dim, 0.0, reach, 1 << TQ_KV_POLAR_RADIUS_BITS,
+                                     layout->radius, codec->radius_thresholds, NULL, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+        /* Angle bins of width pi/4 centred on -pi + (k + 1/2) pi/4. For an angle spread
+         * uniformly over its bin the MSE-optimal point lies on the centre ray, shortened by
+         * E[cos(angle - centre)] = sin(pi/8) / (pi/8). */
+        const double width = 2.0 * M_PI / (1 << TQ_KV_POLAR_ANGLE_BITS);
+        const double shrink = sin(0.5 * width) / (0.5 * width);
+        for (int k = 0; k < (1 << TQ_KV_POLAR_ANGLE_BITS); k++) {
+            const double centre = -M_PI + (k + 0.5) * width;
+            layout->angle_cos[k] = (float)(shrink * cos(centre));
+            layout->angle_sin[k] = (float)(shrink * sin(centre));
+        }
+    }
+    if (spec->has_qjl) {
+        layout->qjl_offset = offset;
+        offset += d / 8;
+    }
+    codec->row_bytes = offset;
+    return TQ_OK;
+}
+
+static const tq_kv_kernels *kernels_for(tq_isa isa)
+{
+    switch (isa) {
+#if defined(TQ_HAVE_AVX2_KERNELS)
+    case TQ_ISA_AVX2:
+        return &tq_kv_kernels_avx2;
+#endif
+#if defined(TQ_HAVE_AVX512_KERNELS)
+    case TQ_ISA_AVX512:
+        return &tq_kv_kernels_avx512;
+#endif
+#if defined(TQ_HAVE_NEON_KERNELS)
+    case TQ_ISA_NEON:
+        return &tq_kv_kernels_neon;
+#endif
+    default:
+        return &tq_kv_kernels_scalar;
+    }
+}
+
+tq_status tq_kv_codec_create(const char *name, size_t head_dim, uint64_t seed, tq_isa isa, tq_kv_codec **out,
+                             tq_error *err)
+{
+    *out = NULL;
+    const format_spec *spec = NULL;
+    for (size_t i = 0; name != NULL && i < FORMAT_COUNT; i++) {
+        if (strcmp(name, format_specs[i].name) == 0) {
+            spec = &format_specs[i];
+        }
+    }
+    if (spec == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "unknown KV cache format '%s'; valid formats: %s",
+                            name != NULL ? name : "(null)", TQ_KV_FORMAT_NAMES);
+    }
+    if (head_dim < TQ_KV_MIN_HEAD_DIM || head_dim > TQ_KV_MAX_HEAD_DIM || (head_dim & (head_dim - 1)) != 0) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "head_dim %zu is not supported by KV cache format '%s'; use a power of two from %d "
+                            "to %d",
+                            head_dim, name, TQ_KV_MIN_HEAD_DIM, TQ_KV_MAX_HEAD_DIM);
+    }
+    if (!tq_isa_supported(isa)) {
+        return tq_error_set(err, TQ_ERR_INVALID, "kernel variant '%s' is not supported by this CPU or build",
+                            tq_isa_name(isa));
+    }
+
+    tq_kv_codec *codec = calloc(1, sizeof(*codec));
+    if (codec == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory creating KV cache format '%s'", name);
+    }
+    codec->spec = spec;
+    codec->isa = isa;
+    codec->kernels = kernels_for(isa);
+
+    tq_status status = build_layout(codec, head_dim, err);
+    if (status != TQ_OK) {
+        tq_kv_codec_free(codec);
+        return status;
+    }
+
+    if (spec->kind != TQ_KV_KIND_F16) {
+        codec->signs = tq_aligned_alloc(2 * head_dim * sizeof(float));
+        if (codec->signs == NULL) {
+            tq_kv_codec_free(codec);
+            return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the rotation of format '%s'", name);
+        }
+        tq_rng rng;
+        tq_rng_seed(&rng, tq_rng_derive_seed(seed, SEED_ROTATION));
+        for (size_t j = 0; j < 2 * head_dim; j++) {
+            codec->signs[j] = (tq_rng_next_u64(&rng) >> 63) ? -1.0f : 1.0f;
+        }
+    }
+    if (spec->has_qjl) {
+        size_t count;
+        if (!tq_mul_size(head_dim, head_dim * sizeof(float), &count) ||
+            (codec->projection = tq_aligned_alloc(count)) == NULL) {
+            tq_kv_codec_free(codec);
+            return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the QJL matrix of format '%s'", name);
+        }
+        tq_rng rng;
+        tq_rng_seed(&rng, tq_rng_derive_seed(seed, SEED_QJL));
+        for (size_t i = 0; i < head_dim * head_dim; i++) {
+            codec->projection[i] = (float)tq_rng_normal(&rng);
+        }
+    }
+    *out = codec;
+    return TQ_OK;
+}
+
+void tq_kv_codec_free(tq_kv_codec *codec)
+{
+    if (codec == NULL) {
+        return;
+    }
+    tq_aligned_free(codec->signs);
+    tq_aligned_free(codec->projection);
+    free(codec);
+}
+
+const char *tq_kv_codec_name(const tq_kv_codec *codec)
+{
+    return codec->spec->name;
+}
+
+size_t tq_kv_codec_head_dim(const tq_kv_codec *codec)
+{
+    return codec->layout.head_dim;
+}
+
+tq_isa tq_kv_codec_isa(const tq_kv_codec *codec)
+{
+    return codec->isa;
+}
+
+size_t tq_kv_codec_row_bytes(const tq_kv_codec *codec)
+{
+    return codec->row_bytes;
+}
+
+double tq_kv_codec_bits_per_value(const tq_kv_codec *codec)
+{
+    return 8.0 * (double)codec->row_bytes / (double)codec->layout.head_dim;
+}
+
+const float *tq_kv_codec_centroids(const tq_kv_codec *codec, size_t *count)
+{
+    switch (codec->layout.kind) {
+    case TQ_KV_KIND_MSE:
+        *count = (size_t)1 << codec->layout.bits_first;
+        return codec->layout.centroids_first;
+    case TQ_KV_KIND_POLAR:
+        *count = (size_t)1 << TQ_KV_POLAR_RADIUS_BITS;
+        return codec->layout.radius;
+    default:
+        *count = 0;
+        return NULL;
+    }
+}
+
+size_t tq_kv_codec_query_floats(const tq_kv_codec *codec)
+{
+    return codec->layout.query_floats;
+}
+
+size_t tq_kv_codec_acc_floats(const tq_kv_codec *codec)
+{
+    return codec->layout.acc_floats;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Encoding and decoding.                                                               */
+
+/* Index of the first threshold above value, which is the nearest centroid's index. */
+static unsigned quantize(float value, const float *thresholds, int levels)
+{
+    unsigned code = 0;
+    for (int i = 0; i < levels - 1; i++) {
+        code += value > thresholds[i];
+    }
+    return code;
+}
+
+static void write_code(uint8_t *planes, size_t plane_bytes, int bits, size_t j, unsigned code)
+{
+    for (int p = 0; p < bits; p++) {
+        planes[(size_t)p * plane_bytes + (j >> 3)] |= (uint8_t)(((code >> p) & 1u) << (j & 7));
+    }
+}
+
+static tq_status encode_row(const tq_kv_codec *codec, const float *x, uint8_t *row, size_t row_index, tq_error *err)
+{
+    const tq_kv_layout *layout = &codec->layout;
+    const size_t d = layout->head_dim;
+    const size_t half = d / 2;
+    const size_t plane_bytes = d / 16;
+
+    double sum_squares = 0.0;
+    for (size_t j = 0; j < d; j++) {
+        if (!isfinite(x[j])) {
+            return tq_error_set(err, TQ_ERR_INVALID, "row %zu, column %zu is %g; KV cache inputs must be finite",
+                                row_index, j, (double)x[j]);
+        }
+        sum_squares += (double)x[j] * (double)x[j];
+    }
+    memset(row, 0, codec->row_bytes);
+
+    if (layout->kind == TQ_KV_KIND_F16) {
+        for (size_t j = 0; j < d; j++) {
+            if (fabsf(x[j]) > 65504.0f) {
+                return tq_error_set(err, TQ_ERR_INVALID,
+                                    "row %zu, column %zu is %g, outside the f16 range (65504); use a "
+                                    "TurboQuant format, which stores only the row norm in f16",
+                                    row_index, j, (double)x[j]);
+            }
+            store_half(row + 2 * j, x[j]);
+        }
+        return TQ_OK;
+    }
+
+    const double norm = sqrt(sum_squares);
+    if (norm > 65504.0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "row %zu has norm %g, above the f16 maximum 65504 used for norms",
+                            row_index, norm);
+    }
+    store_half(row + layout->norm_offset, (float)norm);
+
+    float unit[TQ_KV_MAX_HEAD_DIM];
+    const float inverse_norm = norm > 0.0 ? (float)(1.0 / norm) : 0.0f;
+    for (size_t j = 0; j < d; j++) {
+        unit[j] = x[j] * inverse_norm;
+    }
+    rotate_forward(codec, unit);
+
+    uint8_t *codes = row + layout->codes_offset;
+    if (layout->kind == TQ_KV_KIND_MSE) {
+        uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
+        const int levels_first = 1 << layout->bits_first;
+        const int levels_second = 1 << layout->bits_second;
+        for (size_t j = 0; j < half; j++) {
+            write_code(codes, plane_bytes, layout->bits_first, j,
+                       quantize(unit[j], codec->thresholds_first, levels_first));
+            write_code(second, plane_bytes, layout->bits_second, j,
+                       quantize(unit[half + j], codec->thresholds_second, levels_second));
+        }
+    } else {
+        uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
+        const int angle_bins = 1 << TQ_KV_POLAR_ANGLE_BITS;
+        const double bin_width = 2.0 * M_PI / angle_bins;
+        for (size_t j = 0; j < half; j++) {
+            const float a = unit[j];
+            const float b = unit[half + j];
+            const float radius = sqrtf(a * a + b * b);
+            write_code(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j,
+                       quantize(radius, codec->radius_thresholds, 1 << TQ_KV_POLAR_RADIUS_BITS));
+            int bin = (int)floor((atan2((double)b, (double)a) + M_PI) / bin_width);
+            bin = bin < 0 ? 0 : (bin >= angle_bins ? angle_bins - 1 : bin);
+            write_code(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j, (unsigned)bin);
+        }
+    }
+
+    if (layout->has_qjl) {
+        float reconstruction[TQ_KV_MAX_HEAD_DIM];
+        float projected[TQ_KV_MAX_HEAD_DIM];
+        tq_kv_decode_main_scalar(layout, row, reconstruction);
+        double residual_squares = 0.0;
+        for (size_t j = 0; j < d; j++) {
+            unit[j] -= reconstruction[j];
+            residual_squares += (double)unit[j] * (double)unit[j];
+        }
+        store_half(row + layout->qjl_norm_offset, (float)sqrt(residual_squares));
+        project(codec, unit, projected);
+        uint8_t *signs = row + layout->qjl_offset;
+        for (size_t i = 0; i < d; i++) {
+            signs[i >> 3] |= (uint8_t)((projected[i] >= 0.0f) << (i & 7));
+        }
+    }
+    return TQ_OK;
+}
+
+tq_status tq_kv_codec_encode(const tq_kv_codec *codec, const float *x, size_t x_stride, size_t n, uint8_t *rows,
+                             size_t row_stride, tq_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        tq_status status = encode_row(codec, x + i * x_stride, rows + i * row_stride, i, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    return TQ_OK;
+}
+
+void tq_kv_codec_decode(const tq_kv_codec *codec, const uint8_t *rows, size_t row_stride, size_t n, float *out,
+                        size_t out_stride)
+{
+    const tq_kv_layout *layout = &codec->layout;
+    const size_t d = layout->head_dim;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = rows + i * row_stride;
+        float *x = out + i * out_stride;
+        tq_kv_decode_main_scalar(layout, row, x);
+        if (layout->kind == TQ_KV_KIND_F16) {
+            continue;
+        }
+        if (layout->has_qjl) {
+            float signed_weights[TQ_KV_MAX_HEAD_DIM];
+            const float weight = layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
+            const uint8_t *signs = row + layout->qjl_offset;
+            for (size_t j = 0; j < d; j++) {
+                signed_weights[j] = ((signs[j >> 3] >> (j & 7)) & 1) ? weight : -weight;
+            }
+            project_transposed_add(codec, signed_weights, x);
+        }
+        rotate_inverse(codec, x, tq_kv_load_half(row + layout->norm_offset));
+    }
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Attention on codes.                                                                  */
+
+void tq_kv_codec_prepare_query(const tq_kv_codec *codec, const float *q, float *prepared)
+{
+    const tq_kv_layout *layout = &codec->layout;
+    const size_t d = layout->head_dim;
+    memset(prepared, 0, layout->query_floats * sizeof(float));
+    memcpy(prepared, q, d * sizeof(float));
+    if (layout->kind == TQ_KV_KIND_F16) {
+        return;
+    }
+    rotate_forward(codec, prepared);
+    if (layout->has_qjl) {
+        float *projected = prepared + d;
+        project(codec, prepared, projected);
+        float sum = 0.0f;
+        for (size_t j = 0; j < d; j++) {
+            sum += projected[j];
+        }
+        projected[d] = sum;
+    }
+}
+
+void tq_kv_codec_scores(const tq_kv_codec *codec, const float *prepared, int n_queries, const uint8_t *rows,
+                        size_t row_stride, size_t n, float *out, size_t out_stride)
+{
+    codec->kernels->scores(&codec->layout, prepared, n_queries, rows, row_stride, n, out, out_stride);
+}
+
+void tq_kv_codec_accumulate(const tq_kv_codec *codec, const uint8_t *rows, size_t row_stride, size_t n,
+                            const float *weights, size_t weight_stride, int n_queries, float *acc)
+{
+    codec->kernels->accumulate(&codec->layout, rows, row_stride, n, weights, weight_stride, n_queries, acc);
+}
+
+void tq_kv_codec_finish(const tq_kv_codec *codec, float *acc, float scale, float *out)
+{
+    const tq_kv_layout *layout = &codec->layout;
+    const size_t d = layout->head_dim;
+    if (layout->kind != TQ_KV_KIND_F16) {
+        if (layout->has_qjl) {
+            project_transposed_add(codec, acc + d, acc);
+        }
+        rotate_inverse(codec, acc, 1.0f);
+    }
+    for (size_t j = 0; j < d; j++) {
+        out[j] = acc[j] * scale;
+    }
+}
+
+/* Positions per work item: enough to amortise the loop set-up, small enough that two
+ * threads get balanced work at a few hundred positions. */
+#define ATTENTION_BLOCK 128
+
+tq_status tq_kv_attention(const tq_kv_codec *key_codec, const tq_kv_codec *value_codec, const float *q,
+                          size_t n_heads, size_t n_kv_heads, const uint8_t *keys, size_t key_stride,
+                          const uint8_t *values, size_t value_stride, size_t n, float scale, float *out,
+                          tq_error *err)
+{
+    const size_t d = key_codec->layout.head_dim;
+    if (value_codec->layout.head_dim != d) {
+        return tq_error_set(err, TQ_ERR_INVALID, "key head_dim %zu differs from value head_dim %zu", d,
+                            value_codec->layout.head_dim);
+    }
+    if (n_kv_heads == 0 || n_heads == 0 || n_heads % n_kv_heads != 0) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "n_heads %zu must be a positive multiple of n_kv_heads %zu", n_heads, n_kv_heads);
+    }
+    const size_t group = n_heads / n_kv_heads;
+    if (group > TQ_KV_MAX_GROUP) {
+        return tq_error_set(err, TQ_ERR_INVALID, "%zu query heads per KV head exceeds the maximum %d", group,
+                            TQ_KV_MAX_GROUP);
+    }
+    if (n == 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "attention needs at least one position (n = 0)");
+    }
+
+    const size_t query_floats = key_codec->layout.query_floats;
+    const size_t acc_floats = value_codec->layout.acc_floats;
+    const size_t key_row_bytes = key_codec->row_bytes;
+    const size_t value_row_bytes = value_codec->row_bytes;
+    const size_t n_blocks = (n + ATTENTION_BLOCK - 1) / ATTENTION_BLOCK;
+    const size_t n_items = n_kv_heads * n_blocks;
+    int n_threads = omp_get_max_threads();
+    if (n_threads < 1) {
+        n_threads = 1;
+    }
+
+    size_t score_count, acc_count, block_count;
+    if (!tq_mul_size(n_heads, n, &score_count) ||
+        !tq_mul_size((size_t)n_threads * n_heads, acc_floats, &acc_count) ||
+        !tq_mul_size(n_heads, n_blocks, &block_count)) {
+        return tq_error_set(err, TQ_ERR_RANGE, "attention over %zu positions and %zu heads overflows size_t", n,
+                            n_heads);
+    }
+    float *prepared = tq_aligned_alloc(n_heads * query_floats * sizeof(float));
+    float *scores = tq_aligned_alloc(score_count * sizeof(float));
+    float *accs = tq_aligned_alloc(acc_count * sizeof(float));
+    float *block_max = tq_aligned_alloc(block_count * sizeof(float));
+    float *block_sum = tq_aligned_alloc(block_count * sizeof(float));
+    if (prepared == NULL || scores == NULL || accs == NULL || block_max == NULL || block_sum == NULL) {
+        tq_aligned_free(prepared);
+        tq_aligned_free(scores);
+        tq_aligned_free(accs);
+        tq_aligned_free(block_max);
+        tq_aligned_free(block_sum);
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for attention over %zu positions", n);
+    }
+    memset(accs, 0, acc_count * sizeof(float));
+
+    #pragma omp parallel num_threads(n_threads)
+    {
+        float *my_accs = accs + (size_t)omp_get_thread_num() * n_heads * acc_floats;
+
+        #pragma omp for schedule(static)
+        for (size_t h = 0; h < n_heads; h++) {
+            tq_kv_codec_prepare_query(key_codec, q + h * d, prepared + h * query_floats);
+        }
+
+        /* Pass 1: scaled scores and their maximum per block. */
+        #pragma omp for schedule(static)
+        for (size_t item = 0; item < n_items; item++) {
+            const size_t g = item / n_blocks;
+            const size_t start = (item % n_blocks) * ATTENTION_BLOCK;
+            const size_t count = n - start < ATTENTION_BLOCK ? n - start : ATTENTION_BLOCK;
+            float *block_scores = scores + g * group * n + start;
+            tq_kv_codec_scores(key_codec, prepared + g * group * query_floats, (int)group,
+                               keys + start * key_stride + g * key_row_bytes, key_stride, count, block_scores, n);
+            for (size_t h = 0; h < group; h++) {
+                float *s = block_scores + h * n;
+                float max = -INFINITY;
+                for (size_t i = 0; i < count; i++) {
+                    s[i] *= scale;
+                    max = s[i] > max ? s[i] : max;
+                }
+                block_max[(g * group + h) * n_blocks + item % n_blocks] = max;
+            }
+        }
+
+        /* Pass 2: softmax weights against the head's global maximum, then values. */
+        #pragma omp for schedule(static)
+        for (size_t item = 0; item < n_items; item++) {
+            const size_t g = item / n_blocks;
+            const size_t block = item % n_blocks;
+            const size_t start = block * ATTENTION_BLOCK;
+            const size_t count = n - start < ATTENTION_BLOCK ? n - start : ATTENTION_BLOCK;
+            for (size_t h = 0; h < group; h++) {
+                const float *maxima = block_max + (g * group + h) * n_blocks;
+                float max = -INFINITY;
+                for (size_t b = 0; b < n_blocks; b++) {
+                    max = maxima[b] > max ? maxima[b] : max;
+                }
+                float *s = scores + (g * group + h) * n + start;
+                float sum = 0.0f;
+                for (size_t i = 0; i < count; i++) {
+                    s[i] = expf(s[i] - max);
+                    sum += s[i];
+                }
+                block_sum[(g * group + h) * n_blocks + block] = sum;
+            }
+            tq_kv_codec_accumulate(value_codec, values + start * value_stride + g * value_row_bytes, value_stride,
+                                   count, scores + g * group * n + start, n, (int)group,
+                                   my_accs + g * group * acc_floats);
+        }
+
+        /* Pass 3: add the per-thread sums, normalize, undo the rotation once per head. */
+        #pragma omp for schedule(static)
+        for (size_t h = 0; h < n_heads; h++) {
+            float *total = accs + h * acc_floats;
+            for (int t = 1; t < n_threads; t++) {
+                const float *part = accs + ((size_t)t * n_heads + h) * acc_floats;
+                for (size_t j = 0; j < acc_floats; j++) {
+                    total[j] += part[j];
+                }
+            }
+            double sum = 0.0;
+            for (size_t b = 0; b < n_blocks; b++) {
+                sum += block_sum[h * n_blocks + b];
+            }
+            tq_kv_codec_finish(value_codec, total, (float)(1.0 / sum), out + h * d);
+        }
+    }
+
+    tq_aligned_free(prepared);
+    tq_aligned_free(scores);
+    tq_aligned_free(accs);
+    tq_aligned_free(block_max);
+    tq_aligned_free(block_sum);
+    return TQ_OK;
+}

@@ -1,0 +1,108 @@
+/* Kernel interface of the KV-cache codecs (csrc/kv_codec.h): the row layout the kernels
+ * read and one table of function pointers per instruction set.
+ *
+ * Row layout (offsets in bytes, all fields little-endian):
+ *   norm_offset        f16 norm of the row
+ *   qjl_norm_offset    f16 norm of the QJL residual (formats with a QJL stage)
+ *   codes_offset       bit planes of the main stage, see below
+ *   qjl_offset         head_dim sign bits of the QJL sketch, bit j = sign of projection j
+ *
+ * Main stage by kind:
+ *   TQ_KV_KIND_F16    head_dim f16 values at codes_offset, no norm
+ *   TQ_KV_KIND_MSE    coordinates [0, d/2) with bits_first planes, then [d/2, d) with
+ *                     bits_second planes; each plane is d/2 bits
+ *   TQ_KV_KIND_POLAR  4 radius planes, then 3 angle planes, each d/2 bits (one bit per pair)
+ * Plane bit j is bit (j % 8) of byte j / 8. A code's bit p is in plane p.
+ *
+ * Prepared query (floats): the rotated query (d), then for QJL formats the projected query
+ * (d) and the sum of the projected query (1), padded to a multiple of 16.
+ * Accumulator (floats): the rotated value sum (d), then for QJL formats the signed sums (d).
+ */
+#ifndef TQ_KV_CODEC_KERNELS_H
+#define TQ_KV_CODEC_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { TQ_KV_KIND_F16 = 0, TQ_KV_KIND_MSE = 1, TQ_KV_KIND_POLAR = 2 };
+
+enum { TQ_KV_POLAR_RADIUS_BITS = 4, TQ_KV_POLAR_ANGLE_BITS = 3 };
+
+typedef struct {
+    int kind;
+    int has_qjl;
+    size_t head_dim;
+    int bits_first;  /* MSE: bits of coordinates [0, d/2) */
+    int bits_second; /* MSE: bits of coordinates [d/2, d) */
+    size_t norm_offset;
+    size_t qjl_norm_offset;
+    size_t codes_offset;
+    size_t qjl_offset;
+    size_t query_floats;
+    size_t acc_floats;
+    /* Lookup tables padded to 16 entries (unused entries are 0), in unit-vector units. */
+    float centroids_first[16];
+    float centroids_second[16];
+    float radius[16];
+    float angle_cos[16]; /* 8 angles, already scaled by the in-bin shrink factor */
+    float angle_sin[16];
+    float qjl_scale; /* sqrt(pi/2) / head_dim, the unbiased QJL estimator's factor */
+} tq_kv_layout;
+
+/* out[h * out_stride + i] = score of query h against row i, for h < n_queries. */
+typedef void (*tq_kv_scores_fn)(const tq_kv_layout *layout, const float *prepared, int n_queries,
+                                const uint8_t *rows, size_t row_stride, size_t n, float *out, size_t out_stride);
+
+/* acc[h * acc_floats + ...] += sum_i weights[h * weight_stride + i] * row i (rotated domain). */
+typedef void (*tq_kv_accumulate_fn)(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
+                                    const float *weights, size_t weight_stride, int n_queries, float *acc);
+
+typedef struct {
+    tq_kv_scores_fn scores;
+    tq_kv_accumulate_fn accumulate;
+} tq_kv_kernels;
+
+extern const tq_kv_kernels tq_kv_kernels_scalar;
+#if defined(TQ_HAVE_AVX2_KERNELS)
+extern const tq_kv_kernels tq_kv_kernels_avx2;
+#endif
+#if defined(TQ_HAVE_AVX512_KERNELS)
+extern const tq_kv_kernels tq_kv_kernels_avx512;
+#endif
+#if defined(TQ_HAVE_NEON_KERNELS)
+extern const tq_kv_kernels tq_kv_kernels_neon;
+#endif
+
+/* Main-stage reconstruction of one row in the rotated unit-vector domain, without the
+ * row norm and the QJL term (for f16 rows: the stored values). unit holds head_dim floats. */
+void tq_kv_decode_main_scalar(const tq_kv_layout *layout, const uint8_t *row, float *unit);
+
+/* IEEE half to float, exact for every half value including subnormals and infinities. */
+static inline float tq_kv_half_to_float(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1fu;
+    const uint32_t mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0) {
+        /* Zero or subnormal: mantissa * 2^-24, exact in float. */
+        float value = (float)mantissa * 0x1p-24f;
+        memcpy(&bits, &value, sizeof(bits));
+        bits |= sign;
+    } else if (exponent == 31) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    }
+    float out;
+    memcpy(&out, &bits, sizeof(out));
+    return out;
+}
+
+static inline float tq_kv_load_half(const uint8_t *p)
+{
+    return tq_kv_half_to_float((uint16_t)(p[0] | (p[1] << 8)));
+}
+
+#endif /* TQ_KV_CODEC_KERNELS_H */
