@@ -544,13 +544,6 @@ static unsigned quantize(float value, const float *thresholds, int levels)
     return code;
 }
 
-static void write_code(uint8_t *planes, size_t plane_bytes, int bits, size_t j, unsigned code)
-{
-    for (int p = 0; p < bits; p++) {
-        planes[(size_t)p * plane_bytes + (j >> 3)] |= (uint8_t)(((code >> p) & 1u) << (j & 7));
-    }
-}
-
 static tq_status encode_row(const tq_kv_codec *codec, const float *x, uint8_t *row, size_t row_index, tq_error *err)
 {
     const tq_kv_layout *layout = &codec->layout;
@@ -601,9 +594,9 @@ static tq_status encode_row(const tq_kv_codec *codec, const float *x, uint8_t *r
         const int levels_first = 1 << layout->bits_first;
         const int levels_second = 1 << layout->bits_second;
         for (size_t j = 0; j < half; j++) {
-            write_code(codes, plane_bytes, layout->bits_first, j,
+            tq_kv_code_write(codes, plane_bytes, layout->bits_first, j,
                        quantize(unit[j], codec->thresholds_first, levels_first));
-            write_code(second, plane_bytes, layout->bits_second, j,
+            tq_kv_code_write(second, plane_bytes, layout->bits_second, j,
                        quantize(unit[half + j], codec->thresholds_second, levels_second));
         }
     } else {
@@ -614,11 +607,11 @@ static tq_status encode_row(const tq_kv_codec *codec, const float *x, uint8_t *r
             const float a = unit[j];
             const float b = unit[half + j];
             const float radius = sqrtf(a * a + b * b);
-            write_code(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j,
+            tq_kv_code_write(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j,
                        quantize(radius, codec->radius_thresholds, 1 << TQ_KV_POLAR_RADIUS_BITS));
             int bin = (int)floor((atan2((double)b, (double)a) + M_PI) / bin_width);
             bin = bin < 0 ? 0 : (bin >= angle_bins ? angle_bins - 1 : bin);
-            write_code(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j, (unsigned)bin);
+            tq_kv_code_write(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j, (unsigned)bin);
         }
     }
 

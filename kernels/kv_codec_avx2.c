@@ -16,8 +16,15 @@ ALWAYS_INLINE __m256i expand_byte(uint8_t byte)
     return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(byte), lane_bits), lane_bits);
 }
 
+/* Codes of the 8 coordinates starting at j (a multiple of 8) of a group of `bits`-bit
+ * codes. Lanes may carry extra high bits, which lookup ignores (it reads bits 0-3). */
 ALWAYS_INLINE __m256i load_codes8(const uint8_t *planes, size_t plane_bytes, int bits, size_t j)
 {
+    if (bits == 4) {
+        const __m256i bytes =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(planes + (j / 32) * 16 + j % 16)));
+        return (j / 16) % 2 ? _mm256_srli_epi32(bytes, 4) : bytes;
+    }
     __m256i index = _mm256_setzero_si256();
     for (int p = 0; p < bits; p++) {
         const __m256i mask = expand_byte(planes[(size_t)p * plane_bytes + j / 8]);

@@ -16,9 +16,14 @@ ALWAYS_INLINE __mmask16 load_mask16(const uint8_t *p)
     return (__mmask16)bits;
 }
 
-/* Codes of the 16 coordinates starting at j (a multiple of 16) from `bits` planes. */
+/* Codes of the 16 coordinates starting at j (a multiple of 16) of a group of `bits`-bit
+ * codes. Lanes may carry extra high bits, which vpermps ignores (it reads bits 0-3). */
 ALWAYS_INLINE __m512i load_codes16(const uint8_t *planes, size_t plane_bytes, int bits, size_t j)
 {
+    if (bits == 4) {
+        const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(planes + (j / 32) * 16)));
+        return (j / 16) % 2 ? _mm512_srli_epi32(bytes, 4) : bytes;
+    }
     __m512i index = _mm512_setzero_si512();
     for (int p = 0; p < bits; p++) {
         const __mmask16 mask = load_mask16(planes + (size_t)p * plane_bytes + j / 8);
@@ -32,58 +37,51 @@ ALWAYS_INLINE float row_norm(const tq_kv_layout *layout, const uint8_t *row)
     return layout->kind == TQ_KV_KIND_F16 ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
 }
 
+/* Main-stage values of one row at coordinates j .. j+15 (*first) and half+j .. half+j+15
+ * (*second), in the rotated unit-vector domain (f16 rows: the stored values). */
+ALWAYS_INLINE void load_pair(const tq_kv_layout *layout, const uint8_t *codes, size_t j, __m512 *first,
+                             __m512 *second)
+{
+    const size_t half = layout->head_dim / 2;
+    const size_t plane_bytes = layout->head_dim / 16;
+    if (layout->kind == TQ_KV_KIND_F16) {
+        *first = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(codes + 2 * j)));
+        *second = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(codes + 2 * (half + j))));
+    } else if (layout->kind == TQ_KV_KIND_MSE) {
+        const uint8_t *second_planes = codes + (size_t)layout->bits_first * plane_bytes;
+        *first = _mm512_permutexvar_ps(load_codes16(codes, plane_bytes, layout->bits_first, j),
+                                       _mm512_loadu_ps(layout->centroids_first));
+        *second = _mm512_permutexvar_ps(load_codes16(second_planes, plane_bytes, layout->bits_second, j),
+                                        _mm512_loadu_ps(layout->centroids_second));
+    } else {
+        const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
+        const __m512 radius = _mm512_permutexvar_ps(load_codes16(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j),
+                                                    _mm512_loadu_ps(layout->radius));
+        const __m512i angle = load_codes16(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
+        *first = _mm512_mul_ps(radius, _mm512_permutexvar_ps(angle, _mm512_loadu_ps(layout->angle_cos)));
+        *second = _mm512_mul_ps(radius, _mm512_permutexvar_ps(angle, _mm512_loadu_ps(layout->angle_sin)));
+    }
+}
+
 /* Scores of n_queries (a compile-time constant after inlining) queries against one row. */
 ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, const int n_queries,
                              const uint8_t *row, float *out, size_t out_stride, size_t i)
 {
     const size_t d = layout->head_dim;
     const size_t half = d / 2;
-    const size_t plane_bytes = d / 16;
     const size_t qf = layout->query_floats;
     const uint8_t *codes = row + layout->codes_offset;
     __m512 acc[TQ_KV_MAX_GROUP];
     for (int h = 0; h < n_queries; h++) {
         acc[h] = _mm512_setzero_ps();
     }
-
-    if (layout->kind == TQ_KV_KIND_F16) {
-        for (size_t j = 0; j < d; j += 16) {
-            const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(codes + 2 * j)));
-            for (int h = 0; h < n_queries; h++) {
-                acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(prepared + h * qf + j), acc[h]);
-            }
-        }
-    } else if (layout->kind == TQ_KV_KIND_MSE) {
-        const __m512 table_first = _mm512_loadu_ps(layout->centroids_first);
-        const __m512 table_second = _mm512_loadu_ps(layout->centroids_second);
-        const uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
-        for (size_t j = 0; j < half; j += 16) {
-            const __m512 x = _mm512_permutexvar_ps(load_codes16(codes, plane_bytes, layout->bits_first, j),
-                                                   table_first);
-            const __m512 y = _mm512_permutexvar_ps(load_codes16(second, plane_bytes, layout->bits_second, j),
-                                                   table_second);
-            for (int h = 0; h < n_queries; h++) {
-                const float *q = prepared + h * qf;
-                acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + j), acc[h]);
-                acc[h] = _mm512_fmadd_ps(y, _mm512_loadu_ps(q + half + j), acc[h]);
-            }
-        }
-    } else {
-        const __m512 radius_table = _mm512_loadu_ps(layout->radius);
-        const __m512 cos_table = _mm512_loadu_ps(layout->angle_cos);
-        const __m512 sin_table = _mm512_loadu_ps(layout->angle_sin);
-        const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
-        for (size_t j = 0; j < half; j += 16) {
-            const __m512 radius = _mm512_permutexvar_ps(
-                load_codes16(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j), radius_table);
-            const __m512i angle = load_codes16(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
-            const __m512 x = _mm512_mul_ps(radius, _mm512_permutexvar_ps(angle, cos_table));
-            const __m512 y = _mm512_mul_ps(radius, _mm512_permutexvar_ps(angle, sin_table));
-            for (int h = 0; h < n_queries; h++) {
-                const float *q = prepared + h * qf;
-                acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + j), acc[h]);
-                acc[h] = _mm512_fmadd_ps(y, _mm512_loadu_ps(q + half + j), acc[h]);
-            }
+    for (size_t j = 0; j < half; j += 16) {
+        __m512 x, y;
+        load_pair(layout, codes, j, &x, &y);
+        for (int h = 0; h < n_queries; h++) {
+            const float *q = prepared + h * qf;
+            acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + j), acc[h]);
+            acc[h] = _mm512_fmadd_ps(y, _mm512_loadu_ps(q + half + j), acc[h]);
         }
     }
 
@@ -141,78 +139,105 @@ static void scores_avx512(const tq_kv_layout *layout, const float *prepared, int
     }
 }
 
-/* acc_h[j .. j+15] += w_h * x for every query head h. */
-ALWAYS_INLINE void add_scaled(float *acc, size_t acc_floats, const float *w, int n_queries, size_t j, __m512 x)
+/* Rows per pass of the value accumulation: their codes (at most 64 rows of 2 KiB for f16
+ * at head_dim 1024, less for codes) stay in L1/L2 while every coordinate block reads them. */
+#define ACCUMULATE_CHUNK 64
+
+/* Add the weighted rows of one chunk to the accumulators. Coordinate blocks form the outer
+ * loop, so each head's partial sums for a block stay in registers across the rows. */
+ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride,
+                                    size_t count, float weight[][ACCUMULATE_CHUNK],
+                                    float residual[][ACCUMULATE_CHUNK], const int n_queries, float *acc)
 {
+    const size_t d = layout->head_dim;
+    const size_t half = d / 2;
+    const size_t af = layout->acc_floats;
+
+    for (size_t j = 0; j < half; j += 16) {
+        __m512 first[TQ_KV_MAX_GROUP], second[TQ_KV_MAX_GROUP];
+        for (int h = 0; h < n_queries; h++) {
+            first[h] = _mm512_loadu_ps(acc + h * af + j);
+            second[h] = _mm512_loadu_ps(acc + h * af + half + j);
+        }
+        for (size_t r = 0; r < count; r++) {
+            __m512 x, y;
+            load_pair(layout, rows + r * row_stride + layout->codes_offset, j, &x, &y);
+            for (int h = 0; h < n_queries; h++) {
+                const __m512 w = _mm512_set1_ps(weight[h][r]);
+                first[h] = _mm512_fmadd_ps(x, w, first[h]);
+                second[h] = _mm512_fmadd_ps(y, w, second[h]);
+            }
+        }
+        for (int h = 0; h < n_queries; h++) {
+            _mm512_storeu_ps(acc + h * af + j, first[h]);
+            _mm512_storeu_ps(acc + h * af + half + j, second[h]);
+        }
+    }
+
+    if (!layout->has_qjl) {
+        return;
+    }
+    /* Signed sums: sum_r (bit ? w : -w) = 2 * sum over set bits - sum of all w. */
+    float total[TQ_KV_MAX_GROUP];
     for (int h = 0; h < n_queries; h++) {
-        float *sum = acc + (size_t)h * acc_floats + j;
-        _mm512_storeu_ps(sum, _mm512_fmadd_ps(x, _mm512_set1_ps(w[h]), _mm512_loadu_ps(sum)));
+        total[h] = 0.0f;
+        for (size_t r = 0; r < count; r++) {
+            total[h] += residual[h][r];
+        }
+    }
+    for (size_t j = 0; j < d; j += 16) {
+        __m512 positive[TQ_KV_MAX_GROUP];
+        for (int h = 0; h < n_queries; h++) {
+            positive[h] = _mm512_setzero_ps();
+        }
+        for (size_t r = 0; r < count; r++) {
+            const __mmask16 mask = load_mask16(rows + r * row_stride + layout->qjl_offset + j / 8);
+            for (int h = 0; h < n_queries; h++) {
+                positive[h] = _mm512_mask_add_ps(positive[h], mask, positive[h], _mm512_set1_ps(residual[h][r]));
+            }
+        }
+        for (int h = 0; h < n_queries; h++) {
+            float *sum = acc + h * af + d + j;
+            const __m512 signed_sum = _mm512_sub_ps(_mm512_add_ps(positive[h], positive[h]), _mm512_set1_ps(total[h]));
+            _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), signed_sum));
+        }
+    }
+}
+
+ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
+                                   const float *weights, size_t weight_stride, const int n_queries, float *acc)
+{
+    float weight[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    float residual[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    for (size_t start = 0; start < n; start += ACCUMULATE_CHUNK) {
+        const size_t count = n - start < ACCUMULATE_CHUNK ? n - start : ACCUMULATE_CHUNK;
+        const uint8_t *chunk = rows + start * row_stride;
+        for (size_t r = 0; r < count; r++) {
+            const uint8_t *row = chunk + r * row_stride;
+            const float norm = row_norm(layout, row);
+            const float residual_weight =
+                layout->has_qjl ? layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) : 0.0f;
+            for (int h = 0; h < n_queries; h++) {
+                weight[h][r] = weights[(size_t)h * weight_stride + start + r] * norm;
+                residual[h][r] = weight[h][r] * residual_weight;
+            }
+        }
+        accumulate_chunk(layout, chunk, row_stride, count, weight, residual, n_queries, acc);
     }
 }
 
 static void accumulate_avx512(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                               const float *weights, size_t weight_stride, int n_queries, float *acc)
 {
-    const size_t d = layout->head_dim;
-    const size_t half = d / 2;
-    const size_t plane_bytes = d / 16;
-    const size_t af = layout->acc_floats;
-
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *row = rows + i * row_stride;
-        const uint8_t *codes = row + layout->codes_offset;
-        const float norm = row_norm(layout, row);
-        float w[TQ_KV_MAX_GROUP];
-        for (int h = 0; h < n_queries; h++) {
-            w[h] = weights[(size_t)h * weight_stride + i] * norm;
-        }
-
-        if (layout->kind == TQ_KV_KIND_F16) {
-            for (size_t j = 0; j < d; j += 16) {
-                const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(codes + 2 * j)));
-                add_scaled(acc, af, w, n_queries, j, x);
-            }
-        } else if (layout->kind == TQ_KV_KIND_MSE) {
-            const __m512 table_first = _mm512_loadu_ps(layout->centroids_first);
-            const __m512 table_second = _mm512_loadu_ps(layout->centroids_second);
-            const uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
-            for (size_t j = 0; j < half; j += 16) {
-                add_scaled(acc, af, w, n_queries, j,
-                           _mm512_permutexvar_ps(load_codes16(codes, plane_bytes, layout->bits_first, j),
-                                                 table_first));
-                add_scaled(acc, af, w, n_queries, half + j,
-                           _mm512_permutexvar_ps(load_codes16(second, plane_bytes, layout->bits_second, j),
-                                                 table_second));
-            }
-        } else {
-            const __m512 radius_table = _mm512_loadu_ps(layout->radius);
-            const __m512 cos_table = _mm512_loadu_ps(layout->angle_cos);
-            const __m512 sin_table = _mm512_loadu_ps(layout->angle_sin);
-            const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
-            for (size_t j = 0; j < half; j += 16) {
-                const __m512 radius = _mm512_permutexvar_ps(
-                    load_codes16(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j), radius_table);
-                const __m512i angle = load_codes16(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
-                add_scaled(acc, af, w, n_queries, j, _mm512_mul_ps(radius, _mm512_permutexvar_ps(angle, cos_table)));
-                add_scaled(acc, af, w, n_queries, half + j,
-                           _mm512_mul_ps(radius, _mm512_permutexvar_ps(angle, sin_table)));
-            }
-        }
-
-        if (layout->has_qjl) {
-            const float residual_weight = layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
-            const uint8_t *signs = row + layout->qjl_offset;
-            for (size_t j = 0; j < d; j += 16) {
-                const __mmask16 mask = load_mask16(signs + j / 8);
-                for (int h = 0; h < n_queries; h++) {
-                    const __m512 weight = _mm512_set1_ps(w[h] * residual_weight);
-                    const __m512 signed_weight = _mm512_mask_blend_ps(mask, _mm512_sub_ps(_mm512_setzero_ps(), weight),
-                                                                      weight);
-                    float *sum = acc + (size_t)h * af + d + j;
-                    _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), signed_weight));
-                }
-            }
-        }
+    switch (n_queries) {
+    case 1: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 1, acc); break;
+    case 2: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 2, acc); break;
+    case 3: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 3, acc); break;
+    case 4: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 4, acc); break;
+    case 5: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 5, acc); break;
+    case 6: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 6, acc); break;
+    case 7: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 7, acc); break;
+    default: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 8, acc); break;
     }
 }
 

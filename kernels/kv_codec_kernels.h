@@ -12,7 +12,11 @@
  *   TQ_KV_KIND_MSE    coordinates [0, d/2) with bits_first planes, then [d/2, d) with
  *                     bits_second planes; each plane is d/2 bits
  *   TQ_KV_KIND_POLAR  4 radius planes, then 3 angle planes, each d/2 bits (one bit per pair)
- * Plane bit j is bit (j % 8) of byte j / 8. A code's bit p is in plane p.
+ * A group of 4-bit codes is nibble-packed, because one byte load then feeds 32 lanes: in
+ * each run of 32 coordinates (16 bytes), byte i holds coordinate i in its low nibble and
+ * coordinate 16 + i in its high nibble. Other widths use bit planes: plane p holds bit p
+ * of every code, coordinate j at bit (j % 8) of byte j / 8. Either way a group of n
+ * coordinates at b bits takes n * b / 8 bytes.
  *
  * Prepared query (floats): the rotated query (d), then for QJL formats the projected query
  * (d) and the sum of the projected query (1), padded to a multiple of 16.
@@ -73,6 +77,32 @@ extern const tq_kv_kernels tq_kv_kernels_avx512;
 #if defined(TQ_HAVE_NEON_KERNELS)
 extern const tq_kv_kernels tq_kv_kernels_neon;
 #endif
+
+/* Code of coordinate j in a group of codes of `bits` bits (plane_bytes bytes per bit). */
+static inline unsigned tq_kv_code_read(const uint8_t *group, size_t plane_bytes, int bits, size_t j)
+{
+    if (bits == 4) {
+        const uint8_t byte = group[(j / 32) * 16 + j % 16];
+        return (j / 16) % 2 ? (unsigned)(byte >> 4) : (unsigned)(byte & 15);
+    }
+    unsigned code = 0;
+    for (int p = 0; p < bits; p++) {
+        code |= (unsigned)((group[(size_t)p * plane_bytes + j / 8] >> (j % 8)) & 1) << p;
+    }
+    return code;
+}
+
+/* Store code at coordinate j of a zero-initialized group (layout as tq_kv_code_read). */
+static inline void tq_kv_code_write(uint8_t *group, size_t plane_bytes, int bits, size_t j, unsigned code)
+{
+    if (bits == 4) {
+        group[(j / 32) * 16 + j % 16] |= (uint8_t)((j / 16) % 2 ? code << 4 : code);
+        return;
+    }
+    for (int p = 0; p < bits; p++) {
+        group[(size_t)p * plane_bytes + j / 8] |= (uint8_t)(((code >> p) & 1u) << (j % 8));
+    }
+}
 
 /* Main-stage reconstruction of one row in the rotated unit-vector domain, without the
  * row norm and the QJL term (for f16 rows: the stored values). unit holds head_dim floats. */

@@ -16,9 +16,18 @@ ALWAYS_INLINE uint32x4_t expand_nibble(uint8_t byte, int shift)
     return vtstq_u32(vdupq_n_u32((uint32_t)(byte >> shift)), vld1q_u32(lane_bits));
 }
 
-/* Codes of the 4 coordinates starting at j (a multiple of 4). */
+/* Codes of the 4 coordinates starting at j (a multiple of 4) of a group of `bits`-bit
+ * codes, each at most 15 as lookup requires. */
 ALWAYS_INLINE uint32x4_t load_codes4(const uint8_t *planes, size_t plane_bytes, int bits, size_t j)
 {
+    if (bits == 4) {
+        /* Four bytes only: a wider load could read past the end of the row. */
+        uint32_t word;
+        memcpy(&word, planes + (j / 32) * 16 + j % 16, sizeof(word));
+        const uint16x8_t wide = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(word)));
+        const uint32x4_t bytes = vmovl_u16(vget_low_u16(wide));
+        return (j / 16) % 2 ? vshrq_n_u32(bytes, 4) : vandq_u32(bytes, vdupq_n_u32(15));
+    }
     uint32x4_t index = vdupq_n_u32(0);
     for (int p = 0; p < bits; p++) {
         const uint32x4_t mask = expand_nibble(planes[(size_t)p * plane_bytes + j / 8], (int)(j & 4));

@@ -10,18 +10,6 @@ static inline int plane_bit(const uint8_t *plane, size_t j)
     return (plane[j >> 3] >> (j & 7)) & 1;
 }
 
-/* Code of coordinate j (within its group) from `bits` consecutive planes of group_bits bits. */
-static inline unsigned read_code(const uint8_t *planes, size_t plane_bytes, int bits, size_t j)
-{
-    unsigned code = 0;
-    for (int p = 0; p < bits; p++) {
-        code |= (unsigned)plane_bit(planes + (size_t)p * plane_bytes, j) << p;
-    }
-    return code;
-}
-
-/* Main-stage reconstruction of one row in the rotated unit-vector domain (for f16 rows,
- * the stored values themselves). Also used by tq_kv_codec_decode. */
 void tq_kv_decode_main_scalar(const tq_kv_layout *layout, const uint8_t *row, float *unit)
 {
     const size_t d = layout->head_dim;
@@ -36,14 +24,14 @@ void tq_kv_decode_main_scalar(const tq_kv_layout *layout, const uint8_t *row, fl
     } else if (layout->kind == TQ_KV_KIND_MSE) {
         const uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
         for (size_t j = 0; j < half; j++) {
-            unit[j] = layout->centroids_first[read_code(codes, plane_bytes, layout->bits_first, j)];
-            unit[half + j] = layout->centroids_second[read_code(second, plane_bytes, layout->bits_second, j)];
+            unit[j] = layout->centroids_first[tq_kv_code_read(codes, plane_bytes, layout->bits_first, j)];
+            unit[half + j] = layout->centroids_second[tq_kv_code_read(second, plane_bytes, layout->bits_second, j)];
         }
     } else {
         const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
         for (size_t j = 0; j < half; j++) {
-            const float radius = layout->radius[read_code(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j)];
-            const unsigned angle = read_code(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
+            const float radius = layout->radius[tq_kv_code_read(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j)];
+            const unsigned angle = tq_kv_code_read(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
             unit[j] = radius * layout->angle_cos[angle];
             unit[half + j] = radius * layout->angle_sin[angle];
         }
