@@ -1,7 +1,7 @@
-/* AVX2 kernels of the KV-cache codecs. Eight coordinates per step: one byte of each bit
- * plane is broadcast and tested against the lane bits (1, 2, ..., 128) to build the lane
- * indices; vpermps looks up 8-entry tables, and 16-entry tables blend two lookups on the
- * fourth index bit. All query heads of a group are scored in one pass over the codes. */
+/* AVX2 kernels of the KV-cache codecs. Eight coordinates per step: a 256-entry table
+ * spreads one byte of each bit plane into the bytes of a 64-bit integer, which widens into
+ * the lane indices; vpermps looks up 8-entry tables, and 16-entry tables blend two lookups
+ * on the fourth index bit. All query heads of a group are scored in one pass over the codes. */
 #include <immintrin.h>
 
 #include "kv_codec.h"
@@ -18,6 +18,75 @@ ALWAYS_INLINE __m256i expand_byte(uint8_t byte)
 
 /* Codes of the 8 coordinates starting at j (a multiple of 8) of a group of `bits`-bit
  * codes. Lanes may carry extra high bits, which lookup ignores (it reads bits 0-3). */
+/* spread_bits[b] has bit i of b in the lowest bit of byte i, so the codes of 8 coordinates
+ * from `bits` planes combine in one 64-bit integer: byte i = sum_p spread_bits[plane_p] << p. */
+static const uint64_t spread_bits[256] = {
+    0x0000000000000000ull, 0x0000000000000001ull, 0x0000000000000100ull, 0x0000000000000101ull,
+    0x0000000000010000ull, 0x0000000000010001ull, 0x0000000000010100ull, 0x0000000000010101ull,
+    0x0000000001000000ull, 0x0000000001000001ull, 0x0000000001000100ull, 0x0000000001000101ull,
+    0x0000000001010000ull, 0x0000000001010001ull, 0x0000000001010100ull, 0x0000000001010101ull,
+    0x0000000100000000ull, 0x0000000100000001ull, 0x0000000100000100ull, 0x0000000100000101ull,
+    0x0000000100010000ull, 0x0000000100010001ull, 0x0000000100010100ull, 0x0000000100010101ull,
+    0x0000000101000000ull, 0x0000000101000001ull, 0x0000000101000100ull, 0x0000000101000101ull,
+    0x0000000101010000ull, 0x0000000101010001ull, 0x0000000101010100ull, 0x0000000101010101ull,
+    0x0000010000000000ull, 0x0000010000000001ull, 0x0000010000000100ull, 0x0000010000000101ull,
+    0x0000010000010000ull, 0x0000010000010001ull, 0x0000010000010100ull, 0x0000010000010101ull,
+    0x0000010001000000ull, 0x0000010001000001ull, 0x0000010001000100ull, 0x0000010001000101ull,
+    0x0000010001010000ull, 0x0000010001010001ull, 0x0000010001010100ull, 0x0000010001010101ull,
+    0x0000010100000000ull, 0x0000010100000001ull, 0x0000010100000100ull, 0x0000010100000101ull,
+    0x0000010100010000ull, 0x0000010100010001ull, 0x0000010100010100ull, 0x0000010100010101ull,
+    0x0000010101000000ull, 0x0000010101000001ull, 0x0000010101000100ull, 0x0000010101000101ull,
+    0x0000010101010000ull, 0x0000010101010001ull, 0x0000010101010100ull, 0x0000010101010101ull,
+    0x0001000000000000ull, 0x0001000000000001ull, 0x0001000000000100ull, 0x0001000000000101ull,
+    0x0001000000010000ull, 0x0001000000010001ull, 0x0001000000010100ull, 0x0001000000010101ull,
+    0x0001000001000000ull, 0x0001000001000001ull, 0x0001000001000100ull, 0x0001000001000101ull,
+    0x0001000001010000ull, 0x0001000001010001ull, 0x0001000001010100ull, 0x0001000001010101ull,
+    0x0001000100000000ull, 0x0001000100000001ull, 0x0001000100000100ull, 0x0001000100000101ull,
+    0x0001000100010000ull, 0x0001000100010001ull, 0x0001000100010100ull, 0x0001000100010101ull,
+    0x0001000101000000ull, 0x0001000101000001ull, 0x0001000101000100ull, 0x0001000101000101ull,
+    0x0001000101010000ull, 0x0001000101010001ull, 0x0001000101010100ull, 0x0001000101010101ull,
+    0x0001010000000000ull, 0x0001010000000001ull, 0x0001010000000100ull, 0x0001010000000101ull,
+    0x0001010000010000ull, 0x0001010000010001ull, 0x0001010000010100ull, 0x0001010000010101ull,
+    0x0001010001000000ull, 0x0001010001000001ull, 0x0001010001000100ull, 0x0001010001000101ull,
+    0x0001010001010000ull, 0x0001010001010001ull, 0x0001010001010100ull, 0x0001010001010101ull,
+    0x0001010100000000ull, 0x0001010100000001ull, 0x0001010100000100ull, 0x0001010100000101ull,
+    0x0001010100010000ull, 0x0001010100010001ull, 0x0001010100010100ull, 0x0001010100010101ull,
+    0x0001010101000000ull, 0x0001010101000001ull, 0x0001010101000100ull, 0x0001010101000101ull,
+    0x0001010101010000ull, 0x0001010101010001ull, 0x0001010101010100ull, 0x0001010101010101ull,
+    0x0100000000000000ull, 0x0100000000000001ull, 0x0100000000000100ull, 0x0100000000000101ull,
+    0x0100000000010000ull, 0x0100000000010001ull, 0x0100000000010100ull, 0x0100000000010101ull,
+    0x0100000001000000ull, 0x0100000001000001ull, 0x0100000001000100ull, 0x0100000001000101ull,
+    0x0100000001010000ull, 0x0100000001010001ull, 0x0100000001010100ull, 0x0100000001010101ull,
+    0x0100000100000000ull, 0x0100000100000001ull, 0x0100000100000100ull, 0x0100000100000101ull,
+    0x0100000100010000ull, 0x0100000100010001ull, 0x0100000100010100ull, 0x0100000100010101ull,
+    0x0100000101000000ull, 0x0100000101000001ull, 0x0100000101000100ull, 0x0100000101000101ull,
+    0x0100000101010000ull, 0x0100000101010001ull, 0x0100000101010100ull, 0x0100000101010101ull,
+    0x0100010000000000ull, 0x0100010000000001ull, 0x0100010000000100ull, 0x0100010000000101ull,
+    0x0100010000010000ull, 0x0100010000010001ull, 0x0100010000010100ull, 0x0100010000010101ull,
+    0x0100010001000000ull, 0x0100010001000001ull, 0x0100010001000100ull, 0x0100010001000101ull,
+    0x0100010001010000ull, 0x0100010001010001ull, 0x0100010001010100ull, 0x0100010001010101ull,
+    0x0100010100000000ull, 0x0100010100000001ull, 0x0100010100000100ull, 0x0100010100000101ull,
+    0x0100010100010000ull, 0x0100010100010001ull, 0x0100010100010100ull, 0x0100010100010101ull,
+    0x0100010101000000ull, 0x0100010101000001ull, 0x0100010101000100ull, 0x0100010101000101ull,
+    0x0100010101010000ull, 0x0100010101010001ull, 0x0100010101010100ull, 0x0100010101010101ull,
+    0x0101000000000000ull, 0x0101000000000001ull, 0x0101000000000100ull, 0x0101000000000101ull,
+    0x0101000000010000ull, 0x0101000000010001ull, 0x0101000000010100ull, 0x0101000000010101ull,
+    0x0101000001000000ull, 0x0101000001000001ull, 0x0101000001000100ull, 0x0101000001000101ull,
+    0x0101000001010000ull, 0x0101000001010001ull, 0x0101000001010100ull, 0x0101000001010101ull,
+    0x0101000100000000ull, 0x0101000100000001ull, 0x0101000100000100ull, 0x0101000100000101ull,
+    0x0101000100010000ull, 0x0101000100010001ull, 0x0101000100010100ull, 0x0101000100010101ull,
+    0x0101000101000000ull, 0x0101000101000001ull, 0x0101000101000100ull, 0x0101000101000101ull,
+    0x0101000101010000ull, 0x0101000101010001ull, 0x0101000101010100ull, 0x0101000101010101ull,
+    0x0101010000000000ull, 0x0101010000000001ull, 0x0101010000000100ull, 0x0101010000000101ull,
+    0x0101010000010000ull, 0x0101010000010001ull, 0x0101010000010100ull, 0x0101010000010101ull,
+    0x0101010001000000ull, 0x0101010001000001ull, 0x0101010001000100ull, 0x0101010001000101ull,
+    0x0101010001010000ull, 0x0101010001010001ull, 0x0101010001010100ull, 0x0101010001010101ull,
+    0x0101010100000000ull, 0x0101010100000001ull, 0x0101010100000100ull, 0x0101010100000101ull,
+    0x0101010100010000ull, 0x0101010100010001ull, 0x0101010100010100ull, 0x0101010100010101ull,
+    0x0101010101000000ull, 0x0101010101000001ull, 0x0101010101000100ull, 0x0101010101000101ull,
+    0x0101010101010000ull, 0x0101010101010001ull, 0x0101010101010100ull, 0x0101010101010101ull,
+};
+
 ALWAYS_INLINE __m256i load_codes8(const uint8_t *planes, size_t plane_bytes, int bits, size_t j)
 {
     if (bits == 4) {
@@ -25,12 +94,11 @@ ALWAYS_INLINE __m256i load_codes8(const uint8_t *planes, size_t plane_bytes, int
             _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(planes + (j / 32) * 16 + j % 16)));
         return (j / 16) % 2 ? _mm256_srli_epi32(bytes, 4) : bytes;
     }
-    __m256i index = _mm256_setzero_si256();
+    uint64_t codes = 0;
     for (int p = 0; p < bits; p++) {
-        const __m256i mask = expand_byte(planes[(size_t)p * plane_bytes + j / 8]);
-        index = _mm256_or_si256(index, _mm256_and_si256(mask, _mm256_set1_epi32(1 << p)));
+        codes |= spread_bits[planes[(size_t)p * plane_bytes + j / 8]] << p;
     }
-    return index;
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)codes));
 }
 
 /* table[index] for a table of 2^bits <= 16 floats held in two registers. */
@@ -57,60 +125,51 @@ ALWAYS_INLINE float row_norm(const tq_kv_layout *layout, const uint8_t *row)
     return layout->kind == TQ_KV_KIND_F16 ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
 }
 
+/* Main-stage values of one row at coordinates j .. j+7 (*first) and half+j .. half+j+7
+ * (*second), in the rotated unit-vector domain (f16 rows: the stored values). */
+ALWAYS_INLINE void load_pair(const tq_kv_layout *layout, const uint8_t *codes, size_t j, __m256 *first,
+                             __m256 *second)
+{
+    const size_t half = layout->head_dim / 2;
+    const size_t plane_bytes = layout->head_dim / 16;
+    if (layout->kind == TQ_KV_KIND_F16) {
+        *first = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(codes + 2 * j)));
+        *second = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(codes + 2 * (half + j))));
+    } else if (layout->kind == TQ_KV_KIND_MSE) {
+        const uint8_t *second_planes = codes + (size_t)layout->bits_first * plane_bytes;
+        *first = lookup(_mm256_loadu_ps(layout->centroids_first), _mm256_loadu_ps(layout->centroids_first + 8),
+                        layout->bits_first, load_codes8(codes, plane_bytes, layout->bits_first, j));
+        *second = lookup(_mm256_loadu_ps(layout->centroids_second), _mm256_loadu_ps(layout->centroids_second + 8),
+                         layout->bits_second, load_codes8(second_planes, plane_bytes, layout->bits_second, j));
+    } else {
+        const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
+        const __m256 radius = lookup(_mm256_loadu_ps(layout->radius), _mm256_loadu_ps(layout->radius + 8),
+                                     TQ_KV_POLAR_RADIUS_BITS,
+                                     load_codes8(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j));
+        const __m256i angle = load_codes8(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
+        *first = _mm256_mul_ps(radius, _mm256_permutevar8x32_ps(_mm256_loadu_ps(layout->angle_cos), angle));
+        *second = _mm256_mul_ps(radius, _mm256_permutevar8x32_ps(_mm256_loadu_ps(layout->angle_sin), angle));
+    }
+}
+
 ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, const int n_queries,
                              const uint8_t *row, float *out, size_t out_stride, size_t i)
 {
     const size_t d = layout->head_dim;
     const size_t half = d / 2;
-    const size_t plane_bytes = d / 16;
     const size_t qf = layout->query_floats;
     const uint8_t *codes = row + layout->codes_offset;
     __m256 acc[TQ_KV_MAX_GROUP];
     for (int h = 0; h < n_queries; h++) {
         acc[h] = _mm256_setzero_ps();
     }
-
-    if (layout->kind == TQ_KV_KIND_F16) {
-        for (size_t j = 0; j < d; j += 8) {
-            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(codes + 2 * j)));
-            for (int h = 0; h < n_queries; h++) {
-                acc[h] = _mm256_fmadd_ps(x, _mm256_loadu_ps(prepared + h * qf + j), acc[h]);
-            }
-        }
-    } else if (layout->kind == TQ_KV_KIND_MSE) {
-        const __m256 first_low = _mm256_loadu_ps(layout->centroids_first);
-        const __m256 first_high = _mm256_loadu_ps(layout->centroids_first + 8);
-        const __m256 second_low = _mm256_loadu_ps(layout->centroids_second);
-        const __m256 second_high = _mm256_loadu_ps(layout->centroids_second + 8);
-        const uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
-        for (size_t j = 0; j < half; j += 8) {
-            const __m256 x = lookup(first_low, first_high, layout->bits_first,
-                                    load_codes8(codes, plane_bytes, layout->bits_first, j));
-            const __m256 y = lookup(second_low, second_high, layout->bits_second,
-                                    load_codes8(second, plane_bytes, layout->bits_second, j));
-            for (int h = 0; h < n_queries; h++) {
-                const float *q = prepared + h * qf;
-                acc[h] = _mm256_fmadd_ps(x, _mm256_loadu_ps(q + j), acc[h]);
-                acc[h] = _mm256_fmadd_ps(y, _mm256_loadu_ps(q + half + j), acc[h]);
-            }
-        }
-    } else {
-        const __m256 radius_low = _mm256_loadu_ps(layout->radius);
-        const __m256 radius_high = _mm256_loadu_ps(layout->radius + 8);
-        const __m256 cos_table = _mm256_loadu_ps(layout->angle_cos);
-        const __m256 sin_table = _mm256_loadu_ps(layout->angle_sin);
-        const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
-        for (size_t j = 0; j < half; j += 8) {
-            const __m256 radius = lookup(radius_low, radius_high, TQ_KV_POLAR_RADIUS_BITS,
-                                         load_codes8(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j));
-            const __m256i angle = load_codes8(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
-            const __m256 x = _mm256_mul_ps(radius, _mm256_permutevar8x32_ps(cos_table, angle));
-            const __m256 y = _mm256_mul_ps(radius, _mm256_permutevar8x32_ps(sin_table, angle));
-            for (int h = 0; h < n_queries; h++) {
-                const float *q = prepared + h * qf;
-                acc[h] = _mm256_fmadd_ps(x, _mm256_loadu_ps(q + j), acc[h]);
-                acc[h] = _mm256_fmadd_ps(y, _mm256_loadu_ps(q + half + j), acc[h]);
-            }
+    for (size_t j = 0; j < half; j += 8) {
+        __m256 x, y;
+        load_pair(layout, codes, j, &x, &y);
+        for (int h = 0; h < n_queries; h++) {
+            const float *q = prepared + h * qf;
+            acc[h] = _mm256_fmadd_ps(x, _mm256_loadu_ps(q + j), acc[h]);
+            acc[h] = _mm256_fmadd_ps(y, _mm256_loadu_ps(q + half + j), acc[h]);
         }
     }
 
@@ -167,80 +226,106 @@ static void scores_avx2(const tq_kv_layout *layout, const float *prepared, int n
     }
 }
 
-ALWAYS_INLINE void add_scaled(float *acc, size_t acc_floats, const float *w, int n_queries, size_t j, __m256 x)
+/* Rows per pass of the value accumulation: their codes stay in L1/L2 while every
+ * coordinate block reads them. */
+#define ACCUMULATE_CHUNK 64
+
+/* Add the weighted rows of one chunk to the accumulators. Coordinate blocks form the outer
+ * loop, so each head's partial sums for a block stay in registers across the rows; with 8
+ * heads that takes all 16 registers, and the compiler spills the rest. */
+ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride,
+                                    size_t count, float weight[][ACCUMULATE_CHUNK],
+                                    float residual[][ACCUMULATE_CHUNK], const int n_queries, float *acc)
 {
+    const size_t d = layout->head_dim;
+    const size_t half = d / 2;
+    const size_t af = layout->acc_floats;
+
+    for (size_t j = 0; j < half; j += 8) {
+        __m256 first[TQ_KV_MAX_GROUP], second[TQ_KV_MAX_GROUP];
+        for (int h = 0; h < n_queries; h++) {
+            first[h] = _mm256_loadu_ps(acc + h * af + j);
+            second[h] = _mm256_loadu_ps(acc + h * af + half + j);
+        }
+        for (size_t r = 0; r < count; r++) {
+            __m256 x, y;
+            load_pair(layout, rows + r * row_stride + layout->codes_offset, j, &x, &y);
+            for (int h = 0; h < n_queries; h++) {
+                const __m256 w = _mm256_broadcast_ss(&weight[h][r]);
+                first[h] = _mm256_fmadd_ps(x, w, first[h]);
+                second[h] = _mm256_fmadd_ps(y, w, second[h]);
+            }
+        }
+        for (int h = 0; h < n_queries; h++) {
+            _mm256_storeu_ps(acc + h * af + j, first[h]);
+            _mm256_storeu_ps(acc + h * af + half + j, second[h]);
+        }
+    }
+
+    if (!layout->has_qjl) {
+        return;
+    }
+    /* Signed sums: sum_r (bit ? w : -w) = 2 * sum over set bits - sum of all w. */
+    float total[TQ_KV_MAX_GROUP];
     for (int h = 0; h < n_queries; h++) {
-        float *sum = acc + (size_t)h * acc_floats + j;
-        _mm256_storeu_ps(sum, _mm256_fmadd_ps(x, _mm256_set1_ps(w[h]), _mm256_loadu_ps(sum)));
+        total[h] = 0.0f;
+        for (size_t r = 0; r < count; r++) {
+            total[h] += residual[h][r];
+        }
+    }
+    for (size_t j = 0; j < d; j += 8) {
+        __m256 positive[TQ_KV_MAX_GROUP];
+        for (int h = 0; h < n_queries; h++) {
+            positive[h] = _mm256_setzero_ps();
+        }
+        for (size_t r = 0; r < count; r++) {
+            const __m256 mask = _mm256_castsi256_ps(expand_byte(rows[r * row_stride + layout->qjl_offset + j / 8]));
+            for (int h = 0; h < n_queries; h++) {
+                positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(mask, _mm256_broadcast_ss(&residual[h][r])));
+            }
+        }
+        for (int h = 0; h < n_queries; h++) {
+            float *sum = acc + h * af + d + j;
+            const __m256 signed_sum = _mm256_sub_ps(_mm256_add_ps(positive[h], positive[h]), _mm256_set1_ps(total[h]));
+            _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum), signed_sum));
+        }
+    }
+}
+
+ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
+                                   const float *weights, size_t weight_stride, const int n_queries, float *acc)
+{
+    float weight[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    float residual[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    for (size_t start = 0; start < n; start += ACCUMULATE_CHUNK) {
+        const size_t count = n - start < ACCUMULATE_CHUNK ? n - start : ACCUMULATE_CHUNK;
+        const uint8_t *chunk = rows + start * row_stride;
+        for (size_t r = 0; r < count; r++) {
+            const uint8_t *row = chunk + r * row_stride;
+            const float norm = row_norm(layout, row);
+            const float residual_weight =
+                layout->has_qjl ? layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) : 0.0f;
+            for (int h = 0; h < n_queries; h++) {
+                weight[h][r] = weights[(size_t)h * weight_stride + start + r] * norm;
+                residual[h][r] = weight[h][r] * residual_weight;
+            }
+        }
+        accumulate_chunk(layout, chunk, row_stride, count, weight, residual, n_queries, acc);
     }
 }
 
 static void accumulate_avx2(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                             const float *weights, size_t weight_stride, int n_queries, float *acc)
 {
-    const size_t d = layout->head_dim;
-    const size_t half = d / 2;
-    const size_t plane_bytes = d / 16;
-    const size_t af = layout->acc_floats;
-
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *row = rows + i * row_stride;
-        const uint8_t *codes = row + layout->codes_offset;
-        const float norm = row_norm(layout, row);
-        float w[TQ_KV_MAX_GROUP];
-        for (int h = 0; h < n_queries; h++) {
-            w[h] = weights[(size_t)h * weight_stride + i] * norm;
-        }
-
-        if (layout->kind == TQ_KV_KIND_F16) {
-            for (size_t j = 0; j < d; j += 8) {
-                add_scaled(acc, af, w, n_queries, j,
-                           _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(codes + 2 * j))));
-            }
-        } else if (layout->kind == TQ_KV_KIND_MSE) {
-            const __m256 first_low = _mm256_loadu_ps(layout->centroids_first);
-            const __m256 first_high = _mm256_loadu_ps(layout->centroids_first + 8);
-            const __m256 second_low = _mm256_loadu_ps(layout->centroids_second);
-            const __m256 second_high = _mm256_loadu_ps(layout->centroids_second + 8);
-            const uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
-            for (size_t j = 0; j < half; j += 8) {
-                add_scaled(acc, af, w, n_queries, j,
-                           lookup(first_low, first_high, layout->bits_first,
-                                  load_codes8(codes, plane_bytes, layout->bits_first, j)));
-                add_scaled(acc, af, w, n_queries, half + j,
-                           lookup(second_low, second_high, layout->bits_second,
-                                  load_codes8(second, plane_bytes, layout->bits_second, j)));
-            }
-        } else {
-            const __m256 radius_low = _mm256_loadu_ps(layout->radius);
-            const __m256 radius_high = _mm256_loadu_ps(layout->radius + 8);
-            const __m256 cos_table = _mm256_loadu_ps(layout->angle_cos);
-            const __m256 sin_table = _mm256_loadu_ps(layout->angle_sin);
-            const uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
-            for (size_t j = 0; j < half; j += 8) {
-                const __m256 radius = lookup(radius_low, radius_high, TQ_KV_POLAR_RADIUS_BITS,
-                                             load_codes8(codes, plane_bytes, TQ_KV_POLAR_RADIUS_BITS, j));
-                const __m256i angle = load_codes8(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j);
-                add_scaled(acc, af, w, n_queries, j,
-                           _mm256_mul_ps(radius, _mm256_permutevar8x32_ps(cos_table, angle)));
-                add_scaled(acc, af, w, n_queries, half + j,
-                           _mm256_mul_ps(radius, _mm256_permutevar8x32_ps(sin_table, angle)));
-            }
-        }
-
-        if (layout->has_qjl) {
-            const float residual_weight = layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
-            const uint8_t *signs = row + layout->qjl_offset;
-            for (size_t j = 0; j < d; j += 8) {
-                const __m256 mask = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
-                for (int h = 0; h < n_queries; h++) {
-                    const __m256 weight = _mm256_set1_ps(w[h] * residual_weight);
-                    const __m256 negative = _mm256_sub_ps(_mm256_setzero_ps(), weight);
-                    float *sum = acc + (size_t)h * af + d + j;
-                    _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum), _mm256_blendv_ps(negative, weight, mask)));
-                }
-            }
-        }
+    switch (n_queries) {
+    case 1: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 1, acc); break;
+    case 2: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 2, acc); break;
+    case 3: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 3, acc); break;
+    case 4: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 4, acc); break;
+    case 5: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 5, acc); break;
+    case 6: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 6, acc); break;
+    case 7: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 7, acc); break;
+    default: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 8, acc); break;
     }
 }
 
