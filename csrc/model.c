@@ -412,6 +412,7 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the model");
     }
     model->threads = params->threads;
+    model->exact_matmul = params->exact_matmul ? 1 : 0;
     tq_status status = tq_isa_select(&model->isa, err);
     if (status == TQ_OK) {
         status = tq_gguf_open(params->path, &model->gguf, err);

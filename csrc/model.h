@@ -55,6 +55,8 @@ typedef struct {
     int64_t n_batch;   /* micro-batch size of prefill; 0 for the default of 512 */
     tq_kv_type type_k;
     tq_kv_type type_v;
+    int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
+                        * comparisons with float references), 0: quantize them as llama.cpp does */
 } tq_model_params;
 
 /* Open path and build the model. Errors: TQ_ERR_IO (missing file), TQ_ERR_FORMAT

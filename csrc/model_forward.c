@@ -15,6 +15,17 @@
 
 #include "model_internal.h"
 
+/* Every weight product of the forward pass: quantized activations (fast, as llama.cpp)
+ * unless the model was created with exact_matmul. */
+static tq_status model_matmul(const tq_model *model, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
+                              tq_error *err)
+{
+    if (model->exact_matmul) {
+        return tq_matmul_exact(w, x, y, n_tokens, err);
+    }
+    return tq_matmul(model->isa, w, x, y, n_tokens, err);
+}
+
 /* out = x / sqrt(mean(x^2) + eps) * weight, over n values. */
 static void rms_norm(const float *x, const float *weight, int n, float eps, float *out)
 {
@@ -184,9 +195,9 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
 
     /* Attention block. */
     rms_norm_rows(b->x, w->attn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = tq_matmul(model->isa, &w->attn_q, b->x_norm, b->q, n, err)) != TQ_OK ||
-        (status = tq_matmul(model->isa, &w->attn_k, b->x_norm, b->k, n, err)) != TQ_OK ||
-        (status = tq_matmul(model->isa, &w->attn_v, b->x_norm, b->v, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->attn_q, b->x_norm, b->q, n, err)) != TQ_OK ||
+        (status = model_matmul(model, &w->attn_k, b->x_norm, b->k, n, err)) != TQ_OK ||
+        (status = model_matmul(model, &w->attn_v, b->x_norm, b->v, n, err)) != TQ_OK) {
         return status;
     }
 
@@ -210,7 +221,7 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
 
     attend_layer(model, l, pos0, n);
 
-    if ((status = tq_matmul(model->isa, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -225,8 +236,8 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
 
     /* Feed-forward block. */
     rms_norm_rows(b->x, w->ffn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = tq_matmul(model->isa, &w->ffn_gate, b->x_norm, b->gate, n, err)) != TQ_OK ||
-        (status = tq_matmul(model->isa, &w->ffn_up, b->x_norm, b->up, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, err)) != TQ_OK ||
+        (status = model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, err)) != TQ_OK) {
         return status;
     }
     const int64_t ffn_values = n * c->ffn;
@@ -234,7 +245,7 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
     for (int64_t i = 0; i < ffn_values; i++) {
         b->gate[i] = gelu_tanh(b->gate[i]) * b->up[i];
     }
-    if ((status = tq_matmul(model->isa, &w->ffn_down, b->gate, b->projection, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->ffn_down, b->gate, b->projection, n, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -323,10 +334,10 @@ tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_lo
         /* Output norm and LM head only for the rows the caller wants. */
         if (mode == TQ_LOGITS_ALL) {
             rms_norm_rows(b->x, model->output_norm, m, c->hidden, c->rms_eps, b->x_norm);
-            status = tq_matmul(model->isa, &model->lm_head, b->x_norm, logits + start * (int64_t)c->n_vocab, m, err);
+            status = model_matmul(model, &model->lm_head, b->x_norm, logits + start * (int64_t)c->n_vocab, m, err);
         } else if (mode == TQ_LOGITS_LAST && start + m == n) {
             rms_norm(b->x + (m - 1) * c->hidden, model->output_norm, c->hidden, c->rms_eps, b->x_norm);
-            status = tq_matmul(model->isa, &model->lm_head, b->x_norm, logits, 1, err);
+            status = model_matmul(model, &model->lm_head, b->x_norm, logits, 1, err);
         }
         if (status != TQ_OK) {
             return status;

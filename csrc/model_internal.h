@@ -51,6 +51,7 @@ struct tq_model {
     int64_t n_batch;
     int threads;
     tq_isa isa;
+    int exact_matmul; /* 1: float activations in every product (tq_matmul_exact) */
     tq_forward_buffers buffers;
 };
 

@@ -69,6 +69,13 @@ tq_status tq_weight_init(tq_weight *w, int type, int64_t n_in, int64_t n_out, co
  * concurrent calls on different outputs share no state. x and y must not overlap. */
 tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err);
 
+/* The same product with float32 activations: each weight row is dequantized and
+ * dotted with x in float32, so no error is added beyond float rounding. Slower than
+ * tq_matmul (no integer kernels, no SIMD variants); it exists to check the forward pass against float
+ * references such as transformers, which dequantize the weights the same way.
+ * Threads over output rows with OpenMP. */
+tq_status tq_matmul_exact(const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err);
+
 /* Copy row `row` of w, dequantized, into dst (n_in floats). Used for embedding lookup. */
 tq_status tq_weight_get_row(const tq_weight *w, int64_t row, float *dst, tq_error *err);
 

@@ -469,55 +469,29 @@ def transformers_reference(model_path, prompt_ids):
     return logits, greedy
 
 
-@pytest.fixture(scope="module")
-def float_weights_path(model_path, tmp_path_factory):
-    """The checkpoint with every tensor dequantized to F32 by the gguf package (1.1 GB)."""
-    reader = gguf.GGUFReader(model_path)
-    path = tmp_path_factory.mktemp("f32") / "gemma-3-270m-f32.gguf"
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key == "general.file_type":
-            continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), value_type, sub_type=sub_type)
-    for tensor in reader.tensors:
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        writer.add_tensor(tensor.name, values.reshape([int(d) for d in tensor.shape][::-1]))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    yield str(path)
-    os.remove(path)
-
-
-def greedy_continuation(model, ids, n_tokens):
-    token = int(model.eval(ids, logits="last").argmax())
-    generated = [token]
-    while len(generated) < n_tokens:
-        token = int(model.eval([token], logits="last").argmax())
-        generated.append(token)
-    return generated
-
-
 @pytest.mark.slow
-def test_float_weights_match_transformers(float_weights_path, prompt_ids, transformers_reference):
-    # Same float weights as transformers and no activation quantization (F32
-    # matmuls take float inputs), so this isolates the forward pass itself.
+def test_exact_matmul_matches_transformers(model_path, prompt_ids, transformers_reference):
+    # Same GGUF file as transformers, f32 KV cache, and activations kept in float32
+    # (exact_matmul), so the weights are dequantized exactly as transformers does and
+    # only float32 summation order differs. Observed: at most 3e-4 on logits of up to
+    # 40; the bound leaves a margin of about 10.
     reference_logits, reference_greedy = transformers_reference
     for name, ids in prompt_ids.items():
-        model = _core.Model(float_weights_path, cache_type_k="f32", cache_type_v="f32", ctx=1024)
-        logits = model.eval(ids, logits="all")
+        model = _core.Model(model_path, cache_type_k="f32", cache_type_v="f32", ctx=1024, exact_matmul=True)
+        continuation = reference_greedy.get(name, [])
+        # One pass over the prompt and transformers' greedy continuation: when our top
+        # token at every position equals transformers' next token, our greedy decoding
+        # produces the same continuation token for token.
+        logits = model.eval(ids + continuation, logits="all")
         expected = reference_logits[name]
-        np.testing.assert_array_equal(logits.argmax(axis=1), expected.argmax(axis=1), err_msg=name)
-        # Observed at most 2e-4 on logits of up to 40 (float32 summation order);
-        # the bound leaves a margin of 10.
-        assert np.abs(logits - expected).max() < 2e-3, name
-        if name in reference_greedy:
-            model.truncate(len(ids) - 1)
-            generated = greedy_continuation(model, ids[-1:], GREEDY_TOKENS)
-            assert generated == reference_greedy[name], name
+        prompt_logits = logits[: len(ids)]
+        np.testing.assert_array_equal(prompt_logits.argmax(axis=1), expected.argmax(axis=1), err_msg=name)
+        max_difference = float(np.abs(prompt_logits - expected).max())
+        print(f"{name}: max |logit difference| {max_difference:.2e} over {len(ids)} positions")
+        assert max_difference < 3e-3, name
+        if continuation:
+            predicted = logits[len(ids) - 1 : -1].argmax(axis=1).tolist()
+            assert predicted == continuation, name
 
 
 @pytest.mark.slow

@@ -40,15 +40,17 @@ static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *ou
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"path", "threads", "cache_type_k", "cache_type_v", "ctx", "n_batch", NULL};
+    static char *keywords[] = {"path", "threads", "cache_type_k", "cache_type_v", "ctx", "n_batch", "exact_matmul",
+                               NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
     PyObject *cache_type_v = NULL;
     long long ctx = 0;
     long long n_batch = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLL:Model", keywords, PyUnicode_FSConverter, &path_bytes,
-                                     &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch)) {
+    int exact_matmul = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLp:Model", keywords, PyUnicode_FSConverter, &path_bytes,
+                                     &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch, &exact_matmul)) {
         return -1;
     }
     if (self->model != NULL) {
@@ -91,6 +93,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .n_batch = n_batch,
         .type_k = type_k,
         .type_v = type_v,
+        .exact_matmul = exact_matmul,
     };
     tq_error err;
     tq_error_clear(&err);
@@ -389,10 +392,11 @@ static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.Model",
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0)\n\n"
+    .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0, exact_matmul=False)\n\n"
               "Gemma 3 model from a GGUF file with a KV cache of ctx positions (0: the model's context length).\n"
               "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0' or 'q4_0'. n_batch: prompt micro-batch\n"
-              "size (0: 512). threads: OpenMP threads per call (0: OpenMP default).",
+              "size (0: 512). threads: OpenMP threads per call (0: OpenMP default). exact_matmul: keep\n"
+              "activations in float32 in weight products (slower; matches float references such as transformers).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
     .tp_dealloc = (destructor)Model_dealloc,
