@@ -6,7 +6,6 @@ continuations, and formulas for KV-cache sizes.
 """
 
 import os
-import shutil
 
 import gguf
 import numpy as np
