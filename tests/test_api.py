@@ -124,6 +124,7 @@ def test_tokenize_roundtrip(model):
 # ----------------------------------------------------------------------------- logits
 
 
+@pytest.mark.slow
 def test_logits_shape_and_consistency(model):
     ids = model.tokenize(STORY_PROMPT)
     logits = model.logits(ids)
@@ -150,6 +151,7 @@ def test_logits_past_context(model):
 # ----------------------------------------------------------------------------- generate
 
 
+@pytest.mark.slow
 def test_generate_seed_reproducible(model):
     params = dict(max_tokens=8, temperature=1.0, seed=1234)
     model.reset()
@@ -405,6 +407,7 @@ def numpy_perplexity(model, tokens, ctx):
     return math.exp(np.mean(nll)), len(nll)
 
 
+@pytest.mark.slow
 def test_cli_perplexity_matches_numpy(model, tmp_path):
     path = short_text_file(tmp_path)
     ctx, max_tokens = 32, 100
