@@ -1,6 +1,7 @@
 """Build the C core `turboquant._core` from csrc/ and kernels/.
 
-SIMD kernels live in files named `*_avx2.c`, `*_avx512.c` and `*_neon.c`. Each is
+SIMD kernels live in files named `*_avx2.c`, `*_avx512.c`, `*_avx512vnni.c` and
+`*_neon.c`. Each is
 compiled with its own target flags, and the core picks a variant at run time from
 the CPU features, so one build runs on any x86-64 or arm64 CPU.
 
@@ -26,6 +27,7 @@ IS_ARM64 = MACHINE in ("aarch64", "arm64")
 KERNEL_FLAGS = {
     "_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
     "_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c"],
+    "_avx512vnni.c": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c"],
     "_neon.c": [],  # NEON is part of the arm64 baseline.
 }
 
@@ -43,7 +45,7 @@ def collect_sources():
     wanted_suffixes = set()
     macros = []
     if IS_X86_64:
-        wanted_suffixes = {"_avx2.c", "_avx512.c"}
+        wanted_suffixes = {"_avx2.c", "_avx512.c", "_avx512vnni.c"}
         macros += [("TQ_HAVE_AVX2_KERNELS", "1"), ("TQ_HAVE_AVX512_KERNELS", "1")]
     elif IS_ARM64:
         wanted_suffixes = {"_neon.c"}

@@ -49,6 +49,34 @@ extern const tq_matmul_kernels tq_matmul_kernels_avx512;
 extern const tq_matmul_kernels tq_matmul_kernels_neon;
 #endif
 
+/* Blocked matrix product for many tokens, an optional addition to a kernel table.
+ * Both operands are first repacked into a layout private to the kernel: weights
+ * one chunk of rows at a time, activations once per call from their Q8_0 rows
+ * (so they keep exactly the codes the vec_dot path uses). */
+typedef struct {
+    int64_t min_tokens;   /* use the blocked product from this many tokens on */
+    int64_t row_multiple; /* pack_weight_rows pads the rows to a multiple of this */
+    unsigned char supported[TQ_VEC_DOT_SLOTS]; /* indexed by tq_ggml_type */
+    size_t (*packed_weight_row_bytes)(int64_t n_in);
+    size_t (*packed_activation_row_bytes)(int64_t n_in);
+    /* Repack rows rows of weights w (type, row_bytes apart) into padded_rows
+     * packed rows at packed; rows past `rows` become zero rows. */
+    void (*pack_weight_rows)(int type, const void *w, size_t row_bytes, int64_t rows, int64_t padded_rows,
+                             int64_t n_in, void *packed);
+    /* Repack one Q8_0 activation row for weights of the given type. */
+    void (*pack_activation_row)(int type, const void *q8_0_row, int64_t n_in, void *packed);
+    /* y[t * ldy + r] = dot(weight row r, activation row t) for r < rows, t < n_tokens. */
+    void (*gemm_rows)(int64_t n_in, const void *packed_w, int64_t rows, const void *packed_x, int64_t n_tokens,
+                      float *y, int64_t ldy);
+} tq_gemm_kernels;
+
+#if defined(TQ_HAVE_AVX512_KERNELS)
+extern const tq_gemm_kernels tq_gemm_kernels_avx512vnni;
+#endif
+
+/* Returns the blocked-product table for isa on this CPU, or NULL when there is none. */
+const tq_gemm_kernels *tq_gemm_kernels_for(int isa);
+
 /* Scalar references, also used by variants for the types they do not specialize. */
 void tq_quantize_row_q8_0_scalar(const float *x, void *y, int64_t n);
 void tq_quantize_row_q8_K_scalar(const float *x, void *y, int64_t n);

@@ -340,3 +340,14 @@ const tq_matmul_kernels *tq_matmul_kernels_for(int isa)
         return NULL;
     }
 }
+
+const tq_gemm_kernels *tq_gemm_kernels_for(int isa)
+{
+#if defined(TQ_HAVE_AVX512_KERNELS)
+    if (isa == TQ_ISA_AVX512 && __builtin_cpu_supports("avx512vnni")) {
+        return &tq_gemm_kernels_avx512vnni;
+    }
+#endif
+    (void)isa;
+    return NULL;
+}
