@@ -364,9 +364,40 @@ static int64_t rows_per_chunk(const tq_weight *w)
  * chunk passes over them. */
 #define TOKENS_PER_TILE 16
 
-/* Rows per work item of the blocked product: their packed weights (80 KiB for
- * 64 rows of 640 inputs) stay in L2 while all tokens pass over them. */
+/* Blocking of the blocked product, sized for a 1 MiB L2 per core. Packed rows
+ * of 640 inputs take 1280 bytes for weights and 1920 bytes for activations.
+ * - A work item is a chunk of GEMM_CHUNK_ROWS rows (80 KiB packed) times one
+ *   block of GEMM_BLOCK_TOKENS tokens (270 KiB packed), so both stay in L2
+ *   while the register tiles pass over them. Without token blocks, every chunk
+ *   would stream all activations (15 MiB at 8192 tokens) from memory.
+ * - Weights are repacked once per call, up to GEMM_PACKED_BYTES at a time.
+ * - Results go through a tile of GEMM_TILE_TOKENS tokens, because writing y
+ *   directly touches one line per token at a stride of n_out floats, which for
+ *   power-of-two n_out maps all tokens to a few cache sets.
+ * Both token counts are multiples of the kernel's 3-token register tile. */
 #define GEMM_CHUNK_ROWS 64
+#define GEMM_BLOCK_TOKENS 144
+#define GEMM_TILE_TOKENS 48
+#define GEMM_PACKED_BYTES ((size_t)8 << 20)
+
+/* Computes the rows of chunk c of a packed row range starting at row s0. */
+static void gemm_chunk(const tq_gemm_kernels *gemm, const tq_weight *w, const uint8_t *packed_w, size_t packed_w_row,
+                       int64_t s0, int64_t range_rows, int64_t c, const uint8_t *packed_x, size_t packed_x_row,
+                       int64_t t_begin, int64_t t_end, float *y)
+{
+    float tile[GEMM_TILE_TOKENS * GEMM_CHUNK_ROWS];
+    const int64_t n_out = w->n_out;
+    const int64_t r0 = c * GEMM_CHUNK_ROWS;
+    const int64_t rows = r0 + GEMM_CHUNK_ROWS < range_rows ? GEMM_CHUNK_ROWS : range_rows - r0;
+    const uint8_t *chunk_w = packed_w + (size_t)r0 * packed_w_row;
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += GEMM_TILE_TOKENS) {
+        const int64_t tokens = t0 + GEMM_TILE_TOKENS < t_end ? GEMM_TILE_TOKENS : t_end - t0;
+        gemm->gemm_rows(w->n_in, chunk_w, rows, packed_x + (size_t)t0 * packed_x_row, tokens, tile, rows);
+        for (int64_t t = 0; t < tokens; t++) {
+            memcpy(y + (t0 + t) * n_out + s0 + r0, &tile[t * rows], (size_t)rows * sizeof(float));
+        }
+    }
+}
 
 /* Matrix product through a blocked kernel; q8_0 holds the n_tokens quantized
  * activation rows, act_row_bytes apart. */
@@ -377,50 +408,63 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w,
     const int64_t n_out = w->n_out;
     const size_t packed_x_row = gemm->packed_activation_row_bytes(n_in);
     const size_t packed_w_row = gemm->packed_weight_row_bytes(n_in);
+
+    /* Rows repacked at a time: a multiple of the chunk size, at least one chunk. */
+    int64_t range_rows = (int64_t)(GEMM_PACKED_BYTES / packed_w_row) / GEMM_CHUNK_ROWS * GEMM_CHUNK_ROWS;
+    if (range_rows < GEMM_CHUNK_ROWS) {
+        range_rows = GEMM_CHUNK_ROWS;
+    }
+    const int64_t all_rows = (n_out + GEMM_CHUNK_ROWS - 1) / GEMM_CHUNK_ROWS * GEMM_CHUNK_ROWS;
+    if (range_rows > all_rows) {
+        range_rows = all_rows;
+    }
     size_t packed_x_total, packed_w_total;
     if (!tq_mul_size(packed_x_row, (size_t)n_tokens, &packed_x_total) ||
-        !tq_mul_size(packed_w_row, GEMM_CHUNK_ROWS, &packed_w_total)) {
+        !tq_mul_size(packed_w_row, (size_t)range_rows, &packed_w_total)) {
         return tq_error_set(err, TQ_ERR_INVALID, "%lld activation rows of %lld values are too many for size_t",
                             (long long)n_tokens, (long long)n_in);
     }
-    void *packed_x = tq_aligned_alloc(packed_x_total);
-    if (packed_x == NULL) {
-        return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate %zu bytes for packed activations", packed_x_total);
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < n_tokens; t++) {
-        gemm->pack_activation_row(w->type, q8_0 + (size_t)t * act_row_bytes, n_in,
-                                  (uint8_t *)packed_x + (size_t)t * packed_x_row);
+    uint8_t *packed_x = tq_aligned_alloc(packed_x_total);
+    uint8_t *packed_w = tq_aligned_alloc(packed_w_total);
+    if (packed_x == NULL || packed_w == NULL) {
+        tq_aligned_free(packed_x);
+        tq_aligned_free(packed_w);
+        return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate %zu bytes for packed operands",
+                            packed_x_total + packed_w_total);
     }
 
-    const int64_t n_chunks = (n_out + GEMM_CHUNK_ROWS - 1) / GEMM_CHUNK_ROWS;
-    int failed = 0;
 #pragma omp parallel
     {
-        /* Each thread repacks its chunks into its own buffer. */
-        void *packed_w = tq_aligned_alloc(packed_w_total);
-        if (packed_w == NULL) {
-#pragma omp atomic write
-            failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tokens; t++) {
+            gemm->pack_activation_row(w->type, q8_0 + (size_t)t * act_row_bytes, n_in, packed_x + (size_t)t * packed_x_row);
         }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t c = 0; c < n_chunks; c++) {
-            if (packed_w == NULL) {
-                continue;
+        for (int64_t s0 = 0; s0 < n_out; s0 += range_rows) {
+            const int64_t rows = s0 + range_rows < n_out ? range_rows : n_out - s0;
+            const int64_t n_chunks = (rows + GEMM_CHUNK_ROWS - 1) / GEMM_CHUNK_ROWS;
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < n_chunks; c++) {
+                const int64_t r0 = c * GEMM_CHUNK_ROWS;
+                const int64_t chunk_rows = r0 + GEMM_CHUNK_ROWS < rows ? GEMM_CHUNK_ROWS : rows - r0;
+                const int64_t padded = (chunk_rows + gemm->row_multiple - 1) / gemm->row_multiple * gemm->row_multiple;
+                gemm->pack_weight_rows(w->type, (const uint8_t *)w->data + (size_t)(s0 + r0) * w->row_bytes,
+                                       w->row_bytes, chunk_rows, padded, n_in, packed_w + (size_t)r0 * packed_w_row);
             }
-            const int64_t r0 = c * GEMM_CHUNK_ROWS;
-            const int64_t rows = r0 + GEMM_CHUNK_ROWS < n_out ? GEMM_CHUNK_ROWS : n_out - r0;
-            const int64_t padded = (rows + gemm->row_multiple - 1) / gemm->row_multiple * gemm->row_multiple;
-            gemm->pack_weight_rows(w->type, (const uint8_t *)w->data + (size_t)r0 * w->row_bytes, w->row_bytes, rows,
-                                   padded, n_in, packed_w);
-            gemm->gemm_rows(n_in, packed_w, rows, packed_x, n_tokens, y + r0, n_out);
+            /* The loop above ends with a barrier, so every packed row is ready. The
+             * token blocks need no barrier between them: they only read packed data,
+             * and the barrier below keeps the next range from overwriting it. */
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += GEMM_BLOCK_TOKENS) {
+                const int64_t t1 = t0 + GEMM_BLOCK_TOKENS < n_tokens ? t0 + GEMM_BLOCK_TOKENS : n_tokens;
+#pragma omp for schedule(dynamic, 1) nowait
+                for (int64_t c = 0; c < n_chunks; c++) {
+                    gemm_chunk(gemm, w, packed_w, packed_w_row, s0, rows, c, packed_x, packed_x_row, t0, t1, y);
+                }
+            }
+#pragma omp barrier
         }
-        tq_aligned_free(packed_w);
     }
     tq_aligned_free(packed_x);
-    if (failed) {
-        return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate %zu bytes for packed weights", packed_w_total);
-    }
+    tq_aligned_free(packed_w);
     return TQ_OK;
 }
 

@@ -147,7 +147,7 @@ static inline __m128 hsum_4x16(const __m512 v[4])
 {
     const __m512 x01 = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
     const __m512 x23 = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
-    /* Each 128-bit lane now holds partial sums in the order v0, v1, v0, v1 and v2, v3, v2, v3. */
+    /* Each 128-bit lane now contains partial sums in the order v0, v1, v0, v1 and v2, v3, v2, v3. */
     const __m512 y = _mm512_add_ps(_mm512_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)),
                                    _mm512_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
     const __m256 z = _mm256_add_ps(_mm512_castps512_ps256(y), _mm512_extractf32x8_ps(y, 1));
