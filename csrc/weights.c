@@ -392,22 +392,22 @@ static void gemm_chunk(const tq_gemm_kernels *gemm, const tq_weight *w, const ui
     const uint8_t *chunk_w = packed_w + (size_t)r0 * packed_w_row;
     for (int64_t t0 = t_begin; t0 < t_end; t0 += GEMM_TILE_TOKENS) {
         const int64_t tokens = t0 + GEMM_TILE_TOKENS < t_end ? GEMM_TILE_TOKENS : t_end - t0;
-        gemm->gemm_rows(w->n_in, chunk_w, rows, packed_x + (size_t)t0 * packed_x_row, tokens, tile, rows);
+        gemm->gemm_rows(w->type, w->n_in, chunk_w, rows, packed_x + (size_t)t0 * packed_x_row, tokens, tile, rows);
         for (int64_t t = 0; t < tokens; t++) {
             memcpy(y + (t0 + t) * n_out + s0 + r0, &tile[t * rows], (size_t)rows * sizeof(float));
         }
     }
 }
 
-/* Matrix product through a blocked kernel; q8_0 holds the n_tokens quantized
+/* Matrix product through a blocked kernel; act_rows holds the n_tokens quantized
  * activation rows, act_row_bytes apart. */
-static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w, const uint8_t *q8_0,
+static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w, const uint8_t *act_rows,
                                 size_t act_row_bytes, float *y, int64_t n_tokens, tq_error *err)
 {
     const int64_t n_in = w->n_in;
     const int64_t n_out = w->n_out;
-    const size_t packed_x_row = gemm->packed_activation_row_bytes(n_in);
-    const size_t packed_w_row = gemm->packed_weight_row_bytes(n_in);
+    const size_t packed_x_row = gemm->packed_activation_row_bytes(w->type, n_in);
+    const size_t packed_w_row = gemm->packed_weight_row_bytes(w->type, n_in);
 
     /* Rows repacked at a time: a multiple of the chunk size, at least one chunk. */
     int64_t range_rows = (int64_t)(GEMM_PACKED_BYTES / packed_w_row) / GEMM_CHUNK_ROWS * GEMM_CHUNK_ROWS;
@@ -437,7 +437,7 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w,
     {
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tokens; t++) {
-            gemm->pack_activation_row(w->type, q8_0 + (size_t)t * act_row_bytes, n_in, packed_x + (size_t)t * packed_x_row);
+            gemm->pack_activation_row(w->type, act_rows + (size_t)t * act_row_bytes, n_in, packed_x + (size_t)t * packed_x_row);
         }
         for (int64_t s0 = 0; s0 < n_out; s0 += range_rows) {
             const int64_t rows = s0 + range_rows < n_out ? range_rows : n_out - s0;

@@ -51,23 +51,23 @@ extern const tq_matmul_kernels tq_matmul_kernels_neon;
 
 /* Blocked matrix product for many tokens, an optional addition to a kernel table.
  * Both operands are first repacked into a layout private to the kernel: weights
- * one chunk of rows at a time, activations once per call from their Q8_0 rows
- * (so they keep exactly the codes the vec_dot path uses). */
+ * one range of rows at a time, activations once per call from the Q8_0 or Q8_K
+ * rows that the vec_dot path would use, so both paths see the same codes. */
 typedef struct {
     int64_t min_tokens;   /* use the blocked product from this many tokens on */
     int64_t row_multiple; /* pack_weight_rows pads the rows to a multiple of this */
     unsigned char supported[TQ_VEC_DOT_SLOTS]; /* indexed by tq_ggml_type */
-    size_t (*packed_weight_row_bytes)(int64_t n_in);
-    size_t (*packed_activation_row_bytes)(int64_t n_in);
-    /* Repack rows rows of weights w (type, row_bytes apart) into padded_rows
-     * packed rows at packed; rows past `rows` become zero rows. */
+    size_t (*packed_weight_row_bytes)(int type, int64_t n_in);
+    size_t (*packed_activation_row_bytes)(int type, int64_t n_in);
+    /* Repack `rows` rows of weights w (row_bytes apart) into padded_rows packed
+     * rows at packed; rows past `rows` become zero rows. */
     void (*pack_weight_rows)(int type, const void *w, size_t row_bytes, int64_t rows, int64_t padded_rows,
                              int64_t n_in, void *packed);
-    /* Repack one Q8_0 activation row for weights of the given type. */
-    void (*pack_activation_row)(int type, const void *q8_0_row, int64_t n_in, void *packed);
+    /* Repack one quantized activation row for weights of the given type. */
+    void (*pack_activation_row)(int type, const void *row, int64_t n_in, void *packed);
     /* y[t * ldy + r] = dot(weight row r, activation row t) for r < rows, t < n_tokens. */
-    void (*gemm_rows)(int64_t n_in, const void *packed_w, int64_t rows, const void *packed_x, int64_t n_tokens,
-                      float *y, int64_t ldy);
+    void (*gemm_rows)(int type, int64_t n_in, const void *packed_w, int64_t rows, const void *packed_x,
+                      int64_t n_tokens, float *y, int64_t ldy);
 } tq_gemm_kernels;
 
 #if defined(TQ_HAVE_AVX512_KERNELS)
