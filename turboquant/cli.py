@@ -108,10 +108,17 @@ def cmd_perplexity(args):
     from .perplexity import evaluate_perplexity
 
     path = args.file
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"text file not found: {path!r}")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; pass a UTF-8 text file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path!r} is not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+            "pass a UTF-8 text file"
+        ) from None
 
     ctx = args.ctx or 512
     model = _load_model(args, ctx=ctx)
@@ -186,6 +193,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"turboquant {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except UnicodeEncodeError as exc:
+        # Command-line text with bytes that are not UTF-8 arrives as lone surrogates.
+        print(f"turboquant {args.command}: error: the text contains bytes that are not valid UTF-8 "
+              f"(position {exc.start}); pass UTF-8 text", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, NotImplementedError, IndexError, ImportError) as exc:
         # Bad input (a file, a setting, an environment variable) gets one line, not a traceback.
         print(f"turboquant {args.command}: error: {exc}", file=sys.stderr)

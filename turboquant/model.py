@@ -133,6 +133,8 @@ class Model:
         if path is None:
             path = default_model_path()
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path!r} is a directory; pass the path of a GGUF file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model file not found: {path!r}; pass the path of a GGUF file")
 
@@ -146,9 +148,10 @@ class Model:
         return cls(core, path)
 
     def _find_end_ids(self) -> frozenset:
-        """Return the ids that end a reply: EOS and Gemma's <end_of_turn> when the vocabulary has it."""
-        ids = {self._tokenizer.eos_id, self._tokenizer.find("<end_of_turn>")}
-        return frozenset(int(i) for i in ids if i is not None)
+        """Return the ids that end a reply: EOS, and Gemma's <end_of_turn> and <start_of_turn> when the
+        vocabulary has them (a model that opens a new turn has finished its own)."""
+        ids = {self._tokenizer.eos_id, self._tokenizer.find("<end_of_turn>"), self._tokenizer.find("<start_of_turn>")}
+        return frozenset(int(i) for i in ids if i is not None and int(i) >= 0)
 
     # -------------------------------------------------------------- properties
 
@@ -163,7 +166,8 @@ class Model:
 
     @property
     def threads(self) -> int:
-        return self._core.threads
+        """OpenMP threads per call; when the model was loaded with the default, the OpenMP default."""
+        return self._core.threads or _core.build_info()["openmp_threads"]
 
     @property
     def cache_type_k(self) -> str:
@@ -306,7 +310,8 @@ class Model:
         if len(ids) > self.n_ctx:
             raise ValueError(
                 f"prompt has {len(ids)} tokens but the context is {self.n_ctx} tokens; "
-                f"load the model with ctx={len(ids) + 256} or more (Model.load(ctx=...)) or shorten the prompt"
+                f"load the model with ctx of at least {len(ids)} plus the tokens to generate "
+                "(Model.load(ctx=...), or --ctx on the command line) or shorten the prompt"
             )
         return ids
 
