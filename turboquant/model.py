@@ -113,7 +113,8 @@ class Model:
     # ----------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None) -> "Model":
+    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None,
+             exact_matmul=False) -> "Model":
         """Load a GGUF model.
 
         path: a GGUF file; None loads the default model (Gemma 3 270M Q4_K_M from the package
@@ -122,6 +123,8 @@ class Model:
         cache_type_k, cache_type_v: KV cache storage types ("f16" and the quantized types
         listed by the runtime); None means "f16".
         ctx: context length in tokens, >= 1; None uses the runtime default.
+        exact_matmul: keep activations in float32 in every weight product (several times slower);
+        the default rounds them to 8 bits per block as llama.cpp does.
         Raises FileNotFoundError for a missing file, ValueError for a bad value.
         """
         _check_optional_int("threads", threads, 1)
@@ -144,6 +147,7 @@ class Model:
             cache_type_k=cache_type_k or "f16",
             cache_type_v=cache_type_v or "f16",
             ctx=ctx or 0,
+            exact_matmul=bool(exact_matmul),
         )
         return cls(core, path)
 
