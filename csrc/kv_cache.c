@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_codec.h"
+
 /* ---- Storage types ---------------------------------------------------------- */
 
 static size_t f32_row_bytes(int head_dim)
@@ -125,13 +127,23 @@ TQ_DEFINE_BASELINE_OPS(q4_0, TQ_KV_Q4_0)
 
 static const tq_kv_type_ops kv_type_ops[TQ_KV_TYPE_COUNT] = {
     {"f32", TQ_KV_F32, f32_row_bytes, f32_write_rows, float_query_bytes, float_query_prepare, f32_scores,
-     f32_accumulate, 0},
+     f32_accumulate, 0, 0},
     {"f16", TQ_KV_F16, f16_row_bytes, f16_write_rows, float_query_bytes, float_query_prepare, f16_scores,
-     f16_accumulate, 0},
+     f16_accumulate, 0, 0},
     {"q8_0", TQ_KV_Q8_0, q8_0_row_bytes, q8_0_write_rows, float_query_bytes, float_query_prepare, q8_0_scores,
-     q8_0_accumulate, 0},
+     q8_0_accumulate, 0, 0},
     {"q4_0", TQ_KV_Q4_0, q4_0_row_bytes, q4_0_write_rows, float_query_bytes, float_query_prepare, q4_0_scores,
-     q4_0_accumulate, 0},
+     q4_0_accumulate, 0, 0},
+    /* Codec types: rows are written and read through a tq_kv_codec (see tq_kv_cache_attend_range). */
+    {"tq4", TQ_KV_TQ4, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"tq3.5", TQ_KV_TQ3_5, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"tq3", TQ_KV_TQ3, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"tq2.5", TQ_KV_TQ2_5, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"tq2", TQ_KV_TQ2, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"tq3+qjl", TQ_KV_TQ3_QJL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"tq4+qjl", TQ_KV_TQ4_QJL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"polar", TQ_KV_POLAR, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
+    {"polar+qjl", TQ_KV_POLAR_QJL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1},
 };
 
 const tq_kv_type_ops *tq_kv_type_get(tq_kv_type type)
@@ -150,7 +162,9 @@ tq_status tq_kv_type_parse(const char *name, tq_kv_type *out, tq_error *err)
             return TQ_OK;
         }
     }
-    return tq_error_set(err, TQ_ERR_INVALID, "unknown KV cache type '%s'; expected one of f32, f16, q8_0, q4_0",
+    return tq_error_set(err, TQ_ERR_INVALID,
+                        "unknown KV cache type '%s'; expected one of f32, f16, q8_0, q4_0, tq4, tq3.5, tq3, tq2.5, "
+                        "tq2, tq3+qjl, tq4+qjl, polar, polar+qjl",
                         name != NULL ? name : "(null)");
 }
 
@@ -166,6 +180,18 @@ typedef struct {
     int64_t n_slots;   /* slots allocated so far (grows up to max_slots) */
     uint8_t *keys;     /* n_slots * key_slot_bytes */
     uint8_t *values;   /* n_slots * value_slot_bytes */
+    /* Codec layers only (NULL otherwise): the codecs that encode and read this layer's rows,
+     * owned by the cache. recent_keys and recent_values are the f16 copies of the newest
+     * positions: a ring of recent_slots positions (position p in slot p mod recent_slots),
+     * each of n_kv_heads f16 rows. */
+    const tq_kv_codec *codec_k;
+    const tq_kv_codec *codec_v;
+    const tq_kv_type_ops *ops_k; /* baseline type of the keys, NULL when codec_k is set */
+    const tq_kv_type_ops *ops_v;
+    uint16_t *recent_keys;
+    uint16_t *recent_values;
+    size_t key_row_bytes, value_row_bytes;   /* one KV head */
+    size_t key_slot_bytes, value_slot_bytes; /* all KV heads of one position */
 } tq_kv_layer;
 
 struct tq_kv_cache {
@@ -181,7 +207,78 @@ struct tq_kv_cache {
     size_t key_row_bytes, value_row_bytes;   /* one KV head */
     size_t key_slot_bytes, value_slot_bytes; /* all KV heads of one position */
     tq_kv_layer *layers;
+    /* Codec types: one codec per side, owned here (NULL for a baseline side). recent_f16 is
+     * the window in positions and recent_slots its ring size, both 0 without a window. */
+    tq_kv_codec *codec_k, *codec_v;
+    int64_t recent_f16;
+    int64_t recent_slots;
 };
+
+/* Per-layer storage of every layer: row sizes, baseline ops or codecs, and for codec
+ * layers the f16 ring of the recent window. Layers flagged in config->layer_f16 store f16
+ * rows with the baseline f16 type. */
+static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *config, tq_error *err)
+{
+    const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
+    const int uses_codec = cache->ops_k->codec || cache->ops_v->codec;
+    tq_status status = TQ_OK;
+    if (uses_codec) {
+        if (config->recent_f16 < 0) {
+            return tq_error_set(err, TQ_ERR_INVALID, "recent_f16 must be >= 0 positions, got %lld",
+                                (long long)config->recent_f16);
+        }
+        const size_t d = (size_t)config->head_dim;
+        if (cache->ops_k->codec) {
+            status = tq_kv_codec_create(cache->ops_k->name, d, config->codec_seed, config->isa, &cache->codec_k, err);
+        }
+        if (status == TQ_OK && cache->ops_v->codec) {
+            status = tq_kv_codec_create(cache->ops_v->name, d, config->codec_seed, config->isa, &cache->codec_v, err);
+        }
+        if (status != TQ_OK) {
+            return status;
+        }
+        cache->recent_f16 = config->recent_f16 < cache->n_ctx ? config->recent_f16 : cache->n_ctx;
+        if (cache->recent_f16 > 0) {
+            cache->recent_slots = cache->recent_f16 + cache->n_batch;
+            cache->recent_slots = cache->recent_slots < cache->n_ctx ? cache->recent_slots : cache->n_ctx;
+        }
+    }
+
+    const size_t f16_row = f16_ops->row_bytes(config->head_dim);
+    for (int l = 0; l < cache->n_layers; l++) {
+        tq_kv_layer *layer = &cache->layers[l];
+        const int keep_f16 = config->layer_f16 != NULL && config->layer_f16[l];
+        layer->ops_k = keep_f16 ? f16_ops : (cache->ops_k->codec ? NULL : cache->ops_k);
+        layer->ops_v = keep_f16 ? f16_ops : (cache->ops_v->codec ? NULL : cache->ops_v);
+        layer->codec_k = layer->ops_k == NULL ? cache->codec_k : NULL;
+        layer->codec_v = layer->ops_v == NULL ? cache->codec_v : NULL;
+        layer->key_row_bytes = layer->codec_k != NULL ? tq_kv_codec_row_bytes(layer->codec_k)
+                                                      : layer->ops_k->row_bytes(config->head_dim);
+        layer->value_row_bytes = layer->codec_v != NULL ? tq_kv_codec_row_bytes(layer->codec_v)
+                                                        : layer->ops_v->row_bytes(config->head_dim);
+        layer->key_slot_bytes = layer->key_row_bytes * (size_t)cache->n_kv_heads;
+        layer->value_slot_bytes = layer->value_row_bytes * (size_t)cache->n_kv_heads;
+
+        if ((layer->codec_k != NULL || layer->codec_v != NULL) && cache->recent_slots > 0) {
+            size_t bytes;
+            if (!tq_mul_size((size_t)cache->recent_slots * (size_t)cache->n_kv_heads, f16_row, &bytes)) {
+                return tq_error_set(err, TQ_ERR_NOMEM, "recent f16 window of %lld positions overflows size_t",
+                                    (long long)cache->recent_slots);
+            }
+            layer->recent_keys = tq_aligned_alloc(bytes);
+            layer->recent_values = tq_aligned_alloc(bytes);
+            if (layer->recent_keys == NULL || layer->recent_values == NULL) {
+                return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the recent f16 window of layer %d", l);
+            }
+        }
+    }
+    /* The cache-wide sizes describe the first layer; code reads the per-layer sizes. */
+    cache->key_row_bytes = cache->layers[0].key_row_bytes;
+    cache->value_row_bytes = cache->layers[0].value_row_bytes;
+    cache->key_slot_bytes = cache->layers[0].key_slot_bytes;
+    cache->value_slot_bytes = cache->layers[0].value_slot_bytes;
+    return TQ_OK;
+}
 
 tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out, tq_error *err)
 {
@@ -220,15 +317,16 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     cache->ops_k = ops_k;
     cache->ops_v = ops_v;
     cache->kernels = tq_attention_kernels_get(config->isa);
-    cache->key_row_bytes = ops_k->row_bytes(config->head_dim);
-    cache->value_row_bytes = ops_v->row_bytes(config->head_dim);
-    cache->key_slot_bytes = cache->key_row_bytes * (size_t)config->n_kv_heads;
-    cache->value_slot_bytes = cache->value_row_bytes * (size_t)config->n_kv_heads;
 
     cache->layers = calloc((size_t)config->n_layers, sizeof(tq_kv_layer));
     if (cache->layers == NULL) {
         free(cache);
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the KV cache");
+    }
+    tq_status status = create_codecs(cache, config, err);
+    if (status != TQ_OK) {
+        tq_kv_cache_free(cache);
+        return status;
     }
     for (int l = 0; l < config->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
@@ -257,9 +355,13 @@ void tq_kv_cache_free(tq_kv_cache *cache)
         for (int l = 0; l < cache->n_layers; l++) {
             tq_aligned_free(cache->layers[l].keys);
             tq_aligned_free(cache->layers[l].values);
+            tq_aligned_free(cache->layers[l].recent_keys);
+            tq_aligned_free(cache->layers[l].recent_values);
         }
         free(cache->layers);
     }
+    tq_kv_codec_free(cache->codec_k);
+    tq_kv_codec_free(cache->codec_v);
     free(cache);
 }
 
@@ -320,13 +422,13 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
         if (target > layer->max_slots) {
             target = layer->max_slots;
         }
-        uint8_t *keys = grow_slots(layer->keys, layer->n_slots, target, cache->key_slot_bytes);
+        uint8_t *keys = grow_slots(layer->keys, layer->n_slots, target, layer->key_slot_bytes);
         if (keys == NULL) {
             return tq_error_set(err, TQ_ERR_NOMEM, "out of memory growing the KV cache of layer %d to %lld positions",
                                 l, (long long)target);
         }
         layer->keys = keys;
-        uint8_t *values = grow_slots(layer->values, layer->n_slots, target, cache->value_slot_bytes);
+        uint8_t *values = grow_slots(layer->values, layer->n_slots, target, layer->value_slot_bytes);
         if (values == NULL) {
             /* keys already grew; n_slots stays at the old count, which both arrays hold. */
             return tq_error_set(err, TQ_ERR_NOMEM, "out of memory growing the KV cache of layer %d to %lld positions",
@@ -338,6 +440,27 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
     return TQ_OK;
 }
 
+/* Store n rows of one side (keys or values) with its baseline type or codec. */
+static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, const float *src, int64_t n,
+                       int head_dim, uint8_t *dst, size_t row_bytes)
+{
+    if (codec == NULL) {
+        ops->write_rows(src, n, head_dim, dst, row_bytes);
+        return;
+    }
+    /* Encoding fails only for a non-finite value or a row norm above 65504. A working model
+     * never produces either, and such a row is stored as zeros (a zero vector). */
+    if (tq_kv_codec_encode(codec, src, (size_t)head_dim, (size_t)n, dst, row_bytes, NULL) != TQ_OK) {
+        memset(dst, 0, (size_t)n * row_bytes);
+        for (int64_t i = 0; i < n; i++) {
+            if (tq_kv_codec_encode(codec, src + i * head_dim, (size_t)head_dim, 1, dst + i * row_bytes, row_bytes,
+                                   NULL) != TQ_OK) {
+                memset(dst + i * row_bytes, 0, row_bytes);
+            }
+        }
+    }
+}
+
 void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t n, const float *keys,
                        const float *values)
 {
@@ -345,13 +468,22 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
     const int row_floats = cache->n_kv_heads * cache->head_dim;
     for (int64_t t = 0; t < n; t++) {
         const int64_t slot = (pos + t) % layer->max_slots;
-        uint8_t *key_slot = layer->keys + (size_t)slot * cache->key_slot_bytes;
-        uint8_t *value_slot = layer->values + (size_t)slot * cache->value_slot_bytes;
+        uint8_t *key_slot = layer->keys + (size_t)slot * layer->key_slot_bytes;
+        uint8_t *value_slot = layer->values + (size_t)slot * layer->value_slot_bytes;
         /* All heads of one position are contiguous, so one call encodes them. */
-        cache->ops_k->write_rows(keys + t * row_floats, cache->n_kv_heads, cache->head_dim, key_slot,
-                                 cache->key_row_bytes);
-        cache->ops_v->write_rows(values + t * row_floats, cache->n_kv_heads, cache->head_dim, value_slot,
-                                 cache->value_row_bytes);
+        write_side(layer->ops_k, layer->codec_k, keys + t * row_floats, cache->n_kv_heads, cache->head_dim, key_slot,
+                   layer->key_row_bytes);
+        write_side(layer->ops_v, layer->codec_v, values + t * row_floats, cache->n_kv_heads, cache->head_dim,
+                   value_slot, layer->value_row_bytes);
+        if (layer->recent_keys != NULL) {
+            const size_t recent_row = (size_t)row_floats;
+            const int64_t recent_slot = (pos + t) % cache->recent_slots;
+            const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
+            f16_ops->write_rows(keys + t * row_floats, 1, row_floats, layer->recent_keys + recent_slot * recent_row,
+                                recent_row * sizeof(uint16_t));
+            f16_ops->write_rows(values + t * row_floats, 1, row_floats,
+                                layer->recent_values + recent_slot * recent_row, recent_row * sizeof(uint16_t));
+        }
     }
 }
 
@@ -360,16 +492,35 @@ void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n)
     cache->n_past += n;
 }
 
-/* Scratch layout: the prepared state of each query, then TQ_KV_CHUNK scores per query. */
+static size_t align64(size_t bytes)
+{
+    return (bytes + 63) & ~(size_t)63;
+}
+
+/* Scratch layout, per query: the prepared state, TQ_KV_CHUNK scores, and for a codec value
+ * side its rotated-domain accumulator. A codec's prepared queries and accumulators are
+ * multiples of 16 floats, so these strides equal the codec's own (query_floats, acc_floats)
+ * and its kernels can read all queries of a KV head at once. */
 static size_t query_state_bytes(const tq_kv_cache *cache)
 {
-    size_t bytes = cache->ops_k->query_bytes(cache->head_dim);
-    return (bytes + 63) & ~(size_t)63;
+    size_t bytes = (size_t)cache->head_dim * sizeof(float);
+    if (!cache->ops_k->codec) {
+        bytes = cache->ops_k->query_bytes(cache->head_dim);
+    } else if (cache->codec_k != NULL) {
+        const size_t codec_bytes = tq_kv_codec_query_floats(cache->codec_k) * sizeof(float);
+        bytes = codec_bytes > bytes ? codec_bytes : bytes;
+    }
+    return align64(bytes);
+}
+
+static size_t accumulator_bytes(const tq_kv_cache *cache)
+{
+    return cache->codec_v != NULL ? align64(tq_kv_codec_acc_floats(cache->codec_v) * sizeof(float)) : 0;
 }
 
 size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries)
 {
-    return (size_t)n_queries * (query_state_bytes(cache) + TQ_KV_CHUNK * sizeof(float));
+    return (size_t)n_queries * (query_state_bytes(cache) + TQ_KV_CHUNK * sizeof(float) + accumulator_bytes(cache));
 }
 
 int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t pos)
@@ -382,44 +533,90 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
                               int64_t end, int n_queries, const float *queries, void *scratch, float *partial)
 {
     const tq_kv_layer *layer = &cache->layers[layer_index];
+    const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
     const int head_dim = cache->head_dim;
     const size_t partial_floats = TQ_KV_PARTIAL_FLOATS(head_dim);
     const size_t state_bytes = query_state_bytes(cache);
+    const size_t acc_floats = accumulator_bytes(cache) / sizeof(float);
     uint8_t *states = scratch;
     float *scores = (float *)(states + (size_t)n_queries * state_bytes);
+    float *accs = scores + (size_t)n_queries * TQ_KV_CHUNK;
 
     int64_t first = tq_kv_cache_first_visible(cache, layer_index, pos);
     first = begin > first ? begin : first;
     const int64_t last = end - 1 < pos ? end - 1 : pos;
+    /* Positions from recent_first on are read from the f16 ring of a codec layer. */
+    int64_t recent_first = last + 1;
+    if (layer->recent_keys != NULL) {
+        recent_first = pos - cache->recent_f16 + 1 > first ? pos - cache->recent_f16 + 1 : first;
+    }
 
     for (int i = 0; i < n_queries; i++) {
         float *part = partial + (size_t)i * partial_floats;
         part[0] = -INFINITY;
         part[1] = 0.0f;
         memset(part + 2, 0, (size_t)head_dim * sizeof(float));
-        cache->ops_k->prepare_query(queries + (size_t)i * head_dim, head_dim, states + (size_t)i * state_bytes);
+        const float *query = queries + (size_t)i * head_dim;
+        if (layer->codec_k != NULL) {
+            tq_kv_codec_prepare_query(layer->codec_k, query, (float *)(states + (size_t)i * state_bytes));
+        } else {
+            layer->ops_k->prepare_query(query, head_dim, states + (size_t)i * state_bytes);
+        }
+    }
+    if (layer->codec_v != NULL) {
+        memset(accs, 0, (size_t)n_queries * acc_floats * sizeof(float));
     }
 
-    const uint8_t *keys = layer->keys + (size_t)kv_head * cache->key_row_bytes;
-    const uint8_t *values = layer->values + (size_t)kv_head * cache->value_row_bytes;
+    const size_t recent_row = (size_t)head_dim * sizeof(uint16_t);
+    const size_t recent_stride = recent_row * (size_t)cache->n_kv_heads;
     int64_t chunk_start = first;
     while (chunk_start <= last) {
-        /* A chunk is a run of consecutive slots: it ends at TQ_KV_CHUNK
-         * positions, at the last visible one, or where the ring wraps. */
-        const int64_t slot = chunk_start % layer->max_slots;
+        /* A chunk is a run of consecutive slots of one ring: it ends at TQ_KV_CHUNK
+         * positions, at the last visible one, where the ring wraps, or where the f16
+         * window starts. */
+        const int recent = chunk_start >= recent_first;
+        const int64_t ring = recent ? cache->recent_slots : layer->max_slots;
+        const int64_t slot = chunk_start % ring;
         int64_t length = last - chunk_start + 1;
         length = length < TQ_KV_CHUNK ? length : TQ_KV_CHUNK;
-        length = length < layer->max_slots - slot ? length : layer->max_slots - slot;
-        const uint8_t *key_rows = keys + (size_t)slot * cache->key_slot_bytes;
-        const uint8_t *value_rows = values + (size_t)slot * cache->value_slot_bytes;
+        length = length < ring - slot ? length : ring - slot;
+        if (!recent && recent_first - chunk_start < length) {
+            length = recent_first - chunk_start;
+        }
+        const uint8_t *key_rows, *value_rows;
+        size_t key_stride, value_stride;
+        if (recent) {
+            key_rows = (const uint8_t *)layer->recent_keys + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
+            value_rows =
+                (const uint8_t *)layer->recent_values + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
+            key_stride = value_stride = recent_stride;
+        } else {
+            key_rows = layer->keys + (size_t)slot * layer->key_slot_bytes + (size_t)kv_head * layer->key_row_bytes;
+            value_rows =
+                layer->values + (size_t)slot * layer->value_slot_bytes + (size_t)kv_head * layer->value_row_bytes;
+            key_stride = layer->key_slot_bytes;
+            value_stride = layer->value_slot_bytes;
+        }
 
+        /* Scores: a codec scores every query in one pass over the codes; the f16 rows of
+         * the window are scored with the query itself. */
+        if (!recent && layer->codec_k != NULL) {
+            tq_kv_codec_scores(layer->codec_k, (const float *)states, n_queries, key_rows, key_stride,
+                               (size_t)length, scores, TQ_KV_CHUNK);
+        } else {
+            for (int i = 0; i < n_queries; i++) {
+                const void *state = recent ? (const void *)(queries + (size_t)i * head_dim)
+                                           : (const void *)(states + (size_t)i * state_bytes);
+                const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_k;
+                ops->scores(cache->kernels, state, key_rows, key_stride, length, head_dim,
+                            scores + (size_t)i * TQ_KV_CHUNK);
+            }
+        }
+
+        /* Online softmax: rescale what was summed so far to the new maximum. */
         for (int i = 0; i < n_queries; i++) {
             float *part = partial + (size_t)i * partial_floats;
             float *chunk_scores = scores + (size_t)i * TQ_KV_CHUNK;
-            cache->ops_k->scores(cache->kernels, states + (size_t)i * state_bytes, key_rows, cache->key_slot_bytes,
-                                 length, head_dim, chunk_scores);
-
-            /* Online softmax: rescale what was summed so far to the new maximum. */
             float chunk_max = chunk_scores[0];
             for (int64_t j = 1; j < length; j++) {
                 chunk_max = chunk_scores[j] > chunk_max ? chunk_scores[j] : chunk_max;
@@ -430,6 +627,12 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
                 for (int d = 0; d < head_dim; d++) {
                     part[2 + d] *= rescale;
                 }
+                if (layer->codec_v != NULL) {
+                    float *acc = accs + (size_t)i * acc_floats;
+                    for (size_t d = 0; d < acc_floats; d++) {
+                        acc[d] *= rescale;
+                    }
+                }
                 part[0] = chunk_max;
             }
             float sum = 0.0f;
@@ -438,10 +641,33 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
                 sum += chunk_scores[j];
             }
             part[1] += sum;
-            cache->ops_v->accumulate(cache->kernels, chunk_scores, value_rows, cache->value_slot_bytes, length,
-                                     head_dim, part + 2);
+        }
+
+        /* Values: a codec sums in its rotated domain (finished once below), the others
+         * straight into the partial result. */
+        if (!recent && layer->codec_v != NULL) {
+            tq_kv_codec_accumulate(layer->codec_v, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
+                                   n_queries, accs);
+        } else {
+            const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_v;
+            for (int i = 0; i < n_queries; i++) {
+                ops->accumulate(cache->kernels, scores + (size_t)i * TQ_KV_CHUNK, value_rows, value_stride, length,
+                                head_dim, partial + (size_t)i * partial_floats + 2);
+            }
         }
         chunk_start += length;
+    }
+
+    if (layer->codec_v != NULL && recent_first > first) {
+        /* One inverse rotation per query and range; finish works in place. */
+        for (int i = 0; i < n_queries; i++) {
+            float *acc = accs + (size_t)i * acc_floats;
+            float *values = partial + (size_t)i * partial_floats + 2;
+            tq_kv_codec_finish(layer->codec_v, acc, 1.0f, acc);
+            for (int d = 0; d < head_dim; d++) {
+                values[d] += acc[d];
+            }
+        }
     }
 }
 
@@ -508,12 +734,21 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
     for (int l = 0; l < cache->n_layers; l++) {
         const tq_kv_layer *layer = &cache->layers[l];
         int64_t held = cache->n_past < layer->max_slots ? cache->n_past : layer->max_slots;
-        total += (size_t)held * (cache->key_slot_bytes + cache->value_slot_bytes);
+        total += (size_t)held * (layer->key_slot_bytes + layer->value_slot_bytes);
+        if (layer->recent_keys != NULL) {
+            /* The f16 copies of the newest positions, keys and values. */
+            const int64_t recent_held = cache->n_past < cache->recent_slots ? cache->n_past : cache->recent_slots;
+            total += 2 * (size_t)recent_held * (size_t)cache->n_kv_heads * (size_t)cache->head_dim * sizeof(uint16_t);
+        }
     }
     return total;
 }
 
 size_t tq_kv_cache_bytes_per_token(const tq_kv_cache *cache)
 {
-    return (size_t)cache->n_layers * (cache->key_slot_bytes + cache->value_slot_bytes);
+    size_t total = 0;
+    for (int l = 0; l < cache->n_layers; l++) {
+        total += cache->layers[l].key_slot_bytes + cache->layers[l].value_slot_bytes;
+    }
+    return total;
 }

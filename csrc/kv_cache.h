@@ -61,12 +61,18 @@ typedef struct {
      * scored exactly while they are recent. NOTE: the cache does not implement
      * this window yet, so tq_kv_cache_create rejects types that set it. */
     int recent_f16_window;
+
+    /* 1 for the TurboQuant codecs of kv_codec.h (name is the codec's format name). Their
+     * function pointers above are NULL: the cache creates one codec per type and reads
+     * rows through it, with tq_kv_cache_config.recent_f16 as their f16 window. */
+    int codec;
 } tq_kv_type_ops;
 
 /* Operations of a type; NULL for an id outside the table. */
 const tq_kv_type_ops *tq_kv_type_get(tq_kv_type type);
 
-/* Parse "f32", "f16", "q8_0" or "q4_0". The error lists the accepted names. */
+/* Parse "f32", "f16", "q8_0", "q4_0" or a codec name of kv_codec.h ("tq3", "tq3.5",
+ * "tq3+qjl", "polar", ...). The error lists the accepted names. */
 tq_status tq_kv_type_parse(const char *name, tq_kv_type *out, tq_error *err);
 
 typedef struct {
@@ -79,6 +85,16 @@ typedef struct {
     tq_kv_type type_k;
     tq_kv_type type_v;
     tq_isa isa;                  /* kernel variant used by tq_kv_cache_attend_range */
+
+    /* Quality controls of the codec types (ignored when neither type is a codec):
+     * recent_f16: a query also reads the keys and values of its newest recent_f16
+     * positions from an f16 copy instead of their codes (0: codes only). The copy is a
+     * ring of recent_f16 + n_batch positions per layer, counted by tq_kv_cache_bytes.
+     * layer_f16: NULL, or n_layers flags; a layer whose flag is set stores f16 rows.
+     * codec_seed: seed of the codecs' rotation and QJL projection. */
+    int64_t recent_f16;
+    const uint8_t *layer_f16;
+    uint64_t codec_seed;
 } tq_kv_cache_config;
 
 typedef struct tq_kv_cache tq_kv_cache;

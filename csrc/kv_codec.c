@@ -534,7 +534,7 @@ size_t tq_kv_codec_acc_floats(const tq_kv_codec *codec)
 /* ---------------------------------------------------------------------------------- */
 /* Encoding and decoding.                                                               */
 
-/* Index of the first threshold above value, which is the nearest centroid's index. */
+/* Number of thresholds below value, which is the index of the nearest centroid. */
 static unsigned quantize(float value, const float *thresholds, int levels)
 {
     unsigned code = 0;
@@ -722,8 +722,8 @@ void tq_kv_codec_finish(const tq_kv_codec *codec, float *acc, float scale, float
     }
 }
 
-/* Positions per work item: enough to amortise the loop set-up, small enough that two
- * threads get balanced work at a few hundred positions. */
+/* Positions per work item: 128 amortises the set-up of a kernel call and still leaves
+ * many items to share among threads at a few thousand positions. */
 #define ATTENTION_BLOCK 128
 
 tq_status tq_kv_attention(const tq_kv_codec *key_codec, const tq_kv_codec *value_codec, const float *q,

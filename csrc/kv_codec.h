@@ -11,16 +11,17 @@
  *                       second half at floor(bits)
  *   tq3+qjl tq4+qjl     TurboQuant inner-product form: the MSE stage at bits - 1, plus a
  *                       1-bit QJL sign sketch of the residual (Gaussian projection with
- *                       head_dim rows) and the residual's f16 norm; scores are unbiased
+ *                       head_dim rows) and the residual's f16 norm. Scores are unbiased
+ *                       but noisier than the MSE stage alone at the same bits.
  *   polar               coordinate pairs (j, j + head_dim/2) of the rotated unit vector as
  *                       radius (4-bit Lloyd-Max codebook) and angle (3-bit uniform)
  *   polar+qjl           polar plus the QJL residual sketch
  *
- * Codes are stored as bit planes: for each group of coordinates that share a width,
- * plane p holds bit p of every coordinate's code, coordinate j at bit (j % 8) of byte
- * j / 8. SIMD kernels turn a 16-bit (AVX-512) or 8-bit (AVX2, NEON) slice of each plane
- * into lane indices and look the centroids up in registers, so no dequantized copy of
- * the cache is ever written.
+ * 4-bit codes are nibble-packed and other widths stored as bit planes (the exact layout
+ * is in kernels/kv_codec_kernels.h). SIMD kernels turn packed codes into lane indices and
+ * look the centroids up in registers, so no dequantized copy of the cache is ever written.
+ * The QJL projection is a dense Gaussian head_dim x head_dim matrix, so +qjl formats cost
+ * O(head_dim^2) per encoded row and per prepared query, and O(head_dim) per scored row.
  *
  * Attention on codes never rotates a key: the query is rotated once per head and step
  * (tq_kv_codec_prepare_query), scores are dot products in the rotated domain, values are

@@ -389,6 +389,33 @@ static void free_buffers(tq_forward_buffers *b)
 
 #define TQ_DEFAULT_BATCH 512
 
+/* Flags of the layers listed in params->kv_f16_layers (NULL when the list is empty). */
+static tq_status kv_f16_layer_flags(const tq_model_params *params, int n_layers, uint8_t **out, tq_error *err)
+{
+    *out = NULL;
+    if (params->n_kv_f16_layers <= 0) {
+        return TQ_OK;
+    }
+    uint8_t *flags = calloc((size_t)n_layers, 1);
+    if (flags == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the f16 layer flags");
+    }
+    for (int i = 0; i < params->n_kv_f16_layers; i++) {
+        const int index = params->kv_f16_layers[i];
+        const int layer = index < 0 ? n_layers + index : index;
+        if (layer < 0 || layer >= n_layers) {
+            free(flags);
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "kv_f16_layers entry %d is outside the model's %d layers; use 0 to %d, or -1 for "
+                                "the last",
+                                index, n_layers, n_layers - 1);
+        }
+        flags[layer] = 1;
+    }
+    *out = flags;
+    return TQ_OK;
+}
+
 tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err)
 {
     *out = NULL;
@@ -444,6 +471,8 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
             for (int l = 0; l < c->n_layers; l++) {
                 model->layer_window[l] = tq_model_layer_is_global(c, l) ? 0 : c->sliding_window;
             }
+            uint8_t *layer_f16 = NULL;
+            status = kv_f16_layer_flags(params, c->n_layers, &layer_f16, err);
             tq_kv_cache_config cache_config = {
                 .n_layers = c->n_layers,
                 .n_kv_heads = c->n_kv_heads,
@@ -454,8 +483,13 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
                 .type_k = params->type_k,
                 .type_v = params->type_v,
                 .isa = model->isa,
+                .recent_f16 = params->kv_recent_f16,
+                .layer_f16 = layer_f16,
             };
-            status = tq_kv_cache_create(&cache_config, &model->cache, err);
+            if (status == TQ_OK) {
+                status = tq_kv_cache_create(&cache_config, &model->cache, err);
+            }
+            free(layer_f16);
         }
     }
     if (status != TQ_OK) {

@@ -55,6 +55,10 @@ typedef struct {
     int64_t n_batch;   /* micro-batch size of prefill; 0 for the default of 512 */
     tq_kv_type type_k;
     tq_kv_type type_v;
+    /* Quality controls of the codec cache types (tq3, ...; see kv_cache.h). */
+    int64_t kv_recent_f16;     /* newest positions read from an f16 copy; 0 for none */
+    const int *kv_f16_layers;  /* layers stored in f16, negative indices count from the end */
+    int n_kv_f16_layers;
     int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
                         * comparisons with float references), 0: quantize them as llama.cpp does */
 } tq_model_params;

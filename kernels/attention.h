@@ -20,14 +20,27 @@
 #include "blocks.h"
 #include "cpu.h"
 
-/* Row formats of the baseline cache types (the ones llama.cpp offers). */
+/* Row formats of the cache types. The first TQ_KV_BASELINE_COUNT are the ones llama.cpp
+ * offers, scored by the kernels below; the others are the TurboQuant codecs of kv_codec.h,
+ * which the cache encodes and scores through that module. */
 typedef enum {
     TQ_KV_F32 = 0,
     TQ_KV_F16 = 1,
     TQ_KV_Q8_0 = 2,
     TQ_KV_Q4_0 = 3,
-    TQ_KV_TYPE_COUNT = 4
+    TQ_KV_TQ4 = 4,
+    TQ_KV_TQ3_5 = 5,
+    TQ_KV_TQ3 = 6,
+    TQ_KV_TQ2_5 = 7,
+    TQ_KV_TQ2 = 8,
+    TQ_KV_TQ3_QJL = 9,
+    TQ_KV_TQ4_QJL = 10,
+    TQ_KV_POLAR = 11,
+    TQ_KV_POLAR_QJL = 12,
+    TQ_KV_TYPE_COUNT = 13
 } tq_kv_type;
+
+#define TQ_KV_BASELINE_COUNT 4
 
 /* Values per Q8_0 and Q4_0 block; both formats are tq_block_q8_0 and
  * tq_block_q4_0 of blocks.h. */
@@ -43,8 +56,8 @@ typedef void (*tq_attn_accumulate_fn)(const float *w, const void *rows, size_t s
                                       float *out);
 
 typedef struct {
-    tq_attn_scores_fn scores[TQ_KV_TYPE_COUNT];
-    tq_attn_accumulate_fn accumulate[TQ_KV_TYPE_COUNT];
+    tq_attn_scores_fn scores[TQ_KV_BASELINE_COUNT];
+    tq_attn_accumulate_fn accumulate[TQ_KV_BASELINE_COUNT];
 } tq_attention_kernels;
 
 extern const tq_attention_kernels tq_attention_kernels_scalar;

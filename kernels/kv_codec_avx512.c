@@ -1,7 +1,8 @@
-/* AVX-512 kernels of the KV-cache codecs. Sixteen coordinates per step: each bit plane
- * contributes a 16-bit slice loaded straight into a mask register, the masks build the
- * lane indices, and vpermps looks the centroids up in a 16-entry register table. All
- * query heads of a group are scored in the same pass, so each code is unpacked once. */
+/* AVX-512 kernels of the KV-cache codecs. Sixteen coordinates per step: 4-bit codes widen
+ * from 16 bytes with one zero-extending load, and each bit plane of other widths gives a
+ * 16-bit slice loaded into a mask register that sets one index bit. vpermps then looks the
+ * centroids up in a 16-entry register table. All query heads of a group are scored in the
+ * same pass, so each code is unpacked once. */
 #include <immintrin.h>
 
 #include "kv_codec.h"

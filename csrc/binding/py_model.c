@@ -40,18 +40,48 @@ static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *ou
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"path", "threads", "cache_type_k", "cache_type_v", "ctx", "n_batch", "exact_matmul",
-                               NULL};
+    static char *keywords[] = {"path",          "threads",       "cache_type_k", "cache_type_v", "ctx", "n_batch",
+                               "kv_recent_f16", "kv_f16_layers", "exact_matmul", NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
     PyObject *cache_type_v = NULL;
     long long ctx = 0;
     long long n_batch = 0;
+    long long kv_recent_f16 = 0;
+    PyObject *kv_f16_layers = NULL;
     int exact_matmul = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLp:Model", keywords, PyUnicode_FSConverter, &path_bytes,
-                                     &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch, &exact_matmul)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOp:Model", keywords, PyUnicode_FSConverter,
+                                     &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
+                                     &kv_recent_f16, &kv_f16_layers, &exact_matmul)) {
         return -1;
+    }
+    if (kv_recent_f16 < 0) {
+        Py_DECREF(path_bytes);
+        PyErr_Format(PyExc_ValueError, "kv_recent_f16 must be >= 0 positions, got %lld", kv_recent_f16);
+        return -1;
+    }
+    /* Layer indices kept in f16: a sequence of ints, at most 4096 of them. */
+    int f16_layers[4096];
+    int n_f16_layers = 0;
+    if (kv_f16_layers != NULL && kv_f16_layers != Py_None) {
+        PyObject *sequence = PySequence_Fast(kv_f16_layers, "kv_f16_layers must be a sequence of layer indices");
+        if (sequence == NULL) {
+            Py_DECREF(path_bytes);
+            return -1;
+        }
+        const Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+        for (Py_ssize_t i = 0; i < count && i < 4096; i++) {
+            const long index = PyLong_AsLong(PySequence_Fast_GET_ITEM(sequence, i));
+            if (index == -1 && PyErr_Occurred()) {
+                Py_DECREF(sequence);
+                Py_DECREF(path_bytes);
+                PyErr_SetString(PyExc_TypeError, "kv_f16_layers must contain ints (layer indices)");
+                return -1;
+            }
+            f16_layers[n_f16_layers++] = index < -4096 ? -4097 : (index > 4096 ? 4097 : (int)index);
+        }
+        Py_DECREF(sequence);
     }
     if (self->model != NULL) {
         Py_DECREF(path_bytes);
@@ -93,6 +123,9 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .n_batch = n_batch,
         .type_k = type_k,
         .type_v = type_v,
+        .kv_recent_f16 = kv_recent_f16,
+        .kv_f16_layers = f16_layers,
+        .n_kv_f16_layers = n_f16_layers,
         .exact_matmul = exact_matmul,
     };
     tq_error err;
@@ -392,9 +425,13 @@ static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.Model",
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0, exact_matmul=False)\n\n"
+    .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0,\n"
+              "      kv_recent_f16=0, kv_f16_layers=(), exact_matmul=False)\n\n"
               "Gemma 3 model from a GGUF file with a KV cache of ctx positions (0: the model's context length).\n"
-              "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0' or 'q4_0'. n_batch: prompt micro-batch\n"
+              "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0', 'q4_0' or a TurboQuant codec ('tq4', 'tq3.5',\n"
+              "'tq3', 'tq2.5', 'tq2', 'tq3+qjl', 'tq4+qjl', 'polar', 'polar+qjl'). With a codec type,\n"
+              "kv_recent_f16 newest positions are also kept in f16 and read from there, and the layers listed in\n"
+              "kv_f16_layers (negative: from the end) store f16 rows. n_batch: prompt micro-batch\n"
               "size (0: 512). threads: OpenMP threads per call (0: OpenMP default). exact_matmul: keep\n"
               "activations in float32 in weight products (slower; matches float references such as transformers).",
     .tp_new = PyType_GenericNew,
@@ -409,15 +446,16 @@ static PyTypeObject ModelType = {
 static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"keys", "values", "queries", "cache_type_k", "cache_type_v", "window",
-                               "n_batch", "splits", "kernels", NULL};
+                               "n_batch", "splits", "kernels", "recent_f16", "seed", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
-    long long window = 0, n_batch = 0;
+    long long window = 0, n_batch = 0, recent_f16 = 0;
+    unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLis:kv_cache_attention", keywords, &keys_object,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLK:kv_cache_attention", keywords, &keys_object,
                                      &values_object, &queries_object, &cache_type_k, &cache_type_v, &window,
-                                     &n_batch, &splits, &kernels)) {
+                                     &n_batch, &splits, &kernels, &recent_f16, &seed)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -435,8 +473,9 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     if (tq_isa_parse(kernels, &isa, &err) != TQ_OK) {
         return tq_py_raise(&err);
     }
-    if (window < 0 || n_batch < 0) {
-        PyErr_Format(PyExc_ValueError, "window (%lld) and n_batch (%lld) must be >= 0", window, n_batch);
+    if (window < 0 || n_batch < 0 || recent_f16 < 0) {
+        PyErr_Format(PyExc_ValueError, "window (%lld), n_batch (%lld) and recent_f16 (%lld) must be >= 0", window,
+                     n_batch, recent_f16);
         return NULL;
     }
 
@@ -482,6 +521,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .type_k = type_k,
         .type_v = type_v,
         .isa = isa,
+        .recent_f16 = recent_f16,
+        .codec_seed = seed,
     };
     if (tq_kv_cache_create(&config, &cache, &err) != TQ_OK) {
         tq_py_raise(&err);
@@ -542,7 +583,8 @@ static PyMethodDef model_functions[] = {
      "softmax(q . k_j) weighted values over positions j <= i (and i - j < window when window > 0).\n"
      "Positions are written n_batch at a time as in the model (0: all at once), so a sliding window\n"
      "exercises the ring buffer; splits > 1 attends over that many position ranges and merges them.\n"
-     "Exposes the cache kernels to tests."},
+     "For codec types (tq3, ...), recent_f16 positions are read from an f16 copy and seed fixes the\n"
+     "codec's rotation. Exposes the cache kernels to tests."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,107 @@
+"""Perplexity and KL divergence of KV cache types against an f16 cache, on English text.
+
+Windows follow `turboquant perplexity` (turboquant/perplexity.py, after llama.cpp): windows of
+ctx tokens starting with BOS, an empty cache per window, and the second half scored. Unlike
+the CLI, which reruns the f16 reference next to every model, this script runs the reference
+and every configuration side by side over the same windows, so the reference is evaluated
+once for all of them.
+
+    OMP_NUM_THREADS=2 python benchmarks/kv_cache_quality.py --ctx 2048 --windows 1 \\
+        --config f16/f16 --config tq3.5/tq2.5 --config tq4/tq3:128:0,-1
+
+A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS]], for example tq3/tq3:128:0,-1
+keeps the newest 128 positions and layers 0 and 17 in f16.
+"""
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from turboquant.datasets import english_text_path
+from turboquant.model import Model
+from turboquant.perplexity import perplexity_windows
+
+ROWS_PER_CALL = 32
+
+
+def parse_config(text):
+    parts = text.split(":")
+    keys, values = parts[0].split("/")
+    recent = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    layers = tuple(int(x) for x in parts[2].split(",")) if len(parts) > 2 and parts[2] else ()
+    return {"text": text, "cache_type_k": keys, "cache_type_v": values, "kv_recent_f16": recent,
+            "kv_f16_layers": layers}
+
+
+def log_softmax(logits):
+    x = logits.astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ctx", type=int, default=2048, help="window length in tokens")
+    parser.add_argument("--windows", type=int, default=1, help="number of windows to score")
+    parser.add_argument("--text", default="alice29", help="name of the English text (turboquant.datasets)")
+    parser.add_argument("--config", action="append", required=True, help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS]]")
+    parser.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: default)")
+    args = parser.parse_args(argv)
+
+    configs = [parse_config(text) for text in args.config]
+    path = str(english_text_path(args.text))
+    reference = Model.load(threads=args.threads or None, ctx=args.ctx)
+    models = [Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k=c["cache_type_k"],
+                         cache_type_v=c["cache_type_v"], kv_recent_f16=c["kv_recent_f16"],
+                         kv_f16_layers=c["kv_f16_layers"]) for c in configs]
+    with open(path, encoding="utf-8") as f:
+        tokens = reference.tokenize(f.read(), add_bos=False, special=False)
+    windows = perplexity_windows(tokens, args.ctx, int(reference.tokenizer.bos_id))[: args.windows]
+
+    reference_nll = []
+    nll = [[] for _ in configs]
+    kl = [[] for _ in configs]
+    top1 = [[] for _ in configs]
+    start_time = time.time()
+    first = args.ctx // 2
+    for window in windows:
+        everyone = [reference] + models
+        for model in everyone:
+            model._core.reset()
+            model._core.eval(np.asarray(window[:first], dtype=np.int32), logits="none")
+        for start in range(first, args.ctx - 1, ROWS_PER_CALL):
+            stop = min(start + ROWS_PER_CALL, args.ctx - 1)
+            chunk = np.asarray(window[start:stop], dtype=np.int32)
+            targets = np.asarray(window[start + 1 : stop + 1])
+            rows = np.arange(len(chunk))
+            ref = log_softmax(np.asarray(reference._core.eval(chunk, logits="all")).reshape(len(chunk), -1))
+            reference_nll.extend(-ref[rows, targets])
+            p = np.exp(ref)
+            for i, model in enumerate(models):
+                own = log_softmax(np.asarray(model._core.eval(chunk, logits="all")).reshape(len(chunk), -1))
+                nll[i].extend(-own[rows, targets])
+                kl[i].extend(np.sum(p * (ref - own), axis=1))
+                top1[i].extend(ref.argmax(axis=1) == own.argmax(axis=1))
+
+    base = math.exp(np.mean(reference_nll))
+    print(f"text {args.text}, ctx {args.ctx}, {len(windows)} window(s), {len(reference_nll)} scored tokens, "
+          f"{time.time() - start_time:.0f} s")
+    print(f"{'keys/values':>12} {'recent f16':>10} {'f16 layers':>10} {'bits/value':>10} {'memory':>7} "
+          f"{'perplexity':>10} {'vs f16':>8} {'KL':>8} {'top-1':>7}")
+    print(f"{'f16/f16':>12} {0:>10} {'-':>10} {16.0:>10.3f} {1.0:>7.3f} {base:>10.4f} {'':>8} {'':>8} {'':>7}")
+    for i, (config, model) in enumerate(zip(configs, models)):
+        ppl = math.exp(np.mean(nll[i]))
+        # bits/value: stored bits per cached value of one position (codes and norms, f16 layers
+        # included). memory: bytes held after the window, f16 ring included, relative to f16.
+        bits = 16.0 * model.kv_bytes_per_token() / reference.kv_bytes_per_token()
+        memory = model.kv_cache_bytes() / reference.kv_cache_bytes()
+        layers = ",".join(str(x) for x in config["kv_f16_layers"]) or "-"
+        print(f"{config['cache_type_k'] + '/' + config['cache_type_v']:>12} {config['kv_recent_f16']:>10} "
+              f"{layers:>10} {bits:>10.3f} {memory:>7.3f} {ppl:>10.4f} {100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} "
+              f"{100 * np.mean(top1[i]):>6.1f}%")
+
+
+if __name__ == "__main__":
+    main()

