@@ -399,10 +399,11 @@ static void gemm_chunk(const tq_gemm_kernels *gemm, const tq_weight *w, const ui
     }
 }
 
-/* Matrix product through a blocked kernel; act_rows holds the n_tokens quantized
- * activation rows, act_row_bytes apart. */
-static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w, const uint8_t *act_rows,
-                                size_t act_row_bytes, float *y, int64_t n_tokens, tq_error *err)
+/* Matrix product through a blocked kernel. Each activation row of x is quantized
+ * into act_rows (act_row_bytes per row, n_tokens rows) and then packed. */
+static tq_status matmul_blocked(const tq_gemm_kernels *gemm, tq_quantize_row_fn quantize, const tq_weight *w,
+                                const float *x, uint8_t *act_rows, size_t act_row_bytes, float *y, int64_t n_tokens,
+                                tq_error *err)
 {
     const int64_t n_in = w->n_in;
     const int64_t n_out = w->n_out;
@@ -433,15 +434,22 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w,
                             packed_x_total + packed_w_total);
     }
 
+    /* One parallel region with one barrier per packed range. On a busy machine
+     * a barrier can cost a scheduler time slice, because a thread waits there
+     * for a descheduled partner. */
 #pragma omp parallel
     {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n_tokens; t++) {
-            gemm->pack_activation_row(w->type, act_rows + (size_t)t * act_row_bytes, n_in, packed_x + (size_t)t * packed_x_row);
-        }
         for (int64_t s0 = 0; s0 < n_out; s0 += range_rows) {
             const int64_t rows = s0 + range_rows < n_out ? range_rows : n_out - s0;
             const int64_t n_chunks = (rows + GEMM_CHUNK_ROWS - 1) / GEMM_CHUNK_ROWS;
+            if (s0 == 0) {
+#pragma omp for schedule(static) nowait
+                for (int64_t t = 0; t < n_tokens; t++) {
+                    uint8_t *q = act_rows + (size_t)t * act_row_bytes;
+                    quantize(x + t * w->n_in, q, n_in);
+                    gemm->pack_activation_row(w->type, q, n_in, packed_x + (size_t)t * packed_x_row);
+                }
+            }
 #pragma omp for schedule(static)
             for (int64_t c = 0; c < n_chunks; c++) {
                 const int64_t r0 = c * GEMM_CHUNK_ROWS;
@@ -451,8 +459,8 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w,
                                        w->row_bytes, chunk_rows, padded, n_in, packed_w + (size_t)r0 * packed_w_row);
             }
             /* The loop above ends with a barrier, so every packed row is ready. The
-             * token blocks need no barrier between them: they only read packed data,
-             * and the barrier below keeps the next range from overwriting it. */
+             * token blocks need no barrier between them because they only read
+             * packed data, and the barrier below keeps the next range intact. */
             for (int64_t t0 = 0; t0 < n_tokens; t0 += GEMM_BLOCK_TOKENS) {
                 const int64_t t1 = t0 + GEMM_BLOCK_TOKENS < n_tokens ? t0 + GEMM_BLOCK_TOKENS : n_tokens;
 #pragma omp for schedule(dynamic, 1) nowait
@@ -460,7 +468,9 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, const tq_weight *w,
                     gemm_chunk(gemm, w, packed_w, packed_w_row, s0, rows, c, packed_x, packed_x_row, t0, t1, y);
                 }
             }
+            if (s0 + range_rows < n_out) {
 #pragma omp barrier
+            }
         }
     }
     tq_aligned_free(packed_x);
@@ -523,18 +533,17 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
         }
         const tq_quantize_row_fn quantize =
             act_type == TQ_TYPE_Q8_0 ? kernels->quantize_row_q8_0 : kernels->quantize_row_q8_K;
+        const tq_gemm_kernels *gemm = tq_gemm_kernels_for(isa);
+        if (gemm != NULL && gemm->supported[w->type] && n_tokens >= gemm->min_tokens) {
+            status = matmul_blocked(gemm, quantize, w, x, scratch, act_row_bytes, y, n_tokens, err);
+            tq_aligned_free(scratch);
+            return status;
+        }
 #pragma omp parallel for schedule(static) if (n_tokens > 1)
         for (int64_t t = 0; t < n_tokens; t++) {
             quantize(x + t * n_in, (uint8_t *)scratch + (size_t)t * act_row_bytes, n_in);
         }
         act_rows = scratch;
-
-        const tq_gemm_kernels *gemm = tq_gemm_kernels_for(isa);
-        if (gemm != NULL && gemm->supported[w->type] && n_tokens >= gemm->min_tokens) {
-            status = matmul_blocked(gemm, w, scratch, act_row_bytes, y, n_tokens, err);
-            tq_aligned_free(scratch);
-            return status;
-        }
     }
 
     const uint8_t *weights = (const uint8_t *)w->data;
