@@ -135,7 +135,7 @@ static void pack_block_q4_K(const tq_block_q4_K *blk, packed_weight_pair *out, f
     const float dmin = _cvtsh_ss(blk->dmin);
     const __m256i low4 = _mm256_set1_epi8(0xF);
     for (int j = 0; j < 4; j++) {
-        /* Byte l of chunk j holds value l of sub-block 2j (low nibble) and of 2j + 1 (high). */
+        /* Byte l of chunk j contains value l of sub-block 2j (low nibble) and of 2j + 1 (high). */
         const __m256i q = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * j));
         _mm256_storeu_si256((__m256i *)out[j].codes, _mm256_and_si256(q, low4));
         _mm256_storeu_si256((__m256i *)(out[j].codes + 32), _mm256_and_si256(_mm256_srli_epi16(q, 4), low4));

@@ -50,9 +50,10 @@ extern const tq_matmul_kernels tq_matmul_kernels_neon;
 #endif
 
 /* Blocked matrix product for many tokens, an optional addition to a kernel table.
- * Both operands are first repacked into a layout private to the kernel: weights
- * one range of rows at a time, activations once per call from the Q8_0 or Q8_K
- * rows that the vec_dot path would use, so both paths see the same codes. */
+ * Both operands are first repacked into a layout private to the kernel. Weights
+ * are packed one range of rows at a time. Activations are packed once per call
+ * from the Q8_0 or Q8_K rows that the vec_dot path uses, so both paths see the
+ * same codes. */
 typedef struct {
     int64_t min_tokens;   /* use the blocked product from this many tokens on */
     int64_t row_multiple; /* pack_weight_rows pads the rows to a multiple of this */
