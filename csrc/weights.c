@@ -478,6 +478,45 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, tq_quantize_row_fn 
     return TQ_OK;
 }
 
+/* Computes the rows of chunk c (chunk_rows rows from row c * chunk_rows) for every token,
+ * through the quantized activation rows acts. */
+static void matmul_chunk(const tq_weight *w, const uint8_t *acts, size_t act_row_bytes, float *y, int64_t n_tokens,
+                         int64_t chunk_rows, int64_t c, tq_vec_dot_fn vec_dot, tq_vec_dot_x4_fn vec_dot_x4)
+{
+    const uint8_t *weights = (const uint8_t *)w->data;
+    const size_t row_bytes = w->row_bytes;
+    const int64_t n_in = w->n_in;
+    const int64_t n_out = w->n_out;
+    const int64_t r0 = c * chunk_rows;
+    const int64_t rows = r0 + chunk_rows < n_out ? chunk_rows : n_out - r0;
+    /* Results go to a small tile first: writing y directly would touch one line
+     * per token at a stride of n_out floats, which for large power-of-two n_out
+     * maps every token to the same cache set. */
+    float tile[TOKENS_PER_TILE * MAX_CHUNK_ROWS];
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_TILE) {
+        const int64_t tokens = t0 + TOKENS_PER_TILE < n_tokens ? TOKENS_PER_TILE : n_tokens - t0;
+        int64_t t = 0;
+        if (vec_dot_x4 != NULL) {
+            for (; t + 4 <= tokens; t += 4) {
+                const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
+                for (int64_t r = 0; r < rows; r++) {
+                    vec_dot_x4(n_in, &tile[t * rows + r], (size_t)rows, weights + (size_t)(r0 + r) * row_bytes, a,
+                               act_row_bytes);
+                }
+            }
+        }
+        for (; t < tokens; t++) {
+            const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
+            for (int64_t r = 0; r < rows; r++) {
+                vec_dot(n_in, &tile[t * rows + r], weights + (size_t)(r0 + r) * row_bytes, a);
+            }
+        }
+        for (t = 0; t < tokens; t++) {
+            memcpy(y + (t0 + t) * n_out + r0, &tile[t * rows], (size_t)rows * sizeof(float));
+        }
+    }
+}
+
 tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err)
 {
     if (w == NULL || w->data == NULL) {
@@ -546,43 +585,25 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
         act_rows = scratch;
     }
 
-    const uint8_t *weights = (const uint8_t *)w->data;
+
     const uint8_t *acts = (const uint8_t *)act_rows;
-    const size_t row_bytes = w->row_bytes;
     const int64_t chunk_rows = rows_per_chunk(w);
     const int64_t n_chunks = (n_out + chunk_rows - 1) / chunk_rows;
 
     /* Each work item is a chunk of output rows for every token: its weights are
-     * read from memory once and reused from cache for all tokens of a tile. */
+     * read from memory once and reused from cache for all tokens of a tile. One token
+     * (decode) is bound by memory bandwidth, so each thread streams one contiguous
+     * range, which the hardware prefetchers follow; with more tokens, chunks are handed
+     * out dynamically to balance the compute. */
+    if (n_tokens == 1) {
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < n_chunks; c++) {
+            matmul_chunk(w, acts, act_row_bytes, y, n_tokens, chunk_rows, c, vec_dot, vec_dot_x4);
+        }
+    } else {
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; c++) {
-        const int64_t r0 = c * chunk_rows;
-        const int64_t rows = r0 + chunk_rows < n_out ? chunk_rows : n_out - r0;
-        /* Results go to a small tile first: writing y directly would touch one line
-         * per token at a stride of n_out floats, which for large power-of-two n_out
-         * maps every token to the same cache set. */
-        float tile[TOKENS_PER_TILE * MAX_CHUNK_ROWS];
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_TILE) {
-            const int64_t tokens = t0 + TOKENS_PER_TILE < n_tokens ? TOKENS_PER_TILE : n_tokens - t0;
-            int64_t t = 0;
-            if (vec_dot_x4 != NULL) {
-                for (; t + 4 <= tokens; t += 4) {
-                    const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
-                    for (int64_t r = 0; r < rows; r++) {
-                        vec_dot_x4(n_in, &tile[t * rows + r], (size_t)rows, weights + (size_t)(r0 + r) * row_bytes, a,
-                                   act_row_bytes);
-                    }
-                }
-            }
-            for (; t < tokens; t++) {
-                const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
-                for (int64_t r = 0; r < rows; r++) {
-                    vec_dot(n_in, &tile[t * rows + r], weights + (size_t)(r0 + r) * row_bytes, a);
-                }
-            }
-            for (t = 0; t < tokens; t++) {
-                memcpy(y + (t0 + t) * n_out + r0, &tile[t * rows], (size_t)rows * sizeof(float));
-            }
+        for (int64_t c = 0; c < n_chunks; c++) {
+            matmul_chunk(w, acts, act_row_bytes, y, n_tokens, chunk_rows, c, vec_dot, vec_dot_x4);
         }
     }
 
