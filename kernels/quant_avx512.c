@@ -223,7 +223,9 @@ static inline __m512i unpack16_bytes(const uint8_t *p, const dot_setup *setup)
     return _mm512_and_si512(_mm512_srlv_epi32(pairs, setup->byte_shifts), setup->mask);
 }
 
-static inline float dot_row(const uint8_t *codes, size_t count, int bits, const dot_setup *setup, const float *q)
+/* readable: bytes that may be read from codes on, at least the row's own code bytes. */
+static inline float dot_row(const uint8_t *codes, size_t count, int bits, const dot_setup *setup, const float *q,
+                            size_t readable)
 {
     const size_t chunk_bytes = 2 * (size_t)bits;
     const size_t total_bytes = (count * (size_t)bits + 7) / 8;
@@ -233,7 +235,7 @@ static inline float dot_row(const uint8_t *codes, size_t count, int bits, const 
     size_t i = 0;
     /* Two chunks per step on independent accumulators hide the FMA latency, while
      * 16 bytes can be read from the second chunk on. */
-    for (; i + 32 <= count && (i / 16 + 1) * chunk_bytes + 16 <= total_bytes; i += 32) {
+    for (; i + 32 <= count && (i / 16 + 1) * chunk_bytes + 16 <= readable; i += 32) {
         const uint8_t *p = codes + (i / 16) * chunk_bytes;
         const __m512 values0 = _mm512_permutexvar_ps(unpack16_bytes(p, setup), setup->lut);
         const __m512 values1 = _mm512_permutexvar_ps(unpack16_bytes(p + chunk_bytes, setup), setup->lut);
@@ -264,15 +266,19 @@ static inline float dot_row(const uint8_t *codes, size_t count, int bits, const 
 static float dot_avx512(const uint8_t *codes, size_t count, int bits, const float *table, const float *q)
 {
     const dot_setup setup = make_dot_setup(bits, table);
-    return dot_row(codes, count, bits, &setup, q);
+    return dot_row(codes, count, bits, &setup, q, (count * (size_t)bits + 7) / 8);
 }
 
 static void dot_rows_avx512(const uint8_t *codes, size_t row_bytes, size_t n_rows, size_t count, int bits,
                             const float *table, const float *q, float *out)
 {
     const dot_setup setup = make_dot_setup(bits, table);
+    const size_t code_bytes = (count * (size_t)bits + 7) / 8;
     for (size_t r = 0; r < n_rows; r++) {
-        out[r] = dot_row(codes + r * row_bytes, count, bits, &setup, q);
+        /* The rows that follow are readable too, so the 16-byte loads run to the end of
+         * every row but the last, which stops at its own code bytes. */
+        const size_t readable = (n_rows - r - 1) * row_bytes + code_bytes;
+        out[r] = dot_row(codes + r * row_bytes, count, bits, &setup, q, readable);
     }
 }
 
