@@ -42,16 +42,16 @@ def kernel_suffix(path):
 def collect_sources():
     """Return the C sources for this machine's architecture and the macros naming its SIMD variants."""
     sources = sorted(glob.glob("csrc/*.c") + glob.glob("csrc/binding/*.c") + glob.glob("kernels/*.c"))
-    wanted_suffixes = set()
+    host_suffixes = set()
     macros = []
     if IS_X86_64:
-        wanted_suffixes = {"_avx2.c", "_avx512.c", "_avx512vnni.c"}
+        host_suffixes = {"_avx2.c", "_avx512.c", "_avx512vnni.c"}
         macros += [("TQ_HAVE_AVX2_KERNELS", "1"), ("TQ_HAVE_AVX512_KERNELS", "1")]
     elif IS_ARM64:
-        wanted_suffixes = {"_neon.c"}
+        host_suffixes = {"_neon.c"}
         macros += [("TQ_HAVE_NEON_KERNELS", "1")]
-    kept = [s for s in sources if kernel_suffix(s) is None or kernel_suffix(s) in wanted_suffixes]
-    return kept, macros
+    host_sources = [s for s in sources if kernel_suffix(s) is None or kernel_suffix(s) in host_suffixes]
+    return host_sources, macros
 
 
 class BuildExtWithKernelFlags(build_ext):

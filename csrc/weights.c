@@ -593,8 +593,8 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
     /* Each work item is a chunk of output rows for every token: its weights are
      * read from memory once and reused from cache for all tokens of a tile. One token
      * (decode) is bound by memory bandwidth, so each thread streams one contiguous
-     * range, which the hardware prefetchers follow; with more tokens, chunks are handed
-     * out dynamically to balance the compute. */
+     * range that the hardware prefetchers can follow. With more tokens, chunks are
+     * handed out dynamically to balance the compute. */
     if (n_tokens == 1) {
 #pragma omp parallel for schedule(static)
         for (int64_t c = 0; c < n_chunks; c++) {

@@ -4,7 +4,7 @@
 #include "weights.h"
 
 /* Dot product with 16 independent float accumulators, so the compiler can vectorise
- * it without -ffast-math; the error is that of a float32 BLAS dot (about 1e-7 relative). */
+ * it without -ffast-math. Its rounding error is that of a float32 BLAS dot product. */
 static float dot_f32(const float *a, const float *b, int64_t n)
 {
     enum { LANES = 16 };

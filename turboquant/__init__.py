@@ -1,7 +1,7 @@
 """turboquant: KV-cache compression (TurboQuant, QJL, PolarQuant) and CPU inference of Gemma models.
 
-The numerical work runs in the C extension ``turboquant._core``; this package holds the
-Python API, the command line and the server.
+The numerical work runs in the C extension ``turboquant._core``; this package contains the
+Python API and the command line.
 """
 
 __version__ = "0.1.0"
@@ -10,7 +10,7 @@ import os as _os
 
 # libgomp reads GOMP_SPINCOUNT when the extension loads. Its default makes idle threads
 # spin for 300,000 iterations at every barrier, which stalls each parallel region of the
-# forward pass when another process holds a core (decode fell from 30 to 1-3 tokens/s at
+# forward pass when another process runs on a core (decode fell from 30 to 1-3 tokens/s at
 # 2 threads on a shared 2-core machine). 10,000 iterations still bridge the short serial
 # gaps between back-to-back regions. Set the variable yourself to override this.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")

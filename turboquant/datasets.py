@@ -1,10 +1,10 @@
 """Public-domain English text for perplexity measurements, fetched from PyPI on first use.
 
-The texts come from the test data of the ``brotli`` source distribution on PyPI (the
-Canterbury corpus): ``alice29.txt`` (Lewis Carroll, "Alice's Adventures in Wonderland",
+The texts come from the test data of the ``brotli`` source distribution on PyPI, which
+includes the Canterbury corpus. ``alice29.txt`` (Lewis Carroll, "Alice's Adventures in Wonderland",
 152,089 bytes, 39,706 Gemma 3 tokens) and ``lcet10.txt`` (proceedings of a 1992 Library of
-Congress workshop, 426,754 bytes, 90,270 Gemma 3 tokens). pip downloads the sdist once into the cache directory;
-nothing is built or installed.
+Congress workshop, 426,754 bytes, 90,270 Gemma 3 tokens) are used. pip downloads the sdist
+once into the cache directory; nothing is built or installed.
 """
 
 import hashlib
