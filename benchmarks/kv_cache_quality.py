@@ -9,8 +9,9 @@ once for all of them.
     OMP_NUM_THREADS=2 python benchmarks/kv_cache_quality.py --ctx 2048 --windows 1 \\
         --config f16/f16 --config tq3.5/tq2.5 --config tq4/tq3:128:0,-1
 
-A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS]], for example tq3/tq3:128:0,-1
-keeps the newest 128 positions and layers 0 and 17 in f16.
+A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:raw]]], for example tq3/tq3:128:0,-1
+keeps the newest 128 positions and layers 0 and 17 in f16; a final ":raw" turns key balancing
+off (Model.load(kv_balance_keys=False)).
 """
 
 import argparse
@@ -31,8 +32,9 @@ def parse_config(text):
     keys, values = parts[0].split("/")
     recent = int(parts[1]) if len(parts) > 1 and parts[1] else 0
     layers = tuple(int(x) for x in parts[2].split(",")) if len(parts) > 2 and parts[2] else ()
+    balance = not (len(parts) > 3 and parts[3] == "raw")
     return {"text": text, "cache_type_k": keys, "cache_type_v": values, "kv_recent_f16": recent,
-            "kv_f16_layers": layers}
+            "kv_f16_layers": layers, "kv_balance_keys": balance}
 
 
 def log_softmax(logits):
@@ -46,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--ctx", type=int, default=2048, help="window length in tokens")
     parser.add_argument("--windows", type=int, default=1, help="number of windows to score")
     parser.add_argument("--text", default="alice29", help="name of the English text (turboquant.datasets)")
-    parser.add_argument("--config", action="append", required=True, help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS]]")
+    parser.add_argument("--config", action="append", required=True, help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:raw]]]")
     parser.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: default)")
     args = parser.parse_args(argv)
 
@@ -55,7 +57,7 @@ def main(argv=None):
     reference = Model.load(threads=args.threads or None, ctx=args.ctx)
     models = [Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k=c["cache_type_k"],
                          cache_type_v=c["cache_type_v"], kv_recent_f16=c["kv_recent_f16"],
-                         kv_f16_layers=c["kv_f16_layers"]) for c in configs]
+                         kv_f16_layers=c["kv_f16_layers"], kv_balance_keys=c["kv_balance_keys"]) for c in configs]
     with open(path, encoding="utf-8") as f:
         tokens = reference.tokenize(f.read(), add_bos=False, special=False)
     windows = perplexity_windows(tokens, args.ctx, int(reference.tokenizer.bos_id))[: args.windows]

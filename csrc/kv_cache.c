@@ -190,6 +190,13 @@ typedef struct {
     const tq_kv_type_ops *ops_v;
     uint16_t *recent_keys;
     uint16_t *recent_values;
+    /* Key balancing of a codec key side, NULL without it (see tq_kv_cache_config).
+     * key_scale and key_center have head_dim entries. key_mean has n_kv_heads rows of
+     * head_dim floats, set by the first write after creation or after a reset. */
+    float *key_scale;
+    uint8_t *key_center;
+    float *key_mean;
+    int key_mean_set;
     size_t key_row_bytes, value_row_bytes;   /* one KV head */
     size_t key_slot_bytes, value_slot_bytes; /* all KV heads of one position */
 } tq_kv_layer;
@@ -212,7 +219,38 @@ struct tq_kv_cache {
     tq_kv_codec *codec_k, *codec_v;
     int64_t recent_f16;
     int64_t recent_slots;
+    float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
 };
+
+/* Copy one layer's key scale and centering flags, and allocate its key mean and, once per
+ * cache, the buffer of balanced keys. Scales must be finite and positive. */
+static tq_status create_key_balance(tq_kv_cache *cache, tq_kv_layer *layer, const float *scale,
+                                    const uint8_t *center, int l, tq_error *err)
+{
+    const int d = cache->head_dim;
+    for (int i = 0; i < d; i++) {
+        if (!(scale[i] > 0.0f) || !isfinite(scale[i])) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "key_scale[%d][%d] is %g; key scales must be finite and positive", l, i,
+                                (double)scale[i]);
+        }
+    }
+    layer->key_scale = malloc((size_t)d * sizeof(float));
+    layer->key_center = calloc((size_t)d, 1);
+    layer->key_mean = calloc((size_t)cache->n_kv_heads * (size_t)d, sizeof(float));
+    if (cache->balanced_keys == NULL) {
+        cache->balanced_keys = malloc((size_t)cache->n_batch * (size_t)cache->n_kv_heads * (size_t)d * sizeof(float));
+    }
+    if (layer->key_scale == NULL || layer->key_center == NULL || layer->key_mean == NULL ||
+        cache->balanced_keys == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the key balancing of layer %d", l);
+    }
+    memcpy(layer->key_scale, scale, (size_t)d * sizeof(float));
+    if (center != NULL) {
+        memcpy(layer->key_center, center, (size_t)d);
+    }
+    return TQ_OK;
+}
 
 /* Per-layer storage of every layer: row sizes, baseline ops or codecs, and for codec
  * layers the f16 ring of the recent window. Layers flagged in config->layer_f16 store f16
@@ -245,6 +283,7 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
     }
 
     const size_t f16_row = f16_ops->row_bytes(config->head_dim);
+    const size_t d_int = (size_t)config->head_dim;
     for (int l = 0; l < cache->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
         const int keep_f16 = config->layer_f16 != NULL && config->layer_f16[l];
@@ -269,6 +308,14 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
             layer->recent_values = tq_aligned_alloc(bytes);
             if (layer->recent_keys == NULL || layer->recent_values == NULL) {
                 return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the recent f16 window of layer %d", l);
+            }
+        }
+        if (layer->codec_k != NULL && config->key_scale != NULL) {
+            status = create_key_balance(cache, layer, config->key_scale + (size_t)l * d_int,
+                                        config->key_center != NULL ? config->key_center + (size_t)l * d_int : NULL, l,
+                                        err);
+            if (status != TQ_OK) {
+                return status;
             }
         }
     }
@@ -357,11 +404,15 @@ void tq_kv_cache_free(tq_kv_cache *cache)
             tq_aligned_free(cache->layers[l].values);
             tq_aligned_free(cache->layers[l].recent_keys);
             tq_aligned_free(cache->layers[l].recent_values);
+            free(cache->layers[l].key_scale);
+            free(cache->layers[l].key_center);
+            free(cache->layers[l].key_mean);
         }
         free(cache->layers);
     }
     tq_kv_codec_free(cache->codec_k);
     tq_kv_codec_free(cache->codec_v);
+    free(cache->balanced_keys);
     free(cache);
 }
 
@@ -395,9 +446,9 @@ static uint8_t *grow_slots(uint8_t *old, int64_t old_slots, int64_t new_slots, s
 
 tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
 {
-    if (n_new < 0 || n_new > cache->n_batch) {
-        return tq_error_set(err, TQ_ERR_INVALID, "cannot reserve %lld positions at once; the limit is n_batch=%lld",
-                            (long long)n_new, (long long)cache->n_batch);
+    if (n_new < 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "cannot reserve %lld positions; the count must be >= 0",
+                            (long long)n_new);
     }
     const int64_t end = cache->n_past + n_new;
     if (end > cache->n_ctx) {
@@ -461,17 +512,62 @@ static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, cons
     }
 }
 
+/* Set the key mean of a balancing layer from the first keys it receives: the average of up
+ * to TQ_KV_MEAN_POSITIONS positions over the flagged channels, per KV head. */
+static void set_key_mean(const tq_kv_cache *cache, tq_kv_layer *layer, int64_t n, const float *keys)
+{
+    const int d = cache->head_dim;
+    const int64_t used = n < TQ_KV_MEAN_POSITIONS ? n : TQ_KV_MEAN_POSITIONS;
+    for (int g = 0; g < cache->n_kv_heads; g++) {
+        float *mean = layer->key_mean + (size_t)g * (size_t)d;
+        for (int i = 0; i < d; i++) {
+            double sum = 0.0;
+            if (layer->key_center[i]) {
+                for (int64_t t = 0; t < used; t++) {
+                    sum += keys[((size_t)t * (size_t)cache->n_kv_heads + (size_t)g) * (size_t)d + (size_t)i];
+                }
+            }
+            mean[i] = (float)(sum / (double)used);
+        }
+    }
+    layer->key_mean_set = 1;
+}
+
+/* Write (k - mean) * scale for n positions into cache->balanced_keys and return it. */
+static const float *balance_keys(tq_kv_cache *cache, const tq_kv_layer *layer, int64_t n, const float *keys)
+{
+    const size_t d = (size_t)cache->head_dim;
+    const size_t rows = (size_t)n * (size_t)cache->n_kv_heads;
+    for (size_t r = 0; r < rows; r++) {
+        const float *mean = layer->key_mean + (r % (size_t)cache->n_kv_heads) * d;
+        const float *k = keys + r * d;
+        float *out = cache->balanced_keys + r * d;
+        for (size_t i = 0; i < d; i++) {
+            out[i] = (k[i] - mean[i]) * layer->key_scale[i];
+        }
+    }
+    return cache->balanced_keys;
+}
+
 void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t n, const float *keys,
                        const float *values)
 {
     tq_kv_layer *layer = &cache->layers[layer_index];
     const int row_floats = cache->n_kv_heads * cache->head_dim;
+    /* Codes take balanced keys; the f16 window below keeps the keys as they are. */
+    const float *coded_keys = keys;
+    if (layer->key_scale != NULL) {
+        if (!layer->key_mean_set) {
+            set_key_mean(cache, layer, n, keys);
+        }
+        coded_keys = balance_keys(cache, layer, n, keys);
+    }
     for (int64_t t = 0; t < n; t++) {
         const int64_t slot = (pos + t) % layer->max_slots;
         uint8_t *key_slot = layer->keys + (size_t)slot * layer->key_slot_bytes;
         uint8_t *value_slot = layer->values + (size_t)slot * layer->value_slot_bytes;
         /* All heads of one position are contiguous, so one call encodes them. */
-        write_side(layer->ops_k, layer->codec_k, keys + t * row_floats, cache->n_kv_heads, cache->head_dim, key_slot,
+        write_side(layer->ops_k, layer->codec_k, coded_keys + t * row_floats, cache->n_kv_heads, cache->head_dim, key_slot,
                    layer->key_row_bytes);
         write_side(layer->ops_v, layer->codec_v, values + t * row_floats, cache->n_kv_heads, cache->head_dim,
                    value_slot, layer->value_row_bytes);
@@ -551,13 +647,26 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         recent_first = pos - cache->recent_f16 + 1 > first ? pos - cache->recent_f16 + 1 : first;
     }
 
+    float score_offsets[TQ_KV_MAX_GROUP] = {0.0f};
     for (int i = 0; i < n_queries; i++) {
         float *part = partial + (size_t)i * partial_floats;
         part[0] = -INFINITY;
         part[1] = 0.0f;
         memset(part + 2, 0, (size_t)head_dim * sizeof(float));
         const float *query = queries + (size_t)i * head_dim;
-        if (layer->codec_k != NULL) {
+        if (layer->codec_k != NULL && layer->key_scale != NULL) {
+            /* Balanced codes hold (k - mean) * scale: score them with q / scale and add
+             * q . mean back, so that coded and f16 rows share one softmax. */
+            const float *mean = layer->key_mean + (size_t)kv_head * (size_t)head_dim;
+            float balanced_query[TQ_KV_MAX_HEAD_DIM];
+            float offset = 0.0f;
+            for (int d = 0; d < head_dim; d++) {
+                balanced_query[d] = query[d] / layer->key_scale[d];
+                offset += query[d] * mean[d];
+            }
+            score_offsets[i] = offset;
+            tq_kv_codec_prepare_query(layer->codec_k, balanced_query, (float *)(states + (size_t)i * state_bytes));
+        } else if (layer->codec_k != NULL) {
             tq_kv_codec_prepare_query(layer->codec_k, query, (float *)(states + (size_t)i * state_bytes));
         } else {
             layer->ops_k->prepare_query(query, head_dim, states + (size_t)i * state_bytes);
@@ -603,6 +712,13 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         if (!recent && layer->codec_k != NULL) {
             tq_kv_codec_scores(layer->codec_k, (const float *)states, n_queries, key_rows, key_stride,
                                (size_t)length, scores, TQ_KV_CHUNK);
+            if (layer->key_scale != NULL) {
+                for (int i = 0; i < n_queries; i++) {
+                    for (int64_t j = 0; j < length; j++) {
+                        scores[(size_t)i * TQ_KV_CHUNK + (size_t)j] += score_offsets[i];
+                    }
+                }
+            }
         } else {
             for (int i = 0; i < n_queries; i++) {
                 const void *state = recent ? (const void *)(queries + (size_t)i * head_dim)
@@ -724,6 +840,12 @@ tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err
             }
         }
     }
+    if (n_past == 0) {
+        /* No coded key is left, so the next keys may set a new mean. */
+        for (int l = 0; l < cache->n_layers; l++) {
+            cache->layers[l].key_mean_set = 0;
+        }
+    }
     cache->n_past = n_past;
     return TQ_OK;
 }
@@ -739,6 +861,10 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
             /* The f16 copies of the newest positions, keys and values. */
             const int64_t recent_held = cache->n_past < cache->recent_slots ? cache->n_past : cache->recent_slots;
             total += 2 * (size_t)recent_held * (size_t)cache->n_kv_heads * (size_t)cache->head_dim * sizeof(uint16_t);
+        }
+        if (layer->key_scale != NULL) {
+            /* Scale and flags per channel, mean per KV head and channel. */
+            total += (size_t)cache->head_dim * (sizeof(float) + 1 + (size_t)cache->n_kv_heads * sizeof(float));
         }
     }
     return total;

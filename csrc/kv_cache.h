@@ -91,11 +91,24 @@ typedef struct {
      * positions from an f16 copy instead of their codes (0: codes only). The copy is a
      * ring of recent_f16 + n_batch positions per layer, counted by tq_kv_cache_bytes.
      * layer_f16: NULL, or n_layers flags; a layer whose flag is set stores f16 rows.
-     * codec_seed: seed of the codecs' rotation and QJL projection. */
+     * codec_seed: seed of the codecs' rotation and QJL projection.
+     * key_scale, key_center: key balancing of a codec key side (NULL: none). Both hold
+     * n_layers rows of head_dim entries. A key is stored as (k - mean) * key_scale and a
+     * query scored as q / key_scale, so q . k keeps its value while the channels that
+     * queries weigh most get the smaller share of the quantization error. mean is the
+     * average of the first keys a layer receives (up to TQ_KV_MEAN_POSITIONS of them),
+     * taken over the channels whose key_center flag is set and zero elsewhere; the scores
+     * of coded rows get q . mean added back. Any fixed mean leaves softmax(q k) exact;
+     * flags select the channels where a mean is stable over positions (slow RoPE pairs). */
     int64_t recent_f16;
     const uint8_t *layer_f16;
     uint64_t codec_seed;
+    const float *key_scale;
+    const uint8_t *key_center;
 } tq_kv_cache_config;
+
+/* Positions whose keys set a layer's key mean (see tq_kv_cache_config.key_center). */
+#define TQ_KV_MEAN_POSITIONS 128
 
 typedef struct tq_kv_cache tq_kv_cache;
 
@@ -106,8 +119,9 @@ void tq_kv_cache_free(tq_kv_cache *cache);
 int64_t tq_kv_cache_n_past(const tq_kv_cache *cache);
 int64_t tq_kv_cache_n_ctx(const tq_kv_cache *cache);
 
-/* Make room for positions n_past .. n_past + n_new - 1 in every layer (n_new at
- * most n_batch). Fails with TQ_ERR_RANGE past n_ctx and TQ_ERR_NOMEM. */
+/* Make room for positions n_past .. n_past + n_new - 1 in every layer. They may then
+ * be written n_batch at a time, each group attended before the next is written. Fails
+ * with TQ_ERR_RANGE past n_ctx and TQ_ERR_NOMEM. */
 tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err);
 
 /* Store n positions starting at pos (room reserved before) for one layer.

@@ -416,6 +416,72 @@ static tq_status kv_f16_layer_flags(const tq_model_params *params, int n_layers,
     return TQ_OK;
 }
 
+/* RoPE pairs whose period exceeds this many positions count as slow: their key mean moves
+ * little over a context, so subtracting it removes a shared offset rather than content. */
+#define TQ_SLOW_ROPE_PERIOD 2048.0
+
+/* Key balancing tables of every layer for the KV cache (tq_kv_cache_config.key_scale and
+ * key_center), derived from the weights alone.
+ *
+ * Queries and keys leave their RMSNorms multiplied per channel by the norm weights wq and
+ * wk, so channel i of q . k carries wq[i] * wk[i] of the score. A random rotation spreads
+ * the quantization error evenly over channels; the score error is smallest when keys are
+ * scaled by s = sqrt(wq / wk) (and queries by 1 / s) before quantizing, which gives every
+ * channel the same share of q and k. RoPE mixes channel i with i + head_dim/2, so both
+ * weights are taken as the RMS over that pair. A floor of 1e-3 times the largest weight
+ * keeps a channel with a zero weight finite. Scales are divided by their geometric mean so
+ * that row norms keep their size (the codecs store them as f16).
+ *
+ * Centering flags mark the slow RoPE pairs (period above TQ_SLOW_ROPE_PERIOD positions),
+ * where Gemma's keys carry a large mean shared by every position. */
+static tq_status key_balance_tables(const tq_model *model, float **scale_out, uint8_t **center_out, tq_error *err)
+{
+    const tq_model_config *c = &model->config;
+    const int d = c->head_dim;
+    const int half = d / 2;
+    float *scale = malloc((size_t)c->n_layers * (size_t)d * sizeof(float));
+    uint8_t *center = malloc((size_t)c->n_layers * (size_t)d);
+    if (scale == NULL || center == NULL) {
+        free(scale);
+        free(center);
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the key balancing tables");
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        const float *wq = model->layers[l].attn_q_norm;
+        const float *wk = model->layers[l].attn_k_norm;
+        float *s = scale + (size_t)l * (size_t)d;
+        float max_q = 0.0f, max_k = 0.0f;
+        for (int i = 0; i < d; i++) {
+            max_q = fabsf(wq[i]) > max_q ? fabsf(wq[i]) : max_q;
+            max_k = fabsf(wk[i]) > max_k ? fabsf(wk[i]) : max_k;
+        }
+        double log_sum = 0.0;
+        for (int j = 0; j < half; j++) {
+            const float pair_q = sqrtf(0.5f * (wq[j] * wq[j] + wq[j + half] * wq[j + half])) + 1e-3f * max_q;
+            const float pair_k = sqrtf(0.5f * (wk[j] * wk[j] + wk[j + half] * wk[j + half])) + 1e-3f * max_k;
+            /* Both floors are positive unless a whole norm is zero; fall back to 1 then. */
+            s[j] = pair_q > 0.0f && pair_k > 0.0f ? sqrtf(pair_q / pair_k) : 1.0f;
+            s[j + half] = s[j];
+            log_sum += 2.0 * log((double)s[j]);
+        }
+        const float norm = (float)exp(-log_sum / d);
+        const int global = tq_model_layer_is_global(c, l);
+        const double base = global ? c->rope_base_global : c->rope_base_local;
+        const double linear = global ? c->rope_scale_global : 1.0;
+        for (int j = 0; j < half; j++) {
+            s[j] *= norm;
+            s[j + half] = s[j];
+            /* Pair j turns by base^(-2j/d) / linear radians per position. */
+            const double period = 6.283185307179586 * pow(base, 2.0 * j / d) * linear;
+            center[(size_t)l * (size_t)d + (size_t)j] = period > TQ_SLOW_ROPE_PERIOD;
+            center[(size_t)l * (size_t)d + (size_t)j + (size_t)half] = period > TQ_SLOW_ROPE_PERIOD;
+        }
+    }
+    *scale_out = scale;
+    *center_out = center;
+    return TQ_OK;
+}
+
 tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err)
 {
     *out = NULL;
@@ -472,24 +538,33 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
                 model->layer_window[l] = tq_model_layer_is_global(c, l) ? 0 : c->sliding_window;
             }
             uint8_t *layer_f16 = NULL;
+            float *key_scale = NULL;
+            uint8_t *key_center = NULL;
             status = kv_f16_layer_flags(params, c->n_layers, &layer_f16, err);
+            if (status == TQ_OK && params->kv_balance_keys) {
+                status = key_balance_tables(model, &key_scale, &key_center, err);
+            }
             tq_kv_cache_config cache_config = {
                 .n_layers = c->n_layers,
                 .n_kv_heads = c->n_kv_heads,
                 .head_dim = c->head_dim,
                 .n_ctx = model->n_ctx,
-                .n_batch = model->n_batch,
+                .n_batch = model->n_batch < TQ_ATTENTION_BATCH ? model->n_batch : TQ_ATTENTION_BATCH,
                 .layer_window = model->layer_window,
                 .type_k = params->type_k,
                 .type_v = params->type_v,
                 .isa = model->isa,
                 .recent_f16 = params->kv_recent_f16,
                 .layer_f16 = layer_f16,
+                .key_scale = key_scale,
+                .key_center = key_center,
             };
             if (status == TQ_OK) {
                 status = tq_kv_cache_create(&cache_config, &model->cache, err);
             }
             free(layer_f16);
+            free(key_scale);
+            free(key_center);
         }
     }
     if (status != TQ_OK) {

@@ -59,6 +59,7 @@ typedef struct {
     int64_t kv_recent_f16;     /* newest positions read from an f16 copy; 0 for none */
     const int *kv_f16_layers;  /* layers stored in f16, negative indices count from the end */
     int n_kv_f16_layers;
+    int kv_balance_keys; /* 1: balance the keys of codec cache types (see key_balance_tables) */
     int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
                         * comparisons with float references), 0: quantize them as llama.cpp does */
 } tq_model_params;

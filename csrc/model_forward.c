@@ -133,7 +133,7 @@ static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error
  * each K and V row is read once per token. When there are fewer tasks than
  * threads (decode), each task is also split into ranges of positions whose
  * partial softmax sums are merged afterwards. */
-static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n)
+static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n, const float *queries, float *out)
 {
     const tq_model_config *c = &model->config;
     tq_forward_buffers *b = &model->buffers;
@@ -165,7 +165,7 @@ static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n)
         const int64_t begin = task_first + span * part / splits;
         const int64_t end = task_first + span * (part + 1) / splits;
         void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
-        tq_kv_cache_attend_range(model->cache, l, g, pos, begin, end, group, b->q + t * q_dim + g * group * hd,
+        tq_kv_cache_attend_range(model->cache, l, g, pos, begin, end, group, queries + t * q_dim + g * group * hd,
                                  scratch, b->attention_partials + (size_t)task * task_floats);
     }
 
@@ -174,7 +174,7 @@ static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n)
         const int64_t t = merged / n_kv;
         const int g = (int)(merged % n_kv);
         tq_attention_merge((int)splits, group, hd, b->attention_partials + (size_t)merged * splits * task_floats,
-                           b->attention + t * q_dim + g * group * hd);
+                           out + t * q_dim + g * group * hd);
     }
 }
 
@@ -217,9 +217,12 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
             rope_apply(k, rope_cos + t * half, rope_sin + t * half, half);
         }
     }
-    tq_kv_cache_write(model->cache, l, pos0, n, b->k, b->v);
-
-    attend_layer(model, l, pos0, n);
+    /* Write and attend TQ_ATTENTION_BATCH positions at a time (see its definition). */
+    for (int64_t start = 0; start < n; start += TQ_ATTENTION_BATCH) {
+        const int64_t m = n - start < TQ_ATTENTION_BATCH ? n - start : TQ_ATTENTION_BATCH;
+        tq_kv_cache_write(model->cache, l, pos0 + start, m, b->k + start * kv_dim, b->v + start * kv_dim);
+        attend_layer(model, l, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
+    }
 
     if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
         return status;

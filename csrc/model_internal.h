@@ -37,6 +37,12 @@ typedef struct {
     int attention_scratch_threads;
 } tq_forward_buffers;
 
+/* Positions a layer writes into the KV cache before their queries attend. Prefill runs
+ * its weight products on micro-batches of n_batch tokens, but writes and attends in groups
+ * of at most this many, so the rings of sliding-window layers and of the recent f16 window
+ * need room for only this many new positions beside the positions they keep. */
+#define TQ_ATTENTION_BATCH 128
+
 struct tq_model {
     tq_model_config config;
     tq_gguf *gguf;

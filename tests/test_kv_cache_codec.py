@@ -112,6 +112,78 @@ def test_codec_cache_simd_matches_scalar(kernels, cache_type):
     np.testing.assert_allclose(simd, scalar, rtol=0, atol=1e-5)
 
 
+def balanced_reference(keys, values, queries, cache_type, scale, center, first_write, recent_f16=0):
+    """Attention when the cache stores (k - mean) * scale and scores q / scale, plus q . mean.
+
+    mean is the average of the keys of the first write (at most 128 positions) on the
+    flagged channels. Decoding (k - mean) * scale, dividing by scale and adding mean gives the
+    keys the balanced cache scores against, so plain attention over them is the reference.
+    """
+    mean = keys[: min(first_write, 128)].astype(np.float64).mean(axis=0) * center
+    balanced = ((keys - mean) * scale).astype(np.float32)
+    effective = stored(balanced, cache_type).astype(np.float64) / scale + mean
+    n = keys.shape[0]
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    recent = (i - j < recent_f16)[..., None]
+    k = np.where(recent, stored(keys, "f16")[None], effective[None])
+    v = np.where(recent, stored(values, "f16")[None], stored(values, cache_type)[None]).astype(np.float64)
+    scores = np.where(j <= i, np.einsum("id,ijd->ij", queries.astype(np.float64), k), -np.inf)
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("ij,ijd->id", weights, v)
+
+
+def outlier_rows(seed, n=48, head_dim=128):
+    """Keys shaped like Gemma's: a few channels with a large shared mean and spread, and
+    queries that weigh the other channels most (as the norm weights make them)."""
+    rng = np.random.default_rng(seed)
+    weight = np.ones(head_dim)
+    weight[[3, 3 + head_dim // 2, 40, 40 + head_dim // 2]] = 12.0
+    keys = (rng.standard_normal((n, head_dim)) * weight + 3.0 * weight * (weight > 1)).astype(np.float32)
+    values = rng.standard_normal((n, head_dim)).astype(np.float32)
+    queries = (0.5 * rng.standard_normal((n, head_dim)) / weight).astype(np.float32)
+    return keys, values, queries, weight
+
+
+@pytest.mark.parametrize("cache_type", ["tq4", "tq3.5", "tq2", "tq3+qjl", "polar"])
+@pytest.mark.parametrize("n_batch,recent_f16", [(0, 0), (5, 0), (7, 4), (200, 0)])
+def test_balanced_keys_match_reference(cache_type, n_batch, recent_f16):
+    keys, values, queries, weight = outlier_rows(seed=9)
+    scale = (1.0 / np.sqrt(weight)).astype(np.float32)
+    center = (weight > 1).astype(np.uint8)
+    out = _core.kv_cache_attention(keys, values, queries, cache_type_k=cache_type, cache_type_v=cache_type,
+                                   n_batch=n_batch, recent_f16=recent_f16, seed=SEED, key_scale=scale,
+                                   key_center=center)
+    first_write = n_batch if 0 < n_batch < len(keys) else len(keys)
+    expected = balanced_reference(keys, values, queries, cache_type, scale, center, first_write, recent_f16)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_balanced_keys_reduce_attention_error():
+    # On keys whose large channels carry a shared offset and little of the score, balancing
+    # must bring the output closer to exact attention than coding the keys as they are.
+    keys, values, queries, weight = outlier_rows(seed=10)
+    exact = reference_attention(keys, values, queries, "f32", "f32")
+    plain = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", seed=SEED)
+    balanced = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", seed=SEED,
+                                        key_scale=(1.0 / np.sqrt(weight)).astype(np.float32),
+                                        key_center=(weight > 1).astype(np.uint8))
+    assert np.abs(balanced - exact).mean() < 0.5 * np.abs(plain - exact).mean()
+
+
+def test_balanced_keys_checked():
+    keys, values, queries = random_rows(seed=11, n=4)
+    bad = np.ones(128, dtype=np.float32)
+    bad[7] = 0.0
+    with pytest.raises(ValueError, match=r"key_scale\[0\]\[7\] is 0"):
+        _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", key_scale=bad)
+    with pytest.raises(ValueError, match="head_dim=128 entries, got 3"):
+        _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", key_scale=np.ones(3))
+    with pytest.raises(ValueError, match="key_center needs key_scale"):
+        _core.kv_cache_attention(keys, values, queries, cache_type_k="tq3", key_center=np.ones(128))
+
+
 def test_unknown_type_lists_codec_names():
     keys, values, queries = random_rows(seed=6, n=2)
     with pytest.raises(ValueError, match="tq3.5, tq3, tq2.5, tq2, tq3\\+qjl, tq4\\+qjl, polar, polar\\+qjl"):
@@ -135,6 +207,10 @@ def test_negative_recent_window_raises():
 
 PROMPT = [2, 818, 5279, 529, 7001, 563, 236764, 506, 5279, 529, 9406, 563]
 
+# Key balancing tables of one coded key layer of the 270M model (head_dim 256, one KV
+# head): a float32 scale and a one-byte centering flag per channel, and a float32 mean.
+BALANCE_BYTES = 256 * (4 + 1 + 4)
+
 
 @pytest.fixture(scope="module")
 def model_path():
@@ -150,7 +226,7 @@ def test_model_bytes_count_codes_and_f16_layers(model_path):
     expected_per_token = 2 * 2 * 2 * head_dim + (layers - 2) * codec_bytes
     assert model.kv_bytes_per_token() == expected_per_token
     model.eval(PROMPT, logits="none")
-    assert model.kv_cache_bytes() == len(PROMPT) * expected_per_token
+    assert model.kv_cache_bytes() == len(PROMPT) * expected_per_token + (layers - 2) * BALANCE_BYTES
 
 
 def test_model_bytes_count_recent_window(model_path):
@@ -160,7 +236,11 @@ def test_model_bytes_count_recent_window(model_path):
     # The f16 ring has room for recent_f16 + n_batch positions (n_batch is capped at
     # ctx = 64), so it still contains all 12 positions, keys and values, 512 bytes each.
     ring = len(PROMPT) * 18 * 2 * 512
-    assert model.kv_cache_bytes() == codes + ring
+    assert model.kv_cache_bytes() == codes + ring + 18 * BALANCE_BYTES
+    unbalanced = _core.Model(model_path, cache_type_k="tq4", cache_type_v="tq4", ctx=64, kv_recent_f16=4,
+                             kv_balance_keys=False)
+    unbalanced.eval(PROMPT, logits="none")
+    assert unbalanced.kv_cache_bytes() == codes + ring
 
 
 def test_model_recent_window_reads_f16(model_path):
@@ -171,6 +251,15 @@ def test_model_recent_window_reads_f16(model_path):
     np.testing.assert_allclose(windowed.eval(PROMPT, logits="all"), f16, rtol=0, atol=1e-4)
     codes_only = _core.Model(model_path, cache_type_k="tq2", cache_type_v="tq2", ctx=64).eval(PROMPT, logits="all")
     assert np.abs(codes_only - f16).max() > 1e-2
+
+
+def test_model_balanced_keys_closer_to_f16(model_path):
+    # Balancing is exact algebra (scores keep their value), so on the real model it may only
+    # shrink the quantization error: logits of a tq3 cache move closer to the f16 cache's.
+    f16 = _core.Model(model_path, ctx=64).eval(PROMPT, logits="all")
+    balanced = _core.Model(model_path, cache_type_k="tq3", ctx=64).eval(PROMPT, logits="all")
+    plain = _core.Model(model_path, cache_type_k="tq3", ctx=64, kv_balance_keys=False).eval(PROMPT, logits="all")
+    assert np.abs(balanced - f16).mean() < 0.7 * np.abs(plain - f16).mean()
 
 
 def test_model_f16_layers_validated(model_path):

@@ -114,7 +114,7 @@ class Model:
 
     @classmethod
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=0,
-             kv_f16_layers=(), exact_matmul=False) -> "Model":
+             kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True) -> "Model":
         """Load a GGUF model.
 
         path: a GGUF file; None loads the default model (Gemma 3 270M Q4_K_M from the package
@@ -126,6 +126,10 @@ class Model:
         kv_recent_f16, kv_f16_layers: quality controls of the TurboQuant cache types ("tq3", ...):
         the newest kv_recent_f16 positions are also kept in f16 and read from there, and the
         listed layers (negative indices count from the end) store f16 rows.
+        kv_balance_keys: before a TurboQuant cache type codes a key, subtract the mean of the
+        layer's first keys on the slow RoPE channels and weigh each channel by
+        sqrt(query norm weight / key norm weight), scoring queries with the inverse weights;
+        scores keep their value and their quantization error drops several-fold on Gemma 3.
         exact_matmul: keep activations in float32 in every weight product (several times slower);
         the default rounds them to 8 bits per block as llama.cpp does.
         Raises FileNotFoundError for a missing file, ValueError for a bad value.
@@ -153,6 +157,7 @@ class Model:
             kv_recent_f16=kv_recent_f16,
             kv_f16_layers=tuple(kv_f16_layers),
             exact_matmul=bool(exact_matmul),
+            kv_balance_keys=bool(kv_balance_keys),
         )
         return cls(core, path)
 

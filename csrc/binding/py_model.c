@@ -41,7 +41,7 @@ static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *ou
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"path",          "threads",       "cache_type_k", "cache_type_v", "ctx", "n_batch",
-                               "kv_recent_f16", "kv_f16_layers", "exact_matmul", NULL};
+                               "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys", NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -51,9 +51,10 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     long long kv_recent_f16 = 0;
     PyObject *kv_f16_layers = NULL;
     int exact_matmul = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOp:Model", keywords, PyUnicode_FSConverter,
+    int kv_balance_keys = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOpp:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
-                                     &kv_recent_f16, &kv_f16_layers, &exact_matmul)) {
+                                     &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys)) {
         return -1;
     }
     if (kv_recent_f16 < 0) {
@@ -127,6 +128,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .kv_f16_layers = f16_layers,
         .n_kv_f16_layers = n_f16_layers,
         .exact_matmul = exact_matmul,
+        .kv_balance_keys = kv_balance_keys,
     };
     tq_error err;
     tq_error_clear(&err);
@@ -445,17 +447,21 @@ static PyTypeObject ModelType = {
 
 static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"keys", "values", "queries", "cache_type_k", "cache_type_v", "window",
-                               "n_batch", "splits", "kernels", "recent_f16", "seed", NULL};
+    static char *keywords[] = {"keys",    "values",  "queries",    "cache_type_k", "cache_type_v",
+                               "window",  "n_batch", "splits",     "kernels",      "recent_f16",
+                               "seed",    "key_scale", "key_center", NULL};
     PyObject *keys_object, *values_object, *queries_object;
+    PyObject *key_scale_object = Py_None, *key_center_object = Py_None;
+    PyArrayObject *key_scale = NULL, *key_center = NULL;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     long long window = 0, n_batch = 0, recent_f16 = 0;
     unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLK:kv_cache_attention", keywords, &keys_object,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOO:kv_cache_attention", keywords, &keys_object,
                                      &values_object, &queries_object, &cache_type_k, &cache_type_v, &window,
-                                     &n_batch, &splits, &kernels, &recent_f16, &seed)) {
+                                     &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
+                                     &key_center_object)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -510,6 +516,34 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         tq_py_check_finite(&queries, "queries") != 0) {
         goto done;
     }
+    if (key_scale_object != Py_None) {
+        key_scale = (PyArrayObject *)PyArray_FROMANY(key_scale_object, NPY_FLOAT32, 1, 1,
+                                                     NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (key_scale == NULL) {
+            goto done;
+        }
+        if (PyArray_SIZE(key_scale) != head_dim) {
+            PyErr_Format(PyExc_ValueError, "key_scale must have head_dim=%d entries, got %zd", head_dim,
+                         (Py_ssize_t)PyArray_SIZE(key_scale));
+            goto done;
+        }
+    }
+    if (key_center_object != Py_None) {
+        if (key_scale == NULL) {
+            PyErr_SetString(PyExc_ValueError, "key_center needs key_scale; pass ones for no scaling");
+            goto done;
+        }
+        key_center = (PyArrayObject *)PyArray_FROMANY(key_center_object, NPY_UINT8, 1, 1,
+                                                      NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (key_center == NULL) {
+            goto done;
+        }
+        if (PyArray_SIZE(key_center) != head_dim) {
+            PyErr_Format(PyExc_ValueError, "key_center must have head_dim=%d entries, got %zd", head_dim,
+                         (Py_ssize_t)PyArray_SIZE(key_center));
+            goto done;
+        }
+    }
     int64_t layer_window = window;
     tq_kv_cache_config config = {
         .n_layers = 1,
@@ -523,6 +557,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .isa = isa,
         .recent_f16 = recent_f16,
         .codec_seed = seed,
+        .key_scale = key_scale != NULL ? (const float *)PyArray_DATA(key_scale) : NULL,
+        .key_center = key_center != NULL ? (const uint8_t *)PyArray_DATA(key_center) : NULL,
     };
     if (tq_kv_cache_create(&config, &cache, &err) != TQ_OK) {
         tq_py_raise(&err);
@@ -565,6 +601,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     }
 
 done:
+    Py_XDECREF(key_scale);
+    Py_XDECREF(key_center);
     tq_aligned_free(partials);
     tq_aligned_free(scratch);
     tq_kv_cache_free(cache);
@@ -584,7 +622,8 @@ static PyMethodDef model_functions[] = {
      "Positions are written n_batch at a time as in the model (0: all at once), so a sliding window\n"
      "exercises the ring buffer; splits > 1 attends over that many position ranges and merges them.\n"
      "For codec types (tq3, ...), recent_f16 positions are read from an f16 copy and seed fixes the\n"
-     "codec's rotation. Exposes the cache kernels to tests."},
+     "codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
+     "balancing of a codec key side (tq_kv_cache_config.key_scale). Exposes the cache kernels to tests."},
     {NULL, NULL, 0, NULL},
 };
 
