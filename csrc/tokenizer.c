@@ -1,6 +1,7 @@
-/* Vocabulary, lookups and decoding of the SentencePiece tokenizer (the "llama"
- * vocabulary type of GGUF, used by Gemma 3). Encoding is in tokenizer_encode.c
- * and the streaming decoder in tokenizer_stream.c.
+/* Vocabulary, lookups and decoding shared by both tokenizer kinds: SentencePiece
+ * (the "llama" vocabulary type of GGUF, used by Gemma 3) and BPE with ranked
+ * merges (the "gemma4" type). Encoding is in tokenizer_encode.c, merge rules in
+ * tokenizer_merges.c and the streaming decoder in tokenizer_stream.c.
  */
 #include "tokenizer_internal.h"
 
@@ -170,6 +171,17 @@ static tq_status validate_spec(const tq_tokenizer_spec *spec, tq_error *err)
     if (spec == NULL || spec->pieces == NULL || spec->piece_lens == NULL) {
         return tq_error_set(err, TQ_ERR_INVALID, "tokenizer: the spec and its pieces and piece_lens must not be NULL");
     }
+    if (spec->model != TQ_TOKENIZER_SPM && spec->model != TQ_TOKENIZER_BPE) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "tokenizer: model=%d is not a tokenizer kind. Use 0 (SentencePiece) or 1 (ranked BPE)",
+                            (int)spec->model);
+    }
+    if (spec->model == TQ_TOKENIZER_SPM && spec->n_merges != 0) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "tokenizer: n_merges=%lld, but a SentencePiece vocabulary merges by score and takes no "
+                            "merge rules",
+                            (long long)spec->n_merges);
+    }
     if (spec->n_vocab <= 0) {
         return tq_error_set(err, TQ_ERR_INVALID, "tokenizer: n_vocab=%d must be positive", (int)spec->n_vocab);
     }
@@ -288,7 +300,10 @@ tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out,
     if (tok == NULL) {
         return tq_error_set(err, TQ_ERR_NOMEM, "tokenizer: out of memory");
     }
+    tok->model = spec->model;
     tok->n_vocab = spec->n_vocab;
+    tok->byte_fallback = spec->model == TQ_TOKENIZER_SPM ? 1 : (spec->byte_fallback ? 1 : 0);
+    tok->ignore_merges = spec->model == TQ_TOKENIZER_BPE && spec->ignore_merges ? 1 : 0;
     tok->bos_id = spec->bos_id;
     tok->eos_id = spec->eos_id;
     tok->unk_id = spec->unk_id;
@@ -334,12 +349,20 @@ tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out,
 
     status = table_alloc(n, &tok->piece_table, &tok->piece_mask, err);
     if (status == TQ_OK) {
-        for (size_t i = 0; i < n; i++) {
+        /* table_insert keeps the first id inserted for a text. SentencePiece
+         * keeps the lowest id of a duplicated text; for ranked BPE the highest
+         * id wins, as in llama.cpp and in transformers' vocabulary dict built
+         * from a GGUF token list. */
+        for (size_t k = 0; k < n; k++) {
+            size_t i = tok->model == TQ_TOKENIZER_BPE ? n - 1 - k : k;
             if (tok->text_offsets[i + 1] > tok->text_offsets[i]) {
                 table_insert(tok, tok->piece_table, tok->piece_mask, (int32_t)i);
             }
         }
         status = build_special_index(tok, err);
+    }
+    if (status == TQ_OK && tok->model == TQ_TOKENIZER_BPE) {
+        status = tq_tok_build_merges(tok, spec, err);
     }
     if (status != TQ_OK) {
         tq_tokenizer_free(tok);
@@ -378,12 +401,23 @@ void tq_tokenizer_free(tq_tokenizer *tok)
     free(tok->piece_table);
     free(tok->special_table);
     free(tok->special_lens);
+    free(tok->merge_table);
     free(tok);
 }
 
 int32_t tq_tokenizer_n_vocab(const tq_tokenizer *tok)
 {
     return tok->n_vocab;
+}
+
+tq_tokenizer_model tq_tokenizer_model_kind(const tq_tokenizer *tok)
+{
+    return tok->model;
+}
+
+int64_t tq_tokenizer_n_merges(const tq_tokenizer *tok)
+{
+    return tok->n_merges;
 }
 
 int32_t tq_tokenizer_bos(const tq_tokenizer *tok)

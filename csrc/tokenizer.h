@@ -1,6 +1,9 @@
-/* SentencePiece tokenizer built from a vocabulary (as stored in GGUF metadata
- * tokenizer.ggml.*): encode text to token ids, decode ids to bytes, and a
- * streaming decoder that only releases complete UTF-8 characters.
+/* Tokenizer built from a vocabulary (as stored in GGUF metadata tokenizer.ggml.*
+ * or in a Hugging Face tokenizer.json): encode text to token ids, decode ids to
+ * bytes, and a streaming decoder that only releases complete UTF-8 characters.
+ * Two model kinds share the vocabulary, the special-token handling and the
+ * decoders: SentencePiece BPE driven by piece scores (Gemma 3) and BPE with
+ * ranked merges (Gemma 4).
  *
  * Ownership: tq_tokenizer_create copies everything it needs from the spec; the
  * tokenizer is read-only afterwards and may be shared between threads.
@@ -23,7 +26,19 @@ enum {
     TQ_TOKEN_BYTE = 6
 };
 
+/* How encoding merges symbols. */
+typedef enum {
+    /* SentencePiece BPE: merge the adjacent pair whose concatenation is a
+     * vocabulary piece with the highest score (GGUF tokenizer.ggml.model "llama"). */
+    TQ_TOKENIZER_SPM = 0,
+    /* BPE with ranked merges: merge the adjacent pair of tokens that appears
+     * earliest in the merge list, as Hugging Face tokenizers' BPE model does
+     * (GGUF tokenizer.ggml.model "gemma4"). */
+    TQ_TOKENIZER_BPE = 1
+} tq_tokenizer_model;
+
 typedef struct {
+    tq_tokenizer_model model; /* 0 (the value of a zeroed spec) is TQ_TOKENIZER_SPM */
     int32_t n_vocab;
     const char *const *pieces;   /* n_vocab UTF-8 strings, not NUL-terminated */
     const uint64_t *piece_lens;  /* their lengths in bytes */
@@ -32,6 +47,24 @@ typedef struct {
     int32_t bos_id, eos_id, unk_id, pad_id; /* -1 when absent */
     int add_bos;                 /* prepend BOS in tq_tokenizer_encode when its add_bos argument is -1 */
     int add_space_prefix;        /* prepend U+2581 to the text (off for Gemma) */
+
+    /* TQ_TOKENIZER_BPE only. The merges in rank order (rank 0 is applied
+     * first), given either as n_merges (left id, right id) pairs in merge_ids or
+     * as n_merges texts "LEFT RIGHT" in merge_texts. A text splits at the first
+     * space that leaves a vocabulary piece on both sides. The concatenation of
+     * both pieces must also be a vocabulary piece. A pair listed twice keeps its
+     * last rank, as in Hugging Face tokenizers. */
+    int64_t n_merges;
+    const int32_t *merge_ids;          /* 2 * n_merges ids, or NULL */
+    const char *const *merge_texts;    /* n_merges UTF-8 strings, not NUL-terminated, or NULL */
+    const uint64_t *merge_text_lens;   /* their lengths in bytes */
+    /* Characters without a piece become one <0xXX> byte token per UTF-8 byte
+     * (when every such byte piece exists); otherwise consecutive ones become a
+     * single unknown token. SentencePiece vocabularies always fall back to bytes. */
+    int byte_fallback;
+    /* A fragment that is a vocabulary piece as a whole becomes that piece
+     * without merging (the ignore_merges option of Hugging Face BPE). */
+    int ignore_merges;
 } tq_tokenizer_spec;
 
 typedef struct tq_tokenizer tq_tokenizer;
@@ -44,15 +77,21 @@ void tq_tokenizer_free(tq_tokenizer *tok);
 typedef struct tq_gguf tq_gguf;
 
 /* Build a tokenizer from the tokenizer.ggml.* metadata of an open GGUF file
- * (implemented in tokenizer_gguf.c): model (must be "llama", else
- * TQ_ERR_UNSUPPORTED), tokens, scores, token_type, bos/eos/unknown/padding_token_id,
- * add_bos_token and add_space_prefix (both default to true, as in llama.cpp).
- * Array lengths must equal the token count and ids must lie inside the
- * vocabulary, else TQ_ERR_FORMAT. The tokenizer copies what it needs, so gguf
- * may be closed afterwards. */
+ * (implemented in tokenizer_gguf.c): model ("llama" for SentencePiece,
+ * "gemma4" for BPE with ranked merges, else TQ_ERR_UNSUPPORTED), tokens,
+ * scores, token_type, merges (required for "gemma4"),
+ * bos/eos/unknown/padding_token_id, add_bos_token (default true) and
+ * add_space_prefix (default true for "llama", false for "gemma4"; llama.cpp
+ * uses the same defaults). Array lengths must equal the token count, ids must
+ * lie inside the vocabulary and merges must name vocabulary pieces, else
+ * TQ_ERR_FORMAT. The tokenizer copies what it needs, so gguf may be closed
+ * afterwards. */
 tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out, tq_error *err);
 
 int32_t tq_tokenizer_n_vocab(const tq_tokenizer *tok);
+tq_tokenizer_model tq_tokenizer_model_kind(const tq_tokenizer *tok);
+/* Number of merge rules (0 for TQ_TOKENIZER_SPM). */
+int64_t tq_tokenizer_n_merges(const tq_tokenizer *tok);
 int32_t tq_tokenizer_bos(const tq_tokenizer *tok);
 int32_t tq_tokenizer_eos(const tq_tokenizer *tok);
 int32_t tq_tokenizer_unk(const tq_tokenizer *tok);

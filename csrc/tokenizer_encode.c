@@ -1,14 +1,22 @@
-/* Encoding of the SentencePiece tokenizer, in two stages:
+/* Encoding of both tokenizer kinds, in two stages:
  *   1. Split the text at pieces that are matched whole: user-defined pieces
  *      always, control and unknown pieces only when parse_special is set.
  *      Matching is leftmost-longest.
- *   2. Encode every other fragment with BPE: replace " " by U+2581, start from
- *      single UTF-8 characters, and repeatedly merge the adjacent pair whose
- *      concatenation is a vocabulary piece with the highest score (ties go to
- *      the leftmost pair). A priority queue keeps this O(n log n). Characters
- *      without a piece fall back to one <0xXX> byte token per UTF-8 byte.
- * tests/test_tokenizer.py checks the result against the sentencepiece package
- * and transformers; comments below note where llama.cpp differs. */
+ *   2. Encode every other fragment with BPE after replacing " " by U+2581:
+ *      - SentencePiece (TQ_TOKENIZER_SPM): start from single UTF-8
+ *        characters and repeatedly merge the adjacent pair whose concatenation
+ *        is a vocabulary piece with the highest score (ties go to the leftmost
+ *        pair). Characters without a piece fall back to one <0xXX> byte token
+ *        per UTF-8 byte.
+ *      - Ranked BPE (TQ_TOKENIZER_BPE): start from the ids of single UTF-8
+ *        characters, with byte tokens for characters without a piece as in
+ *        Hugging Face tokenizers' byte_fallback. Then repeatedly apply the
+ *        merge rule of lowest rank among adjacent pairs (ties go to the
+ *        leftmost pair).
+ *    A priority queue keeps both O(n log n) in the fragment length.
+ * tests/test_tokenizer.py checks SentencePiece against the sentencepiece
+ * package and transformers, and tests/test_tokenizer_bpe.py checks ranked BPE
+ * against transformers; comments below note where llama.cpp differs. */
 #include "tokenizer_internal.h"
 
 #include <stdlib.h>
@@ -49,9 +57,11 @@ typedef struct {
 } symbol;
 
 /* A candidate merge of symbols left and right (adjacent when it was queued)
- * into a piece of len bytes. */
+ * into a piece of len bytes. SentencePiece orders candidates by score and
+ * leaves rank 0; ranked BPE orders them by rank and leaves score 0. */
 typedef struct {
     float score;
+    int32_t rank;
     int32_t left;
     int32_t right;
     int32_t id;   /* piece id of the merged text */
@@ -114,9 +124,13 @@ static tq_status workspace_reserve(workspace *ws, size_t len, tq_error *err)
 
 /* ------------------------------------------------------- priority queue */
 
-/* Whether a is merged before b: higher score first, then the leftmost pair. */
+/* Whether a is merged before b: lower rank first, then higher score, then the
+ * leftmost pair. */
 static int bigram_before(const bigram *a, const bigram *b)
 {
+    if (a->rank != b->rank) {
+        return a->rank < b->rank;
+    }
     if (a->score != b->score) {
         return a->score > b->score;
     }
@@ -191,7 +205,24 @@ static void queue_bigram(const tq_tokenizer *tok, workspace *ws, int32_t left, i
     if (id < 0) {
         return;
     }
-    bigram item = {tok->scores[id], left, right, id, (uint32_t)len};
+    bigram item = {tok->scores[id], 0, left, right, id, (uint32_t)len};
+    heap_push(ws, item);
+}
+
+/* Queue the merge of the adjacent symbols left and right when their pair of
+ * ids has a merge rule (ranked BPE). */
+static void queue_ranked_pair(const tq_tokenizer *tok, workspace *ws, int32_t left, int32_t right)
+{
+    if (left < 0 || right < 0) {
+        return;
+    }
+    const symbol *l = &ws->symbols[left];
+    const symbol *r = &ws->symbols[right];
+    const tq_tok_merge_slot *merge = tq_tok_find_merge(tok, l->id, r->id);
+    if (merge == NULL) {
+        return;
+    }
+    bigram item = {0.0f, merge->rank, left, right, merge->id, (uint32_t)(l->len + r->len)};
     heap_push(ws, item);
 }
 
@@ -225,18 +256,10 @@ static tq_status emit_symbol(const tq_tokenizer *tok, int32_t id, const char *s,
     return TQ_OK;
 }
 
-/* BPE-encode text[0 .. len) that contains no whole-matched piece. */
-static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size_t len, int add_prefix,
-                                 workspace *ws, id_vec *ids, tq_error *err)
+/* Copy text[0 .. len) into ws->buffer with every space replaced by U+2581,
+ * after one U+2581 when add_prefix is set. Returns the byte count. */
+static size_t escape_spaces(const char *text, size_t len, int add_prefix, workspace *ws)
 {
-    if (len == 0 && !add_prefix) {
-        return TQ_OK;
-    }
-    tq_status status = workspace_reserve(ws, len, err);
-    if (status != TQ_OK) {
-        return status;
-    }
-
     size_t n_bytes = 0;
     if (add_prefix) {
         memcpy(ws->buffer, TQ_SPACE_MARK, TQ_SPACE_MARK_LEN);
@@ -250,33 +273,100 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
             ws->buffer[n_bytes++] = text[i];
         }
     }
+    return n_bytes;
+}
 
-    /* Initial symbols: one per UTF-8 character, and one per byte that is not
-     * part of a valid character. */
+/* Append a symbol for ws->buffer[start .. start + len) to the list of
+ * n_symbols symbols. Its next link is set by the caller or by the next append. */
+static void append_symbol(workspace *ws, int32_t *n_symbols, size_t start, size_t len, int32_t id)
+{
+    symbol *sym = &ws->symbols[*n_symbols];
+    sym->prev = *n_symbols - 1;
+    sym->next = -1;
+    sym->start = start;
+    sym->len = len;
+    sym->id = id;
+    if (*n_symbols > 0) {
+        ws->symbols[*n_symbols - 1].next = *n_symbols;
+    }
+    (*n_symbols)++;
+}
+
+/* Initial symbols of SentencePiece: one per UTF-8 character, and one per byte
+ * that is not part of a valid character. A symbol without a piece keeps id -1
+ * until emit_symbol falls back to bytes. */
+static int32_t split_characters(const tq_tokenizer *tok, workspace *ws, size_t n_bytes)
+{
     int32_t n_symbols = 0;
     for (size_t pos = 0; pos < n_bytes;) {
         int scanned = tq_utf8_scan((const unsigned char *)ws->buffer + pos, n_bytes - pos);
         size_t char_len = scanned > 0 ? (size_t)scanned : 1;
-        symbol *sym = &ws->symbols[n_symbols];
-        sym->prev = n_symbols - 1;
-        sym->next = (pos + char_len < n_bytes) ? n_symbols + 1 : -1;
-        sym->start = pos;
-        sym->len = char_len;
-        sym->id = find_bpe_piece(tok, ws->buffer + pos, char_len);
-        n_symbols++;
+        append_symbol(ws, &n_symbols, pos, char_len, find_bpe_piece(tok, ws->buffer + pos, char_len));
         pos += char_len;
     }
+    return n_symbols;
+}
 
-    ws->heap_len = 0;
-    for (int32_t i = 1; i < n_symbols; i++) {
-        queue_bigram(tok, ws, i - 1, i);
+/* Initial symbols of ranked BPE, as Hugging Face tokenizers builds them: the
+ * piece of each UTF-8 character (any token type); for a character without a
+ * piece, one byte token per byte when byte fallback is on and every byte has
+ * one; otherwise the unknown token, with consecutive unknown characters fused
+ * into one symbol. A byte outside a valid character counts as a character
+ * without a piece. Returns the symbol count, or -1 with err set when a
+ * character cannot be encoded at all. */
+static int32_t split_ranked_symbols(const tq_tokenizer *tok, workspace *ws, size_t n_bytes, tq_error *err)
+{
+    int32_t n_symbols = 0;
+    int last_was_unknown = 0;
+    for (size_t pos = 0; pos < n_bytes;) {
+        const unsigned char *at = (const unsigned char *)ws->buffer + pos;
+        int scanned = tq_utf8_scan(at, n_bytes - pos);
+        size_t char_len = scanned > 0 ? (size_t)scanned : 1;
+        int32_t id = tq_tok_table_find(tok, tok->piece_table, tok->piece_mask, ws->buffer + pos, char_len);
+        if (id >= 0) {
+            append_symbol(ws, &n_symbols, pos, char_len, id);
+            last_was_unknown = 0;
+            pos += char_len;
+            continue;
+        }
+        int all_bytes = tok->byte_fallback;
+        for (size_t k = 0; k < char_len && all_bytes; k++) {
+            all_bytes = tok->byte_ids[at[k]] >= 0;
+        }
+        if (all_bytes) {
+            for (size_t k = 0; k < char_len; k++) {
+                append_symbol(ws, &n_symbols, pos + k, 1, tok->byte_ids[at[k]]);
+            }
+            last_was_unknown = 0;
+        } else if (tok->unk_id < 0) {
+            tq_error_set(err, TQ_ERR_INVALID,
+                         "encode: the character at byte %zu of a text fragment has no piece, no byte pieces and the "
+                         "vocabulary has no unknown piece, so this vocabulary cannot encode the text",
+                         pos);
+            return -1;
+        } else if (last_was_unknown) {
+            ws->symbols[n_symbols - 1].len += char_len;
+        } else {
+            append_symbol(ws, &n_symbols, pos, char_len, tok->unk_id);
+            last_was_unknown = 1;
+        }
+        pos += char_len;
     }
+    return n_symbols;
+}
 
+/* Apply queued merges until none is left: pop the best candidate, skip it when
+ * an earlier merge changed either symbol, else merge and queue the candidates
+ * with the new neighbors. */
+static void merge_symbols(const tq_tokenizer *tok, workspace *ws)
+{
+    int ranked = tok->model == TQ_TOKENIZER_BPE;
     while (ws->heap_len > 0) {
         bigram top = heap_pop(ws);
         symbol *left = &ws->symbols[top.left];
         symbol *right = &ws->symbols[top.right];
-        /* Skip entries made stale by an earlier merge of either symbol. */
+        /* Both symbols only grow, so an unchanged total length means the same
+         * pair is still adjacent. */
         if (left->len == 0 || right->len == 0 || left->next != top.right || left->len + right->len != top.len) {
             continue;
         }
@@ -287,9 +377,50 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
         if (right->next >= 0) {
             ws->symbols[right->next].prev = top.left;
         }
-        queue_bigram(tok, ws, left->prev, top.left);
-        queue_bigram(tok, ws, top.left, left->next);
+        if (ranked) {
+            queue_ranked_pair(tok, ws, left->prev, top.left);
+            queue_ranked_pair(tok, ws, top.left, left->next);
+        } else {
+            queue_bigram(tok, ws, left->prev, top.left);
+            queue_bigram(tok, ws, top.left, left->next);
+        }
     }
+}
+
+/* BPE-encode text[0 .. len) that contains no whole-matched piece. */
+static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size_t len, int add_prefix,
+                                 workspace *ws, id_vec *ids, tq_error *err)
+{
+    if (len == 0 && !add_prefix) {
+        return TQ_OK;
+    }
+    tq_status status = workspace_reserve(ws, len, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    size_t n_bytes = escape_spaces(text, len, add_prefix, ws);
+    int ranked = tok->model == TQ_TOKENIZER_BPE;
+
+    if (ranked && tok->ignore_merges) {
+        int32_t whole = tq_tok_table_find(tok, tok->piece_table, tok->piece_mask, ws->buffer, n_bytes);
+        if (whole >= 0) {
+            return id_vec_push(ids, whole, err);
+        }
+    }
+
+    int32_t n_symbols = ranked ? split_ranked_symbols(tok, ws, n_bytes, err) : split_characters(tok, ws, n_bytes);
+    if (n_symbols < 0) {
+        return TQ_ERR_INVALID;
+    }
+    ws->heap_len = 0;
+    for (int32_t i = 1; i < n_symbols; i++) {
+        if (ranked) {
+            queue_ranked_pair(tok, ws, i - 1, i);
+        } else {
+            queue_bigram(tok, ws, i - 1, i);
+        }
+    }
+    merge_symbols(tok, ws);
 
     /* Symbol 0 only ever absorbs its right neighbors, so it heads the list. */
     for (int32_t i = 0; i >= 0 && n_symbols > 0; i = ws->symbols[i].next) {

@@ -1,4 +1,5 @@
-/* Build a tokenizer from the tokenizer.ggml.* metadata of a GGUF file. */
+/* Build a tokenizer from the tokenizer.ggml.* metadata of a GGUF file:
+ * SentencePiece ("llama") or BPE with ranked merges ("gemma4"). */
 #include "gguf.h"
 #include "tokenizer.h"
 
@@ -73,9 +74,15 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
     if (status != TQ_OK) {
         return status;
     }
-    if (model.len != 5 || memcmp(model.data, "llama", 5) != 0) {
+    int ranked;
+    if (model.len == 5 && memcmp(model.data, "llama", 5) == 0) {
+        ranked = 0;
+    } else if (model.len == 6 && memcmp(model.data, "gemma4", 6) == 0) {
+        ranked = 1;
+    } else {
         return tq_error_set(err, TQ_ERR_UNSUPPORTED,
-                            "tokenizer.ggml.model is '%.*s', but only the SentencePiece type 'llama' is supported",
+                            "tokenizer.ggml.model is '%.*s', but only 'llama' (SentencePiece) and 'gemma4' (BPE with "
+                            "ranked merges) are supported",
                             (int)(model.len < 64 ? model.len : 64), model.data);
     }
 
@@ -105,8 +112,30 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
         return status;
     }
 
+    /* Ranked BPE needs its merge list. NOTE: llama.cpp also splits "gemma4"
+     * text into runs of newlines and runs of other characters before merging.
+     * This reader follows transformers' GemmaTokenizer, which does not split,
+     * so the two can differ where a merge would cross a newline. */
+    tq_gguf_array merges = {0};
+    if (ranked) {
+        status = tq_gguf_get_array(gguf, "tokenizer.ggml.merges", &merges, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+        if (merges.type != TQ_GGUF_STRING || merges.strings == NULL) {
+            return tq_error_set(err, TQ_ERR_FORMAT, "tokenizer.ggml.merges is an array of %s, expected string",
+                                tq_gguf_value_type_name(merges.type));
+        }
+        if (merges.count > (uint64_t)INT32_MAX) {
+            return tq_error_set(err, TQ_ERR_FORMAT, "tokenizer.ggml.merges has %llu entries, at most %d are supported",
+                                (unsigned long long)merges.count, (int)INT32_MAX);
+        }
+    }
+
     tq_tokenizer_spec spec;
     memset(&spec, 0, sizeof(spec));
+    spec.model = ranked ? TQ_TOKENIZER_BPE : TQ_TOKENIZER_SPM;
+    spec.byte_fallback = 1;
     spec.n_vocab = (int32_t)n;
     status = read_optional_id(gguf, "tokenizer.ggml.bos_token_id", spec.n_vocab, &spec.bos_id, err);
     if (status == TQ_OK) {
@@ -118,12 +147,14 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
     if (status == TQ_OK) {
         status = read_optional_id(gguf, "tokenizer.ggml.padding_token_id", spec.n_vocab, &spec.pad_id, err);
     }
-    /* llama.cpp's defaults for a SentencePiece vocabulary that does not state them. */
+    /* llama.cpp's defaults for a vocabulary that does not state them: BOS for
+     * both kinds, a space prefix for SentencePiece only. */
     if (status == TQ_OK) {
         status = read_optional_bool(gguf, "tokenizer.ggml.add_bos_token", 1, &spec.add_bos, err);
     }
     if (status == TQ_OK) {
-        status = read_optional_bool(gguf, "tokenizer.ggml.add_space_prefix", 1, &spec.add_space_prefix, err);
+        status = read_optional_bool(gguf, "tokenizer.ggml.add_space_prefix", ranked ? 0 : 1, &spec.add_space_prefix,
+                                    err);
     }
     if (status != TQ_OK) {
         return status;
@@ -145,12 +176,15 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
     }
 
     /* GGUF metadata is packed without alignment, so copy the numbers out. */
+    size_t n_merges = (size_t)merges.count;
     const char **pieces = malloc(n * sizeof(char *));
     uint64_t *piece_lens = malloc(n * sizeof(uint64_t));
+    const char **merge_texts = malloc((n_merges > 0 ? n_merges : 1) * sizeof(char *));
+    uint64_t *merge_lens = malloc((n_merges > 0 ? n_merges : 1) * sizeof(uint64_t));
     float *scores = scores_array.data ? malloc(n * sizeof(float)) : NULL;
     int32_t *types = types_array.data ? malloc(n * sizeof(int32_t)) : NULL;
-    if (pieces == NULL || piece_lens == NULL || (scores_array.data && scores == NULL) ||
-        (types_array.data && types == NULL)) {
+    if (pieces == NULL || piece_lens == NULL || merge_texts == NULL || merge_lens == NULL ||
+        (scores_array.data && scores == NULL) || (types_array.data && types == NULL)) {
         status = tq_error_set(err, TQ_ERR_NOMEM, "tokenizer: out of memory for %zu GGUF tokens", n);
         goto done;
     }
@@ -165,8 +199,18 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
     if (types != NULL) {
         memcpy(types, types_array.data, n * sizeof(int32_t));
     }
+    for (size_t i = 0; i < n_merges; i++) {
+        tq_gguf_string merge = tq_gguf_array_string(&merges, i);
+        merge_texts[i] = merge.data;
+        merge_lens[i] = merge.len;
+    }
     spec.pieces = pieces;
     spec.piece_lens = piece_lens;
+    if (ranked) {
+        spec.n_merges = (int64_t)n_merges;
+        spec.merge_texts = merge_texts;
+        spec.merge_text_lens = merge_lens;
+    }
     spec.scores = scores;
     spec.types = types;
     status = tq_tokenizer_create(&spec, out, err);
@@ -174,6 +218,8 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
 done:
     free(pieces);
     free(piece_lens);
+    free(merge_texts);
+    free(merge_lens);
     free(scores);
     free(types);
     return status;

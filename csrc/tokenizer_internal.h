@@ -1,5 +1,6 @@
 /* Internal layout of tq_tokenizer, shared by tokenizer.c (vocabulary and
- * decoding), tokenizer_encode.c (BPE) and tokenizer_stream.c (streaming
+ * decoding), tokenizer_merges.c (merge rules of ranked BPE),
+ * tokenizer_encode.c (both BPE kinds) and tokenizer_stream.c (streaming
  * decoder). Not part of the public API. */
 #ifndef TQ_TOKENIZER_INTERNAL_H
 #define TQ_TOKENIZER_INTERNAL_H
@@ -17,7 +18,16 @@ typedef struct {
     int32_t id;
 } tq_tok_slot;
 
+/* One slot of the merge table: the pair (left id << 32 | right id), the rank
+ * of the merge and the id of the merged piece, or -1 for an empty slot. */
+typedef struct {
+    uint64_t pair;
+    int32_t rank;
+    int32_t id;
+} tq_tok_merge_slot;
+
 struct tq_tokenizer {
+    tq_tokenizer_model model;
     int32_t n_vocab;
     int32_t bos_id, eos_id, unk_id, pad_id;
     int add_bos;
@@ -50,6 +60,14 @@ struct tq_tokenizer {
     uint32_t *special_lens;
 
     int32_t byte_ids[256]; /* id of <0xXX> for each byte, or -1 */
+
+    /* TQ_TOKENIZER_BPE only: open-addressing hash table of the merge rules with
+     * linear probing, sized like piece_table. */
+    tq_tok_merge_slot *merge_table;
+    size_t merge_mask;
+    int64_t n_merges;
+    int byte_fallback;
+    int ignore_merges;
 };
 
 /* The piece text of id as stored in the vocabulary (not NUL-terminated). */
@@ -60,5 +78,13 @@ const char *tq_tok_piece_decoded(const tq_tokenizer *tok, int32_t id, int render
 
 /* Look up s in one of the hash tables of tok. Returns the piece id, or -1. */
 int32_t tq_tok_table_find(const tq_tokenizer *tok, const tq_tok_slot *table, size_t mask, const char *s, size_t len);
+
+/* Build tok->merge_table from the merges of spec (tokenizer_merges.c). The
+ * piece table must exist already. */
+tq_status tq_tok_build_merges(tq_tokenizer *tok, const tq_tokenizer_spec *spec, tq_error *err);
+
+/* Look up the merge of the pair (left, right). Returns the slot, or NULL when
+ * the pair has no merge rule. */
+const tq_tok_merge_slot *tq_tok_find_merge(const tq_tokenizer *tok, int32_t left, int32_t right);
 
 #endif /* TQ_TOKENIZER_INTERNAL_H */

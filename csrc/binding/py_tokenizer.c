@@ -62,6 +62,37 @@ static int acquire_vector(PyObject *obj, const char *name, const char *dtype, co
     return 0;
 }
 
+/* Acquire obj as a C-contiguous (n, 2) int32 array of merge pairs. Returns 0,
+ * or -1 with TypeError or ValueError set. */
+static int acquire_merges(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "merges must be an (n, 2) int32 array of token ids, got %.100s. Pass "
+                     "numpy.asarray(merges, dtype=numpy.int32)",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const char *format = view->format ? view->format : "B";
+    if (format[0] == '<' || format[0] == '=' || format[0] == '@') {
+        format++;
+    }
+    if ((strcmp(format, "i") != 0 && strcmp(format, "l") != 0) || view->itemsize != 4) {
+        PyErr_Format(PyExc_TypeError, "merges must have dtype int32 (got buffer format '%s')",
+                     view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    if (view->ndim != 2 || view->shape[1] != 2) {
+        PyErr_Format(PyExc_ValueError, "merges must have shape (n, 2), one (left id, right id) row per merge; got %d "
+                     "dimensions", view->ndim);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 /* Convert an optional Python int (None means absent) to a token id in
  * [-1, INT32_MAX]. Returns 0, or -1 with an exception set. */
 static int parse_optional_id(PyObject *obj, const char *name, int32_t *out)
@@ -121,7 +152,7 @@ static PyObject *Tokenizer_wrap(PyTypeObject *type, tq_tokenizer *tok)
 static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"pieces", "scores", "types", "bos_id", "eos_id", "unk_id", "pad_id",
-                               "add_bos", "add_space_prefix", NULL};
+                               "add_bos", "add_space_prefix", "merges", "byte_fallback", "ignore_merges", NULL};
     PyObject *pieces_obj = NULL;
     PyObject *scores_obj = Py_None;
     PyObject *types_obj = Py_None;
@@ -129,11 +160,14 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
     PyObject *eos_obj = Py_None;
     PyObject *unk_obj = Py_None;
     PyObject *pad_obj = Py_None;
+    PyObject *merges_obj = Py_None;
     int add_bos = 0;
     int add_space_prefix = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOOOpp:Tokenizer", keywords, &pieces_obj, &scores_obj,
+    int byte_fallback = 1;
+    int ignore_merges = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOOOppOpp:Tokenizer", keywords, &pieces_obj, &scores_obj,
                                      &types_obj, &bos_obj, &eos_obj, &unk_obj, &pad_obj, &add_bos,
-                                     &add_space_prefix)) {
+                                     &add_space_prefix, &merges_obj, &byte_fallback, &ignore_merges)) {
         return -1;
     }
     if (self->owner != NULL) {
@@ -145,6 +179,8 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
     memset(&spec, 0, sizeof(spec));
     spec.add_bos = add_bos;
     spec.add_space_prefix = add_space_prefix;
+    spec.byte_fallback = byte_fallback;
+    spec.ignore_merges = ignore_merges;
     if (parse_optional_id(bos_obj, "bos_id", &spec.bos_id) != 0 ||
         parse_optional_id(eos_obj, "eos_id", &spec.eos_id) != 0 ||
         parse_optional_id(unk_obj, "unk_id", &spec.unk_id) != 0 ||
@@ -170,8 +206,10 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
     int status = -1;
     Py_buffer scores_view = {0};
     Py_buffer types_view = {0};
+    Py_buffer merges_view = {0};
     int have_scores = 0;
     int have_types = 0;
+    int have_merges = 0;
     const char **texts = PyMem_Calloc((size_t)n, sizeof(char *));
     uint64_t *lens = PyMem_Calloc((size_t)n, sizeof(uint64_t));
     if (texts == NULL || lens == NULL) {
@@ -226,6 +264,16 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
         spec.types = (const int32_t *)types_view.buf;
     }
 
+    if (merges_obj != Py_None) {
+        if (acquire_merges(merges_obj, &merges_view) != 0) {
+            goto done;
+        }
+        have_merges = 1;
+        spec.model = TQ_TOKENIZER_BPE;
+        spec.n_merges = (int64_t)merges_view.shape[0];
+        spec.merge_ids = (const int32_t *)merges_view.buf;
+    }
+
     spec.n_vocab = (int32_t)n;
     spec.pieces = texts;
     spec.piece_lens = lens;
@@ -250,6 +298,9 @@ done:
     }
     if (have_types) {
         PyBuffer_Release(&types_view);
+    }
+    if (have_merges) {
+        PyBuffer_Release(&merges_view);
     }
     PyMem_Free(texts);
     PyMem_Free(lens);
@@ -565,6 +616,21 @@ static PyObject *Tokenizer_get_add_bos(TokenizerObject *self, void *closure)
     return Tokenizer_check_ready(self) ? NULL : PyBool_FromLong(tq_tokenizer_add_bos(self->tok));
 }
 
+static PyObject *Tokenizer_get_kind(TokenizerObject *self, void *closure)
+{
+    (void)closure;
+    if (Tokenizer_check_ready(self)) {
+        return NULL;
+    }
+    return PyUnicode_FromString(tq_tokenizer_model_kind(self->tok) == TQ_TOKENIZER_BPE ? "bpe" : "sentencepiece");
+}
+
+static PyObject *Tokenizer_get_n_merges(TokenizerObject *self, void *closure)
+{
+    (void)closure;
+    return Tokenizer_check_ready(self) ? NULL : PyLong_FromLongLong((long long)tq_tokenizer_n_merges(self->tok));
+}
+
 static Py_ssize_t Tokenizer_len(TokenizerObject *self)
 {
     return Tokenizer_check_ready(self) ? -1 : (Py_ssize_t)tq_tokenizer_n_vocab(self->tok);
@@ -590,7 +656,7 @@ static PyMethodDef Tokenizer_methods[] = {
     {"token_type", (PyCFunction)Tokenizer_token_type, METH_O,
      "token_type(id) -> int\n\nSentencePiece token type: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, "
      "6 byte."},
-    {"score", (PyCFunction)Tokenizer_score, METH_O, "score(id) -> float\n\nThe BPE merge score of id."},
+    {"score", (PyCFunction)Tokenizer_score, METH_O, "score(id) -> float\n\nThe SentencePiece merge score of id."},
     {"find", (PyCFunction)Tokenizer_find, METH_O,
      "find(piece) -> int | None\n\nThe id of the piece with exactly this text (bytes or str), or None."},
     {NULL, NULL, 0, NULL},
@@ -603,6 +669,9 @@ static PyGetSetDef Tokenizer_getset[] = {
     {"unk_id", (getter)Tokenizer_get_unk_id, NULL, "Id of the unknown token, or None.", NULL},
     {"pad_id", (getter)Tokenizer_get_pad_id, NULL, "Id of the padding token, or None.", NULL},
     {"add_bos", (getter)Tokenizer_get_add_bos, NULL, "Whether encode() adds BOS when add_bos is None.", NULL},
+    {"kind", (getter)Tokenizer_get_kind, NULL,
+     "'sentencepiece' (merges by piece score) or 'bpe' (merges by rank in the merge list).", NULL},
+    {"n_merges", (getter)Tokenizer_get_n_merges, NULL, "Number of merge rules (0 for SentencePiece).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -616,10 +685,13 @@ static PyTypeObject TokenizerType = {
     .tp_dealloc = (destructor)Tokenizer_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Tokenizer(pieces, scores=None, types=None, *, bos_id=None, eos_id=None, unk_id=None, pad_id=None,\n"
-              "          add_bos=False, add_space_prefix=False)\n\n"
-              "SentencePiece tokenizer with score-ordered BPE merges and byte fallback (GGUF vocabulary type\n"
-              "'llama', as used by Gemma 3). pieces: list of bytes or str; scores: float32 array; types: int32\n"
-              "array of token types (default all normal).",
+              "          add_bos=False, add_space_prefix=False, merges=None, byte_fallback=True,\n"
+              "          ignore_merges=False)\n\n"
+              "Without merges: SentencePiece tokenizer with score-ordered BPE merges and byte fallback (GGUF\n"
+              "vocabulary type 'llama', as used by Gemma 3). With merges, an (n, 2) int32 array of (left id,\n"
+              "right id) rows in rank order: BPE with ranked merges (GGUF type 'gemma4', Hugging Face BPE).\n"
+              "pieces: list of bytes or str; scores: float32 array; types: int32 array of token types (default\n"
+              "all normal). byte_fallback and ignore_merges apply to ranked BPE only.",
     .tp_methods = Tokenizer_methods,
     .tp_getset = Tokenizer_getset,
     .tp_as_sequence = &Tokenizer_as_sequence,
