@@ -124,3 +124,196 @@ def test_encode_adds_one_bos(tok):
     assert ids == expected
     assert ids.count(tok.bos_id) == 1
     assert ids[:2] == [2, 105]
+
+
+# ------------------------------------------------------------------ Gemma 4
+#
+# Expected strings are written out from Google's Gemma 4 prompt format: turns are
+# "<|turn>{role}\n{text}<turn|>\n", the generation prompt is "<|turn>model\n", thinking is switched
+# on by "<|think|>" at the start of the system turn, and replies carry their reasoning in
+# "<|channel>thought\n...<channel|>".
+
+import os  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+
+from turboquant.chat import (  # noqa: E402
+    ThoughtChannelParser,
+    encode_gemma4_chat,
+    format_gemma4_chat,
+    split_thought_channel,
+)
+
+
+def test_gemma4_single_user_turn():
+    messages = [{"role": "user", "content": "Hello."}]
+    assert format_gemma4_chat(messages) == "<|turn>user\nHello.<turn|>\n<|turn>model\n"
+
+
+def test_gemma4_system_turn():
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello."},
+    ]
+    expected = (
+        "<|turn>system\nYou are a helpful assistant.<turn|>\n"
+        "<|turn>user\nHello.<turn|>\n"
+        "<|turn>model\n"
+    )
+    assert format_gemma4_chat(messages) == expected
+
+
+def test_gemma4_thinking_with_system():
+    messages = [
+        {"role": "system", "content": " Be brief. "},
+        {"role": "user", "content": "Why?"},
+    ]
+    expected = "<|turn>system\n<|think|>\nBe brief.<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n"
+    assert format_gemma4_chat(messages, enable_thinking=True) == expected
+
+
+def test_gemma4_thinking_creates_system_turn():
+    messages = [{"role": "user", "content": "Why?"}]
+    expected = "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n"
+    assert format_gemma4_chat(messages, enable_thinking=True) == expected
+
+
+def test_gemma4_multi_turn_strips_old_thoughts():
+    messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "<|channel>thought\nadd them\n<channel|>4"},
+        {"role": "user", "content": "3+3?"},
+    ]
+    expected = (
+        "<|turn>user\n2+2?<turn|>\n"
+        "<|turn>model\n4<turn|>\n"
+        "<|turn>user\n3+3?<turn|>\n"
+        "<|turn>model\n"
+    )
+    assert format_gemma4_chat(messages) == expected
+
+
+def test_gemma4_reasoning_after_last_user():
+    messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "add them"},
+    ]
+    expected = "<|turn>user\n2+2?<turn|>\n<|turn>model\n<|channel>thought\nadd them\n<channel|>4<turn|>\n"
+    assert format_gemma4_chat(messages, add_generation_prompt=False) == expected
+
+
+def test_gemma4_media_placeholders():
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "Describe "},
+        {"type": "image"},
+        {"type": "text", "text": " and "},
+        {"type": "input_audio"},
+    ]}]
+    assert format_gemma4_chat(messages) == "<|turn>user\nDescribe<|image|>and<|audio|><turn|>\n<|turn>model\n"
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only the first message"),
+    ([{"role": "tool", "content": "a"}], "tool calls are not supported"),
+    ([{"role": "assistant", "content": "a", "tool_calls": [{}]}], "tool_calls"),
+    ([{"role": "user", "content": [{"type": "video"}]}], "has type 'video'"),
+    ([{"role": "user"}], "'role' and 'content'"),
+    ("hello", "list of dicts"),
+])
+def test_gemma4_rejects_bad_messages(messages, message):
+    with pytest.raises(ValueError, match=message):
+        format_gemma4_chat(messages)
+
+
+def test_gemma4_encode_uses_control_ids(tmp_path):
+    pytest.importorskip("tokenizers")
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bpe_vocab import build_tokenizer_json
+
+    from turboquant.datasets import english_text_path
+    from turboquant.tokenizer import Tokenizer
+
+    text = english_text_path("alice29").read_text(encoding="latin-1")[:20000]
+    build_tokenizer_json(text, tmp_path / "tokenizer.json", vocab_size=800)
+    tok = Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+    ids = encode_gemma4_chat(tok, [{"role": "user", "content": "Hi"}], enable_thinking=True)
+    # <bos> <|turn> system \n <|think|> \n <turn|> \n <|turn> user ...
+    assert ids[0] == 2
+    assert ids[1] == 105
+    assert ids.count(98) == 1
+    assert ids.count(105) == 3
+    assert ids.count(106) == 2
+    assert tok.decode(ids, skip_special=False) == "<bos>" + format_gemma4_chat(
+        [{"role": "user", "content": "Hi"}], enable_thinking=True)
+
+
+def test_split_thought_channel_cases():
+    cases = [
+        ("<|channel>thought\nI add.\n<channel|>4", ("I add.", "4")),
+        ("<|channel>thought\nline one\nline two<channel|>\nAnswer.", ("line one\nline two", "\nAnswer.")),
+        ("Just an answer.", ("", "Just an answer.")),
+        ("<|channel>thought\nnever closed", ("never closed", "")),
+        ("<|channel>thought<channel|>empty", ("", "empty")),
+        ("a<|channel>thought\nx\n<channel|>b<|channel>thought\ny\n<channel|>c", ("xy", "abc")),
+        ("ends with <|chan", ("", "ends with <|chan")),
+        ("<|channel>thou", ("", "")),
+        ("<|channel>thought\n<channel|", ("<channel|", "")),
+    ]
+    for reply, expected in cases:
+        assert split_thought_channel(reply) == expected, reply
+
+
+_CHANNEL = re.compile(r"<\|channel>[^\n]*\n(.*?)\n?<channel\|>", re.DOTALL)
+
+
+def reference_split(reply):
+    """Split a well-formed reply (every channel closed, name line ended by a newline) with a regex."""
+    return "".join(_CHANNEL.findall(reply)), _CHANNEL.sub("", reply)
+
+
+def random_reply(rng):
+    words = ["a", " ", "\n", "<", "|", ">", "chan", "nel", "thought", "x y", "😀", "<|", "|>"]
+    parts = []
+    for _ in range(rng.randrange(0, 4)):
+        parts.append("".join(rng.choice(words) for _ in range(rng.randrange(0, 6))).replace("<|channel>", ""))
+        thought = "".join(rng.choice(words) for _ in range(rng.randrange(0, 8)))
+        thought = thought.replace("<channel|>", "").replace("<|channel>", "")
+        parts.append("<|channel>thought\n" + thought + rng.choice(["", "\n"]) + "<channel|>")
+    parts.append("".join(rng.choice(words) for _ in range(rng.randrange(0, 6))).replace("<|channel>", ""))
+    return "".join(parts)
+
+
+def test_thought_parser_any_chunking():
+    rng = random.Random(1234)
+    for _ in range(300):
+        reply = random_reply(rng)
+        expected = reference_split(reply)
+        parser = ThoughtChannelParser()
+        reasoning = []
+        content = []
+        position = 0
+        while position < len(reply):
+            size = rng.randrange(1, 8)
+            delta = parser.feed(reply[position:position + size])
+            reasoning.append(delta.reasoning)
+            content.append(delta.content)
+            position += size
+        final = parser.finish()
+        reasoning.append(final.reasoning)
+        content.append(final.content)
+        assert ("".join(reasoning), "".join(content)) == expected, reply
+        assert (parser.reasoning, parser.content) == expected, reply
+
+
+def test_thought_parser_holds_back_markers():
+    parser = ThoughtChannelParser()
+    assert parser.feed("Hi <|chan") == ("", "Hi ")
+    assert parser.feed("nel>thought\nhmm\n<chan") == ("hmm", "")
+    assert parser.feed("nel|>ok") == ("", "ok")
+    assert parser.finish() == ("", "")
+
+
+def test_thought_parser_rejects_bytes():
+    with pytest.raises(TypeError, match="str"):
+        ThoughtChannelParser().feed(b"bytes")

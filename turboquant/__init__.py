@@ -45,3 +45,7 @@ __all__ += ["Model", "GenerationStats"]
 from ._core import KVCodec, kv_attention
 
 __all__ += ["KVCodec", "kv_attention"]
+# Gemma 4 chat format and thought-channel parser (the tokenizer is Tokenizer above).
+from .chat import ThoughtChannelParser, encode_gemma4_chat, format_gemma4_chat, split_thought_channel  # noqa: E402
+
+__all__ += ["ThoughtChannelParser", "encode_gemma4_chat", "format_gemma4_chat", "split_thought_channel"]
