@@ -182,6 +182,12 @@ static tq_status validate_spec(const tq_tokenizer_spec *spec, tq_error *err)
                             "merge rules",
                             (long long)spec->n_merges);
     }
+    if (spec->split_newlines < TQ_SPLIT_NONE || spec->split_newlines > TQ_SPLIT_NEWLINES_WHOLE ||
+        (spec->split_newlines != TQ_SPLIT_NONE && spec->model != TQ_TOKENIZER_BPE)) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "tokenizer: split_newlines=%d is invalid. Use 0, or 1 and 2 with ranked BPE merges",
+                            spec->split_newlines);
+    }
     if (spec->n_vocab <= 0) {
         return tq_error_set(err, TQ_ERR_INVALID, "tokenizer: n_vocab=%d must be positive", (int)spec->n_vocab);
     }
@@ -304,6 +310,7 @@ tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out,
     tok->n_vocab = spec->n_vocab;
     tok->byte_fallback = spec->model == TQ_TOKENIZER_SPM ? 1 : (spec->byte_fallback ? 1 : 0);
     tok->ignore_merges = spec->model == TQ_TOKENIZER_BPE && spec->ignore_merges ? 1 : 0;
+    tok->split_newlines = spec->split_newlines;
     tok->bos_id = spec->bos_id;
     tok->eos_id = spec->eos_id;
     tok->unk_id = spec->unk_id;

@@ -37,6 +37,9 @@ typedef enum {
     TQ_TOKENIZER_BPE = 1
 } tq_tokenizer_model;
 
+/* Values of tq_tokenizer_spec.split_newlines. */
+enum { TQ_SPLIT_NONE = 0, TQ_SPLIT_NEWLINES = 1, TQ_SPLIT_NEWLINES_WHOLE = 2 };
+
 typedef struct {
     tq_tokenizer_model model; /* 0 (the value of a zeroed spec) is TQ_TOKENIZER_SPM */
     int32_t n_vocab;
@@ -65,6 +68,13 @@ typedef struct {
     /* A fragment that is a vocabulary piece as a whole becomes that piece
      * without merging (the ignore_merges option of Hugging Face BPE). */
     int ignore_merges;
+    /* How a fragment splits into words that are merged separately.
+     * TQ_SPLIT_NONE merges the whole fragment. TQ_SPLIT_NEWLINES splits it
+     * into runs of '\n' and runs of other characters, like a Hugging Face
+     * Split pre-tokenizer on newline runs. TQ_SPLIT_NEWLINES_WHOLE splits the
+     * same way and keeps a newline run that is a vocabulary piece whole, as
+     * llama.cpp's "gemma4" tokenizer does. */
+    int split_newlines;
 } tq_tokenizer_spec;
 
 typedef struct tq_tokenizer tq_tokenizer;
@@ -82,7 +92,8 @@ typedef struct tq_gguf tq_gguf;
  * scores, token_type, merges (required for "gemma4"),
  * bos/eos/unknown/padding_token_id, add_bos_token (default true) and
  * add_space_prefix (default true for "llama", false for "gemma4"; llama.cpp
- * uses the same defaults). Array lengths must equal the token count, ids must
+ * uses the same defaults). "gemma4" text splits at newline runs as
+ * TQ_SPLIT_NEWLINES_WHOLE describes, as in llama.cpp. Array lengths must equal the token count, ids must
  * lie inside the vocabulary and merges must name vocabulary pieces, else
  * TQ_ERR_FORMAT. The tokenizer copies what it needs, so gguf may be closed
  * afterwards. */

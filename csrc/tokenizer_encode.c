@@ -312,15 +312,16 @@ static int32_t split_characters(const tq_tokenizer *tok, workspace *ws, size_t n
  * piece, one byte token per byte when byte fallback is on and every byte has
  * one; otherwise the unknown token, with consecutive unknown characters fused
  * into one symbol. A byte outside a valid character counts as a character
- * without a piece. Returns the symbol count, or -1 with err set when a
- * character cannot be encoded at all. */
-static int32_t split_ranked_symbols(const tq_tokenizer *tok, workspace *ws, size_t n_bytes, tq_error *err)
+ * without a piece. Covers ws->buffer[start .. end). Returns the symbol count,
+ * or -1 with err set when a character cannot be encoded at all. */
+static int32_t split_ranked_symbols(const tq_tokenizer *tok, workspace *ws, size_t start, size_t end,
+                                    tq_error *err)
 {
     int32_t n_symbols = 0;
     int last_was_unknown = 0;
-    for (size_t pos = 0; pos < n_bytes;) {
+    for (size_t pos = start; pos < end;) {
         const unsigned char *at = (const unsigned char *)ws->buffer + pos;
-        int scanned = tq_utf8_scan(at, n_bytes - pos);
+        int scanned = tq_utf8_scan(at, end - pos);
         size_t char_len = scanned > 0 ? (size_t)scanned : 1;
         int32_t id = tq_tok_table_find(tok, tok->piece_table, tok->piece_mask, ws->buffer + pos, char_len);
         if (id >= 0) {
@@ -387,6 +388,44 @@ static void merge_symbols(const tq_tokenizer *tok, workspace *ws)
     }
 }
 
+/* Emit the final symbols of the list headed by symbol 0. */
+static tq_status emit_symbols(const tq_tokenizer *tok, const workspace *ws, int32_t n_symbols, id_vec *ids,
+                              tq_error *err)
+{
+    /* Symbol 0 only ever absorbs its right neighbors, so it heads the list. */
+    for (int32_t i = 0; i >= 0 && n_symbols > 0; i = ws->symbols[i].next) {
+        const symbol *sym = &ws->symbols[i];
+        tq_status status = emit_symbol(tok, sym->id, ws->buffer + sym->start, sym->len, ids, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    return TQ_OK;
+}
+
+/* Ranked-BPE-encode the word ws->buffer[start .. end). keep_whole: emit the
+ * word as one piece when the vocabulary has it, without merging. */
+static tq_status encode_ranked_word(const tq_tokenizer *tok, workspace *ws, size_t start, size_t end, int keep_whole,
+                                    id_vec *ids, tq_error *err)
+{
+    if (keep_whole) {
+        int32_t whole = tq_tok_table_find(tok, tok->piece_table, tok->piece_mask, ws->buffer + start, end - start);
+        if (whole >= 0) {
+            return id_vec_push(ids, whole, err);
+        }
+    }
+    int32_t n_symbols = split_ranked_symbols(tok, ws, start, end, err);
+    if (n_symbols < 0) {
+        return TQ_ERR_INVALID;
+    }
+    ws->heap_len = 0;
+    for (int32_t i = 1; i < n_symbols; i++) {
+        queue_ranked_pair(tok, ws, i - 1, i);
+    }
+    merge_symbols(tok, ws);
+    return emit_symbols(tok, ws, n_symbols, ids, err);
+}
+
 /* BPE-encode text[0 .. len) that contains no whole-matched piece. */
 static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size_t len, int add_prefix,
                                  workspace *ws, id_vec *ids, tq_error *err)
@@ -399,38 +438,34 @@ static tq_status encode_fragment(const tq_tokenizer *tok, const char *text, size
         return status;
     }
     size_t n_bytes = escape_spaces(text, len, add_prefix, ws);
-    int ranked = tok->model == TQ_TOKENIZER_BPE;
 
-    if (ranked && tok->ignore_merges) {
-        int32_t whole = tq_tok_table_find(tok, tok->piece_table, tok->piece_mask, ws->buffer, n_bytes);
-        if (whole >= 0) {
-            return id_vec_push(ids, whole, err);
-        }
-    }
-
-    int32_t n_symbols = ranked ? split_ranked_symbols(tok, ws, n_bytes, err) : split_characters(tok, ws, n_bytes);
-    if (n_symbols < 0) {
-        return TQ_ERR_INVALID;
-    }
-    ws->heap_len = 0;
-    for (int32_t i = 1; i < n_symbols; i++) {
-        if (ranked) {
-            queue_ranked_pair(tok, ws, i - 1, i);
-        } else {
+    if (tok->model == TQ_TOKENIZER_SPM) {
+        int32_t n_symbols = split_characters(tok, ws, n_bytes);
+        ws->heap_len = 0;
+        for (int32_t i = 1; i < n_symbols; i++) {
             queue_bigram(tok, ws, i - 1, i);
         }
+        merge_symbols(tok, ws);
+        return emit_symbols(tok, ws, n_symbols, ids, err);
     }
-    merge_symbols(tok, ws);
 
-    /* Symbol 0 only ever absorbs its right neighbors, so it heads the list. */
-    for (int32_t i = 0; i >= 0 && n_symbols > 0; i = ws->symbols[i].next) {
-        const symbol *sym = &ws->symbols[i];
-        status = emit_symbol(tok, sym->id, ws->buffer + sym->start, sym->len, ids, err);
-        if (status != TQ_OK) {
-            return status;
-        }
+    if (tok->split_newlines == TQ_SPLIT_NONE) {
+        return encode_ranked_word(tok, ws, 0, n_bytes, tok->ignore_merges, ids, err);
     }
-    return TQ_OK;
+    /* Alternate runs of newlines and runs of other bytes. A '\n' byte never
+     * occurs inside a multi-byte UTF-8 character, so runs end at character
+     * boundaries. */
+    for (size_t start = 0; start < n_bytes && status == TQ_OK;) {
+        int newline = ws->buffer[start] == '\n';
+        size_t end = start;
+        while (end < n_bytes && (ws->buffer[end] == '\n') == newline) {
+            end++;
+        }
+        int keep_whole = tok->ignore_merges || (newline && tok->split_newlines == TQ_SPLIT_NEWLINES_WHOLE);
+        status = encode_ranked_word(tok, ws, start, end, keep_whole, ids, err);
+        start = end;
+    }
+    return status;
 }
 
 /* ------------------------------------------------ whole-matched pieces */

@@ -112,10 +112,10 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
         return status;
     }
 
-    /* Ranked BPE needs its merge list. NOTE: llama.cpp also splits "gemma4"
-     * text into runs of newlines and runs of other characters before merging.
-     * This reader follows transformers' GemmaTokenizer, which does not split,
-     * so the two can differ where a merge would cross a newline. */
+    /* Ranked BPE needs its merge list. Text splits into runs of newlines and
+     * runs of other characters as in llama.cpp, the reference for this format.
+     * NOTE: transformers' GemmaTokenizer, which it builds from such a file,
+     * does not split, so the two differ where a merge would cross a newline. */
     tq_gguf_array merges = {0};
     if (ranked) {
         status = tq_gguf_get_array(gguf, "tokenizer.ggml.merges", &merges, err);
@@ -136,6 +136,7 @@ tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out,
     memset(&spec, 0, sizeof(spec));
     spec.model = ranked ? TQ_TOKENIZER_BPE : TQ_TOKENIZER_SPM;
     spec.byte_fallback = 1;
+    spec.split_newlines = ranked ? TQ_SPLIT_NEWLINES_WHOLE : TQ_SPLIT_NONE;
     spec.n_vocab = (int32_t)n;
     status = read_optional_id(gguf, "tokenizer.ggml.bos_token_id", spec.n_vocab, &spec.bos_id, err);
     if (status == TQ_OK) {

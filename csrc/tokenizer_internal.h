@@ -68,6 +68,7 @@ struct tq_tokenizer {
     int64_t n_merges;
     int byte_fallback;
     int ignore_merges;
+    int split_newlines; /* TQ_SPLIT_* */
 };
 
 /* The piece text of id as stored in the vocabulary (not NUL-terminated). */

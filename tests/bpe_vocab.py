@@ -10,7 +10,7 @@ normalizer Replace(" ", U+2581), pre-tokenizer Split(" ", merged_with_previous),
 fallback and fused unknown tokens, decoder Replace/ByteFallback/Fuse, and BOS prepended.
 """
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SPACE_MARK = "\u2581"
 N_VOCAB = 262144
@@ -69,13 +69,20 @@ def gemma4_layout(trained):
     return vocab, merges
 
 
-def build_tokenizer_json(text, path, vocab_size=3000):
-    """Write a Gemma 4 style tokenizer.json trained on text to path and return the Tokenizer."""
+def build_tokenizer_json(text, path, vocab_size=3000, split_newlines=False):
+    """Write a Gemma 4 style tokenizer.json trained on text to path and return the Tokenizer.
+
+    split_newlines: use an isolating Split on runs of newlines as the pre-tokenizer instead of
+    GemmaTokenizer's Split on " ".
+    """
     vocab, merges = gemma4_layout(train_tokenizer(text, vocab_size))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
                                      fuse_unk=True))
     tokenizer.normalizer = normalizers.Replace(" ", SPACE_MARK)
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    if split_newlines:
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("[^\n]+|[\n]+"), "isolated")
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
     tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE_MARK, " "), decoders.ByteFallback(),
                                            decoders.Fuse()])
     tokenizer.add_special_tokens([AddedToken(content, special=True, normalized=False)

@@ -3,7 +3,8 @@
 Supported settings:
 - model: ``BPE`` with ranked merges, byte fallback and fused unknown tokens;
 - normalizer: a ``Replace`` of " " with U+2581;
-- pre-tokenizer: none, or a ``Split`` on " " (a no-op once spaces are replaced);
+- pre-tokenizer: none, a ``Split`` on " " (a no-op once spaces are replaced), or an isolating
+  ``Split`` on runs of newlines;
 - decoder: steps from ``Replace`` (U+2581 to " "), ``ByteFallback`` and ``Fuse``;
 - post-processor: none, or a ``TemplateProcessing`` that prepends BOS. Anything else raises
 ``ValueError`` naming the field, because encoding would silently differ from the file's tokenizer.
@@ -46,13 +47,32 @@ def _check_normalizer(normalizer):
                 '"content": "\u2581"}, which Gemma tokenizers use')
 
 
-def _check_pre_tokenizer(pre_tokenizer):
-    """Accept no pre-tokenizer or a Split on " ", which finds nothing after the normalizer."""
+# Regex patterns whose isolating Split cuts text into runs of newlines and runs of other
+# characters, with the newline written as the character itself or as the escape \n.
+_NEWLINE_RUN_PATTERNS = tuple(
+    pattern.replace("NL", newline)
+    for pattern in ("NL+", "[NL]+", "[^NL]+|[NL]+", "[NL]+|[^NL]+")
+    for newline in ("\n", "\\n")
+)
+
+
+def _split_newlines(pre_tokenizer):
+    """Return 1 when the pre-tokenizer splits at newline runs, 0 when it splits nothing.
+
+    A Split on " " finds nothing once the normalizer has replaced every space.
+    """
     if pre_tokenizer is None:
-        return
+        return 0
     if pre_tokenizer.get("type") == "Split" and pre_tokenizer.get("pattern") == {"String": " "}:
-        return
-    _reject("pre_tokenizer", pre_tokenizer, 'expected null or a Split on {"String": " "}')
+        return 0
+    if (pre_tokenizer.get("type") == "Split"
+            and pre_tokenizer.get("pattern", {}).get("Regex") in _NEWLINE_RUN_PATTERNS
+            and pre_tokenizer.get("behavior") == "Isolated"
+            and not pre_tokenizer.get("invert")):
+        return 1
+    _reject("pre_tokenizer", pre_tokenizer,
+            'expected null, a Split on {"String": " "} or an isolating Split on newline runs such as '
+            '{"Regex": "[^\\n]+|[\\n]+"}')
 
 
 def _check_decoder(decoder):
@@ -123,7 +143,7 @@ def read_tokenizer_json(path):
     byte_fallback = bool(model.get("byte_fallback", False))
 
     _check_normalizer(data.get("normalizer"))
-    _check_pre_tokenizer(data.get("pre_tokenizer"))
+    split_newlines = _split_newlines(data.get("pre_tokenizer"))
     _check_decoder(data.get("decoder"))
 
     vocab = model.get("vocab")
@@ -187,6 +207,7 @@ def read_tokenizer_json(path):
         "merges": merges,
         "byte_fallback": byte_fallback,
         "ignore_merges": bool(model.get("ignore_merges", False)),
+        "split_newlines": split_newlines,
         "bos_id": bos_id if bos_id is not None else token_ids.get("<bos>"),
         "eos_id": token_ids.get("<eos>"),
         "unk_id": unk_id,

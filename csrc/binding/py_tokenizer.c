@@ -152,7 +152,8 @@ static PyObject *Tokenizer_wrap(PyTypeObject *type, tq_tokenizer *tok)
 static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"pieces", "scores", "types", "bos_id", "eos_id", "unk_id", "pad_id",
-                               "add_bos", "add_space_prefix", "merges", "byte_fallback", "ignore_merges", NULL};
+                               "add_bos", "add_space_prefix", "merges", "byte_fallback", "ignore_merges",
+                               "split_newlines", NULL};
     PyObject *pieces_obj = NULL;
     PyObject *scores_obj = Py_None;
     PyObject *types_obj = Py_None;
@@ -165,9 +166,11 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
     int add_space_prefix = 0;
     int byte_fallback = 1;
     int ignore_merges = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOOOppOpp:Tokenizer", keywords, &pieces_obj, &scores_obj,
+    int split_newlines = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOOOppOppi:Tokenizer", keywords, &pieces_obj, &scores_obj,
                                      &types_obj, &bos_obj, &eos_obj, &unk_obj, &pad_obj, &add_bos,
-                                     &add_space_prefix, &merges_obj, &byte_fallback, &ignore_merges)) {
+                                     &add_space_prefix, &merges_obj, &byte_fallback, &ignore_merges,
+                                     &split_newlines)) {
         return -1;
     }
     if (self->owner != NULL) {
@@ -181,6 +184,7 @@ static int Tokenizer_init(TokenizerObject *self, PyObject *args, PyObject *kwarg
     spec.add_space_prefix = add_space_prefix;
     spec.byte_fallback = byte_fallback;
     spec.ignore_merges = ignore_merges;
+    spec.split_newlines = split_newlines;
     if (parse_optional_id(bos_obj, "bos_id", &spec.bos_id) != 0 ||
         parse_optional_id(eos_obj, "eos_id", &spec.eos_id) != 0 ||
         parse_optional_id(unk_obj, "unk_id", &spec.unk_id) != 0 ||
@@ -686,12 +690,14 @@ static PyTypeObject TokenizerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Tokenizer(pieces, scores=None, types=None, *, bos_id=None, eos_id=None, unk_id=None, pad_id=None,\n"
               "          add_bos=False, add_space_prefix=False, merges=None, byte_fallback=True,\n"
-              "          ignore_merges=False)\n\n"
+              "          ignore_merges=False, split_newlines=0)\n\n"
               "Without merges: SentencePiece tokenizer with score-ordered BPE merges and byte fallback (GGUF\n"
               "vocabulary type 'llama', as used by Gemma 3). With merges, an (n, 2) int32 array of (left id,\n"
               "right id) rows in rank order: BPE with ranked merges (GGUF type 'gemma4', Hugging Face BPE).\n"
               "pieces: list of bytes or str; scores: float32 array; types: int32 array of token types (default\n"
-              "all normal). byte_fallback and ignore_merges apply to ranked BPE only.",
+              "all normal). byte_fallback, ignore_merges and split_newlines apply to ranked BPE only.\n"
+              "split_newlines: 0 merges each text fragment whole, 1 merges runs of newlines and runs of other\n"
+              "characters separately, 2 does the same and keeps a newline run that is a piece whole (llama.cpp).",
     .tp_methods = Tokenizer_methods,
     .tp_getset = Tokenizer_getset,
     .tp_as_sequence = &Tokenizer_as_sequence,
