@@ -69,7 +69,7 @@ def bench_ranked_bpe(text, repeats, vocab_size):
     import tokenizers
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from bpe_vocab import build_tokenizer_json
+    from bpe_vocab import build_tokenizer_json, write_gguf
 
     from turboquant.datasets import english_text_path
 
@@ -83,6 +83,13 @@ def bench_ranked_bpe(text, repeats, vocab_size):
         except ImportError:
             transformers = None
         fast = transformers.PreTrainedTokenizerFast(tokenizer_file=path) if transformers else None
+        gguf_path = write_gguf(os.path.join(directory, "vocab.gguf"), path)
+        ours_gguf = Tokenizer.from_gguf(gguf_path)
+        try:
+            import llama_cpp
+        except ImportError:
+            llama_cpp = None
+        llama = llama_cpp.Llama(model_path=gguf_path, vocab_only=True, verbose=False) if llama_cpp else None
 
     ids = ours.encode(text)
     if reference.encode(text).ids != ids:
@@ -97,7 +104,21 @@ def bench_ranked_bpe(text, repeats, vocab_size):
         rows.append(("transformers %s (fast)" % transformers.__version__,
                      best_cpu_time(lambda: fast.encode(text), repeats),
                      best_cpu_time(lambda: fast.decode(ids), repeats)))
-    print_table(f"Gemma 4 ranked BPE ({ours.n_merges} merges)", text, len(ids), rows)
+    print_table(f"Gemma 4 ranked BPE, tokenizer.json ({ours.n_merges} merges)", text, len(ids), rows)
+
+    # The GGUF reader splits at newline runs as llama.cpp does, so its ids differ from the
+    # tokenizer.json ones and get their own table.
+    gguf_ids = ours_gguf.encode(text)
+    rows = [("turboquant", best_cpu_time(lambda: ours_gguf.encode(text), repeats),
+             best_cpu_time(lambda: ours_gguf.decode(gguf_ids), repeats))]
+    if llama is not None:
+        if llama.tokenize(text.encode(), add_bos=True, special=True) != gguf_ids:
+            sys.exit("llama.cpp produced different ids; fix the mismatch before timing")
+        rows.append(("llama.cpp (llama-cpp-python %s)" % llama_cpp.__version__,
+                     best_cpu_time(lambda: llama.tokenize(text.encode(), add_bos=True, special=True), repeats),
+                     best_cpu_time(lambda: llama.detokenize(gguf_ids, special=True), repeats)))
+    print()
+    print_table("Gemma 4 ranked BPE, GGUF", text, len(gguf_ids), rows)
 
 
 def main():

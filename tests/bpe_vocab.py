@@ -10,6 +10,9 @@ normalizer Replace(" ", U+2581), pre-tokenizer Split(" ", merged_with_previous),
 fallback and fused unknown tokens, decoder Replace/ByteFallback/Fuse, and BOS prepended.
 """
 
+import json
+from pathlib import Path
+
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SPACE_MARK = "\u2581"
@@ -63,8 +66,6 @@ def gemma4_layout(trained):
         fixed.setdefault(token_id, f"<unused{token_id}>")
     vocab = {content: token_id for token_id, content in fixed.items()}
 
-    import json
-
     merges = [tuple(pair) for pair in json.loads(trained.to_str())["model"]["merges"]]
     return vocab, merges
 
@@ -92,3 +93,53 @@ def build_tokenizer_json(text, path, vocab_size=3000, split_newlines=False):
     tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     tokenizer.save(str(path))
     return tokenizer
+
+
+def write_gguf(path, reference_json, merges=None, model="gemma4"):
+    """Write the vocabulary of a tokenizer.json into a vocabulary-only GGUF file with the gguf package.
+
+    Token types: added special tokens are control tokens, other added tokens user-defined,
+    <0xXX> pieces byte tokens and id 3 (<unk>) unknown. merges: a list of "left right" strings
+    to write instead of the file's merges, or False to write none. model: the
+    tokenizer.ggml.model value. Returns path.
+    """
+    import gguf
+
+    data = json.loads(Path(reference_json).read_text(encoding="utf-8"))
+    vocab = dict(data["model"]["vocab"])
+    for token in data["added_tokens"]:
+        vocab[token["content"]] = token["id"]
+    tokens = [None] * (max(vocab.values()) + 1)
+    for content, token_id in vocab.items():
+        tokens[token_id] = content
+    types = []
+    special = {token["id"]: token["special"] for token in data["added_tokens"]}
+    for token_id, content in enumerate(tokens):
+        if token_id == 3:
+            types.append(gguf.TokenType.UNKNOWN)
+        elif token_id in special:
+            types.append(gguf.TokenType.CONTROL if special[token_id] else gguf.TokenType.USER_DEFINED)
+        elif content.startswith("<0x") and len(content) == 6:
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    if merges is None:
+        merges = [" ".join(pair) for pair in data["model"]["merges"]]
+
+    writer = gguf.GGUFWriter(str(path), "gemma4")
+    writer.add_tokenizer_model(model)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores([0.0] * len(tokens))
+    if merges is not False:
+        writer.add_token_merges(merges)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

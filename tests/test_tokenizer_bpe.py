@@ -21,7 +21,7 @@ import pytest
 from turboquant.tokenizer import StreamDecoder, Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bpe_vocab import CONTROL_TOKENS, FIRST_BYTE_ID, USER_DEFINED_TOKENS, build_tokenizer_json  # noqa: E402
+from bpe_vocab import CONTROL_TOKENS, FIRST_BYTE_ID, build_tokenizer_json, write_gguf  # noqa: E402
 from tokenizer_strings import all_strings  # noqa: E402
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -187,53 +187,9 @@ def test_missing_characters_fall_back_to_bytes(tok):
 # ------------------------------------------------------------ GGUF
 
 
-def write_gguf(path, reference_json, merges=None, model="gemma4", extra=None):
-    """Write the vocabulary of a tokenizer.json into a GGUF file with the gguf package."""
-    gguf = pytest.importorskip("gguf")
-    data = json.loads(reference_json.read_text(encoding="utf-8"))
-    vocab = dict(data["model"]["vocab"])
-    for token in data["added_tokens"]:
-        vocab[token["content"]] = token["id"]
-    tokens = [None] * (max(vocab.values()) + 1)
-    for content, token_id in vocab.items():
-        tokens[token_id] = content
-    types = []
-    special = {token["id"]: token["special"] for token in data["added_tokens"]}
-    for token_id, content in enumerate(tokens):
-        if token_id == 3:
-            types.append(gguf.TokenType.UNKNOWN)
-        elif token_id in special:
-            types.append(gguf.TokenType.CONTROL if special[token_id] else gguf.TokenType.USER_DEFINED)
-        elif content.startswith("<0x") and len(content) == 6:
-            types.append(gguf.TokenType.BYTE)
-        else:
-            types.append(gguf.TokenType.NORMAL)
-    if merges is None:
-        merges = [" ".join(pair) for pair in data["model"]["merges"]]
-
-    writer = gguf.GGUFWriter(str(path), "gemma4")
-    writer.add_tokenizer_model(model)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_scores([0.0] * len(tokens))
-    if merges is not False:
-        writer.add_token_merges(merges)
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_unk_token_id(3)
-    writer.add_pad_token_id(0)
-    writer.add_add_bos_token(True)
-    for key, value in (extra or {}).items():
-        writer.add_string(key, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def gguf_path(tmp_path_factory, json_path):
+    pytest.importorskip("gguf")
     return write_gguf(tmp_path_factory.mktemp("bpe_gguf") / "vocab.gguf", json_path)
 
 
@@ -276,18 +232,21 @@ def test_newline_split_json_matches_transformers(tmp_path, english_text):
 
 
 def test_gguf_merge_with_unknown_piece(tmp_path, json_path):
+    pytest.importorskip("gguf")
     path = write_gguf(tmp_path / "bad.gguf", json_path, merges=["\u2581t h", "no_such_piece x"])
     with pytest.raises(ValueError, match="merge 1 .*no_such_piece x"):
         Tokenizer.from_gguf(str(path))
 
 
 def test_gguf_missing_merges(tmp_path, json_path):
+    pytest.importorskip("gguf")
     path = write_gguf(tmp_path / "nomerges.gguf", json_path, merges=False)
     with pytest.raises(ValueError, match="tokenizer.ggml.merges"):
         Tokenizer.from_gguf(str(path))
 
 
 def test_gguf_unsupported_model(tmp_path, json_path):
+    pytest.importorskip("gguf")
     path = write_gguf(tmp_path / "gpt2.gguf", json_path, model="gpt2")
     with pytest.raises(NotImplementedError, match="'gpt2'"):
         Tokenizer.from_gguf(str(path))
