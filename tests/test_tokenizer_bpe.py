@@ -12,6 +12,7 @@ References:
 
 import json
 import os
+import random
 import sys
 import time
 
@@ -108,6 +109,20 @@ def test_ids_match_transformers(tok, reference):
     mismatches = [(text, reference.encode(text), tok.encode(text)) for text in strings
                   if reference.encode(text) != tok.encode(text)]
     assert mismatches == []
+
+
+def random_texts(count, seed):
+    """Return seeded random texts built from pieces that stress merges and fallbacks."""
+    rng = random.Random(seed)
+    alphabet = ["the", "he", "t", "h", "e", " ", "  ", "\n", "\t", "é", "ï", "日本", "こんにちは", "世界", "😀",
+                "\U0001f9ec", "<", "|", ">", "<|turn>", "<turn|>", "<h1>", "\t\t", "\u2581", "Alice", "said",
+                "'", ".", ",", "0", "12", "\x00", "\u0301"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(count)]
+
+
+def test_random_texts_match_transformers(tok, reference):
+    for text in random_texts(400, seed=5):
+        assert tok.encode(text) == reference.encode(text), repr(text)
 
 
 def test_ids_match_gemma_tokenizer_class(tok, json_path):
@@ -213,7 +228,7 @@ def test_gguf_ids_match_llama_cpp(gguf_tok, gguf_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     llama = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     mismatches = []
-    for text in all_strings() + SPECIAL_TEXTS + ODD_TEXTS:
+    for text in all_strings() + SPECIAL_TEXTS + ODD_TEXTS + random_texts(200, seed=6):
         expected = llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         if gguf_tok.encode(text) != expected:
             mismatches.append((text, expected, gguf_tok.encode(text)))
