@@ -47,13 +47,16 @@ static tq_status id_vec_push(id_vec *vec, int32_t id, tq_error *err)
 }
 
 /* One symbol of the BPE working list: a byte range of the fragment buffer,
- * linked to its neighbors. A symbol merged into its left neighbor gets len 0. */
+ * linked to its neighbors. A symbol merged into its left neighbor gets len 0.
+ * 32-bit offsets suffice because workspace_reserve limits a fragment buffer to
+ * INT32_MAX bytes, and they keep the struct at 20 bytes, so long texts touch
+ * less memory. */
 typedef struct {
     int32_t prev;
     int32_t next;
     int32_t id; /* piece id of the symbol's text, or -1 when it has none */
-    size_t start;
-    size_t len;
+    uint32_t start;
+    uint32_t len;
 } symbol;
 
 /* A candidate merge of symbols left and right (adjacent when it was queued)
@@ -283,8 +286,8 @@ static void append_symbol(workspace *ws, int32_t *n_symbols, size_t start, size_
     symbol *sym = &ws->symbols[*n_symbols];
     sym->prev = *n_symbols - 1;
     sym->next = -1;
-    sym->start = start;
-    sym->len = len;
+    sym->start = (uint32_t)start;
+    sym->len = (uint32_t)len;
     sym->id = id;
     if (*n_symbols > 0) {
         ws->symbols[*n_symbols - 1].next = *n_symbols;
@@ -346,7 +349,7 @@ static int32_t split_ranked_symbols(const tq_tokenizer *tok, workspace *ws, size
                          pos);
             return -1;
         } else if (last_was_unknown) {
-            ws->symbols[n_symbols - 1].len += char_len;
+            ws->symbols[n_symbols - 1].len += (uint32_t)char_len;
         } else {
             append_symbol(ws, &n_symbols, pos, char_len, tok->unk_id);
             last_was_unknown = 1;
