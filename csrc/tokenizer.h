@@ -93,9 +93,10 @@ typedef struct tq_gguf tq_gguf;
  * bos/eos/unknown/padding_token_id, add_bos_token (default true) and
  * add_space_prefix (default true for "llama", false for "gemma4"; llama.cpp
  * uses the same defaults). "gemma4" text splits at newline runs as
- * TQ_SPLIT_NEWLINES_WHOLE describes, as in llama.cpp. Array lengths must equal the token count, ids must
- * lie inside the vocabulary and merges must name vocabulary pieces, else
- * TQ_ERR_FORMAT. The tokenizer copies what it needs, so gguf may be closed
+ * TQ_SPLIT_NEWLINES_WHOLE describes, as in llama.cpp. Array lengths must
+ * equal the token count and ids must lie inside the vocabulary, else
+ * TQ_ERR_FORMAT. A merge that does not name vocabulary pieces is
+ * TQ_ERR_INVALID. The tokenizer copies what it needs, so gguf may be closed
  * afterwards. */
 tq_status tq_tokenizer_create_from_gguf(const tq_gguf *gguf, tq_tokenizer **out, tq_error *err);
 

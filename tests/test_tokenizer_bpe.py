@@ -301,6 +301,13 @@ def test_rank_order_not_score_order():
     assert ours.encode("abc") == [6]
 
 
+def test_repeated_merge_keeps_last_rank():
+    vocab = {"<unk>": 0, "a": 1, "b": 2, "c": 3, "ab": 4, "bc": 5}
+    ours, reference = small_bpe(vocab, [("b", "c"), ("a", "b"), ("b", "c")], fuse_unk=True)
+    assert ours.encode("abc") == reference.encode("abc").ids
+    assert ours.encode("abc") == [4, 3]
+
+
 def test_equal_ranks_merge_leftmost():
     vocab = {"<unk>": 0, "a": 1, "aa": 2, "aaa": 3}
     ours, reference = small_bpe(vocab, [("a", "a"), ("aa", "a")], fuse_unk=True)
