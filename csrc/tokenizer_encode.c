@@ -280,7 +280,7 @@ static size_t escape_spaces(const char *text, size_t len, int add_prefix, worksp
 }
 
 /* Append a symbol for ws->buffer[start .. start + len) to the list of
- * n_symbols symbols. Its next link is set by the caller or by the next append. */
+ * n_symbols symbols. The next append links it to its successor. */
 static void append_symbol(workspace *ws, int32_t *n_symbols, size_t start, size_t len, int32_t id)
 {
     symbol *sym = &ws->symbols[*n_symbols];

@@ -386,6 +386,12 @@ JSON_ERRORS = [
     (lambda d: d["model"]["merges"].append(["\u2581t", "no_such_piece"]), "no_such_piece"),
     (lambda d: d["model"]["vocab"].pop("<unused50>"), "no token has id 50"),
     (lambda d: d["model"].update(unk_token="<missing>"), "model.unk_token"),
+    (lambda d: d["added_tokens"][0].pop("content"), r"added_tokens\[0\]"),
+    (lambda d: d["added_tokens"][0].update(id=-2), r"added_tokens\[0\].id"),
+    (lambda d: d["model"]["merges"].append(7), r"model.merges\[\d+\]"),
+    (lambda d: d["model"].update(merges="a b"), "model.merges"),
+    (lambda d: d.update(decoder="Replace"), "decoder"),
+    (lambda d: d.update(decoder={"type": "Sequence", "decoders": [5]}), "malformed tokenizer.json"),
 ]
 
 

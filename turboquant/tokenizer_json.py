@@ -107,6 +107,10 @@ def _bos_from_post_processor(post_processor, token_ids):
 
 
 def _check_added_token(index, token):
+    if not isinstance(token, dict) or not isinstance(token.get("content"), str) or not token["content"]:
+        _reject(f"added_tokens[{index}]", token, "expected an object with a non-empty 'content' string")
+    if not isinstance(token.get("id"), int) or isinstance(token["id"], bool) or token["id"] < 0:
+        _reject(f"added_tokens[{index}].id", token.get("id"), "ids must be non-negative integers")
     for flag in ("single_word", "lstrip", "rstrip"):
         if token.get(flag):
             _reject(f"added_tokens[{index}].{flag}", True, f"token {token['content']!r} sets {flag}")
@@ -119,17 +123,33 @@ def _check_added_token(index, token):
 def read_tokenizer_json(path):
     """Parse ``path`` and return the keyword arguments of ``turboquant._core.Tokenizer``.
 
-    Raises OSError when the file cannot be read and ValueError when it is not valid JSON or uses
-    a feature listed as unsupported in the module docstring.
+    Raises OSError when the file cannot be read and ValueError when it is not valid JSON, has
+    the wrong structure or uses a feature listed as unsupported in the module docstring.
     """
-    with open(os.fspath(path), encoding="utf-8") as handle:
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as handle:
         try:
             data = json.load(handle)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{os.fspath(path)}: invalid JSON at line {error.lineno}: {error.msg}") from None
+            raise ValueError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ValueError(f"{os.fspath(path)}: missing the 'model' object of a tokenizer.json")
+        raise ValueError(f"{path}: missing the 'model' object of a tokenizer.json")
+    for field in ("normalizer", "pre_tokenizer", "decoder", "post_processor"):
+        if data.get(field) is not None and not isinstance(data[field], dict):
+            _reject(field, data[field], "expected an object or null")
+    if not isinstance(data.get("added_tokens") or [], list):
+        _reject("added_tokens", data["added_tokens"], "expected a list")
+    if not isinstance(data["model"].get("merges", []), list):
+        _reject("model.merges", data["model"]["merges"], "expected a list")
+    try:
+        return _read_tokenizer_data(data)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        # Nested parts of an unexpected shape, such as a decoder step that is not an object.
+        raise ValueError(f"{path}: malformed tokenizer.json ({type(error).__name__}: {error})") from None
 
+
+def _read_tokenizer_data(data):
+    """Convert parsed tokenizer.json data; see :func:`read_tokenizer_json`."""
     model = data["model"]
     if model.get("type", "BPE") != "BPE":
         _reject("model.type", model.get("type"), "only BPE is supported")
@@ -193,7 +213,7 @@ def read_tokenizer_json(path):
     merges = np.empty((len(model.get("merges", [])), 2), dtype=np.int32)
     for rank, merge in enumerate(model.get("merges", [])):
         parts = merge.split(" ", 1) if isinstance(merge, str) else merge
-        if len(parts) != 2:
+        if not isinstance(parts, list) or len(parts) != 2:
             _reject(f"model.merges[{rank}]", merge, "expected 'left right' or [left, right]")
         for side, part in enumerate(parts):
             if part not in vocab:
