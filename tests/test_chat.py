@@ -226,7 +226,9 @@ def test_gemma4_rejects_bad_messages(messages, message):
         format_gemma4_chat(messages)
 
 
-def test_gemma4_encode_uses_control_ids(tmp_path):
+@pytest.fixture(scope="module")
+def gemma4_tokenizer(tmp_path_factory):
+    """A ranked-BPE tokenizer with Gemma 4's control token ids, trained on part of alice29."""
     pytest.importorskip("tokenizers")
     sys.path.insert(0, os.path.dirname(__file__))
     from bpe_vocab import build_tokenizer_json
@@ -234,18 +236,43 @@ def test_gemma4_encode_uses_control_ids(tmp_path):
     from turboquant.datasets import english_text_path
     from turboquant.tokenizer import Tokenizer
 
+    path = tmp_path_factory.mktemp("gemma4_chat") / "tokenizer.json"
     text = english_text_path("alice29").read_text(encoding="latin-1")[:20000]
-    build_tokenizer_json(text, tmp_path / "tokenizer.json", vocab_size=800)
-    tok = Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
-    ids = encode_gemma4_chat(tok, [{"role": "user", "content": "Hi"}], enable_thinking=True)
+    build_tokenizer_json(text, path, vocab_size=800)
+    return Tokenizer.from_tokenizer_json(path)
+
+
+def test_gemma4_encode_uses_control_ids(gemma4_tokenizer):
+    tok = gemma4_tokenizer
+    messages = [{"role": "user", "content": "Hi"}]
+    ids = encode_gemma4_chat(tok, messages, enable_thinking=True)
     # <bos> <|turn> system \n <|think|> \n <turn|> \n <|turn> user ...
     assert ids[0] == 2
     assert ids[1] == 105
     assert ids.count(98) == 1
     assert ids.count(105) == 3
     assert ids.count(106) == 2
-    assert tok.decode(ids, skip_special=False) == "<bos>" + format_gemma4_chat(
-        [{"role": "user", "content": "Hi"}], enable_thinking=True)
+    assert tok.decode(ids, skip_special=False) == "<bos>" + format_gemma4_chat(messages, enable_thinking=True)
+
+
+def test_gemma4_streamed_reply_splits(gemma4_tokenizer):
+    # A reply streamed token by token through the decoder, as a server would, splits into
+    # reasoning and answer; the channel markers are single control tokens (100 and 101).
+    from turboquant.tokenizer import StreamDecoder
+
+    tok = gemma4_tokenizer
+    reply = "<|channel>thought\nThe Queen said, \u201coff with her head!\u201d\n<channel|>She was angry. 😀"
+    ids = tok.encode(reply, add_bos=False)
+    assert ids[0] == 100
+    assert 101 in ids
+    stream = StreamDecoder(tok, skip_special=False)
+    parser = ThoughtChannelParser()
+    for token_id in ids:
+        parser.feed(stream.push(token_id))
+    parser.feed(stream.flush())
+    parser.finish()
+    assert parser.reasoning == "The Queen said, \u201coff with her head!\u201d"
+    assert parser.content == "She was angry. 😀"
 
 
 def test_split_thought_channel_cases():
