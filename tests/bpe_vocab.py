@@ -100,8 +100,8 @@ def write_gguf(path, reference_json, merges=None, model="gemma4"):
 
     Token types: added special tokens are control tokens, other added tokens user-defined,
     <0xXX> pieces byte tokens and id 3 (<unk>) unknown. merges: a list of "left right" strings
-    to write instead of the file's merges, or False to write none. model: the
-    tokenizer.ggml.model value. Returns path.
+    (or other values, to write a malformed file) to write instead of the file's merges, or False
+    to write none. model: the tokenizer.ggml.model value. Returns path.
     """
     import gguf
 

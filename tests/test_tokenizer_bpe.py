@@ -260,6 +260,13 @@ def test_gguf_missing_merges(tmp_path, json_path):
         Tokenizer.from_gguf(str(path))
 
 
+def test_gguf_merges_of_wrong_type(tmp_path, json_path):
+    pytest.importorskip("gguf")
+    path = write_gguf(tmp_path / "intmerges.gguf", json_path, merges=[1, 2, 3])
+    with pytest.raises(ValueError, match="tokenizer.ggml.merges is an array of .*expected string"):
+        Tokenizer.from_gguf(str(path))
+
+
 def test_gguf_unsupported_model(tmp_path, json_path):
     pytest.importorskip("gguf")
     path = write_gguf(tmp_path / "gpt2.gguf", json_path, model="gpt2")
