@@ -6,8 +6,10 @@ Supported settings:
 - pre-tokenizer: none, a ``Split`` on " " (a no-op once spaces are replaced), or an isolating
   ``Split`` on runs of newlines;
 - decoder: steps from ``Replace`` (U+2581 to " "), ``ByteFallback`` and ``Fuse``;
-- post-processor: none, or a ``TemplateProcessing`` that prepends BOS. Anything else raises
-``ValueError`` naming the field, because encoding would silently differ from the file's tokenizer.
+- post-processor: none, or a ``TemplateProcessing`` that prepends BOS.
+
+Anything else raises ``ValueError`` naming the field, because encoding would silently differ
+from the file's tokenizer.
 
 NOTE: the tests use tokenizer.json files built the way transformers' GemmaTokenizer sets up its
 pipeline. No real Gemma 4 tokenizer.json was available to check against, so a setting that the
