@@ -402,7 +402,8 @@ JSON_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("edit, field", JSON_ERRORS)
+@pytest.mark.parametrize("edit, field", JSON_ERRORS, ids=[f"{index}-{field}" for index, (_, field) in
+                                                         enumerate(JSON_ERRORS)])
 def test_tokenizer_json_rejects_unsupported(json_path, tmp_path, edit, field):
     path = edit_json(json_path, tmp_path, edit)
     with pytest.raises(ValueError, match=field):
