@@ -358,8 +358,8 @@ tq_status tq_tokenizer_create(const tq_tokenizer_spec *spec, tq_tokenizer **out,
     if (status == TQ_OK) {
         /* table_insert keeps the first id inserted for a text. SentencePiece
          * keeps the lowest id of a duplicated text. For ranked BPE the highest
-         * id wins, because llama.cpp and transformers both fill a map from the
-         * GGUF token list in id order, so later ids overwrite earlier ones. */
+         * id wins, as in transformers, which fills a dict from the GGUF token
+         * list in id order. llama-cpp-python 0.3.36 aborts on such a file. */
         for (size_t k = 0; k < n; k++) {
             size_t i = tok->model == TQ_TOKENIZER_BPE ? n - 1 - k : k;
             if (tok->text_offsets[i + 1] > tok->text_offsets[i]) {
