@@ -174,9 +174,14 @@ tq_status tq_kv_type_parse(const char *name, tq_kv_type *out, tq_error *err)
  * reallocate once per micro-batch. */
 #define TQ_KV_MIN_SLOTS 256
 
+/* Different head sizes one cache can hold with codec types (Gemma 4 uses two). */
+#define TQ_KV_MAX_HEAD_SIZES 4
+
 typedef struct {
+    int head_dim;      /* values per row of one KV head */
+    int source;        /* this layer's index, or the earlier layer whose rows it reads */
     int64_t window;    /* sliding window in positions, 0 for a global layer */
-    int64_t max_slots; /* ring size of a sliding layer, n_ctx for a global one */
+    int64_t max_slots; /* ring size of a sliding layer, n_ctx for a global one, 0 without rows */
     int64_t n_slots;   /* slots allocated so far (grows up to max_slots) */
     uint8_t *keys;     /* n_slots * key_slot_bytes */
     uint8_t *values;   /* n_slots * value_slot_bytes */
@@ -214,9 +219,12 @@ struct tq_kv_cache {
     size_t key_row_bytes, value_row_bytes;   /* one KV head */
     size_t key_slot_bytes, value_slot_bytes; /* all KV heads of one position */
     tq_kv_layer *layers;
-    /* Codec types: one codec per side, owned here (NULL for a baseline side). recent_f16 is
-     * the window in positions and recent_slots its ring size, both 0 without a window. */
-    tq_kv_codec *codec_k, *codec_v;
+    /* Codec types: one codec per side and head size, owned here (NULL for a baseline side).
+     * recent_f16 is the window in positions and recent_slots its ring size, both 0 without a
+     * window. */
+    tq_kv_codec *codecs_k[TQ_KV_MAX_HEAD_SIZES], *codecs_v[TQ_KV_MAX_HEAD_SIZES];
+    int codec_head_dims[TQ_KV_MAX_HEAD_SIZES];
+    int n_codec_sizes;
     int64_t recent_f16;
     int64_t recent_slots;
     float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
@@ -227,7 +235,7 @@ struct tq_kv_cache {
 static tq_status create_key_balance(tq_kv_cache *cache, tq_kv_layer *layer, const float *scale,
                                     const uint8_t *center, int l, tq_error *err)
 {
-    const int d = cache->head_dim;
+    const int d = layer->head_dim;
     for (int i = 0; i < d; i++) {
         if (!(scale[i] > 0.0f) || !isfinite(scale[i])) {
             return tq_error_set(err, TQ_ERR_INVALID,
@@ -239,7 +247,9 @@ static tq_status create_key_balance(tq_kv_cache *cache, tq_kv_layer *layer, cons
     layer->key_center = calloc((size_t)d, 1);
     layer->key_mean = calloc((size_t)cache->n_kv_heads * (size_t)d, sizeof(float));
     if (cache->balanced_keys == NULL) {
-        cache->balanced_keys = malloc((size_t)cache->n_batch * (size_t)cache->n_kv_heads * (size_t)d * sizeof(float));
+        /* Sized for the largest head of any layer, so every balancing layer can use it. */
+        cache->balanced_keys =
+            malloc((size_t)cache->n_batch * (size_t)cache->n_kv_heads * (size_t)cache->head_dim * sizeof(float));
     }
     if (layer->key_scale == NULL || layer->key_center == NULL || layer->key_mean == NULL ||
         cache->balanced_keys == NULL) {
@@ -249,6 +259,40 @@ static tq_status create_key_balance(tq_kv_cache *cache, tq_kv_layer *layer, cons
     if (center != NULL) {
         memcpy(layer->key_center, center, (size_t)d);
     }
+    return TQ_OK;
+}
+
+/* Codecs of one head size, created on first use and shared by every layer of that size. */
+static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_config *config, int head_dim,
+                                     const tq_kv_codec **key_codec, const tq_kv_codec **value_codec, tq_error *err)
+{
+    int index = 0;
+    while (index < cache->n_codec_sizes && cache->codec_head_dims[index] != head_dim) {
+        index++;
+    }
+    if (index == cache->n_codec_sizes) {
+        if (index == TQ_KV_MAX_HEAD_SIZES) {
+            return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                                "the KV cache codecs support at most %d different head sizes per model",
+                                TQ_KV_MAX_HEAD_SIZES);
+        }
+        cache->codec_head_dims[index] = head_dim;
+        cache->n_codec_sizes++;
+        tq_status status = TQ_OK;
+        if (cache->ops_k->codec) {
+            status = tq_kv_codec_create(cache->ops_k->name, (size_t)head_dim, config->codec_seed, config->isa,
+                                        &cache->codecs_k[index], err);
+        }
+        if (status == TQ_OK && cache->ops_v->codec) {
+            status = tq_kv_codec_create(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
+                                        &cache->codecs_v[index], err);
+        }
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    *key_codec = cache->codecs_k[index];
+    *value_codec = cache->codecs_v[index];
     return TQ_OK;
 }
 
@@ -265,16 +309,6 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
             return tq_error_set(err, TQ_ERR_INVALID, "recent_f16 must be >= 0 positions, got %lld",
                                 (long long)config->recent_f16);
         }
-        const size_t d = (size_t)config->head_dim;
-        if (cache->ops_k->codec) {
-            status = tq_kv_codec_create(cache->ops_k->name, d, config->codec_seed, config->isa, &cache->codec_k, err);
-        }
-        if (status == TQ_OK && cache->ops_v->codec) {
-            status = tq_kv_codec_create(cache->ops_v->name, d, config->codec_seed, config->isa, &cache->codec_v, err);
-        }
-        if (status != TQ_OK) {
-            return status;
-        }
         cache->recent_f16 = config->recent_f16 < cache->n_ctx ? config->recent_f16 : cache->n_ctx;
         if (cache->recent_f16 > 0) {
             cache->recent_slots = cache->recent_f16 + cache->n_batch;
@@ -282,19 +316,30 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         }
     }
 
-    const size_t f16_row = f16_ops->row_bytes(config->head_dim);
-    const size_t d_int = (size_t)config->head_dim;
+    const size_t scale_stride = (size_t)config->head_dim;
     for (int l = 0; l < cache->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
+        if (layer->source != l) {
+            continue; /* reads the rows of an earlier layer and stores none */
+        }
         const int keep_f16 = config->layer_f16 != NULL && config->layer_f16[l];
+        const tq_kv_codec *key_codec = NULL;
+        const tq_kv_codec *value_codec = NULL;
+        if (uses_codec && !keep_f16) {
+            status = codecs_for_head_dim(cache, config, layer->head_dim, &key_codec, &value_codec, err);
+            if (status != TQ_OK) {
+                return status;
+            }
+        }
         layer->ops_k = keep_f16 ? f16_ops : (cache->ops_k->codec ? NULL : cache->ops_k);
         layer->ops_v = keep_f16 ? f16_ops : (cache->ops_v->codec ? NULL : cache->ops_v);
-        layer->codec_k = layer->ops_k == NULL ? cache->codec_k : NULL;
-        layer->codec_v = layer->ops_v == NULL ? cache->codec_v : NULL;
+        layer->codec_k = layer->ops_k == NULL ? key_codec : NULL;
+        layer->codec_v = layer->ops_v == NULL ? value_codec : NULL;
         layer->key_row_bytes = layer->codec_k != NULL ? tq_kv_codec_row_bytes(layer->codec_k)
-                                                      : layer->ops_k->row_bytes(config->head_dim);
+                                                      : layer->ops_k->row_bytes(layer->head_dim);
         layer->value_row_bytes = layer->codec_v != NULL ? tq_kv_codec_row_bytes(layer->codec_v)
-                                                        : layer->ops_v->row_bytes(config->head_dim);
+                                                        : layer->ops_v->row_bytes(layer->head_dim);
+        const size_t f16_row = f16_ops->row_bytes(layer->head_dim);
         layer->key_slot_bytes = layer->key_row_bytes * (size_t)cache->n_kv_heads;
         layer->value_slot_bytes = layer->value_row_bytes * (size_t)cache->n_kv_heads;
 
@@ -311,19 +356,66 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
             }
         }
         if (layer->codec_k != NULL && config->key_scale != NULL) {
-            status = create_key_balance(cache, layer, config->key_scale + (size_t)l * d_int,
-                                        config->key_center != NULL ? config->key_center + (size_t)l * d_int : NULL, l,
-                                        err);
+            status = create_key_balance(cache, layer, config->key_scale + (size_t)l * scale_stride,
+                                        config->key_center != NULL ? config->key_center + (size_t)l * scale_stride
+                                                                   : NULL,
+                                        l, err);
             if (status != TQ_OK) {
                 return status;
             }
         }
     }
-    /* The cache-wide sizes describe the first layer; code reads the per-layer sizes. */
+    /* The cache-wide sizes describe the first layer (which always stores its rows); code
+     * reads the per-layer sizes. */
     cache->key_row_bytes = cache->layers[0].key_row_bytes;
     cache->value_row_bytes = cache->layers[0].value_row_bytes;
     cache->key_slot_bytes = cache->layers[0].key_slot_bytes;
     cache->value_slot_bytes = cache->layers[0].value_slot_bytes;
+    return TQ_OK;
+}
+
+/* Head size, row source, window and ring size of every layer, checked against each other. */
+static tq_status set_layer_shapes(tq_kv_cache *cache, const tq_kv_cache_config *config, tq_error *err)
+{
+    for (int l = 0; l < config->n_layers; l++) {
+        tq_kv_layer *layer = &cache->layers[l];
+        const int64_t window = config->layer_window != NULL ? config->layer_window[l] : 0;
+        if (window < 0) {
+            return tq_error_set(err, TQ_ERR_INVALID, "layer %d has a negative sliding window %lld", l,
+                                (long long)window);
+        }
+        layer->window = window;
+        layer->head_dim = config->layer_head_dim != NULL ? config->layer_head_dim[l] : config->head_dim;
+        if (layer->head_dim <= 0 || layer->head_dim % TQ_KV_BLOCK != 0 || layer->head_dim > config->head_dim) {
+            return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                                "KV cache head_dim %d of layer %d is not supported; it must be a positive multiple "
+                                "of %d and at most head_dim %d",
+                                layer->head_dim, l, TQ_KV_BLOCK, config->head_dim);
+        }
+        layer->source = config->layer_kv_source != NULL ? config->layer_kv_source[l] : l;
+        if (layer->source != l) {
+            const int s = layer->source;
+            if (s < 0 || s > l || cache->layers[s].source != s) {
+                return tq_error_set(err, TQ_ERR_INVALID,
+                                    "layer %d reads the KV rows of layer %d; it must be an earlier layer that "
+                                    "stores its own rows",
+                                    l, s);
+            }
+            if (cache->layers[s].head_dim != layer->head_dim || cache->layers[s].window != window) {
+                return tq_error_set(err, TQ_ERR_INVALID,
+                                    "layer %d (head_dim %d, window %lld) cannot read the KV rows of layer %d "
+                                    "(head_dim %d, window %lld); both must match",
+                                    l, layer->head_dim, (long long)window, s, cache->layers[s].head_dim,
+                                    (long long)cache->layers[s].window);
+            }
+            layer->max_slots = 0;
+            continue;
+        }
+        layer->max_slots = config->n_ctx;
+        if (window > 0 && window + cache->n_batch < config->n_ctx) {
+            layer->max_slots = window + cache->n_batch;
+        }
+    }
     return TQ_OK;
 }
 
@@ -370,24 +462,13 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
         free(cache);
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the KV cache");
     }
-    tq_status status = create_codecs(cache, config, err);
+    tq_status status = set_layer_shapes(cache, config, err);
+    if (status == TQ_OK) {
+        status = create_codecs(cache, config, err);
+    }
     if (status != TQ_OK) {
         tq_kv_cache_free(cache);
         return status;
-    }
-    for (int l = 0; l < config->n_layers; l++) {
-        tq_kv_layer *layer = &cache->layers[l];
-        int64_t window = config->layer_window != NULL ? config->layer_window[l] : 0;
-        if (window < 0) {
-            tq_kv_cache_free(cache);
-            return tq_error_set(err, TQ_ERR_INVALID, "layer %d has a negative sliding window %lld", l,
-                                (long long)window);
-        }
-        layer->window = window;
-        layer->max_slots = config->n_ctx;
-        if (window > 0 && window + cache->n_batch < config->n_ctx) {
-            layer->max_slots = window + cache->n_batch;
-        }
     }
     *out = cache;
     return TQ_OK;
@@ -410,8 +491,10 @@ void tq_kv_cache_free(tq_kv_cache *cache)
         }
         free(cache->layers);
     }
-    tq_kv_codec_free(cache->codec_k);
-    tq_kv_codec_free(cache->codec_v);
+    for (int i = 0; i < cache->n_codec_sizes; i++) {
+        tq_kv_codec_free(cache->codecs_k[i]);
+        tq_kv_codec_free(cache->codecs_v[i]);
+    }
     free(cache->balanced_keys);
     free(cache);
 }
@@ -458,6 +541,9 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
     }
     for (int l = 0; l < cache->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
+        if (layer->source != l) {
+            continue;
+        }
         int64_t needed = end < layer->max_slots ? end : layer->max_slots;
         if (needed <= layer->n_slots) {
             continue;
@@ -516,7 +602,7 @@ static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, cons
  * to TQ_KV_MEAN_POSITIONS positions over the flagged channels, per KV head. */
 static void set_key_mean(const tq_kv_cache *cache, tq_kv_layer *layer, int64_t n, const float *keys)
 {
-    const int d = cache->head_dim;
+    const int d = layer->head_dim;
     const int64_t used = n < TQ_KV_MEAN_POSITIONS ? n : TQ_KV_MEAN_POSITIONS;
     for (int g = 0; g < cache->n_kv_heads; g++) {
         float *mean = layer->key_mean + (size_t)g * (size_t)d;
@@ -536,7 +622,7 @@ static void set_key_mean(const tq_kv_cache *cache, tq_kv_layer *layer, int64_t n
 /* Write (k - mean) * scale for n positions into cache->balanced_keys and return it. */
 static const float *balance_keys(tq_kv_cache *cache, const tq_kv_layer *layer, int64_t n, const float *keys)
 {
-    const size_t d = (size_t)cache->head_dim;
+    const size_t d = (size_t)layer->head_dim;
     const size_t rows = (size_t)n * (size_t)cache->n_kv_heads;
     for (size_t r = 0; r < rows; r++) {
         const float *mean = layer->key_mean + (r % (size_t)cache->n_kv_heads) * d;
@@ -553,7 +639,11 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
                        const float *values)
 {
     tq_kv_layer *layer = &cache->layers[layer_index];
-    const int row_floats = cache->n_kv_heads * cache->head_dim;
+    if (layer->source != layer_index) {
+        return;
+    }
+    const int head_dim = layer->head_dim;
+    const int row_floats = cache->n_kv_heads * head_dim;
     /* Codes take balanced keys; the f16 window below keeps the keys as they are. */
     const float *coded_keys = keys;
     if (layer->key_scale != NULL) {
@@ -567,10 +657,10 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
         uint8_t *key_slot = layer->keys + (size_t)slot * layer->key_slot_bytes;
         uint8_t *value_slot = layer->values + (size_t)slot * layer->value_slot_bytes;
         /* All heads of one position are contiguous, so one call encodes them. */
-        write_side(layer->ops_k, layer->codec_k, coded_keys + t * row_floats, cache->n_kv_heads, cache->head_dim, key_slot,
+        write_side(layer->ops_k, layer->codec_k, coded_keys + t * row_floats, cache->n_kv_heads, head_dim, key_slot,
                    layer->key_row_bytes);
-        write_side(layer->ops_v, layer->codec_v, values + t * row_floats, cache->n_kv_heads, cache->head_dim,
-                   value_slot, layer->value_row_bytes);
+        write_side(layer->ops_v, layer->codec_v, values + t * row_floats, cache->n_kv_heads, head_dim, value_slot,
+                   layer->value_row_bytes);
         if (layer->recent_keys != NULL) {
             const size_t recent_row = (size_t)row_floats;
             const int64_t recent_slot = (pos + t) % cache->recent_slots;
@@ -593,30 +683,39 @@ static size_t align64(size_t bytes)
     return (bytes + 63) & ~(size_t)63;
 }
 
-/* Scratch layout, per query: the prepared state, TQ_KV_CHUNK scores, and for a codec value
- * side its rotated-domain accumulator. A codec's prepared queries and accumulators are
- * multiples of 16 floats, so these strides equal the codec's own (query_floats, acc_floats)
- * and its kernels can read all queries of a KV head at once. */
-static size_t query_state_bytes(const tq_kv_cache *cache)
+/* Scratch layout of a layer that stores rows, per query: the prepared state, TQ_KV_CHUNK
+ * scores, and for a codec value side its rotated-domain accumulator. A codec's prepared
+ * queries and accumulators are multiples of 16 floats, so these strides equal the codec's
+ * own (query_floats, acc_floats) and its kernels can read all queries of a KV head at once. */
+static size_t query_state_bytes(const tq_kv_layer *layer)
 {
-    size_t bytes = (size_t)cache->head_dim * sizeof(float);
-    if (!cache->ops_k->codec) {
-        bytes = cache->ops_k->query_bytes(cache->head_dim);
-    } else if (cache->codec_k != NULL) {
-        const size_t codec_bytes = tq_kv_codec_query_floats(cache->codec_k) * sizeof(float);
+    size_t bytes = (size_t)layer->head_dim * sizeof(float);
+    if (layer->codec_k != NULL) {
+        const size_t codec_bytes = tq_kv_codec_query_floats(layer->codec_k) * sizeof(float);
         bytes = codec_bytes > bytes ? codec_bytes : bytes;
+    } else {
+        bytes = layer->ops_k->query_bytes(layer->head_dim);
     }
     return align64(bytes);
 }
 
-static size_t accumulator_bytes(const tq_kv_cache *cache)
+static size_t accumulator_bytes(const tq_kv_layer *layer)
 {
-    return cache->codec_v != NULL ? align64(tq_kv_codec_acc_floats(cache->codec_v) * sizeof(float)) : 0;
+    return layer->codec_v != NULL ? align64(tq_kv_codec_acc_floats(layer->codec_v) * sizeof(float)) : 0;
 }
 
 size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries)
 {
-    return (size_t)n_queries * (query_state_bytes(cache) + TQ_KV_CHUNK * sizeof(float) + accumulator_bytes(cache));
+    size_t per_query = 0;
+    for (int l = 0; l < cache->n_layers; l++) {
+        const tq_kv_layer *layer = &cache->layers[l];
+        if (layer->source != l) {
+            continue;
+        }
+        const size_t bytes = query_state_bytes(layer) + TQ_KV_CHUNK * sizeof(float) + accumulator_bytes(layer);
+        per_query = bytes > per_query ? bytes : per_query;
+    }
+    return (size_t)n_queries * per_query;
 }
 
 int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t pos)
@@ -628,12 +727,14 @@ int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t p
 void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t pos, int64_t begin,
                               int64_t end, int n_queries, const float *queries, void *scratch, float *partial)
 {
+    /* A layer without rows of its own reads its source layer, which has the same window. */
+    layer_index = cache->layers[layer_index].source;
     const tq_kv_layer *layer = &cache->layers[layer_index];
     const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
-    const int head_dim = cache->head_dim;
+    const int head_dim = layer->head_dim;
     const size_t partial_floats = TQ_KV_PARTIAL_FLOATS(head_dim);
-    const size_t state_bytes = query_state_bytes(cache);
-    const size_t acc_floats = accumulator_bytes(cache) / sizeof(float);
+    const size_t state_bytes = query_state_bytes(layer);
+    const size_t acc_floats = accumulator_bytes(layer) / sizeof(float);
     uint8_t *states = scratch;
     float *scores = (float *)(states + (size_t)n_queries * state_bytes);
     float *accs = scores + (size_t)n_queries * TQ_KV_CHUNK;
@@ -826,7 +927,7 @@ tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err
     if (n_past > 0) {
         for (int l = 0; l < cache->n_layers; l++) {
             const tq_kv_layer *layer = &cache->layers[l];
-            if (layer->window == 0) {
+            if (layer->window == 0 || layer->source != l) {
                 continue;
             }
             int64_t oldest_held = cache->n_past - layer->max_slots;
@@ -860,11 +961,11 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
         if (layer->recent_keys != NULL) {
             /* The f16 copies of the newest positions, keys and values. */
             const int64_t recent_held = cache->n_past < cache->recent_slots ? cache->n_past : cache->recent_slots;
-            total += 2 * (size_t)recent_held * (size_t)cache->n_kv_heads * (size_t)cache->head_dim * sizeof(uint16_t);
+            total += 2 * (size_t)recent_held * (size_t)cache->n_kv_heads * (size_t)layer->head_dim * sizeof(uint16_t);
         }
         if (layer->key_scale != NULL) {
             /* Scale and flags per channel, mean per KV head and channel. */
-            total += (size_t)cache->head_dim * (sizeof(float) + 1 + (size_t)cache->n_kv_heads * sizeof(float));
+            total += (size_t)layer->head_dim * (sizeof(float) + 1 + (size_t)cache->n_kv_heads * sizeof(float));
         }
     }
     return total;

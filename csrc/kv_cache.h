@@ -105,6 +105,15 @@ typedef struct {
     uint64_t codec_seed;
     const float *key_scale;
     const uint8_t *key_center;
+
+    /* Per-layer shapes (Gemma 4); NULL keeps every layer at head_dim with its own rows.
+     * layer_head_dim: n_layers head sizes, each a positive multiple of 32; head_dim must
+     * then be their maximum.
+     * layer_kv_source: n_layers layer indices. Entry l == l means layer l stores its own
+     * keys and values. An entry s < l makes layer l store nothing and attend over the rows
+     * of layer s, which must store its own, with the same window and head size. */
+    const int *layer_head_dim;
+    const int *layer_kv_source;
 } tq_kv_cache_config;
 
 /* Positions whose keys set a layer's key mean (see tq_kv_cache_config.key_center). */
@@ -125,7 +134,9 @@ int64_t tq_kv_cache_n_ctx(const tq_kv_cache *cache);
 tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err);
 
 /* Store n positions starting at pos (room reserved before) for one layer.
- * keys and values are [n][n_kv_heads * head_dim] floats. */
+ * keys and values are [n][n_kv_heads * head_dim] floats, with the layer's head_dim.
+ * A layer that reads another layer's rows (layer_kv_source) stores nothing: the call
+ * returns without writing. */
 void tq_kv_cache_write(tq_kv_cache *cache, int layer, int64_t pos, int64_t n, const float *keys,
                        const float *values);
 
@@ -141,7 +152,7 @@ void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n);
 #define TQ_KV_PARTIAL_FLOATS(head_dim) ((size_t)(head_dim) + 2)
 
 /* Bytes of per-thread scratch that tq_kv_cache_attend_range needs for
- * n_queries queries (independent of the context length). */
+ * n_queries queries on any layer (independent of the context length). */
 size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries);
 
 /* Partial attention of n_queries queries (already scaled, [n_queries][head_dim],
@@ -151,7 +162,8 @@ size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries);
  * all queries. All those positions must be written. partial gets
  * TQ_KV_PARTIAL_FLOATS(head_dim) floats per query (an empty range gives sum 0);
  * tq_attention_merge turns one or more partials into the attention output.
- * scratch has tq_kv_cache_scratch_bytes() bytes, aligned to 64. */
+ * scratch has tq_kv_cache_scratch_bytes() bytes, aligned to 64. head_dim is the
+ * layer's; a layer without rows of its own reads those of its layer_kv_source. */
 void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer, int kv_head, int64_t pos, int64_t begin,
                               int64_t end, int n_queries, const float *queries, void *scratch, float *partial);
 
