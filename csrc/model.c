@@ -1,5 +1,6 @@
-/* Gemma 3 model creation: configuration from GGUF metadata, weight tensors with
- * shape checks, buffers for the forward pass (model_forward.c). */
+/* Model creation: Gemma 3 configuration from GGUF metadata, weight tensors with
+ * shape checks, buffers for the forward pass (model_forward.c). Gemma 4 files are
+ * read by model_gemma4.c. */
 #include "model.h"
 
 #include <math.h>
@@ -56,7 +57,9 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_er
     if (architecture.len != 6 || memcmp(architecture.data, "gemma3", 6) != 0) {
         int name_length = architecture.len < 64 ? (int)architecture.len : 64;
         return tq_error_set(err, TQ_ERR_UNSUPPORTED,
-                            "model architecture '%.*s' is not supported; this runtime runs 'gemma3' models", name_length,
+                            "model architecture '%.*s' is not supported; this runtime runs 'gemma3' and 'gemma4' "
+                            "models",
+                            name_length,
                             architecture.data);
     }
     snprintf(config->architecture, sizeof(config->architecture), "gemma3");
@@ -179,11 +182,16 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_er
     /* transformers multiplies embeddings by sqrt(hidden) cast to the model dtype;
      * in float32 that is sqrtf. */
     config->embedding_scale = sqrtf((float)config->hidden);
+    config->head_dim_local = config->head_dim;
+    config->rope_dims_global = config->head_dim;
     return TQ_OK;
 }
 
 int tq_model_layer_is_global(const tq_model_config *config, int layer)
 {
+    if (config->layer_is_global != NULL) {
+        return config->layer_is_global[layer];
+    }
     return layer % config->sliding_window_pattern == config->sliding_window_pattern - 1;
 }
 
@@ -245,6 +253,17 @@ static tq_status load_matrix(const tq_gguf *gguf, const char *name, int64_t n_in
         return tq_error_set(err, status, "tensor %s: %s", name, inner);
     }
     return TQ_OK;
+}
+
+tq_status tq_model_load_norm(const tq_gguf *gguf, const char *name, int64_t n, const float **out, tq_error *err)
+{
+    return load_norm(gguf, name, n, out, err);
+}
+
+tq_status tq_model_load_matrix(const tq_gguf *gguf, const char *name, int64_t n_in, int64_t n_out, tq_weight *out,
+                               tq_error *err)
+{
+    return load_matrix(gguf, name, n_in, n_out, out, err);
 }
 
 static tq_status load_layer(const tq_gguf *gguf, const tq_model_config *c, int l, tq_layer_weights *w,
@@ -510,13 +529,15 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
     if (status == TQ_OK) {
         status = tq_gguf_open(params->path, &model->gguf, err);
     }
+    const int gemma4 = status == TQ_OK && tq_gemma4_detect(model->gguf);
     if (status == TQ_OK) {
-        status = read_config(model->gguf, &model->config, err);
+        status = gemma4 ? tq_gemma4_load(model, err) : read_config(model->gguf, &model->config, err);
     }
-    if (status == TQ_OK) {
+    if (status == TQ_OK && !gemma4) {
         status = load_weights(model, err);
     }
-    if (status == TQ_OK) {
+    /* Test models written without a vocabulary run on token ids alone. */
+    if (status == TQ_OK && tq_gguf_find_kv(model->gguf, "tokenizer.ggml.model") != NULL) {
         status = tq_tokenizer_create_from_gguf(model->gguf, &model->tokenizer, err);
     }
     if (status == TQ_OK) {
@@ -527,6 +548,9 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
             model->n_batch = model->n_ctx;
         }
         status = alloc_buffers(model, err);
+    }
+    if (status == TQ_OK && gemma4) {
+        status = tq_gemma4_prepare(model, err);
     }
     if (status == TQ_OK) {
         const tq_model_config *c = &model->config;
@@ -541,7 +565,9 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
             float *key_scale = NULL;
             uint8_t *key_center = NULL;
             status = kv_f16_layer_flags(params, c->n_layers, &layer_f16, err);
-            if (status == TQ_OK && params->kv_balance_keys) {
+            /* TODO: key balancing tables for Gemma 4, whose layers differ in head size and
+             * RoPE; its codec layers code the keys as they are for now. */
+            if (status == TQ_OK && params->kv_balance_keys && !gemma4) {
                 status = key_balance_tables(model, &key_scale, &key_center, err);
             }
             tq_kv_cache_config cache_config = {
@@ -558,6 +584,8 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
                 .layer_f16 = layer_f16,
                 .key_scale = key_scale,
                 .key_center = key_center,
+                .layer_head_dim = gemma4 ? tq_gemma4_layer_head_dims(model->gemma4) : NULL,
+                .layer_kv_source = gemma4 ? tq_gemma4_layer_kv_sources(model->gemma4) : NULL,
             };
             if (status == TQ_OK) {
                 status = tq_kv_cache_create(&cache_config, &model->cache, err);
@@ -581,6 +609,7 @@ void tq_model_free(tq_model *model)
         return;
     }
     tq_kv_cache_free(model->cache);
+    tq_gemma4_free(model->gemma4);
     free_buffers(&model->buffers);
     free(model->layer_window);
     free(model->layers);

@@ -1,5 +1,5 @@
-/* Gemma 3 text model: configuration and weights from a GGUF file, a KV cache,
- * and the forward pass (batched prefill and one-token decode).
+/* Gemma 3 and Gemma 4 text models: configuration and weights from a GGUF file,
+ * a KV cache, and the forward pass (batched prefill and one-token decode).
  *
  * Ownership: tq_model_create() opens the GGUF file itself and keeps it mapped;
  * the weights point into that mapping and the tokenizer is built from its
@@ -20,7 +20,7 @@
 #include "weights.h"
 
 typedef struct {
-    char architecture[32];  /* general.architecture, "gemma3" */
+    char architecture[32];  /* general.architecture, "gemma3" or "gemma4" */
     int n_layers;           /* gemma3.block_count */
     int hidden;             /* gemma3.embedding_length */
     int ffn;                /* gemma3.feed_forward_length */
@@ -37,6 +37,15 @@ typedef struct {
     float rope_scale_global; /* linear RoPE scaling factor of global layers (1: none) */
     float query_pre_attn_scalar; /* queries are multiplied by its inverse square root */
     float embedding_scale;  /* sqrt(hidden), applied to embedding rows */
+
+    /* Gemma 4 only; a Gemma 3 model has the value in brackets. For Gemma 4, head_dim and
+     * ffn above are the maxima over layers (global layers' head size, widest FFN). */
+    int head_dim_local;       /* head size of sliding layers [head_dim] */
+    int rope_dims_global;     /* dimensions RoPE rotates on global layers [head_dim] */
+    int n_kv_shared_layers;   /* last layers that reuse earlier layers' K/V [0] */
+    int per_layer_input;      /* width of the per-layer embeddings [0: none] */
+    float final_logit_softcap; /* logits become cap * tanh(logits / cap) [0: none] */
+    const uint8_t *layer_is_global; /* n_layers flags, owned by the model [NULL: pattern] */
 } tq_model_config;
 
 typedef struct tq_model tq_model;
@@ -64,14 +73,19 @@ typedef struct {
                         * comparisons with float references), 0: quantize them as llama.cpp does */
 } tq_model_params;
 
-/* Open path and build the model. Errors: TQ_ERR_IO (missing file), TQ_ERR_FORMAT
- * (not GGUF, corrupt, a tensor with the wrong shape), TQ_ERR_UNSUPPORTED
- * (architecture other than gemma3, tensor type without kernels), TQ_ERR_INVALID
- * (threads or n_ctx negative), TQ_ERR_NOMEM. */
+/* Open path and build the model. A file without tokenizer metadata gives a model
+ * without tokenizer (tq_model_tokenizer returns NULL) that runs token ids only.
+ * Errors: TQ_ERR_IO (missing file), TQ_ERR_FORMAT (not GGUF, corrupt, a tensor
+ * with the wrong shape), TQ_ERR_UNSUPPORTED (architecture other than gemma3 and
+ * gemma4, tensor type without kernels), TQ_ERR_INVALID (threads or n_ctx
+ * negative), TQ_ERR_NOMEM. */
 tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err);
 void tq_model_free(tq_model *model);
 
 const tq_model_config *tq_model_get_config(const tq_model *model);
+
+/* Returns 1 when layer uses full attention and the global RoPE base. */
+int tq_model_layer_is_global(const tq_model_config *config, int layer);
 const tq_tokenizer *tq_model_tokenizer(const tq_model *model);
 const tq_gguf *tq_model_gguf(const tq_model *model);
 tq_kv_cache *tq_model_kv_cache(tq_model *model);

@@ -1,12 +1,14 @@
 /* Gemma 3 forward pass: prompt tokens run through every matmul together, in
- * micro-batches of n_batch tokens; a decode step is a micro-batch of one.
+ * micro-batches of n_batch tokens; a decode step is a micro-batch of one. The
+ * layers of Gemma 4 run in model_gemma4.c; this file runs the LM head of both.
  *
  * The attention block of a layer runs RMSNorm, the Q/K/V projections, per-head
  * RMSNorm of Q and K, and NeoX RoPE (dimension i pairs with i + head_dim / 2).
  * Attention over the KV cache follows (sliding window on local layers), then
  * the output projection, post-attention RMSNorm and the residual add. The FFN
  * block runs RMSNorm, down(gelu_tanh(gate x) * up x), post-FFN RMSNorm and the
- * residual add. The final RMSNorm and the LM head follow, without logit softcap.
+ * residual add. The final RMSNorm and the LM head follow, with the logit softcap
+ * of models that set one (Gemma 4).
  */
 #include <math.h>
 #include <omp.h>
@@ -263,6 +265,15 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
     return TQ_OK;
 }
 
+/* logits = cap * tanh(logits / cap), in the order transformers applies it. */
+static void softcap_logits(float *logits, int64_t count, float cap)
+{
+#pragma omp parallel for if (count > 65536)
+    for (int64_t i = 0; i < count; i++) {
+        logits[i] = tanhf(logits[i] / cap) * cap;
+    }
+}
+
 /* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 through all
  * layers; b->x then contains their final hidden states (before output_norm). */
 static tq_status forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
@@ -328,22 +339,35 @@ tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_lo
     for (int64_t start = 0; start < n; start += model->n_batch) {
         const int64_t m = n - start < model->n_batch ? n - start : model->n_batch;
         const int64_t pos0 = tq_kv_cache_n_past(model->cache);
-        if ((status = tq_kv_cache_reserve(model->cache, m, err)) != TQ_OK ||
-            (status = forward_batch(model, tokens + start, pos0, m, err)) != TQ_OK) {
+        if ((status = tq_kv_cache_reserve(model->cache, m, err)) != TQ_OK) {
+            return status;
+        }
+        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(model, tokens + start, pos0, m, err)
+                                       : forward_batch(model, tokens + start, pos0, m, err);
+        if (status != TQ_OK) {
             return status;
         }
         tq_kv_cache_advance(model->cache, m);
 
         /* Output norm and LM head only for the rows the caller wants. */
+        float *rows = NULL;
+        int64_t n_rows = 0;
         if (mode == TQ_LOGITS_ALL) {
+            rows = logits + start * (int64_t)c->n_vocab;
+            n_rows = m;
             rms_norm_rows(b->x, model->output_norm, m, c->hidden, c->rms_eps, b->x_norm);
-            status = model_matmul(model, &model->lm_head, b->x_norm, logits + start * (int64_t)c->n_vocab, m, err);
+            status = model_matmul(model, &model->lm_head, b->x_norm, rows, m, err);
         } else if (mode == TQ_LOGITS_LAST && start + m == n) {
+            rows = logits;
+            n_rows = 1;
             rms_norm(b->x + (m - 1) * c->hidden, model->output_norm, c->hidden, c->rms_eps, b->x_norm);
             status = model_matmul(model, &model->lm_head, b->x_norm, logits, 1, err);
         }
         if (status != TQ_OK) {
             return status;
+        }
+        if (c->final_logit_softcap > 0.0f && n_rows > 0) {
+            softcap_logits(rows, n_rows * (int64_t)c->n_vocab, c->final_logit_softcap);
         }
     }
     return TQ_OK;

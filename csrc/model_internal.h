@@ -1,5 +1,5 @@
-/* Definition of tq_model, shared by model.c (creation) and model_forward.c
- * (forward pass). Not part of the public C API. */
+/* Definition of tq_model, shared by model.c (creation), model_forward.c
+ * (forward pass) and model_gemma4.c (Gemma 4). Not part of the public C API. */
 #ifndef TQ_MODEL_INTERNAL_H
 #define TQ_MODEL_INTERNAL_H
 
@@ -59,9 +59,39 @@ struct tq_model {
     tq_isa isa;
     int exact_matmul; /* 1: float activations in every product (tq_matmul_exact) */
     tq_forward_buffers buffers;
+    struct tq_gemma4 *gemma4; /* Gemma 4 weights and buffers; NULL for Gemma 3 */
 };
 
 /* Returns 1 when layer uses full attention and the global RoPE base. */
 int tq_model_layer_is_global(const tq_model_config *config, int layer);
+
+/* Tensor loaders of model.c, with shape and type checks (errors name the tensor). */
+tq_status tq_model_load_norm(const tq_gguf *gguf, const char *name, int64_t n, const float **out, tq_error *err);
+tq_status tq_model_load_matrix(const tq_gguf *gguf, const char *name, int64_t n_in, int64_t n_out, tq_weight *out,
+                               tq_error *err);
+
+/* ---- Gemma 4 (model_gemma4.c) ---- */
+
+typedef struct tq_gemma4 tq_gemma4;
+
+/* Returns 1 when general.architecture is "gemma4". */
+int tq_gemma4_detect(const tq_gguf *gguf);
+
+/* Read the configuration and weights of model->gguf into model->config, model->layers,
+ * the embedding and LM head, and a new model->gemma4. */
+tq_status tq_gemma4_load(tq_model *model, tq_error *err);
+
+/* Allocate the Gemma 4 buffers and RoPE frequencies, after the common buffers. */
+tq_status tq_gemma4_prepare(tq_model *model, tq_error *err);
+
+/* Per-layer head sizes and K/V source layers for tq_kv_cache_config. */
+const int *tq_gemma4_layer_head_dims(const tq_gemma4 *gemma4);
+const int *tq_gemma4_layer_kv_sources(const tq_gemma4 *gemma4);
+
+/* Run n tokens at positions pos0 .. pos0 + n - 1 through every layer, as
+ * forward_batch in model_forward.c; b->x then contains the final hidden states. */
+tq_status tq_gemma4_forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err);
+
+void tq_gemma4_free(tq_gemma4 *gemma4);
 
 #endif /* TQ_MODEL_INTERNAL_H */

@@ -339,7 +339,7 @@ static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
         return NULL;
     }
     const tq_model_config *c = tq_model_get_config(self->model);
-    return Py_BuildValue(
+    PyObject *config = Py_BuildValue(
         "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:L,s:L,s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:s}", "architecture", c->architecture,
         "n_layers", c->n_layers, "hidden", c->hidden, "n_heads", c->n_heads, "n_kv_heads", c->n_kv_heads, "head_dim",
         c->head_dim, "ffn", c->ffn, "vocab", c->n_vocab, "context_length", (long long)c->context_length,
@@ -348,6 +348,32 @@ static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
         "rope_scale_global", (double)c->rope_scale_global, "eps", (double)c->rms_eps, "query_pre_attn_scalar",
         (double)c->query_pre_attn_scalar, "embedding_scale", (double)c->embedding_scale, "kernels",
         tq_isa_name(tq_model_isa(self->model)));
+    /* Gemma 4 fields (see tq_model_config); global_layers lists the full-attention layers. */
+    PyObject *extra = Py_BuildValue("{s:i,s:i,s:i,s:i,s:d}", "head_dim_local", c->head_dim_local,
+                                    "rope_dims_global", c->rope_dims_global, "n_kv_shared_layers",
+                                    c->n_kv_shared_layers, "per_layer_input", c->per_layer_input,
+                                    "final_logit_softcap", (double)c->final_logit_softcap);
+    PyObject *global_layers = PyList_New(0);
+    for (int l = 0; global_layers != NULL && l < c->n_layers; l++) {
+        if (!tq_model_layer_is_global(c, l)) {
+            continue;
+        }
+        PyObject *index = PyLong_FromLong(l);
+        if (index == NULL || PyList_Append(global_layers, index) != 0) {
+            Py_CLEAR(global_layers);
+        }
+        Py_XDECREF(index);
+    }
+    if (config == NULL || extra == NULL || global_layers == NULL || PyDict_Update(config, extra) != 0 ||
+        PyDict_SetItemString(config, "global_layers", global_layers) != 0) {
+        Py_XDECREF(config);
+        Py_XDECREF(extra);
+        Py_XDECREF(global_layers);
+        return NULL;
+    }
+    Py_DECREF(extra);
+    Py_DECREF(global_layers);
+    return config;
 }
 
 /* A new wrapper per access: caching it here would make a reference cycle,
