@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gguf
+import turboquant
 from turboquant import _core
 
 torch = pytest.importorskip("torch")
@@ -317,6 +318,52 @@ def test_gemma4_shared_layers_store_nothing(tiny, cache_type, row_bytes):
     runtime = _core.Model(str(path), cache_type_k=cache_type, cache_type_v=cache_type, n_batch=4)
     runtime.eval(prompt(config.vocab_size, length=30), logits="none")
     assert runtime.kv_cache_bytes() == expected_cache_bytes(shape, 30, row_bytes, 4)
+
+
+@pytest.mark.parametrize("cache_type", ["f16", "q8_0", "tq3"])
+def test_kv_cache_memory_matches_model(tiny, cache_type):
+    # kv_cache_memory builds the cache from the transformers configuration alone; the model
+    # builds it from GGUF metadata. Both must give the same layout, so the same bytes.
+    shape, model, config, path = tiny
+    s = SHAPES[shape]
+    if cache_type == "tq3" and s["head_dim"] < 64:
+        pytest.skip("codec cache types need head_dim >= 64")
+    layout = turboquant.gemma4_kv_layout(s["layer_types"], s["head_dim"], s["global_head_dim"], s["window"],
+                                         s["kv_heads"], s["shared"])
+    assert layout.storing_layers == len(s["layer_types"]) - s["shared"]
+    runtime = _core.Model(str(path), cache_type_k=cache_type, cache_type_v=cache_type, n_batch=4)
+    runtime.eval(prompt(config.vocab_size, length=30), logits="none")
+    assert turboquant.kv_cache_memory(layout, 30, cache_type, n_batch=4) == runtime.kv_cache_bytes()
+
+
+def test_gemma4_kv_layout_sources():
+    # E2B's pattern (four sliding layers, then a global one) with its 20 shared layers:
+    # layers 15..34 read layer 13 (sliding) or layer 14 (global).
+    layer_types = ([SLIDING] * 4 + [FULL]) * 7
+    layout = turboquant.gemma4_kv_layout(layer_types, 256, 512, 512, 1, 20)
+    assert layout.kv_sources[:15] == tuple(range(15))
+    assert layout.kv_sources[15:] == tuple(14 if t == FULL else 13 for t in layer_types[15:])
+    assert layout.head_dims[4] == 512
+    assert layout.windows[4] == 0
+    assert layout.windows[3] == 512
+
+
+def test_gemma4_kv_layout_errors():
+    with pytest.raises(ValueError, match=r"layer_types\[1\] is 'global'"):
+        turboquant.gemma4_kv_layout([SLIDING, "global"], 32, 64, 8, 1)
+    with pytest.raises(ValueError, match="shared-KV layer 2 .full_attention. has no earlier"):
+        turboquant.gemma4_kv_layout([SLIDING, SLIDING, FULL], 32, 64, 8, 1, 1)
+    with pytest.raises(ValueError, match="n_kv_shared_layers must be from 0 to 2"):
+        turboquant.gemma4_kv_layout([SLIDING, SLIDING, FULL], 32, 64, 8, 1, 3)
+
+
+def test_kv_cache_memory_bad_tables():
+    with pytest.raises(ValueError, match="windows has 1 entries; expected one per layer .2."):
+        _core.kv_cache_memory([32, 64], [8], [0, 1], 1, 16)
+    with pytest.raises(ValueError, match="layer 0 reads the KV rows of layer 1; it must be an earlier layer"):
+        _core.kv_cache_memory([32, 32], [8, 8], [1, 1], 1, 16)
+    with pytest.raises(ValueError, match=r"layer 1 \(head_dim 64, window 0\) cannot read the KV rows of layer 0"):
+        _core.kv_cache_memory([32, 64], [8, 0], [0, 0], 1, 16)
 
 
 def test_gemma4_codec_cache_runs(tiny):

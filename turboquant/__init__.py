@@ -49,3 +49,7 @@ __all__ += ["KVCodec", "kv_attention"]
 from .chat import ThoughtChannelParser, encode_gemma4_chat, format_gemma4_chat, split_thought_channel  # noqa: E402
 
 __all__ += ["ThoughtChannelParser", "encode_gemma4_chat", "format_gemma4_chat", "split_thought_channel"]
+# KV cache layout of Gemma 4 (per-layer head sizes, shared-KV layers) and its memory.
+from .kv_layout import KVLayout, gemma4_kv_layout, kv_cache_memory  # noqa: E402
+
+__all__ += ["KVLayout", "gemma4_kv_layout", "kv_cache_memory"]

@@ -638,7 +638,149 @@ done:
     return result;
 }
 
+/* ---- kv_cache_memory ------------------------------------------------------- */
+
+/* Copy a sequence of n_layers ints into out (PyMem_Malloc'd); -1 with an exception. */
+static int int_table_from_sequence(PyObject *object, const char *argument, Py_ssize_t n_layers, int **out)
+{
+    char message[96];
+    snprintf(message, sizeof(message), "%s must be a sequence of ints, one per layer", argument);
+    PyObject *sequence = PySequence_Fast(object, message);
+    if (sequence == NULL) {
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(sequence) != n_layers) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries; expected one per layer (%zd)", argument,
+                     PySequence_Fast_GET_SIZE(sequence), n_layers);
+        Py_DECREF(sequence);
+        return -1;
+    }
+    int *table = PyMem_Malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof(int));
+    if (table == NULL) {
+        Py_DECREF(sequence);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n_layers; i++) {
+        const long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(sequence, i));
+        if ((value == -1 && PyErr_Occurred()) || value < -1 || value > (1L << 24)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s[%zd] must be an int from -1 to %ld", argument, i, 1L << 24);
+            PyMem_Free(table);
+            Py_DECREF(sequence);
+            return -1;
+        }
+        table[i] = (int)value;
+    }
+    Py_DECREF(sequence);
+    *out = table;
+    return 0;
+}
+
+static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"head_dims", "windows", "kv_sources", "n_kv_heads", "positions",
+                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", NULL};
+    PyObject *head_dims_object, *windows_object, *sources_object;
+    PyObject *cache_type_k = NULL, *cache_type_v = NULL;
+    int n_kv_heads;
+    long long positions, n_batch = 512, recent_f16 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLL:kv_cache_memory", keywords, &head_dims_object,
+                                     &windows_object, &sources_object, &n_kv_heads, &positions, &cache_type_k,
+                                     &cache_type_v, &n_batch, &recent_f16)) {
+        return NULL;
+    }
+    tq_kv_type type_k = TQ_KV_F16, type_v = TQ_KV_F16;
+    if ((cache_type_k != NULL && parse_cache_type(cache_type_k, "cache_type_k", &type_k) != 0) ||
+        (cache_type_v != NULL && parse_cache_type(cache_type_v, "cache_type_v", &type_v) != 0)) {
+        return NULL;
+    }
+    if (positions < 1 || n_batch < 1 || n_kv_heads < 1 || recent_f16 < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "positions (%lld), n_batch (%lld) and n_kv_heads (%d) must be >= 1, recent_f16 (%lld) >= 0",
+                     positions, n_batch, n_kv_heads, recent_f16);
+        return NULL;
+    }
+    const Py_ssize_t n_layers = PySequence_Length(head_dims_object);
+    if (n_layers < 0) {
+        return NULL;
+    }
+    if (n_layers == 0 || n_layers > 4096) {
+        PyErr_Format(PyExc_ValueError, "head_dims must list 1 to 4096 layers, got %zd", n_layers);
+        return NULL;
+    }
+    int *head_dims = NULL, *windows = NULL, *sources = NULL;
+    int64_t *layer_windows = NULL;
+    PyObject *result = NULL;
+    if (int_table_from_sequence(head_dims_object, "head_dims", n_layers, &head_dims) != 0 ||
+        int_table_from_sequence(windows_object, "windows", n_layers, &windows) != 0 ||
+        int_table_from_sequence(sources_object, "kv_sources", n_layers, &sources) != 0) {
+        goto done;
+    }
+    layer_windows = PyMem_Malloc((size_t)n_layers * sizeof(int64_t));
+    if (layer_windows == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int max_head_dim = 0;
+    for (Py_ssize_t l = 0; l < n_layers; l++) {
+        layer_windows[l] = windows[l];
+        max_head_dim = head_dims[l] > max_head_dim ? head_dims[l] : max_head_dim;
+    }
+
+    tq_kv_cache_config config = {
+        .n_layers = (int)n_layers,
+        .n_kv_heads = n_kv_heads,
+        .head_dim = max_head_dim,
+        .n_ctx = positions,
+        .n_batch = n_batch,
+        .layer_window = layer_windows,
+        .type_k = type_k,
+        .type_v = type_v,
+        .isa = TQ_ISA_SCALAR,
+        .recent_f16 = recent_f16,
+        .layer_head_dim = head_dims,
+        .layer_kv_source = sources,
+    };
+    tq_error err;
+    tq_error_clear(&err);
+    tq_kv_cache *cache = NULL;
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_kv_cache_create(&config, &cache, &err);
+    for (int64_t held = 0; status == TQ_OK && held < positions;) {
+        const int64_t step = positions - held < config.n_batch ? positions - held : config.n_batch;
+        status = tq_kv_cache_reserve(cache, step, &err);
+        if (status == TQ_OK) {
+            tq_kv_cache_advance(cache, step);
+            held += step;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        tq_py_raise(&err);
+    } else {
+        result = PyLong_FromSize_t(tq_kv_cache_bytes(cache));
+    }
+    tq_kv_cache_free(cache);
+
+done:
+    PyMem_Free(head_dims);
+    PyMem_Free(windows);
+    PyMem_Free(sources);
+    PyMem_Free(layer_windows);
+    return result;
+}
+
 static PyMethodDef model_functions[] = {
+    {"kv_cache_memory", (PyCFunction)(void (*)(void))core_kv_cache_memory, METH_VARARGS | METH_KEYWORDS,
+     "kv_cache_memory(head_dims, windows, kv_sources, n_kv_heads, positions, cache_type_k='f16',\n"
+     "                cache_type_v='f16', n_batch=512, recent_f16=0) -> int\n\n"
+     "Create a KV cache with one entry per layer in head_dims (values per head), windows (sliding\n"
+     "window, 0 for a global layer) and kv_sources (the layer itself, or the earlier layer whose rows\n"
+     "it reads), fill positions positions n_batch at a time as the model does (rows are allocated but\n"
+     "not written), and return the bytes it then stores: codes, scales, norms and f16 windows of\n"
+     "every layer, K and V."},
     {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
      "                   splits=1, kernels='auto') -> float32 array (len(queries), head_dim)\n\n"
