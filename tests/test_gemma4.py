@@ -492,3 +492,19 @@ def test_gemma3_query_scale_and_rope_scaling(tmp_path, n_layers, write_query_sca
     assert runtime.config["query_pre_attn_scalar"] == query_scalar
     assert runtime.config["rope_scale_global"] == 8.0
     np.testing.assert_allclose(runtime.eval(tokens, logits="all"), expected, rtol=0, atol=ATOL)
+
+
+# ---- Python API ---------------------------------------------------------------------------
+
+def test_model_load_runs_token_ids(tiny):
+    # A test model has no vocabulary: turboquant.Model loads it, returns logits for token
+    # ids, and rejects text with a message that names the file.
+    shape, model, config, path = tiny
+    tokens = prompt(config.vocab_size, length=16, seed=7)
+    loaded = turboquant.Model.load(path, cache_type_k="f32", cache_type_v="f32", exact_matmul=True)
+    assert loaded.tokenizer is None
+    np.testing.assert_allclose(loaded.logits(tokens), reference_logits(model, tokens), rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="has no tokenizer metadata"):
+        loaded.generate("hello")
+    with pytest.raises(ValueError, match="has no tokenizer metadata"):
+        loaded.generate(tokens)

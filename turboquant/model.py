@@ -163,7 +163,10 @@ class Model:
 
     def _find_end_ids(self) -> frozenset:
         """Return the ids that end a reply: EOS, and Gemma's <end_of_turn> and <start_of_turn> when the
-        vocabulary has them (a model that opens a new turn has finished its own)."""
+        vocabulary has them (a model that opens a new turn has finished its own). A file without
+        a vocabulary has none."""
+        if self._tokenizer is None:
+            return frozenset()
         ids = {self._tokenizer.eos_id, self._tokenizer.find("<end_of_turn>"), self._tokenizer.find("<start_of_turn>")}
         return frozenset(int(i) for i in ids if i is not None and int(i) >= 0)
 
@@ -198,7 +201,16 @@ class Model:
 
     @property
     def tokenizer(self):
-        """The runtime tokenizer (``turboquant._core.Tokenizer``)."""
+        """The runtime tokenizer (``turboquant._core.Tokenizer``), or None for a GGUF file without
+        tokenizer metadata (such a model runs token ids only, through ``logits``)."""
+        return self._tokenizer
+
+    def _require_tokenizer(self):
+        if self._tokenizer is None:
+            raise ValueError(
+                f"{self.path!r} has no tokenizer metadata, so this model takes token ids only; "
+                "use logits(token_ids) or load a GGUF file with a vocabulary"
+            )
         return self._tokenizer
 
     def kv_cache_bytes(self) -> int:
@@ -215,11 +227,11 @@ class Model:
         """Encode text to token ids; special=True maps control tokens such as <start_of_turn> to their ids."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return list(self._tokenizer.encode(text, add_bos=add_bos, special=special))
+        return list(self._require_tokenizer().encode(text, add_bos=add_bos, special=special))
 
     def detokenize(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Decode token ids to text; control tokens are dropped unless skip_special is False."""
-        return self._tokenizer.decode(list(ids), skip_special=skip_special)
+        return self._require_tokenizer().decode(list(ids), skip_special=skip_special)
 
     # -------------------------------------------------------------- KV cache
 
@@ -393,6 +405,7 @@ class Model:
             penalty_last_n=penalty_last_n,
             seed=seed,
         )
+        self._require_tokenizer()  # the output is text
         ids = self._prompt_ids(prompt)
         pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n)
         if stream:
@@ -418,7 +431,7 @@ class Model:
             stats.prefill_seconds = decode_start - start
 
             # Releases only whole UTF-8 characters and drops control tokens.
-            detok = _core.StreamDecoder(self._tokenizer, skip_special=True)
+            detok = _core.StreamDecoder(self._require_tokenizer(), skip_special=True)
             finish = "length"
             cut_by_stop_string = False
             for step in range(max_tokens):
