@@ -435,6 +435,22 @@ def test_gemma4_too_many_shared_layers(tmp_path):
         _core.Model(str(path))
 
 
+@pytest.mark.parametrize("key,add,error,message", [
+    ("sliding_window_pattern", lambda w: w.add_sliding_window_pattern([True, False]), ValueError,
+     r"sliding_window_pattern has 2 bool values; expected 6 bools"),
+    ("feed_forward_length", lambda w: w.add_feed_forward_length([64] * 5), ValueError,
+     r"feed_forward_length is an array of 5 int32 values; expected one integer or 6 integers"),
+    ("head_count_kv", lambda w: w.add_head_count_kv([1, 2, 1, 1, 1, 2]), NotImplementedError,
+     r"head_count_kv differs between layers \(1 in layer 0, 2 in layer 1\)"),
+])
+def test_gemma4_bad_per_layer_metadata(tmp_path, key, add, error, message):
+    model, config = gemma4_reference("plain")
+    path = tmp_path / f"bad_{key}.gguf"
+    write_gemma4_gguf(path, model, config, overrides={key: add})
+    with pytest.raises(error, match=message):
+        _core.Model(str(path))
+
+
 def test_gemma4_wrong_head_size(tmp_path):
     # key_length 64 disagrees with every global-layer tensor; rope_freqs (64 pairs for
     # head_dim 128) is the first one read.
