@@ -327,6 +327,44 @@ def test_gemma4_quantized_activations_close(tmp_path):
     assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.9
 
 
+def add_placeholder_vocabulary(writer, size):
+    """Add a SentencePiece-type vocabulary of placeholder pieces, which llama.cpp needs to load
+    a file (the runtime does not)."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(specials + [f"tok{i}" for i in range(len(specials), size)])
+    writer.add_token_scores([0.0] * size)
+    writer.add_token_types([3, 3, 3, 2] + [1] * (size - len(specials)))
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+
+
+def test_gemma4_gguf_matches_llama_cpp(tmp_path):
+    # llama.cpp (through llama-cpp-python) reads the same file, which checks that the tensor
+    # names and metadata keys written here are those of llama.cpp's gemma4 loader. With an
+    # f32 KV cache llama.cpp differs from transformers by 0.0025 (its gelu reads an f16
+    # table); 0.01 leaves a margin of 4.
+    # Only the "ple_softcap" shape: llama-cpp-python 0.3.36 aborts the process when the last
+    # layer that stores K/V is not global (as in "plain"), while transformers and this
+    # runtime pick the last stored layer of each kind. E2B and E4B end their stored layers
+    # with a sliding layer then a global one, where both rules agree.
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, config = gemma4_reference("ple_softcap")
+    path = tmp_path / "with_vocabulary.gguf"
+    write_gemma4_gguf(path, model, config,
+                      overrides={"vocabulary": lambda w: add_placeholder_vocabulary(w, config.vocab_size)})
+    tokens = prompt(config.vocab_size, length=20)
+    try:
+        reference = llama_cpp.Llama(str(path), n_ctx=CONTEXT, logits_all=True, verbose=False, n_threads=2,
+                                    type_k=0, type_v=0)
+    except ValueError as error:
+        pytest.skip(f"this llama.cpp build does not load gemma4 files: {error}")
+    reference.eval(tokens)
+    expected = np.array(reference.scores[: len(tokens)])
+    runtime = _core.Model(str(path), cache_type_k="f32", cache_type_v="f32", exact_matmul=True)
+    np.testing.assert_allclose(runtime.eval(tokens, logits="all"), expected, rtol=0, atol=0.01)
+
+
 # ---- KV cache memory ----------------------------------------------------------------------
 
 def expected_cache_bytes(shape, n_tokens, row_bytes, n_batch):
