@@ -53,3 +53,7 @@ __all__ += ["ThoughtChannelParser", "encode_gemma4_chat", "format_gemma4_chat", 
 from .kv_layout import KVLayout, gemma4_kv_layout, kv_cache_memory  # noqa: E402
 
 __all__ += ["KVLayout", "gemma4_kv_layout", "kv_cache_memory"]
+# Model and runtime configuration, YAML files.
+from .config import ConfigError, Gemma3Config, Gemma4Config, load_config  # noqa: E402
+
+__all__ += ["ConfigError", "Gemma3Config", "Gemma4Config", "load_config"]

