@@ -57,3 +57,7 @@ __all__ += ["KVLayout", "gemma4_kv_layout", "kv_cache_memory"]
 from .config import ConfigError, Gemma3Config, Gemma4Config, load_config  # noqa: E402
 
 __all__ += ["ConfigError", "Gemma3Config", "Gemma4Config", "load_config"]
+# safetensors files and sharded Hugging Face checkpoints.
+from .safetensors import SafetensorsFile, SafetensorsIndex, safetensors_info  # noqa: E402
+
+__all__ += ["SafetensorsFile", "SafetensorsIndex", "safetensors_info"]
