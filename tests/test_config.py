@@ -7,6 +7,7 @@ metadata of the real Gemma 3 270M GGUF file read with the `gguf` package.
 
 import dataclasses
 import os
+import pathlib
 
 import pytest
 
@@ -465,3 +466,9 @@ def test_package_exports_config_names():
         assert name in tq.__all__
         assert getattr(tq, name) is not None
     assert issubclass(tq.ConfigError, ValueError)
+
+
+def test_docs_list_every_key():
+    docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    for key in _core.config_keys():
+        assert f"`{key}`" in docs
