@@ -6,6 +6,7 @@ metadata of the real Gemma 3 270M GGUF file read with the `gguf` package.
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 
@@ -472,3 +473,82 @@ def test_docs_list_every_key():
     docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     for key in _core.config_keys():
         assert f"`{key}`" in docs
+
+
+# ---- Hugging Face configs ----
+
+
+def _transformers_class(cls):
+    if cls is Gemma3Config:
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4TextConfig
+
+    return Gemma4TextConfig
+
+
+@pytest.mark.parametrize("cls, name", ALL_PRESETS)
+def test_preset_round_trip_through_transformers(cls, name):
+    preset = cls.from_preset(name)
+    reference = _transformers_class(cls)(**preset.to_hf())
+    assert cls.from_hf(reference.to_dict()) == dataclasses.replace(preset, preset=None)
+
+
+def test_from_hf_published_gemma3_4b(tmp_path):
+    # The layout of google/gemma-3-4b-it's config.json: a multimodal wrapper whose text_config
+    # uses the older RoPE keys of transformers 4.x.
+    published = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "image_token_index": 262144,
+        "model_type": "gemma3",
+        "text_config": {
+            "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+            "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "query_pre_attn_scalar": 256,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0, "sliding_window": 1024, "sliding_window_pattern": 6,
+            "max_position_embeddings": 131072, "vocab_size": 262208, "rms_norm_eps": 1e-06,
+            "final_logit_softcapping": None,
+        },
+    }
+    (tmp_path / "config.json").write_text(json.dumps(published))
+    expected = dataclasses.replace(Gemma3Config.gemma3_4b(), preset=None, image_token_id=262144)
+    assert Gemma3Config.from_hf(tmp_path) == expected
+    assert Gemma3Config.from_hf(tmp_path / "config.json") == expected
+    assert Gemma3Config.from_hf(published, ctx=4096) == dataclasses.replace(expected, ctx=4096)
+
+
+def test_from_hf_tiny_gemma4():
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4TextConfig
+
+    kinds = ["sliding_attention", "sliding_attention", "full_attention"] * 2 + ["sliding_attention", "full_attention"]
+    tiny = Gemma4TextConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=8,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=64,
+                            num_kv_shared_layers=2, hidden_size_per_layer_input=16, vocab_size_per_layer_input=64,
+                            sliding_window=16, use_double_wide_mlp=True, layer_types=kinds)
+    # The default think token id (98) is outside this vocabulary, so it becomes None.
+    config = Gemma4Config.from_hf({"text_config": tiny.to_dict(), "audio_token_id": 60})
+    assert config.think_token_id is None
+    assert config.image_token_id is None
+    assert config.audio_token_id == 60
+    assert config.sliding_pattern == 3
+    assert config.layer_head_dims() == [32, 32, 64, 32, 32, 64, 32, 64]
+    assert config.layer_ffn_sizes() == [96] * 6 + [192] * 2
+    assert config.kv_source_layers() == [0, 1, 2, 3, 4, 5, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "cls, change, words",
+    [
+        (Gemma3Config, {"rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                            "full_attention": {"rope_type": "yarn", "rope_theta": 1e6}}}, "yarn"),
+        (Gemma4Config, {"enable_moe_block": True}, "enable_moe_block"),
+        (Gemma4Config, {"attention_k_eq_v": True}, "attention_k_eq_v"),
+        (Gemma3Config, {"layer_types": ["sliding_attention", "full_attention"] * 13}, "every 2th layer"),
+    ],
+)
+def test_from_hf_unsupported_structure(cls, change, words):
+    hf = cls.from_preset(cls.preset_names()[0]).to_hf()
+    hf.update(change)
+    with pytest.raises(ValueError, match=words):
+        cls.from_hf(hf)

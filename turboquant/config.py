@@ -70,6 +70,52 @@ def _yaml_scalar(value):
     raise TypeError(f"cannot write a {type(value).__name__} to YAML: {value!r}")
 
 
+def _read_hf_config(source) -> dict:
+    """Return a Hugging Face config as a dict: source is a dict, a config.json path or a model directory."""
+    if isinstance(source, dict):
+        return source
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    with open(path, "rb") as file:
+        data = file.read()
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return config
+
+
+def _hf_rope(text: dict) -> tuple:
+    """Return the (sliding, full) RoPE parameter dicts of a text config in either transformers format:
+    5.x "rope_parameters" per layer kind, or the older rope_theta, rope_local_base_freq and rope_scaling."""
+    params = text.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:
+        return dict(params.get("sliding_attention") or {}), dict(params["full_attention"])
+    full = dict(text.get("rope_scaling") or {})
+    full.setdefault("rope_type", full.pop("type", "default"))
+    full["rope_theta"] = text.get("rope_theta", 1000000.0)
+    return {"rope_type": "default", "rope_theta": text.get("rope_local_base_freq", 10000.0)}, full
+
+
+def _hf_sliding_pattern(text: dict, num_layers: int, last_global: bool) -> int:
+    """Return N such that every Nth layer is global, checked against the config's layer_types."""
+    layer_types = text.get("layer_types")
+    if not layer_types:
+        return int(text.get("sliding_window_pattern", 6))
+    global_layers = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
+    pattern = global_layers[0] + 1 if global_layers else num_layers + 1
+    expected = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)]
+    if last_global:
+        expected[-1] = "full_attention"
+    if list(layer_types) != expected:
+        raise ValueError(f"layer_types {layer_types} is not 'every {pattern}th layer global'; this configuration "
+                         "cannot describe it")
+    return pattern
+
+
 @dataclass(frozen=True)
 class _GemmaConfig:
     """Fields shared by Gemma 3 and Gemma 4; see the subclasses."""
@@ -100,7 +146,7 @@ class _GemmaConfig:
     audio_token_id: int | None = None
     image_token_id: int | None = None
     include_mtp: bool = False
-    include_turbo: bool = True  # False: f16 KV cache whatever cache_type_k/v say
+    include_turbo: bool = True  # False: f16 KV cache, ignoring cache_type_k/v
 
     # Runtime.
     cache_type_k: str = "f16"
@@ -121,8 +167,8 @@ class _GemmaConfig:
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, tuple(value))
-        # The C loader is the one place that knows each key's type and range: check the
-        # fields by parsing their YAML form, then check the relations between fields.
+        # The C loader's key table is the one definition of each key's type and range, so
+        # check the fields by parsing their YAML form, then check the relations between fields.
         try:
             _core.parse_config(self.to_yaml_text(), type(self).__name__)
         except ConfigError as error:
@@ -199,6 +245,72 @@ class _GemmaConfig:
         """Parse YAML configuration text, as ``from_yaml``; ``source`` names it in messages."""
         values, lines = _core.parse_config(text, source)
         return cls._from_values(values, lines, source or "<config>")
+
+    @classmethod
+    def from_hf(cls, source, **overrides):
+        """Build a configuration from a Hugging Face config: a dict, a config.json path or a model
+        directory. A multimodal config's "text_config" describes the text model, and its
+        audio_token_id and image_token_id are used. Token ids the config lacks keep the class
+        default when it is below vocab_size, else None. overrides replace fields afterwards.
+        Raises ValueError for a structure these fields cannot describe."""
+        config = _read_hf_config(source)
+        text = config.get("text_config") or config
+        values = cls._values_from_hf(text)
+        for key in ("think_token_id", "audio_token_id", "image_token_id"):
+            default = getattr(cls, key)
+            # Gemma 3's multimodal configs spell the image token "image_token_index".
+            token_id = config.get(key, config.get(key.replace("_id", "_index")))
+            if token_id is not None:
+                values[key] = int(token_id)
+            else:
+                values[key] = default if default is not None and default < values["vocab_size"] else None
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def _values_from_hf(cls, text: dict) -> dict:
+        num_layers = int(text["num_hidden_layers"])
+        ffn = text["intermediate_size"]
+        values = dict(
+            vocab_size=int(text["vocab_size"]),
+            num_layers=num_layers,
+            hidden_size=int(text["hidden_size"]),
+            num_heads=int(text["num_attention_heads"]),
+            num_kv_heads=int(text["num_key_value_heads"]),
+            head_dim=int(text["head_dim"]),
+            ffn_size=int(ffn[0] if isinstance(ffn, list) else ffn),
+            ffn_sizes=tuple(int(f) for f in ffn) if isinstance(ffn, list) else (),
+            sliding_window=int(text["sliding_window"]),
+            sliding_pattern=_hf_sliding_pattern(text, num_layers, last_global=cls.family == "gemma4"),
+            rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
+            context_length=int(text.get("max_position_embeddings", cls.context_length)),
+            final_logit_softcap=text.get("final_logit_softcapping"),
+        )
+        sliding_rope, full_rope = _hf_rope(text)
+        values["rope_base_local"] = float(sliding_rope.get("rope_theta", 10000.0))
+        values["rope_base_global"] = float(full_rope.get("rope_theta", 1000000.0))
+        return values
+
+    def to_hf(self) -> dict:
+        """Return the keyword arguments of transformers' text config class (Gemma3TextConfig or
+        Gemma4TextConfig) that describe this model's architecture."""
+        if self.ffn_sizes:
+            raise ValueError("ffn_sizes has no transformers equivalent; use ffn_size (and double_wide_ffn)")
+        kinds = {"sliding": "sliding_attention", "global": "full_attention"}
+        return dict(
+            vocab_size=self.vocab_size,
+            num_hidden_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            intermediate_size=self.ffn_size,
+            sliding_window=self.sliding_window,
+            layer_types=[kinds[kind] for kind in self.layer_types()],
+            rms_norm_eps=self.rms_norm_eps,
+            max_position_embeddings=self.context_length,
+            final_logit_softcapping=self.final_logit_softcap,
+        )
 
     @classmethod
     def _from_values(cls, values, lines, source):
@@ -327,6 +439,34 @@ class Gemma3Config(_GemmaConfig):
     query_pre_attn_scalar: float = 256.0
 
     @classmethod
+    def _values_from_hf(cls, text: dict) -> dict:
+        values = super()._values_from_hf(text)
+        _, full_rope = _hf_rope(text)
+        rope_type = full_rope.get("rope_type", "default")
+        if rope_type not in ("default", "linear"):
+            raise ValueError(f"RoPE type {rope_type!r} of the global layers is not supported; expected default or "
+                             "linear")
+        values["rope_scaling_factor"] = float(full_rope.get("factor", 1.0)) if rope_type == "linear" else 1.0
+        values["query_pre_attn_scalar"] = float(text.get("query_pre_attn_scalar", values["head_dim"]))
+        return values
+
+    def to_hf(self) -> dict:
+        hf = super().to_hf()
+        # transformers types query_pre_attn_scalar as int; a fractional value would not round-trip.
+        if self.query_pre_attn_scalar != int(self.query_pre_attn_scalar):
+            raise ValueError(f"query_pre_attn_scalar {self.query_pre_attn_scalar} is not a whole number, which "
+                             "transformers' Gemma3TextConfig requires")
+        full = {"rope_type": "default", "rope_theta": self.rope_base_global}
+        if self.rope_scaling_factor != 1.0:
+            full = {"rope_type": "linear", "factor": self.rope_scaling_factor, "rope_theta": self.rope_base_global}
+        hf.update(
+            query_pre_attn_scalar=int(self.query_pre_attn_scalar),
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": self.rope_base_local},
+                             "full_attention": full},
+        )
+        return hf
+
+    @classmethod
     def gemma3_270m(cls):
         return cls.from_preset("gemma3-270m")
 
@@ -401,6 +541,47 @@ class Gemma4Config(_GemmaConfig):
     num_kv_shared_layers: int = 20
     per_layer_embedding_dim: int = 256
     double_wide_ffn: bool = True
+
+    @classmethod
+    def _values_from_hf(cls, text: dict) -> dict:
+        for flag in ("enable_moe_block", "attention_k_eq_v"):
+            if text.get(flag):
+                raise ValueError(f"{flag} is set; Gemma4Config describes the dense E2B/E4B architecture only")
+        values = super()._values_from_hf(text)
+        _, full_rope = _hf_rope(text)
+        rope_type = full_rope.get("rope_type", "default")
+        if rope_type not in ("default", "proportional"):
+            raise ValueError(f"RoPE type {rope_type!r} of the global layers is not supported; expected default or "
+                             "proportional")
+        partial = full_rope.get("partial_rotary_factor", 1.0) if rope_type == "proportional" else 1.0
+        global_head_dim = text.get("global_head_dim")
+        for layer_config in (text.get("per_layer_config") or {}).values():
+            if global_head_dim is None and isinstance(layer_config, dict) and "head_dim" in layer_config:
+                global_head_dim = layer_config["head_dim"]
+        values.update(
+            global_head_dim=int(global_head_dim or values["head_dim"]),
+            global_rope_partial_factor=float(partial),
+            num_kv_shared_layers=int(text.get("num_kv_shared_layers") or 0),
+            per_layer_embedding_dim=int(text.get("hidden_size_per_layer_input") or 0),
+            double_wide_ffn=bool(text.get("use_double_wide_mlp", False)),
+        )
+        return values
+
+    def to_hf(self) -> dict:
+        hf = super().to_hf()
+        hf.update(
+            global_head_dim=self.global_head_dim,
+            num_kv_shared_layers=self.num_kv_shared_layers,
+            hidden_size_per_layer_input=self.per_layer_embedding_dim,
+            vocab_size_per_layer_input=self.vocab_size,
+            use_double_wide_mlp=self.double_wide_ffn,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": self.rope_base_local},
+                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": self.global_rope_partial_factor,
+                                   "rope_theta": self.rope_base_global},
+            },
+        )
+        return hf
 
     @classmethod
     def e2b(cls):
