@@ -552,3 +552,24 @@ def test_from_hf_unsupported_structure(cls, change, words):
     hf.update(change)
     with pytest.raises(ValueError, match=words):
         cls.from_hf(hf)
+
+
+def test_cli_generate_uses_config_file(tmp_path):
+    # End to end: the command loads the real default model with the file's settings.
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "cache_type_k: q8_0\ncache_type_v: tq3\nctx: 64\nthreads: 1\nkv_recent_f16: 8\n")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "turboquant", "generate", "--config", os.fspath(path), "--prompt", "Once upon a time",
+         "-n", "3", "--cache-type-v", "q4_0", "--json"],
+        capture_output=True, text=True, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["cache_type_k"] == "q8_0"
+    assert result["cache_type_v"] == "q4_0"  # the flag overrides the file
+    assert result["n_ctx"] == 64
+    assert result["threads"] == 1
+    assert result["completion_tokens"] == 3
