@@ -63,7 +63,11 @@ class SafetensorsFile:
         return len(self._core)
 
     def __contains__(self, name):
-        return name in self.names()
+        try:
+            self._core.info(name)
+        except (KeyError, TypeError):
+            return False
+        return True
 
     def names(self) -> list:
         return self._core.names()
