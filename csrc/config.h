@@ -12,8 +12,8 @@
  * Every key has one type (integer, float, bool, string or list) and a range.
  * The parser rejects unknown keys, duplicate keys, wrong types, values out of
  * range, anchors, aliases, tags and syntax errors. Each error names the key,
- * the line and column (1-based) and what is allowed. Keys absent from the file keep
- * their default and have set[key] == 0; the caller (the Python layer) fills them
+ * the line and column (1-based) and what is allowed. Keys absent from the file
+ * have set[key] == 0 and a zero value; the caller (the Python layer) fills them
  * from a preset.
  *
  * The parser keeps no global state and may run in several threads at once.
