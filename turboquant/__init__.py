@@ -54,10 +54,9 @@ from .kv_layout import KVLayout, gemma4_kv_layout, kv_cache_memory  # noqa: E402
 
 __all__ += ["KVLayout", "gemma4_kv_layout", "kv_cache_memory"]
 # Model and runtime configuration, YAML files.
+# Model and runtime configuration (YAML files), safetensors files and sharded checkpoints.
 from .config import ConfigError, Gemma3Config, Gemma4Config, load_config  # noqa: E402
-
-__all__ += ["ConfigError", "Gemma3Config", "Gemma4Config", "load_config"]
-# safetensors files and sharded Hugging Face checkpoints.
 from .safetensors import SafetensorsFile, SafetensorsIndex, safetensors_info  # noqa: E402
 
-__all__ += ["SafetensorsFile", "SafetensorsIndex", "safetensors_info"]
+__all__ += ["ConfigError", "Gemma3Config", "Gemma4Config", "load_config", "SafetensorsFile", "SafetensorsIndex",
+            "safetensors_info"]
