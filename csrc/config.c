@@ -1,10 +1,9 @@
-/* YAML configuration loader: libyaml's event parser, one table of typed keys,
- * and checks that name the key, the line and what is allowed. */
+/* YAML configuration loader: libyaml's event parser, checks of each value against
+ * the key table (config_keys.c) and of keys against each other, and errors that
+ * name the key, the line and what is allowed. */
 #include "config.h"
 
 #include <errno.h>
-#include <locale.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,155 +11,8 @@
 #include <sys/stat.h>
 #include <yaml.h>
 
-#if defined(__APPLE__)
-#include <xlocale.h>
-#endif
-
+#include "config_internal.h"
 #include "kv_cache.h"
-
-/* ------------------------------------------------------------------ schema */
-
-typedef struct {
-    const char *name;
-    tq_config_type type;
-    int families;
-    int nullable;
-    /* Inclusive bounds of an integer, or of each element of an integer list. */
-    int64_t int_min;
-    int64_t int_max;
-    /* Bounds of a float; min_exclusive makes the lower bound strict (x > min). */
-    double float_min;
-    double float_max;
-    int min_exclusive;
-    /* Lists: element count bounds. */
-    size_t min_count;
-    size_t max_count;
-    /* Strings: NULL-terminated allowed values, or NULL for free text (a path)
-     * or a cache type (checked by tq_kv_type_parse). */
-    const char *const *choices;
-    int is_cache_type;
-    size_t value_offset;
-    size_t count_offset;
-    size_t string_size;
-} key_spec;
-
-static const char *const FAMILY_CHOICES[] = {"gemma3", "gemma4", NULL};
-static const char *const PRESET_CHOICES[] = {"gemma3-270m", "gemma3-1b",  "gemma3-4b",  "gemma3-12b",
-                                             "gemma3-27b",  "gemma4-e2b", "gemma4-e4b", NULL};
-static const char *const SPECULATIVE_CHOICES[] = {"none", "mtp", "medusa", NULL};
-
-/* Bounds for sizes: generous enough for any published Gemma model, tight enough
- * that products of two of them fit comfortably in 64 bits. */
-#define MAX_VOCAB (INT64_C(1) << 24)
-#define MAX_WIDTH (INT64_C(1) << 20)
-#define MAX_POSITIONS (INT64_C(1) << 24)
-
-#define INT_KEY(id, key_name, fam, null, lo, hi, field)                                                   \
-    [id] = {.name = key_name, .type = TQ_CFG_TYPE_INT, .families = fam, .nullable = null, .int_min = lo, \
-            .int_max = hi, .value_offset = offsetof(tq_config, field)}
-#define BOOL_KEY(id, key_name, fam, field) \
-    [id] = {.name = key_name, .type = TQ_CFG_TYPE_BOOL, .families = fam, .value_offset = offsetof(tq_config, field)}
-#define FLOAT_KEY(id, key_name, fam, null, lo, hi, exclusive, field)                                          \
-    [id] = {.name = key_name, .type = TQ_CFG_TYPE_FLOAT, .families = fam, .nullable = null, .float_min = lo, \
-            .float_max = hi, .min_exclusive = exclusive, .value_offset = offsetof(tq_config, field)}
-#define STRING_KEY(id, key_name, fam, null, allowed, cache_type, field)                                       \
-    [id] = {.name = key_name, .type = TQ_CFG_TYPE_STRING, .families = fam, .nullable = null,                 \
-            .choices = allowed, .is_cache_type = cache_type, .value_offset = offsetof(tq_config, field),     \
-            .string_size = sizeof(((tq_config *)0)->field)}
-#define INT_LIST_KEY(id, key_name, fam, lo, hi, count_lo, field)                                              \
-    [id] = {.name = key_name, .type = TQ_CFG_TYPE_INT_LIST, .families = fam, .int_min = lo, .int_max = hi,  \
-            .min_count = count_lo, .max_count = sizeof(((tq_config *)0)->field) / sizeof(int64_t),          \
-            .value_offset = offsetof(tq_config, field), .count_offset = offsetof(tq_config, field##_count)}
-#define FLOAT_LIST_KEY(id, key_name, fam, count_lo, field)                                                     \
-    [id] = {.name = key_name, .type = TQ_CFG_TYPE_FLOAT_LIST, .families = fam, .float_min = -HUGE_VAL,       \
-            .float_max = HUGE_VAL, .min_count = count_lo,                                                   \
-            .max_count = sizeof(((tq_config *)0)->field) / sizeof(double),                                  \
-            .value_offset = offsetof(tq_config, field), .count_offset = offsetof(tq_config, field##_count)}
-
-#define G3 TQ_CFG_FAMILY_GEMMA3
-#define G4 TQ_CFG_FAMILY_GEMMA4
-#define ANY TQ_CFG_FAMILY_ANY
-
-static const key_spec KEYS[TQ_CFG_KEY_COUNT] = {
-    STRING_KEY(TQ_CFG_FAMILY, "family", ANY, 0, FAMILY_CHOICES, 0, family),
-    STRING_KEY(TQ_CFG_PRESET, "preset", ANY, 0, PRESET_CHOICES, 0, preset),
-    INT_KEY(TQ_CFG_VOCAB_SIZE, "vocab_size", ANY, 0, 1, MAX_VOCAB, vocab_size),
-    INT_KEY(TQ_CFG_NUM_LAYERS, "num_layers", ANY, 0, 1, TQ_CONFIG_MAX_LAYERS, num_layers),
-    INT_KEY(TQ_CFG_HIDDEN_SIZE, "hidden_size", ANY, 0, 1, MAX_WIDTH, hidden_size),
-    INT_KEY(TQ_CFG_NUM_HEADS, "num_heads", ANY, 0, 1, 1024, num_heads),
-    INT_KEY(TQ_CFG_NUM_KV_HEADS, "num_kv_heads", ANY, 0, 1, 1024, num_kv_heads),
-    INT_KEY(TQ_CFG_HEAD_DIM, "head_dim", ANY, 0, 1, 4096, head_dim),
-    INT_KEY(TQ_CFG_GLOBAL_HEAD_DIM, "global_head_dim", G4, 0, 1, 4096, global_head_dim),
-    INT_KEY(TQ_CFG_FFN_SIZE, "ffn_size", ANY, 0, 1, MAX_WIDTH, ffn_size),
-    INT_LIST_KEY(TQ_CFG_FFN_SIZES, "ffn_sizes", ANY, 1, MAX_WIDTH, 1, ffn_sizes),
-    BOOL_KEY(TQ_CFG_DOUBLE_WIDE_FFN, "double_wide_ffn", G4, double_wide_ffn),
-    INT_KEY(TQ_CFG_SLIDING_WINDOW, "sliding_window", ANY, 0, 1, MAX_POSITIONS, sliding_window),
-    INT_KEY(TQ_CFG_SLIDING_PATTERN, "sliding_pattern", ANY, 0, 1, TQ_CONFIG_MAX_LAYERS, sliding_pattern),
-    BOOL_KEY(TQ_CFG_USE_SWA, "use_swa", ANY, use_swa),
-    FLOAT_KEY(TQ_CFG_ROPE_BASE_LOCAL, "rope_base_local", ANY, 0, 1.0, 1e12, 0, rope_base_local),
-    FLOAT_KEY(TQ_CFG_ROPE_BASE_GLOBAL, "rope_base_global", ANY, 0, 1.0, 1e12, 0, rope_base_global),
-    FLOAT_KEY(TQ_CFG_ROPE_SCALING_FACTOR, "rope_scaling_factor", G3, 0, 1.0, 1024.0, 0, rope_scaling_factor),
-    FLOAT_KEY(TQ_CFG_GLOBAL_ROPE_PARTIAL_FACTOR, "global_rope_partial_factor", G4, 0, 0.0, 1.0, 1,
-              global_rope_partial_factor),
-    FLOAT_KEY(TQ_CFG_QUERY_PRE_ATTN_SCALAR, "query_pre_attn_scalar", G3, 0, 0.0, 1e6, 1, query_pre_attn_scalar),
-    INT_KEY(TQ_CFG_NUM_KV_SHARED_LAYERS, "num_kv_shared_layers", G4, 0, 0, TQ_CONFIG_MAX_LAYERS - 1,
-            num_kv_shared_layers),
-    INT_KEY(TQ_CFG_PER_LAYER_EMBEDDING_DIM, "per_layer_embedding_dim", G4, 0, 0, 65536, per_layer_embedding_dim),
-    FLOAT_KEY(TQ_CFG_FINAL_LOGIT_SOFTCAP, "final_logit_softcap", ANY, 1, 0.0, 1e6, 1, final_logit_softcap),
-    FLOAT_KEY(TQ_CFG_RMS_NORM_EPS, "rms_norm_eps", ANY, 0, 0.0, 0.1, 1, rms_norm_eps),
-    INT_KEY(TQ_CFG_CONTEXT_LENGTH, "context_length", ANY, 0, 1, MAX_POSITIONS, context_length),
-    INT_KEY(TQ_CFG_THINK_TOKEN_ID, "think_token_id", ANY, 1, 0, MAX_VOCAB - 1, think_token_id),
-    INT_KEY(TQ_CFG_AUDIO_TOKEN_ID, "audio_token_id", ANY, 1, 0, MAX_VOCAB - 1, audio_token_id),
-    INT_KEY(TQ_CFG_IMAGE_TOKEN_ID, "image_token_id", ANY, 1, 0, MAX_VOCAB - 1, image_token_id),
-    BOOL_KEY(TQ_CFG_INCLUDE_MTP, "include_mtp", ANY, include_mtp),
-    BOOL_KEY(TQ_CFG_INCLUDE_TURBO, "include_turbo", ANY, include_turbo),
-    STRING_KEY(TQ_CFG_CACHE_TYPE_K, "cache_type_k", ANY, 0, NULL, 1, cache_type_k),
-    STRING_KEY(TQ_CFG_CACHE_TYPE_V, "cache_type_v", ANY, 0, NULL, 1, cache_type_v),
-    INT_KEY(TQ_CFG_KV_RECENT_F16, "kv_recent_f16", ANY, 0, 0, MAX_POSITIONS, kv_recent_f16),
-    INT_LIST_KEY(TQ_CFG_KV_F16_LAYERS, "kv_f16_layers", ANY, -TQ_CONFIG_MAX_LAYERS, TQ_CONFIG_MAX_LAYERS - 1, 0,
-                 kv_f16_layers),
-    INT_KEY(TQ_CFG_QJL_BITS, "qjl_bits", ANY, 0, 1, 2, qjl_bits),
-    INT_KEY(TQ_CFG_THINKING_QJL_BITS, "thinking_qjl_bits", ANY, 0, 1, 2, thinking_qjl_bits),
-    FLOAT_LIST_KEY(TQ_CFG_AUDIO_CODEBOOK, "audio_codebook", ANY, 2, audio_codebook),
-    INT_KEY(TQ_CFG_THREADS, "threads", ANY, 0, 1, 4096, threads),
-    INT_KEY(TQ_CFG_CTX, "ctx", ANY, 0, 1, MAX_POSITIONS, ctx),
-    STRING_KEY(TQ_CFG_SPECULATIVE, "speculative", ANY, 0, SPECULATIVE_CHOICES, 0, speculative),
-    STRING_KEY(TQ_CFG_MTP_CHECKPOINT, "mtp_checkpoint", ANY, 1, NULL, 0, mtp_checkpoint),
-    INT_LIST_KEY(TQ_CFG_TREE_BRANCHING, "tree_branching", ANY, 1, 64, 1, tree_branching),
-};
-
-const char *tq_config_key_name(tq_config_key key)
-{
-    return (unsigned)key < TQ_CFG_KEY_COUNT ? KEYS[key].name : NULL;
-}
-
-int tq_config_key_type(tq_config_key key)
-{
-    return (unsigned)key < TQ_CFG_KEY_COUNT ? (int)KEYS[key].type : -1;
-}
-
-int tq_config_key_families(tq_config_key key)
-{
-    return (unsigned)key < TQ_CFG_KEY_COUNT ? KEYS[key].families : 0;
-}
-
-int tq_config_key_nullable(tq_config_key key)
-{
-    return (unsigned)key < TQ_CFG_KEY_COUNT ? KEYS[key].nullable : 0;
-}
-
-const void *tq_config_value(const tq_config *cfg, tq_config_key key, size_t *count)
-{
-    if ((unsigned)key >= TQ_CFG_KEY_COUNT || cfg == NULL) {
-        return NULL;
-    }
-    const key_spec *spec = &KEYS[key];
-    const char *base = (const char *)cfg;
-    if (count != NULL) {
-        *count = spec->count_offset != 0 ? *(const size_t *)(base + spec->count_offset) : 1;
-    }
-    return base + spec->value_offset;
-}
 
 /* ------------------------------------------------------------------ errors */
 
@@ -207,49 +59,6 @@ static void quote_value(const char *value, size_t len, char *out, size_t out_siz
     }
 }
 
-/* Describe what a key accepts, for messages: "an integer from 1 to 1024". */
-static void describe_expected(const key_spec *spec, char *out, size_t out_size)
-{
-    switch (spec->type) {
-    case TQ_CFG_TYPE_INT:
-        snprintf(out, out_size, "an integer from %lld to %lld%s", (long long)spec->int_min, (long long)spec->int_max,
-                 spec->nullable ? ", or null" : "");
-        break;
-    case TQ_CFG_TYPE_FLOAT:
-        if (spec->float_max >= HUGE_VAL) {
-            snprintf(out, out_size, "a finite number");
-        } else {
-            snprintf(out, out_size, "a number %s %g %s %g%s", spec->min_exclusive ? "greater than" : "from",
-                     spec->float_min, spec->min_exclusive ? "and at most" : "to", spec->float_max,
-                     spec->nullable ? ", or null" : "");
-        }
-        break;
-    case TQ_CFG_TYPE_BOOL:
-        snprintf(out, out_size, "true or false");
-        break;
-    case TQ_CFG_TYPE_STRING:
-        if (spec->choices != NULL) {
-            size_t used = (size_t)snprintf(out, out_size, "one of");
-            for (size_t i = 0; spec->choices[i] != NULL && used < out_size; i++) {
-                used += (size_t)snprintf(out + used, out_size - used, "%s %s", i == 0 ? ":" : ",", spec->choices[i]);
-            }
-        } else if (spec->is_cache_type) {
-            snprintf(out, out_size, "a KV cache type name such as f16, q8_0 or tq3");
-        } else {
-            snprintf(out, out_size, "a non-empty string of at most %zu bytes%s", spec->string_size - 1,
-                     spec->nullable ? ", or null" : "");
-        }
-        break;
-    case TQ_CFG_TYPE_INT_LIST:
-        snprintf(out, out_size, "a list of %zu to %zu integers, each from %lld to %lld", spec->min_count,
-                 spec->max_count, (long long)spec->int_min, (long long)spec->int_max);
-        break;
-    case TQ_CFG_TYPE_FLOAT_LIST:
-        snprintf(out, out_size, "a list of %zu to %zu finite numbers", spec->min_count, spec->max_count);
-        break;
-    }
-}
-
 /* Levenshtein distance of two short strings, capped at 99, for "did you mean". */
 static int edit_distance(const char *a, const char *b)
 {
@@ -292,147 +101,6 @@ static int is_null_scalar(const yaml_event_t *event)
            strcmp(v, "NULL") == 0;
 }
 
-/* Parse a plain decimal integer ([+-]digits) within [lo, hi]. Returns 1 on success,
- * 0 when the text is not an integer, -1 when it is one but out of range. */
-static int parse_int(const char *text, int64_t lo, int64_t hi, int64_t *out)
-{
-    const char *p = text;
-    int negative = 0;
-    if (*p == '+' || *p == '-') {
-        negative = *p == '-';
-        p++;
-    }
-    if (*p == '\0') {
-        return 0;
-    }
-    /* Accumulate the magnitude as unsigned; past 2^63 it is out of every range. */
-    uint64_t magnitude = 0;
-    int overflow = 0;
-    for (; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9') {
-            return 0;
-        }
-        uint64_t digit = (uint64_t)(*p - '0');
-        if (magnitude > (UINT64_C(1) << 63) / 10) {
-            overflow = 1;
-        } else {
-            magnitude = magnitude * 10 + digit;
-            if (magnitude > (UINT64_C(1) << 63)) {
-                overflow = 1;
-            }
-        }
-    }
-    if (overflow) {
-        return -1;
-    }
-    int64_t value;
-    if (negative) {
-        value = magnitude == (UINT64_C(1) << 63) ? INT64_MIN : -(int64_t)magnitude;
-    } else {
-        if (magnitude > (uint64_t)INT64_MAX) {
-            return -1;
-        }
-        value = (int64_t)magnitude;
-    }
-    if (value < lo || value > hi) {
-        return -1;
-    }
-    *out = value;
-    return 1;
-}
-
-/* Parse a plain decimal number ([+-]digits[.digits][e[+-]digits], or with the
- * integer part or fraction missing but not both). Returns 1 on success, 0 when
- * the text has another form (including YAML's .inf and .nan), -1 when it
- * overflows to infinity. The C locale is used so that "0.5" parses the same
- * whatever LC_NUMERIC the embedding program set. */
-static int parse_float(const char *text, double *out)
-{
-    const char *p = text;
-    if (*p == '+' || *p == '-') {
-        p++;
-    }
-    size_t int_digits = 0, frac_digits = 0;
-    while (*p >= '0' && *p <= '9') {
-        p++;
-        int_digits++;
-    }
-    if (*p == '.') {
-        p++;
-        while (*p >= '0' && *p <= '9') {
-            p++;
-            frac_digits++;
-        }
-    }
-    if (int_digits + frac_digits == 0) {
-        return 0;
-    }
-    if (*p == 'e' || *p == 'E') {
-        p++;
-        if (*p == '+' || *p == '-') {
-            p++;
-        }
-        size_t exp_digits = 0;
-        while (*p >= '0' && *p <= '9') {
-            p++;
-            exp_digits++;
-        }
-        if (exp_digits == 0) {
-            return 0;
-        }
-    }
-    if (*p != '\0') {
-        return 0;
-    }
-
-    locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
-    if (c_locale == (locale_t)0) {
-        return 0;
-    }
-    char *end = NULL;
-    double value = strtod_l(text, &end, c_locale);
-    freelocale(c_locale);
-    if (end == NULL || *end != '\0') {
-        return 0;
-    }
-    if (!isfinite(value)) {
-        return -1;
-    }
-    *out = value;
-    return 1;
-}
-
-static int float_in_range(const key_spec *spec, double value)
-{
-    if (spec->min_exclusive ? !(value > spec->float_min) : !(value >= spec->float_min)) {
-        return 0;
-    }
-    return value <= spec->float_max;
-}
-
-static int is_true_word(const char *v)
-{
-    return strcmp(v, "true") == 0 || strcmp(v, "True") == 0 || strcmp(v, "TRUE") == 0;
-}
-
-static int is_false_word(const char *v)
-{
-    return strcmp(v, "false") == 0 || strcmp(v, "False") == 0 || strcmp(v, "FALSE") == 0;
-}
-
-/* YAML 1.1 spellings of booleans that YAML 1.2 reads as strings. */
-static int is_yaml11_bool_word(const char *v)
-{
-    static const char *const words[] = {"yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON",
-                                        "off", "Off", "OFF", "y", "Y", "n", "N", NULL};
-    for (size_t i = 0; words[i] != NULL; i++) {
-        if (strcmp(v, words[i]) == 0) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
 static const char *scalar_style_word(const yaml_event_t *event)
 {
     return event->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ? "" : "quoted ";
@@ -442,7 +110,7 @@ static const char *scalar_style_word(const yaml_event_t *event)
 static tq_status store_scalar(parse_context *ctx, tq_config *cfg, tq_config_key id, const yaml_event_t *event,
                               size_t index)
 {
-    const key_spec *spec = &KEYS[id];
+    const tq_config_key_spec *spec = &tq_config_keys[id];
     const char *text = (const char *)event->data.scalar.value;
     const size_t len = event->data.scalar.length;
     const long line = (long)event->start_mark.line;
@@ -451,7 +119,7 @@ static tq_status store_scalar(parse_context *ctx, tq_config *cfg, tq_config_key 
     char *base = (char *)cfg;
     char expected[200];
     char shown[64];
-    describe_expected(spec, expected, sizeof(expected));
+    tq_config_describe_expected(spec, expected, sizeof(expected));
     quote_value(text, len, shown, sizeof(shown));
 
     if (strlen(text) != len) {
@@ -463,7 +131,7 @@ static tq_status store_scalar(parse_context *ctx, tq_config *cfg, tq_config_key 
     case TQ_CFG_TYPE_INT:
     case TQ_CFG_TYPE_INT_LIST: {
         int64_t value = 0;
-        int ok = plain ? parse_int(text, spec->int_min, spec->int_max, &value) : 0;
+        int ok = plain ? tq_config_parse_int(text, spec->int_min, spec->int_max, &value) : 0;
         if (ok == 0) {
             return fail_at(ctx, line, column, spec->name, "key '%s': expected %s, got the %sstring %s", spec->name,
                            expected, scalar_style_word(event), shown);
@@ -478,12 +146,12 @@ static tq_status store_scalar(parse_context *ctx, tq_config *cfg, tq_config_key 
     case TQ_CFG_TYPE_FLOAT:
     case TQ_CFG_TYPE_FLOAT_LIST: {
         double value = 0.0;
-        int ok = plain ? parse_float(text, &value) : 0;
+        int ok = plain ? tq_config_parse_float(text, &value) : 0;
         if (ok == 0) {
             return fail_at(ctx, line, column, spec->name, "key '%s': expected %s, got the %sstring %s", spec->name,
                            expected, scalar_style_word(event), shown);
         }
-        if (ok < 0 || !float_in_range(spec, value)) {
+        if (ok < 0 || !tq_config_float_in_range(spec, value)) {
             return fail_at(ctx, line, column, spec->name, "key '%s': %s is out of range; expected %s", spec->name,
                            shown, expected);
         }
@@ -491,15 +159,12 @@ static tq_status store_scalar(parse_context *ctx, tq_config *cfg, tq_config_key 
         return TQ_OK;
     }
     case TQ_CFG_TYPE_BOOL: {
-        int value;
-        if (plain && is_true_word(text)) {
-            value = 1;
-        } else if (plain && is_false_word(text)) {
-            value = 0;
-        } else if (plain && is_yaml11_bool_word(text)) {
+        const int value = plain ? tq_config_parse_bool(text) : -2;
+        if (value == -1) {
             return fail_at(ctx, line, column, spec->name, "key '%s': %s is not a boolean in YAML 1.2; write true or false",
                            spec->name, shown);
-        } else {
+        }
+        if (value < 0) {
             return fail_at(ctx, line, column, spec->name, "key '%s': expected true or false, got the %sstring %s",
                            spec->name, scalar_style_word(event), shown);
         }
@@ -623,7 +288,7 @@ static tq_status next_event(parse_context *ctx, event_reader *reader)
 static int find_key(const char *name)
 {
     for (int i = 0; i < TQ_CFG_KEY_COUNT; i++) {
-        if (strcmp(KEYS[i].name, name) == 0) {
+        if (strcmp(tq_config_keys[i].name, name) == 0) {
             return i;
         }
     }
@@ -635,7 +300,7 @@ static tq_status unknown_key(parse_context *ctx, const yaml_event_t *event)
     const char *name = (const char *)event->data.scalar.value;
     int best = -1, best_distance = 99;
     for (int i = 0; i < TQ_CFG_KEY_COUNT; i++) {
-        int d = edit_distance(name, KEYS[i].name);
+        int d = edit_distance(name, tq_config_keys[i].name);
         if (d < best_distance) {
             best_distance = d;
             best = i;
@@ -648,7 +313,7 @@ static tq_status unknown_key(parse_context *ctx, const yaml_event_t *event)
     if (best >= 0 && best_distance <= max_distance) {
         return fail_at(ctx, (long)event->start_mark.line, (long)event->start_mark.column, name,
                        "unknown key %s; did you mean '%s'? The keys are listed in docs/config.md", shown,
-                       KEYS[best].name);
+                       tq_config_keys[best].name);
     }
     return fail_at(ctx, (long)event->start_mark.line, (long)event->start_mark.column, name,
                    "unknown key %s; the keys are listed in docs/config.md", shown);
@@ -657,11 +322,11 @@ static tq_status unknown_key(parse_context *ctx, const yaml_event_t *event)
 /* Parse the value of key id, starting at reader->event. */
 static tq_status parse_value(parse_context *ctx, event_reader *reader, tq_config *cfg, tq_config_key id)
 {
-    const key_spec *spec = &KEYS[id];
+    const tq_config_key_spec *spec = &tq_config_keys[id];
     yaml_event_t *event = &reader->event;
     const long line = (long)event->start_mark.line, column = (long)event->start_mark.column;
     char expected[200];
-    describe_expected(spec, expected, sizeof(expected));
+    tq_config_describe_expected(spec, expected, sizeof(expected));
 
     tq_status status = check_plain_node(ctx, event, spec->name);
     if (status != TQ_OK) {
@@ -733,7 +398,7 @@ static tq_status parse_value(parse_context *ctx, event_reader *reader, tq_config
 /* --------------------------------------------------------- cross checks */
 
 /* Fail at the line of key id (the later of two related keys). */
-#define FAIL_KEY(id, ...) fail_at(ctx, (long)cfg->line[id] - 1, 0, KEYS[id].name, __VA_ARGS__)
+#define FAIL_KEY(id, ...) fail_at(ctx, (long)cfg->line[id] - 1, 0, tq_config_keys[id].name, __VA_ARGS__)
 
 static tq_config_key later_key(const tq_config *cfg, tq_config_key a, tq_config_key b)
 {
@@ -746,7 +411,7 @@ static tq_status check_token_id(parse_context *ctx, const tq_config *cfg, tq_con
         return TQ_OK;
     }
     return FAIL_KEY(later_key(cfg, id, TQ_CFG_VOCAB_SIZE), "key '%s': token id %lld is not below vocab_size %lld",
-                    KEYS[id].name, (long long)token, (long long)cfg->vocab_size);
+                    tq_config_keys[id].name, (long long)token, (long long)cfg->vocab_size);
 }
 
 /* Checks between keys, run when both keys of a pair are in the file. */
@@ -756,9 +421,9 @@ static tq_status check_relations(parse_context *ctx, const tq_config *cfg)
     if (cfg->set[TQ_CFG_FAMILY]) {
         const int family = strcmp(cfg->family, "gemma3") == 0 ? TQ_CFG_FAMILY_GEMMA3 : TQ_CFG_FAMILY_GEMMA4;
         for (int i = 0; i < TQ_CFG_KEY_COUNT; i++) {
-            if (cfg->set[i] && !(KEYS[i].families & family)) {
+            if (cfg->set[i] && !(tq_config_keys[i].families & family)) {
                 return FAIL_KEY((tq_config_key)i, "key '%s' applies to %s models only, but family is %s",
-                                KEYS[i].name, family == TQ_CFG_FAMILY_GEMMA3 ? "gemma4" : "gemma3", cfg->family);
+                                tq_config_keys[i].name, family == TQ_CFG_FAMILY_GEMMA3 ? "gemma4" : "gemma3", cfg->family);
             }
         }
         if (cfg->set[TQ_CFG_PRESET] && strncmp(cfg->preset, cfg->family, strlen(cfg->family)) != 0) {
@@ -846,8 +511,8 @@ static tq_status parse_mapping(parse_context *ctx, event_reader *reader, tq_conf
             return unknown_key(ctx, event);
         }
         if (cfg->set[id]) {
-            return fail_at(ctx, line, column, KEYS[id].name, "duplicate key '%s' (first set on line %d); keep one",
-                           KEYS[id].name, cfg->line[id]);
+            return fail_at(ctx, line, column, tq_config_keys[id].name, "duplicate key '%s' (first set on line %d); keep one",
+                           tq_config_keys[id].name, cfg->line[id]);
         }
         cfg->set[id] = 1;
         cfg->line[id] = (int)line + 1;
