@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -76,21 +77,29 @@ def test_parse_bytes_and_str_agree():
     assert _core.parse_config(text)[0]["mtp_checkpoint"] == "caf\u00e9/\u6a21\u578b.bin"
 
 
-def test_parse_float_ignores_locale_decimal_comma():
+@pytest.mark.skipif(shutil.which("localedef") is None, reason="needs localedef to build a decimal-comma locale")
+def test_parse_float_ignores_locale_decimal_comma(tmp_path):
     # The C loader parses numbers in the C locale, so "0.25" is 0.25 under any LC_NUMERIC.
-    import locale
+    # A German locale (decimal comma) is compiled into tmp_path and used by a child process.
+    import subprocess
+    import sys
 
-    previous = locale.setlocale(locale.LC_NUMERIC)
-    try:
-        for name in ("de_DE.UTF-8", "fr_FR.UTF-8"):
-            try:
-                locale.setlocale(locale.LC_NUMERIC, name)
-                break
-            except locale.Error:
-                continue
-        assert _core.parse_config("global_rope_partial_factor: 0.25\n")[0] == {"global_rope_partial_factor": 0.25}
-    finally:
-        locale.setlocale(locale.LC_NUMERIC, previous)
+    built = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", str(tmp_path / "de_DE.UTF-8")],
+                           capture_output=True, text=True)
+    if not (tmp_path / "de_DE.UTF-8").exists():
+        pytest.skip(f"localedef could not build de_DE.UTF-8: {built.stderr.strip()}")
+    script = (
+        "import locale\n"
+        "locale.setlocale(locale.LC_NUMERIC, 'de_DE.UTF-8')\n"
+        "assert locale.localeconv()['decimal_point'] == ','\n"
+        "from turboquant import _core\n"
+        "print(_core.parse_config('global_rope_partial_factor: 0.25\\n')[0]['global_rope_partial_factor'])\n"
+    )
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                          env=dict(os.environ, LOCPATH=str(tmp_path)), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0.25"
 
 
 # ---- parsing: errors name the key and the line ----
