@@ -182,6 +182,7 @@ def test_yaml_error_from_class_keeps_line(tmp_path):
         Gemma4Config.from_yaml(path)
     assert info.value.key == "num_kv_shared_layers"
     assert info.value.line == 3
+    assert str(info.value).startswith(f"{path}:3:1: ")
     assert "lower num_kv_shared_layers" in str(info.value)
 
 

@@ -315,8 +315,9 @@ class _GemmaConfig:
     @classmethod
     def _from_values(cls, values, lines, source):
         def error_at(key, message):
+            # Keys of the flat mapping start in column 1, as in the C loader's relation checks.
             line = lines.get(key)
-            where = f"{source}:{line}" if line else source
+            where = f"{source}:{line}:1" if line else source
             return _config_error(f"{where}: {message}", key=key, line=line, column=1 if line else None)
 
         family = values.pop("family", cls.family)
