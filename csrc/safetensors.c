@@ -55,9 +55,9 @@ typedef struct {
     tq_error *err;
 } json_reader;
 
-static tq_status json_fail(json_reader *r, const char *what)
+static tq_status json_fail(json_reader *r, const char *problem)
 {
-    return tq_error_set(r->err, TQ_ERR_FORMAT, "invalid safetensors header: %s at header byte %zu", what,
+    return tq_error_set(r->err, TQ_ERR_FORMAT, "invalid safetensors header: %s at header byte %zu", problem,
                         (size_t)(r->p - r->begin));
 }
 
@@ -68,11 +68,11 @@ static void skip_space(json_reader *r)
     }
 }
 
-static tq_status expect_char(json_reader *r, char c, const char *what)
+static tq_status expect_char(json_reader *r, char c, const char *problem)
 {
     skip_space(r);
     if (r->p >= r->end || *r->p != (uint8_t)c) {
-        return json_fail(r, what);
+        return json_fail(r, problem);
     }
     r->p++;
     return TQ_OK;
@@ -250,7 +250,7 @@ static tq_status parse_string(json_reader *r, char **out)
 }
 
 /* Parse a non-negative JSON integer (no sign, fraction or exponent) that fits in u64. */
-static tq_status parse_u64(json_reader *r, uint64_t *out, const char *what)
+static tq_status parse_u64(json_reader *r, uint64_t *out, const char *problem)
 {
     skip_space(r);
     const uint8_t *start = r->p;
@@ -264,10 +264,10 @@ static tq_status parse_u64(json_reader *r, uint64_t *out, const char *what)
         r->p++;
     }
     if (r->p == start || (r->p - start > 1 && *start == '0')) {
-        return json_fail(r, what);
+        return json_fail(r, problem);
     }
     if (r->p < r->end && (*r->p == '.' || *r->p == 'e' || *r->p == 'E')) {
-        return json_fail(r, what);
+        return json_fail(r, problem);
     }
     *out = value;
     return TQ_OK;
@@ -275,9 +275,9 @@ static tq_status parse_u64(json_reader *r, uint64_t *out, const char *what)
 
 /* Parse "[n, n, ...]" of at most max_count u64 into values; *count gets the length. */
 static tq_status parse_u64_array(json_reader *r, uint64_t *values, size_t max_count, size_t *count,
-                                 const char *what)
+                                 const char *problem)
 {
-    tq_status status = expect_char(r, '[', what);
+    tq_status status = expect_char(r, '[', problem);
     if (status != TQ_OK) {
         return status;
     }
@@ -291,7 +291,7 @@ static tq_status parse_u64_array(json_reader *r, uint64_t *values, size_t max_co
         if (*count >= max_count) {
             return json_fail(r, "too many array items");
         }
-        if ((status = parse_u64(r, &values[*count], what)) != TQ_OK) {
+        if ((status = parse_u64(r, &values[*count], problem)) != TQ_OK) {
             return status;
         }
         (*count)++;
