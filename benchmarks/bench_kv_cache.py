@@ -47,7 +47,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# Cache types that store plain blocks (ggml-style); every other name is a TurboQuant codec.
+# Cache types stored as plain ggml-style blocks. Every other name is a TurboQuant codec.
 BLOCK_TYPES = ("f32", "f16", "q8_0", "q4_0")
 DEFAULT_CONFIGS = ["f16", "q8_0", "q4_0", "tq4", "tq3.5", "tq3", "tq2.5", "tq2", "tq3+qjl", "tq4+qjl", "polar"]
 # The f16 window that gives the codecs their measured quality (kv_recent_f16).
@@ -81,7 +81,7 @@ def peak_rss_mib():
 
 
 def parse_config(text):
-    """Parse NAME, KEYS/VALUES or either with :RECENT into a dict; raise ValueError on bad text."""
+    """Parse NAME, KEYS/VALUES or either with :RECENT into a dict. Raises ValueError for invalid text."""
     spec, _, recent_text = text.partition(":")
     names = spec.split("/")
     if len(names) == 1:
@@ -109,7 +109,7 @@ def llama_kv_bytes(log_text, n_kv_heads, key_length, value_length, type_k, type_
     """Compute the bytes of every KV cache that llama.cpp logged as allocated.
 
     llama.cpp logs one line per cache, for example
-    "llama_kv_cache: size =   3.59 MiB (  2304 cells,   3 layers,  1/1 seqs), K (q8_0): ...":
+    "llama_kv_cache: size =   3.59 MiB (  2304 cells,   3 layers,  1/1 seqs), K (q8_0): ...".
     Gemma 3 gets one cache for its global layers and one for its sliding-window layers.
     Each cell holds n_kv_heads rows of key_length keys and value_length values, stored in
     blocks whose sizes come from gguf's GGML_QUANT_SIZES. Returns (bytes computed, bytes
@@ -286,7 +286,7 @@ def numpy_f16_attention(q, keys, values, scale):
 
 
 def time_attention(job):
-    """Time kv_attention per format and context; return one dict per row, f16 first in each context."""
+    """Time kv_attention for each format and context, and return one dict per row."""
     from turboquant import _core
 
     rng = np.random.default_rng(0)
@@ -308,7 +308,7 @@ def time_attention(job):
                     _core.kv_attention(q, layer_keys, layer_values, codec, codec, scale)
 
             cold = best_time(decode_step, job["min_seconds"]) / job["layers"]
-            del copies
+            copies.clear()
             rows.append({"positions": n, "format": name, "bits": codec.bits_per_value, "hot_s": hot,
                          "cold_s": cold, "bytes": keys.nbytes + values.nbytes})
 
@@ -336,7 +336,7 @@ def worker(job_text):
 
 
 def spawn(job, threads):
-    """Run one job in a fresh worker process; return its result and its stderr."""
+    """Run one job in a fresh worker process, and return its result and its stderr."""
     command = [sys.executable, os.path.abspath(__file__), "--worker-job", json.dumps(job)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -497,6 +497,67 @@ def build_parser():
     return parser
 
 
+def run_decode_part(args, configs, llama_configs):
+    """Run one worker per context and configuration, and return the decode rows in table order."""
+    tokens = load_tokens(args.model, max(args.contexts))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(tokens, f)
+        tokens_file = f.name
+    rows = []
+    try:
+        for context in args.contexts:
+            jobs = [("turboquant", c) for c in configs] + [("llama.cpp", c) for c in llama_configs]
+            for kind, config in jobs:
+                print(f"context {context}: {kind} {config_label(config)}...", file=sys.stderr)
+                rows.append(run_decode_row(kind, config, context, args, tokens_file))
+    finally:
+        os.unlink(tokens_file)
+    return rows
+
+
+def run_attention_part(args):
+    """Time attention alone in one worker, and return its rows and its peak RSS in MiB."""
+    print("attention part...", file=sys.stderr)
+    job = {"kind": "attention", "contexts": args.contexts, "formats": args.formats,
+           "min_seconds": args.min_seconds, "layers": args.layers}
+    result, _ = spawn(job, args.threads)
+    return result["rows"], result["peak_rss_mib"]
+
+
+def describe_decode(args, have_llama):
+    text = (
+        f"Decode: prefill of `context` tokens in one call, then {args.decode} greedy tokens one call each, "
+        "in a fresh worker process per row. \"vs f16\" and \"vs llama.cpp f16\" divide the row's decode speed "
+        "by that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide "
+        "our f16 cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() "
+        "and kv_cache_bytes() after the run. kv_cache_bytes() counts the positions held and, for codec types, "
+        "an f16 ring of \"recent f16\" positions plus one 512-token prompt micro-batch per layer."
+    )
+    if not have_llama:
+        return text
+    if args.llama_swa_full:
+        swa = "llama.cpp ran with swa_full=True, so its sliding-window layers hold n_ctx cells too."
+    else:
+        swa = ("llama.cpp ran with swa_full=False, the default of llama-cli and llama-server, so its "
+               "sliding-window layers hold the window plus one 512-token micro-batch, padded to 256 cells.")
+    return text + (
+        " llama.cpp KV bytes/token is layers x KV heads x (key length x K type size + value length x V type "
+        "size), with type sizes from gguf's GGML_QUANT_SIZES. Its KV MiB applies the same sizes to the cells "
+        "and layers that llama.cpp logs for the caches it allocates at start, with n_ctx padded to 256 cells. "
+        f"{swa} llama.cpp needs flash attention for a quantized V cache, so its q8_0 and q4_0 rows run with "
+        "flash_attn=True. Rows marked \"(flash attn)\" have it on."
+    )
+
+
+def describe_attention(args, peak_rss):
+    return (
+        f"Attention alone, one layer (4 query heads, 1 KV head, head_dim {HEAD_DIM}): one decode step of "
+        f"`_core.kv_attention` on random rows. \"hot\" repeats one layer, \"cold\" visits {args.layers} copies "
+        "in turn, and \"vs f16\" is the f16 time divided by the row's time (above 1 is faster). The numpy f16 "
+        f"row is a NumPy float16 attention for scale. Worker peak RSS {peak_rss:.0f} MiB."
+    )
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -506,8 +567,15 @@ def main(argv=None):
 
     if args.threads < 1 or args.decode < 1 or min(args.contexts) < 16 or args.layers < 1:
         parser.error("--threads, --decode and --layers must be >= 1 and every --contexts value >= 16")
+    from turboquant import _core
+
     try:
         configs = [parse_config(text) for text in args.configs + args.config]
+        for name in {c[side] for c in configs for side in ("cache_type_k", "cache_type_v")} - set(BLOCK_TYPES):
+            try:
+                _core.KVCodec(name, HEAD_DIM)
+            except ValueError as exc:
+                raise ValueError(f"{exc}, and the block types {', '.join(BLOCK_TYPES)}") from None
     except ValueError as exc:
         parser.error(str(exc))
     if "f16/f16" not in [config_label(c) for c in configs]:
@@ -517,8 +585,6 @@ def main(argv=None):
                      for name in args.llama_configs]
     if "f16" not in args.formats:
         args.formats = ["f16"] + args.formats
-
-    from turboquant import _core
 
     if args.model is None:
         from turboquant.model import default_model_path
@@ -537,35 +603,16 @@ def main(argv=None):
 
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
-    decode_rows, attention_rows, attention_rss = [], [], None
-    if "decode" in args.parts:
-        tokens = load_tokens(args.model, max(args.contexts))
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(tokens, f)
-            tokens_file = f.name
-        try:
-            for context in args.contexts:
-                jobs = [("turboquant", c) for c in configs] + [("llama.cpp", c) for c in llama_configs]
-                for kind, config in jobs:
-                    print(f"context {context}: {kind} {config_label(config)}...", file=sys.stderr)
-                    decode_rows.append(run_decode_row(kind, config, context, args, tokens_file))
-        finally:
-            os.unlink(tokens_file)
-    if "attention" in args.parts:
-        print("attention part...", file=sys.stderr)
-        job = {"kind": "attention", "contexts": args.contexts, "formats": args.formats,
-               "min_seconds": args.min_seconds, "layers": args.layers}
-        result, _ = spawn(job, args.threads)
-        attention_rows, attention_rss = result["rows"], result["peak_rss_mib"]
+    decode_rows = run_decode_part(args, configs, llama_configs) if "decode" in args.parts else []
+    attention_rows, attention_rss = run_attention_part(args) if "attention" in args.parts else ([], None)
     load_after = os.getloadavg()
 
-    info = _core.build_info()
     command = "python benchmarks/bench_kv_cache.py " + " ".join(argv if argv is not None else sys.argv[1:])
     parts = [
         f"Command: `{command.strip()}`",
         "",
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, {args.threads} threads per worker, "
-        f"turboquant kernels {info['kernels']}; Python {platform.python_version()}; "
+        f"turboquant kernels {_core.build_info()['kernels']}; Python {platform.python_version()}; "
         f"llama-cpp-python {llama_version or 'not run'}; model {os.path.basename(args.model)}; "
         f"started {started:%Y-%m-%d %H:%M} UTC.",
         "",
@@ -574,37 +621,10 @@ def main(argv=None):
         "other processes shared the CPU, which makes the speeds noisy.",
     ]
     if decode_rows:
-        swa = ("a full-size cache for the sliding-window layers (swa_full=True)" if args.llama_swa_full else
-               "a window-size cache for the sliding-window layers (swa_full=False, the default of llama-cli and "
-               "llama-server)")
-        parts += [
-            "",
-            f"Decode: prefill of `context` tokens in one call, then {args.decode} greedy tokens one call each; "
-            f"a fresh worker process per row. \"vs f16\" and \"vs llama.cpp f16\" divide the row's decode speed by "
-            "that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide our f16 "
-            "cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() and kv_cache_bytes() after "
-            "the run; kv_cache_bytes() counts the positions held, including, for codec types, an f16 "
-            "ring of \"recent f16\" positions plus one 512-token prompt micro-batch per layer. llama.cpp KV bytes/token is layers x KV "
-            "heads x (key length x K type size + value length x V type size), type sizes from gguf's "
-            "GGML_QUANT_SIZES; its KV MiB applies the same sizes to the cells and layers llama.cpp logs for the "
-            f"caches it allocates at start ({swa}, n_ctx padded to 256). llama.cpp needs "
-            "flash attention for a quantized V cache, so its q8_0 and q4_0 rows run with flash_attn=True; "
-            "rows marked \"(flash attn)\" have it on.",
-            "",
-            format_decode_table(decode_rows, args.contexts),
-            "",
-            format_targets(decode_rows, args.contexts),
-        ]
+        parts += ["", describe_decode(args, bool(llama_configs)), "", format_decode_table(decode_rows, args.contexts), "",
+                  format_targets(decode_rows, args.contexts)]
     if attention_rows:
-        parts += [
-            "",
-            f"Attention alone, one layer (4 query heads, 1 KV head, head_dim {HEAD_DIM}), one decode step of "
-            f"`_core.kv_attention` on random rows; \"hot\" repeats one layer, \"cold\" visits {args.layers} copies "
-            "in turn; \"vs f16\" is the f16 time divided by the row's time (above 1 is faster). The numpy f16 row "
-            f"is a NumPy float16 attention for scale. Worker peak RSS {attention_rss:.0f} MiB.",
-            "",
-            format_attention_table(attention_rows),
-        ]
+        parts += ["", describe_attention(args, attention_rss), "", format_attention_table(attention_rows)]
     body = "\n".join(parts)
     print(body)
     if args.write:
