@@ -355,13 +355,13 @@ static float *alloc_floats(int64_t rows, int64_t cols, tq_error *err, const char
     return buffer;
 }
 
-static tq_status alloc_buffers(tq_model *model, tq_error *err)
+static tq_status alloc_buffers(tq_context *context, tq_error *err)
 {
-    const tq_model_config *c = &model->config;
-    const int64_t nb = model->n_batch;
+    const tq_model_config *c = &context->model->config;
+    const int64_t nb = context->n_batch;
     const int64_t q_dim = (int64_t)c->n_heads * c->head_dim;
     const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     if ((b->x = alloc_floats(nb, c->hidden, err, "x")) == NULL ||
         (b->x_norm = alloc_floats(nb, c->hidden, err, "x_norm")) == NULL ||
         (b->q = alloc_floats(nb, q_dim, err, "q")) == NULL || (b->k = alloc_floats(nb, kv_dim, err, "k")) == NULL ||
@@ -409,7 +409,7 @@ static void free_buffers(tq_forward_buffers *b)
 #define TQ_DEFAULT_BATCH 512
 
 /* Flags of the layers listed in params->kv_f16_layers (NULL when the list is empty). */
-static tq_status kv_f16_layer_flags(const tq_model_params *params, int n_layers, uint8_t **out, tq_error *err)
+static tq_status kv_f16_layer_flags(const tq_context_params *params, int n_layers, uint8_t **out, tq_error *err)
 {
     *out = NULL;
     if (params->n_kv_f16_layers <= 0) {
@@ -501,9 +501,8 @@ static tq_status key_balance_tables(const tq_model *model, float **scale_out, ui
     return TQ_OK;
 }
 
-tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err)
+static tq_status check_context_params(const tq_context_params *params, tq_error *err)
 {
-    *out = NULL;
     if (params->threads < 0) {
         return tq_error_set(err, TQ_ERR_INVALID, "threads must be >= 0 (0 uses the OpenMP default), got %d",
                             params->threads);
@@ -518,14 +517,139 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
         return tq_error_set(err, TQ_ERR_INVALID, "invalid KV cache type id (K %d, V %d)", (int)params->type_k,
                             (int)params->type_v);
     }
+    if (params->n_kv_f16_layers < 0 || (params->n_kv_f16_layers > 0 && params->kv_f16_layers == NULL)) {
+        return tq_error_set(err, TQ_ERR_INVALID, "kv_f16_layers is NULL but n_kv_f16_layers is %d",
+                            params->n_kv_f16_layers);
+    }
+    return TQ_OK;
+}
 
+tq_status tq_context_create(const tq_model *model, const tq_context_params *params, tq_context **out,
+                            tq_error *err)
+{
+    *out = NULL;
+    tq_status status = check_context_params(params, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    const int gemma4 = model->gemma4 != NULL;
+    if (gemma4 && model->context != NULL) {
+        /* NOTE: the Gemma 4 per-layer embedding buffers still live in the model, so
+         * only its default context may run. */
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED,
+                            "a Gemma 4 model supports only its default context; load the model again for a "
+                            "second sequence");
+    }
+    tq_context *context = calloc(1, sizeof(*context));
+    if (context == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating a model context");
+    }
+    const tq_model_config *c = &model->config;
+    context->model = model;
+    context->threads = params->threads;
+    context->n_ctx = params->n_ctx > 0 ? params->n_ctx : c->context_length;
+    context->n_batch = params->n_batch > 0 ? params->n_batch : TQ_DEFAULT_BATCH;
+    if (context->n_batch > context->n_ctx) {
+        context->n_batch = context->n_ctx;
+    }
+    status = alloc_buffers(context, err);
+    if (status == TQ_OK && gemma4) {
+        status = tq_gemma4_prepare(context, err);
+    }
+    if (status == TQ_OK) {
+        uint8_t *layer_f16 = NULL;
+        float *key_scale = NULL;
+        uint8_t *key_center = NULL;
+        status = kv_f16_layer_flags(params, c->n_layers, &layer_f16, err);
+        /* TODO: key balancing tables for Gemma 4, whose layers differ in head size and
+         * RoPE; its codec layers code the keys as they are for now. */
+        if (status == TQ_OK && params->kv_balance_keys && !gemma4) {
+            status = key_balance_tables(model, &key_scale, &key_center, err);
+        }
+        tq_kv_cache_config cache_config = {
+            .n_layers = c->n_layers,
+            .n_kv_heads = c->n_kv_heads,
+            .head_dim = c->head_dim,
+            .n_ctx = context->n_ctx,
+            .n_batch = context->n_batch < TQ_ATTENTION_BATCH ? context->n_batch : TQ_ATTENTION_BATCH,
+            .layer_window = model->layer_window,
+            .type_k = params->type_k,
+            .type_v = params->type_v,
+            .isa = model->isa,
+            .recent_f16 = params->kv_recent_f16,
+            .layer_f16 = layer_f16,
+            .key_scale = key_scale,
+            .key_center = key_center,
+            .layer_head_dim = gemma4 ? tq_gemma4_layer_head_dims(model->gemma4) : NULL,
+            .layer_kv_source = gemma4 ? tq_gemma4_layer_kv_sources(model->gemma4) : NULL,
+        };
+        if (status == TQ_OK) {
+            status = tq_kv_cache_create(&cache_config, &context->cache, err);
+        }
+        free(layer_f16);
+        free(key_scale);
+        free(key_center);
+    }
+    if (status != TQ_OK) {
+        tq_context_free(context);
+        return status;
+    }
+    *out = context;
+    return TQ_OK;
+}
+
+void tq_context_free(tq_context *context)
+{
+    if (context == NULL) {
+        return;
+    }
+    tq_kv_cache_free(context->cache);
+    free_buffers(&context->buffers);
+    free(context);
+}
+
+/* Copy params into model->context_params, with a copy of the f16 layer list owned by the model. */
+static tq_status store_context_params(tq_model *model, const tq_model_params *params, tq_error *err)
+{
+    tq_context_params *stored = &model->context_params;
+    stored->threads = params->threads;
+    stored->n_ctx = params->n_ctx;
+    stored->n_batch = params->n_batch;
+    stored->type_k = params->type_k;
+    stored->type_v = params->type_v;
+    stored->kv_recent_f16 = params->kv_recent_f16;
+    stored->kv_balance_keys = params->kv_balance_keys ? 1 : 0;
+    stored->kv_f16_layers = NULL;
+    stored->n_kv_f16_layers = 0;
+    if (params->n_kv_f16_layers > 0 && params->kv_f16_layers != NULL) {
+        model->kv_f16_layers = malloc((size_t)params->n_kv_f16_layers * sizeof(int));
+        if (model->kv_f16_layers == NULL) {
+            return tq_error_set(err, TQ_ERR_NOMEM, "out of memory copying %d kv_f16_layers entries",
+                                params->n_kv_f16_layers);
+        }
+        memcpy(model->kv_f16_layers, params->kv_f16_layers, (size_t)params->n_kv_f16_layers * sizeof(int));
+        stored->kv_f16_layers = model->kv_f16_layers;
+        stored->n_kv_f16_layers = params->n_kv_f16_layers;
+    }
+    return TQ_OK;
+}
+
+tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_error *err)
+{
+    *out = NULL;
     tq_model *model = calloc(1, sizeof(*model));
     if (model == NULL) {
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the model");
     }
-    model->threads = params->threads;
     model->exact_matmul = params->exact_matmul ? 1 : 0;
-    tq_status status = tq_isa_select(&model->isa, err);
+    tq_status status = store_context_params(model, params, err);
+    if (status == TQ_OK) {
+        /* Checked before the file is opened, so a bad setting fails fast. */
+        status = check_context_params(&model->context_params, err);
+    }
+    if (status == TQ_OK) {
+        status = tq_isa_select(&model->isa, err);
+    }
     if (status == TQ_OK) {
         status = tq_gguf_open(params->path, &model->gguf, err);
     }
@@ -542,18 +666,6 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
     }
     if (status == TQ_OK) {
         const tq_model_config *c = &model->config;
-        model->n_ctx = params->n_ctx > 0 ? params->n_ctx : c->context_length;
-        model->n_batch = params->n_batch > 0 ? params->n_batch : TQ_DEFAULT_BATCH;
-        if (model->n_batch > model->n_ctx) {
-            model->n_batch = model->n_ctx;
-        }
-        status = alloc_buffers(model, err);
-    }
-    if (status == TQ_OK && gemma4) {
-        status = tq_gemma4_prepare(model, err);
-    }
-    if (status == TQ_OK) {
-        const tq_model_config *c = &model->config;
         model->layer_window = calloc((size_t)c->n_layers, sizeof(int64_t));
         if (model->layer_window == NULL) {
             status = tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the layer table");
@@ -561,39 +673,10 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
             for (int l = 0; l < c->n_layers; l++) {
                 model->layer_window[l] = tq_model_layer_is_global(c, l) ? 0 : c->sliding_window;
             }
-            uint8_t *layer_f16 = NULL;
-            float *key_scale = NULL;
-            uint8_t *key_center = NULL;
-            status = kv_f16_layer_flags(params, c->n_layers, &layer_f16, err);
-            /* TODO: key balancing tables for Gemma 4, whose layers differ in head size and
-             * RoPE; its codec layers code the keys as they are for now. */
-            if (status == TQ_OK && params->kv_balance_keys && !gemma4) {
-                status = key_balance_tables(model, &key_scale, &key_center, err);
-            }
-            tq_kv_cache_config cache_config = {
-                .n_layers = c->n_layers,
-                .n_kv_heads = c->n_kv_heads,
-                .head_dim = c->head_dim,
-                .n_ctx = model->n_ctx,
-                .n_batch = model->n_batch < TQ_ATTENTION_BATCH ? model->n_batch : TQ_ATTENTION_BATCH,
-                .layer_window = model->layer_window,
-                .type_k = params->type_k,
-                .type_v = params->type_v,
-                .isa = model->isa,
-                .recent_f16 = params->kv_recent_f16,
-                .layer_f16 = layer_f16,
-                .key_scale = key_scale,
-                .key_center = key_center,
-                .layer_head_dim = gemma4 ? tq_gemma4_layer_head_dims(model->gemma4) : NULL,
-                .layer_kv_source = gemma4 ? tq_gemma4_layer_kv_sources(model->gemma4) : NULL,
-            };
-            if (status == TQ_OK) {
-                status = tq_kv_cache_create(&cache_config, &model->cache, err);
-            }
-            free(layer_f16);
-            free(key_scale);
-            free(key_center);
         }
+    }
+    if (status == TQ_OK) {
+        status = tq_context_create(model, &model->context_params, &model->context, err);
     }
     if (status != TQ_OK) {
         tq_model_free(model);
@@ -608,9 +691,9 @@ void tq_model_free(tq_model *model)
     if (model == NULL) {
         return;
     }
-    tq_kv_cache_free(model->cache);
+    tq_context_free(model->context);
     tq_gemma4_free(model->gemma4);
-    free_buffers(&model->buffers);
+    free(model->kv_f16_layers);
     free(model->layer_window);
     free(model->layers);
     tq_tokenizer_free(model->tokenizer);
@@ -635,22 +718,22 @@ const tq_gguf *tq_model_gguf(const tq_model *model)
 
 tq_kv_cache *tq_model_kv_cache(tq_model *model)
 {
-    return model->cache;
+    return model->context->cache;
 }
 
 int64_t tq_model_n_ctx(const tq_model *model)
 {
-    return model->n_ctx;
+    return model->context->n_ctx;
 }
 
 int64_t tq_model_n_past(const tq_model *model)
 {
-    return tq_kv_cache_n_past(model->cache);
+    return tq_kv_cache_n_past(model->context->cache);
 }
 
 int tq_model_threads(const tq_model *model)
 {
-    return model->threads;
+    return model->context->threads;
 }
 
 tq_isa tq_model_isa(const tq_model *model)
@@ -660,5 +743,45 @@ tq_isa tq_model_isa(const tq_model *model)
 
 tq_status tq_model_truncate(tq_model *model, int64_t n_past, tq_error *err)
 {
-    return tq_kv_cache_truncate(model->cache, n_past, err);
+    return tq_context_truncate(model->context, n_past, err);
+}
+
+tq_context *tq_model_context(tq_model *model)
+{
+    return model->context;
+}
+
+tq_context_params tq_model_context_params(const tq_model *model)
+{
+    return model->context_params;
+}
+
+const tq_model *tq_context_model(const tq_context *context)
+{
+    return context->model;
+}
+
+tq_kv_cache *tq_context_kv_cache(tq_context *context)
+{
+    return context->cache;
+}
+
+int64_t tq_context_n_ctx(const tq_context *context)
+{
+    return context->n_ctx;
+}
+
+int64_t tq_context_n_past(const tq_context *context)
+{
+    return tq_kv_cache_n_past(context->cache);
+}
+
+int tq_context_threads(const tq_context *context)
+{
+    return context->threads;
+}
+
+tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err)
+{
+    return tq_kv_cache_truncate(context->cache, n_past, err);
 }

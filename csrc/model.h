@@ -1,10 +1,19 @@
 /* Gemma 3 and Gemma 4 text models: configuration and weights from a GGUF file,
- * a KV cache, and the forward pass (batched prefill and one-token decode).
+ * and the forward pass (batched prefill and one-token decode) run in a context.
+ *
+ * The split follows llama.cpp's llama_model / llama_context: a tq_model contains
+ * what is read from the file (mapping, config, weights, tokenizer) and is not
+ * modified after tq_model_create(), so contexts on different threads may share
+ * it. A tq_context contains the state of one sequence (KV cache, activation
+ * buffers, thread count); calls on one context must not run concurrently, but
+ * different contexts of the same model may run in parallel.
  *
  * Ownership: tq_model_create() opens the GGUF file itself and keeps it mapped;
  * the weights point into that mapping and the tokenizer is built from its
- * metadata. Everything is released by tq_model_free(). A model holds the KV
- * cache of one sequence, so calls on one model must not run concurrently.
+ * metadata. It also creates one default context, used by the tq_model_eval
+ * family of calls, so a model still works as a single sequence. Everything is
+ * released by tq_model_free(). A context from tq_context_create() borrows its
+ * model, which must outlive it, and is released by tq_context_free().
  */
 #ifndef TQ_MODEL_H
 #define TQ_MODEL_H
@@ -49,6 +58,7 @@ typedef struct {
 } tq_model_config;
 
 typedef struct tq_model tq_model;
+typedef struct tq_context tq_context;
 
 /* How many logits rows tq_model_eval writes. */
 typedef enum {
@@ -73,6 +83,19 @@ typedef struct {
                         * comparisons with float references), 0: quantize them as llama.cpp does */
 } tq_model_params;
 
+/* Settings of one context. */
+typedef struct {
+    int threads;     /* OpenMP threads per call; 0 keeps the OpenMP default */
+    int64_t n_ctx;   /* positions the cache can store; 0 for the model's context_length */
+    int64_t n_batch; /* micro-batch size of prefill; 0 for the default of 512 */
+    tq_kv_type type_k;
+    tq_kv_type type_v;
+    int64_t kv_recent_f16;    /* as in tq_model_params */
+    const int *kv_f16_layers; /* as in tq_model_params; copied by tq_context_create */
+    int n_kv_f16_layers;
+    int kv_balance_keys; /* as in tq_model_params */
+} tq_context_params;
+
 /* Open path and build the model. A file without tokenizer metadata gives a model
  * without tokenizer (tq_model_tokenizer returns NULL) that runs token ids only.
  * Errors: TQ_ERR_IO (missing file), TQ_ERR_FORMAT (not GGUF, corrupt, a tensor
@@ -94,8 +117,8 @@ int64_t tq_model_n_past(const tq_model *model);
 int tq_model_threads(const tq_model *model);
 tq_isa tq_model_isa(const tq_model *model);
 
-/* Run tokens[0..n) at positions n_past .. n_past + n - 1 and append their keys
- * and values to the cache. logits receives n_vocab floats per row requested by
+/* Run tokens[0..n) at positions n_past .. n_past + n - 1 of the default
+ * context and append their keys and values to its cache. logits receives n_vocab floats per row requested by
  * mode (n rows for TQ_LOGITS_ALL, 1 for TQ_LOGITS_LAST, may be NULL for NONE).
  * Errors: TQ_ERR_INVALID (n < 1 or a token id outside the vocabulary, nothing
  * is run), TQ_ERR_RANGE (n_past + n > n_ctx, nothing is run). */
@@ -104,5 +127,30 @@ tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_lo
 
 /* Forget positions >= n_past; see tq_kv_cache_truncate for the limits. */
 tq_status tq_model_truncate(tq_model *model, int64_t n_past, tq_error *err);
+
+/* The default context that tq_model_eval and tq_model_truncate use; owned by the model. */
+tq_context *tq_model_context(tq_model *model);
+
+/* Settings the default context was created with (kv_f16_layers points into the
+ * model and stays valid until tq_model_free). A starting point for new contexts. */
+tq_context_params tq_model_context_params(const tq_model *model);
+
+/* Create a context of model with its own KV cache and buffers. Errors:
+ * TQ_ERR_INVALID (negative threads, n_ctx or n_batch, unknown cache type, a
+ * kv_f16_layers entry outside the model), TQ_ERR_NOMEM. */
+tq_status tq_context_create(const tq_model *model, const tq_context_params *params, tq_context **out,
+                            tq_error *err);
+void tq_context_free(tq_context *context);
+
+const tq_model *tq_context_model(const tq_context *context);
+tq_kv_cache *tq_context_kv_cache(tq_context *context);
+int64_t tq_context_n_ctx(const tq_context *context);
+int64_t tq_context_n_past(const tq_context *context);
+int tq_context_threads(const tq_context *context);
+
+/* tq_model_eval and tq_model_truncate on a given context. */
+tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
+                          tq_error *err);
+tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err);
 
 #endif /* TQ_MODEL_H */

@@ -88,19 +88,20 @@ static inline float gelu_tanh(float x)
 /* Make sure every OpenMP thread of this call has attention scratch, and that
  * the partial results of the largest task split fit. Grows only when the
  * thread count rises, so decode steps do not allocate. */
-static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error *err)
+static tq_status ensure_attention_scratch(tq_context *context, int threads, tq_error *err)
 {
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     if (b->attention_scratch != NULL && b->attention_scratch_threads >= threads) {
         return TQ_OK;
     }
-    const tq_model_config *c = &model->config;
+    const tq_model_config *c = &context->model->config;
     const int group = c->n_heads / c->n_kv_heads;
-    size_t stride = (tq_kv_cache_scratch_bytes(model->cache, group) + 63) & ~(size_t)63;
+    size_t stride = (tq_kv_cache_scratch_bytes(context->cache, group) + 63) & ~(size_t)63;
     /* Tasks are split across positions only while n_batch x n_kv_heads < threads,
      * so there are at most max(n_batch, threads x threads) x n_kv_heads tasks. */
-    size_t max_tasks = (size_t)model->n_batch > (size_t)threads * (size_t)threads ? (size_t)model->n_batch
-                                                                                   : (size_t)threads * (size_t)threads;
+    size_t max_tasks = (size_t)context->n_batch > (size_t)threads * (size_t)threads
+                           ? (size_t)context->n_batch
+                           : (size_t)threads * (size_t)threads;
     size_t scratch_bytes, partial_count, partial_bytes;
     if (!tq_mul_size(stride, (size_t)threads, &scratch_bytes) ||
         !tq_mul_size(max_tasks * (size_t)c->n_kv_heads * (size_t)group, TQ_KV_PARTIAL_FLOATS(c->head_dim),
@@ -135,10 +136,10 @@ static tq_status ensure_attention_scratch(tq_model *model, int threads, tq_error
  * each K and V row is read once per token. When there are fewer tasks than
  * threads (decode), each task is also split into ranges of positions whose
  * partial softmax sums are merged afterwards. */
-static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n, const float *queries, float *out)
+static void attend_layer(tq_context *context, int l, int64_t pos0, int64_t n, const float *queries, float *out)
 {
-    const tq_model_config *c = &model->config;
-    tq_forward_buffers *b = &model->buffers;
+    const tq_model_config *c = &context->model->config;
+    tq_forward_buffers *b = &context->buffers;
     const int hd = c->head_dim;
     const int q_dim = c->n_heads * hd;
     const int group = c->n_heads / c->n_kv_heads;
@@ -146,7 +147,7 @@ static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n, const 
     const size_t task_floats = (size_t)group * TQ_KV_PARTIAL_FLOATS(hd);
     const int threads = b->attention_scratch_threads;
 
-    const int64_t first = tq_kv_cache_first_visible(model->cache, l, pos0 + n - 1);
+    const int64_t first = tq_kv_cache_first_visible(context->cache, l, pos0 + n - 1);
     const int64_t visible = pos0 + n - first;
     int64_t splits = 1;
     if (n * n_kv < threads) {
@@ -162,12 +163,12 @@ static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n, const 
         const int g = (int)((task / splits) % n_kv);
         const int64_t part = task % splits;
         const int64_t pos = pos0 + t;
-        const int64_t task_first = tq_kv_cache_first_visible(model->cache, l, pos);
+        const int64_t task_first = tq_kv_cache_first_visible(context->cache, l, pos);
         const int64_t span = pos - task_first + 1;
         const int64_t begin = task_first + span * part / splits;
         const int64_t end = task_first + span * (part + 1) / splits;
         void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
-        tq_kv_cache_attend_range(model->cache, l, g, pos, begin, end, group, queries + t * q_dim + g * group * hd,
+        tq_kv_cache_attend_range(context->cache, l, g, pos, begin, end, group, queries + t * q_dim + g * group * hd,
                                  scratch, b->attention_partials + (size_t)task * task_floats);
     }
 
@@ -180,11 +181,12 @@ static void attend_layer(tq_model *model, int l, int64_t pos0, int64_t n, const 
     }
 }
 
-static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, tq_error *err)
+static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t n, tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     const tq_layer_weights *w = &model->layers[l];
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     const int hd = c->head_dim;
     const int half = hd / 2;
     const int q_dim = c->n_heads * hd;
@@ -222,8 +224,8 @@ static tq_status forward_layer(tq_model *model, int l, int64_t pos0, int64_t n, 
     /* Write and attend TQ_ATTENTION_BATCH positions at a time (see its definition). */
     for (int64_t start = 0; start < n; start += TQ_ATTENTION_BATCH) {
         const int64_t m = n - start < TQ_ATTENTION_BATCH ? n - start : TQ_ATTENTION_BATCH;
-        tq_kv_cache_write(model->cache, l, pos0 + start, m, b->k + start * kv_dim, b->v + start * kv_dim);
-        attend_layer(model, l, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
+        tq_kv_cache_write(context->cache, l, pos0 + start, m, b->k + start * kv_dim, b->v + start * kv_dim);
+        attend_layer(context, l, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
     }
 
     if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
@@ -276,10 +278,11 @@ static void softcap_logits(float *logits, int64_t count, float cap)
 
 /* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 through all
  * layers; b->x then contains their final hidden states (before output_norm). */
-static tq_status forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
+static tq_status forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     tq_status status;
 
     for (int64_t t = 0; t < n; t++) {
@@ -295,7 +298,7 @@ static tq_status forward_batch(tq_model *model, const int32_t *tokens, int64_t p
     rope_tables(b->inv_freq_global, c->head_dim / 2, pos0, n, b->rope_cos_global, b->rope_sin_global);
 
     for (int l = 0; l < c->n_layers; l++) {
-        if ((status = forward_layer(model, l, pos0, n, err)) != TQ_OK) {
+        if ((status = forward_layer(context, l, pos0, n, err)) != TQ_OK) {
             return status;
         }
     }
@@ -305,6 +308,13 @@ static tq_status forward_batch(tq_model *model, const int32_t *tokens, int64_t p
 tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
                         tq_error *err)
 {
+    return tq_context_eval(model->context, tokens, n, mode, logits, err);
+}
+
+tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
+                          tq_error *err)
+{
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     if (n < 1) {
         return tq_error_set(err, TQ_ERR_INVALID, "tokens is empty; pass at least one token id");
@@ -315,39 +325,39 @@ tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_lo
                                 tokens[t], (long long)t, c->n_vocab);
         }
     }
-    const int64_t n_past = tq_kv_cache_n_past(model->cache);
-    if (n > model->n_ctx - n_past) {
+    const int64_t n_past = tq_kv_cache_n_past(context->cache);
+    if (n > context->n_ctx - n_past) {
         return tq_error_set(err, TQ_ERR_RANGE,
                             "%lld positions already used plus %lld new tokens exceed the context of %lld; create "
                             "the model with a larger ctx or truncate the cache",
-                            (long long)n_past, (long long)n, (long long)model->n_ctx);
+                            (long long)n_past, (long long)n, (long long)context->n_ctx);
     }
     if (mode != TQ_LOGITS_NONE && logits == NULL) {
         return tq_error_set(err, TQ_ERR_INVALID, "logits buffer is NULL but logits were requested");
     }
 
     /* Affects only the parallel regions started by this thread. */
-    if (model->threads > 0) {
-        omp_set_num_threads(model->threads);
+    if (context->threads > 0) {
+        omp_set_num_threads(context->threads);
     }
-    tq_status status = ensure_attention_scratch(model, omp_get_max_threads(), err);
+    tq_status status = ensure_attention_scratch(context, omp_get_max_threads(), err);
     if (status != TQ_OK) {
         return status;
     }
 
-    tq_forward_buffers *b = &model->buffers;
-    for (int64_t start = 0; start < n; start += model->n_batch) {
-        const int64_t m = n - start < model->n_batch ? n - start : model->n_batch;
-        const int64_t pos0 = tq_kv_cache_n_past(model->cache);
-        if ((status = tq_kv_cache_reserve(model->cache, m, err)) != TQ_OK) {
+    tq_forward_buffers *b = &context->buffers;
+    for (int64_t start = 0; start < n; start += context->n_batch) {
+        const int64_t m = n - start < context->n_batch ? n - start : context->n_batch;
+        const int64_t pos0 = tq_kv_cache_n_past(context->cache);
+        if ((status = tq_kv_cache_reserve(context->cache, m, err)) != TQ_OK) {
             return status;
         }
-        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(model, tokens + start, pos0, m, err)
-                                       : forward_batch(model, tokens + start, pos0, m, err);
+        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens + start, pos0, m, err)
+                                       : forward_batch(context, tokens + start, pos0, m, err);
         if (status != TQ_OK) {
             return status;
         }
-        tq_kv_cache_advance(model->cache, m);
+        tq_kv_cache_advance(context->cache, m);
 
         /* Output norm and LM head only for the rows the caller wants. */
         float *rows = NULL;

@@ -592,11 +592,11 @@ static float *alloc_floats(int64_t rows, int64_t cols, const char *buffer_name, 
     return buffer;
 }
 
-tq_status tq_gemma4_prepare(tq_model *model, tq_error *err)
+tq_status tq_gemma4_prepare(tq_context *context, tq_error *err)
 {
-    const tq_model_config *c = &model->config;
-    tq_gemma4 *g = model->gemma4;
-    tq_forward_buffers *b = &model->buffers;
+    const tq_model_config *c = &context->model->config;
+    tq_gemma4 *g = context->model->gemma4;
+    tq_forward_buffers *b = &context->buffers;
 
     /* Inverse frequencies in float32 as transformers computes them: base^-(2i / head_dim)
      * per layer kind. The common buffers hold head_dim / 2 entries, the larger size. */
@@ -611,9 +611,9 @@ tq_status tq_gemma4_prepare(tq_model *model, tq_error *err)
 
     if (c->per_layer_input > 0) {
         const int64_t width = (int64_t)c->n_layers * c->per_layer_input;
-        if ((g->ple = alloc_floats(model->n_batch, width, "ple", err)) == NULL ||
-            (g->ple_token = alloc_floats(model->n_batch, width, "ple_token", err)) == NULL ||
-            (g->ple_gate = alloc_floats(model->n_batch, c->per_layer_input, "ple_gate", err)) == NULL) {
+        if ((g->ple = alloc_floats(context->n_batch, width, "ple", err)) == NULL ||
+            (g->ple_token = alloc_floats(context->n_batch, width, "ple_token", err)) == NULL ||
+            (g->ple_gate = alloc_floats(context->n_batch, c->per_layer_input, "ple_gate", err)) == NULL) {
             return err->status;
         }
     }
@@ -715,17 +715,17 @@ static void rope_apply(float *x, const float *cos_row, const float *sin_row, int
 
 /* Attention of the n tokens of a micro-batch on layer l with head size hd, into
  * b->attention; the task split follows attend_layer in model_forward.c. */
-static void attend_layer(tq_model *model, int l, int hd, int64_t pos0, int64_t n)
+static void attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n)
 {
-    const tq_model_config *c = &model->config;
-    tq_forward_buffers *b = &model->buffers;
+    const tq_model_config *c = &context->model->config;
+    tq_forward_buffers *b = &context->buffers;
     const int q_dim = c->n_heads * hd;
     const int group = c->n_heads / c->n_kv_heads;
     const int n_kv = c->n_kv_heads;
     const size_t task_floats = (size_t)group * TQ_KV_PARTIAL_FLOATS(hd);
     const int threads = b->attention_scratch_threads;
 
-    const int64_t first = tq_kv_cache_first_visible(model->cache, l, pos0 + n - 1);
+    const int64_t first = tq_kv_cache_first_visible(context->cache, l, pos0 + n - 1);
     const int64_t visible = pos0 + n - first;
     int64_t splits = 1;
     if (n * n_kv < threads) {
@@ -741,12 +741,12 @@ static void attend_layer(tq_model *model, int l, int hd, int64_t pos0, int64_t n
         const int g = (int)((task / splits) % n_kv);
         const int64_t part = task % splits;
         const int64_t pos = pos0 + t;
-        const int64_t task_first = tq_kv_cache_first_visible(model->cache, l, pos);
+        const int64_t task_first = tq_kv_cache_first_visible(context->cache, l, pos);
         const int64_t span = pos - task_first + 1;
         const int64_t begin = task_first + span * part / splits;
         const int64_t end = task_first + span * (part + 1) / splits;
         void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
-        tq_kv_cache_attend_range(model->cache, l, g, pos, begin, end, group, b->q + t * q_dim + g * group * hd,
+        tq_kv_cache_attend_range(context->cache, l, g, pos, begin, end, group, b->q + t * q_dim + g * group * hd,
                                  scratch, b->attention_partials + (size_t)task * task_floats);
     }
 
@@ -775,12 +775,13 @@ static void add_normed(tq_forward_buffers *b, const float *norm, int64_t n, int 
 
 /* Attention block: Q (and K, V unless the layer reads another layer's cache rows),
  * their norms and RoPE, attention over the cache, output projection, residual add. */
-static tq_status attention_block(tq_model *model, int l, int64_t pos0, int64_t n, tq_error *err)
+static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64_t n, tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     const tq_layer_weights *w = &model->layers[l];
     const tq_gemma4_layer *gl = &model->gemma4->layers[l];
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     const int hd = gl->head_dim;
     const int half = hd / 2;
     const int q_dim = c->n_heads * hd;
@@ -825,10 +826,10 @@ static tq_status attention_block(tq_model *model, int l, int64_t pos0, int64_t n
         }
     }
     if (stores_kv) {
-        tq_kv_cache_write(model->cache, l, pos0, n, b->k, b->v);
+        tq_kv_cache_write(context->cache, l, pos0, n, b->k, b->v);
     }
 
-    attend_layer(model, l, hd, pos0, n);
+    attend_layer(context, l, hd, pos0, n);
 
     if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
         return status;
@@ -837,12 +838,13 @@ static tq_status attention_block(tq_model *model, int l, int64_t pos0, int64_t n
     return TQ_OK;
 }
 
-static tq_status ffn_block(tq_model *model, int l, int64_t n, tq_error *err)
+static tq_status ffn_block(tq_context *context, int l, int64_t n, tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     const tq_layer_weights *w = &model->layers[l];
     const int ffn = model->gemma4->layers[l].ffn;
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     tq_status status;
 
     rms_norm_rows(b->x, w->ffn_norm, n, c->hidden, c->rms_eps, b->x_norm);
@@ -863,12 +865,13 @@ static tq_status ffn_block(tq_model *model, int l, int64_t n, tq_error *err)
 }
 
 /* x += RMSNorm(W_proj (gelu_tanh(W_gate x) * ple[l])). */
-static tq_status per_layer_block(tq_model *model, int l, int64_t n, tq_error *err)
+static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     const tq_gemma4 *g = model->gemma4;
     const tq_gemma4_layer *gl = &g->layers[l];
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     const int width = c->per_layer_input;
     const int64_t row = (int64_t)c->n_layers * width;
     tq_status status;
@@ -894,11 +897,12 @@ static tq_status per_layer_block(tq_model *model, int l, int64_t n, tq_error *er
 /* Per-layer inputs of the micro-batch: (RMSNorm(W x / sqrt(hidden)) + table[token]
  * * sqrt(width)) / sqrt(2), per layer slice of width values, where x is the scaled
  * token embedding in b->x. Scalars are rounded to float32 as transformers does. */
-static tq_status per_layer_inputs(tq_model *model, const int32_t *tokens, int64_t n, tq_error *err)
+static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, int64_t n, tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     tq_gemma4 *g = model->gemma4;
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     const int width = c->per_layer_input;
     const int64_t row = (int64_t)c->n_layers * width;
     const float projection_scale = (float)pow((double)c->hidden, -0.5);
@@ -931,11 +935,13 @@ static tq_status per_layer_inputs(tq_model *model, const int32_t *tokens, int64_
     return TQ_OK;
 }
 
-tq_status tq_gemma4_forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
+tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
+                                  tq_error *err)
 {
+    const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     const tq_gemma4 *g = model->gemma4;
-    tq_forward_buffers *b = &model->buffers;
+    tq_forward_buffers *b = &context->buffers;
     tq_status status;
 
     for (int64_t t = 0; t < n; t++) {
@@ -947,18 +953,18 @@ tq_status tq_gemma4_forward_batch(tq_model *model, const int32_t *tokens, int64_
             x[i] *= c->embedding_scale;
         }
     }
-    if (c->per_layer_input > 0 && (status = per_layer_inputs(model, tokens, n, err)) != TQ_OK) {
+    if (c->per_layer_input > 0 && (status = per_layer_inputs(context, tokens, n, err)) != TQ_OK) {
         return status;
     }
     rope_tables(b->inv_freq_local, c->head_dim_local / 2, pos0, n, b->rope_cos_local, b->rope_sin_local);
     rope_tables(b->inv_freq_global, c->head_dim / 2, pos0, n, b->rope_cos_global, b->rope_sin_global);
 
     for (int l = 0; l < c->n_layers; l++) {
-        if ((status = attention_block(model, l, pos0, n, err)) != TQ_OK ||
-            (status = ffn_block(model, l, n, err)) != TQ_OK) {
+        if ((status = attention_block(context, l, pos0, n, err)) != TQ_OK ||
+            (status = ffn_block(context, l, n, err)) != TQ_OK) {
             return status;
         }
-        if (c->per_layer_input > 0 && (status = per_layer_block(model, l, n, err)) != TQ_OK) {
+        if (c->per_layer_input > 0 && (status = per_layer_block(context, l, n, err)) != TQ_OK) {
             return status;
         }
         const float scale = g->layers[l].output_scale;

@@ -1,5 +1,6 @@
-/* Definition of tq_model, shared by model.c (creation), model_forward.c
- * (forward pass) and model_gemma4.c (Gemma 4). Not part of the public C API. */
+/* Definitions of tq_model and tq_context, shared by model.c (creation),
+ * model_forward.c (forward pass) and model_gemma4.c (Gemma 4). Not part of the
+ * public C API. */
 #ifndef TQ_MODEL_INTERNAL_H
 #define TQ_MODEL_INTERNAL_H
 
@@ -52,14 +53,22 @@ struct tq_model {
     const float *output_norm;
     tq_layer_weights *layers;
     int64_t *layer_window; /* sliding window per layer, 0 for global layers */
+    tq_isa isa;
+    int exact_matmul; /* 1: float activations in every product (tq_matmul_exact) */
+    tq_context_params context_params; /* settings of the default context */
+    int *kv_f16_layers;               /* owned copy behind context_params.kv_f16_layers */
+    tq_context *context;              /* default context of tq_model_eval */
+    struct tq_gemma4 *gemma4;         /* Gemma 4 weights and buffers; NULL for Gemma 3 */
+};
+
+/* State of one sequence; see model.h. */
+struct tq_context {
+    const tq_model *model;
     tq_kv_cache *cache;
     int64_t n_ctx;
     int64_t n_batch;
     int threads;
-    tq_isa isa;
-    int exact_matmul; /* 1: float activations in every product (tq_matmul_exact) */
     tq_forward_buffers buffers;
-    struct tq_gemma4 *gemma4; /* Gemma 4 weights and buffers; NULL for Gemma 3 */
 };
 
 /* Returns 1 when layer uses full attention and the global RoPE base. */
@@ -81,8 +90,9 @@ int tq_gemma4_detect(const tq_gguf *gguf);
  * the embedding and LM head, and a new model->gemma4. */
 tq_status tq_gemma4_load(tq_model *model, tq_error *err);
 
-/* Allocate the Gemma 4 buffers and RoPE frequencies, after the common buffers. */
-tq_status tq_gemma4_prepare(tq_model *model, tq_error *err);
+/* Allocate the Gemma 4 buffers and set the RoPE frequencies of context, after the
+ * common buffers. */
+tq_status tq_gemma4_prepare(tq_context *context, tq_error *err);
 
 /* Per-layer head sizes and K/V source layers for tq_kv_cache_config. */
 const int *tq_gemma4_layer_head_dims(const tq_gemma4 *gemma4);
@@ -90,7 +100,8 @@ const int *tq_gemma4_layer_kv_sources(const tq_gemma4 *gemma4);
 
 /* Run n tokens at positions pos0 .. pos0 + n - 1 through every layer, as
  * forward_batch in model_forward.c; b->x then contains the final hidden states. */
-tq_status tq_gemma4_forward_batch(tq_model *model, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err);
+tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
+                                  tq_error *err);
 
 void tq_gemma4_free(tq_gemma4 *gemma4);
 

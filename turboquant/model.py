@@ -1,10 +1,10 @@
 """High-level text generation API: ``turboquant.Model``.
 
 ``Model.load()`` opens a GGUF file with the C runtime (``turboquant._core.Model``) and keeps
-one KV cache. ``generate`` and ``chat`` tokenise, run the forward pass, sample with
+one KV cache; ``Model.create_session()`` adds more caches on the same weights. ``generate`` and ``chat`` tokenise, run the forward pass, sample with
 ``turboquant._core.Sampler`` and detokenise; ``logits`` returns raw next-token logits.
 
-A Model is not thread-safe: use one Model per thread. The next call reuses the KV cache of
+A Model is not thread-safe: use one Model, or one session of it, per thread. The next call reuses the KV cache of
 the previous one when the new prompt starts with the same tokens, so a multi-turn chat
 evaluates only the new turn. ``logits`` and ``reset`` start from an empty cache.
 """
@@ -160,6 +160,21 @@ class Model:
             kv_balance_keys=bool(kv_balance_keys),
         )
         return cls(core, path)
+
+    def create_session(self, threads=None, ctx=None, cache_type_k=None, cache_type_v=None) -> "Model":
+        """Create a Model that shares these weights but has a KV cache and buffers of its own.
+
+        The weights are mapped once, so sessions cost only their cache and activation buffers.
+        Different sessions may generate at the same time from different threads, because the
+        forward pass releases the GIL; one session still serves one thread at a time.
+        Arguments left at None take the values this Model was loaded with; kv_recent_f16,
+        kv_f16_layers and kv_balance_keys are always inherited.
+        """
+        _check_optional_int("threads", threads, 1)
+        _check_optional_int("ctx", ctx, 1)
+        context = self._core.create_context(threads=threads, ctx=ctx, cache_type_k=cache_type_k,
+                                            cache_type_v=cache_type_v)
+        return Model(context, self.path)
 
     def _find_end_ids(self) -> frozenset:
         """Return the ids that end a reply: EOS, and Gemma's <end_of_turn> and <start_of_turn> when the

@@ -1,5 +1,6 @@
-/* CPython binding of the model: _core.Model (Gemma 3 forward pass with its KV
- * cache) and _core.kv_cache_attention (one cache layer, for kernel tests). */
+/* CPython binding of the model: _core.Model (weights, tokenizer and a default
+ * context), _core.Context (one more KV cache and set of buffers on the same
+ * weights) and _core.kv_cache_attention (one cache layer, for kernel tests). */
 #include "py_common.h"
 
 #include <errno.h>
@@ -213,15 +214,14 @@ fail:
     return NULL;
 }
 
-static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
+/* ---- Calls shared by Model (its default context) and Context ---------------- */
+
+static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"tokens", "logits", NULL};
     PyObject *tokens_object;
     const char *logits_name = "last";
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s:eval", keywords, &tokens_object, &logits_name)) {
-        return NULL;
-    }
-    if (check_ready(self) != 0) {
         return NULL;
     }
     tq_logits_mode mode;
@@ -241,9 +241,9 @@ static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
     if (tokens == NULL) {
         return NULL;
     }
-    const tq_model_config *config = tq_model_get_config(self->model);
-    const int64_t n_past = tq_model_n_past(self->model);
-    const int64_t n_ctx = tq_model_n_ctx(self->model);
+    const tq_model_config *config = tq_model_get_config(tq_context_model(context));
+    const int64_t n_past = tq_context_n_past(context);
+    const int64_t n_ctx = tq_context_n_ctx(context);
     if ((int64_t)n > n_ctx - n_past) {
         PyMem_Free(tokens);
         PyErr_Format(PyExc_IndexError,
@@ -276,7 +276,7 @@ static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = tq_model_eval(self->model, tokens, n, mode, logits, &err);
+    status = tq_context_eval(context, tokens, n, mode, logits, &err);
     Py_END_ALLOW_THREADS
     PyMem_Free(tokens);
     if (status != TQ_OK) {
@@ -286,59 +286,34 @@ static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
     return result;
 }
 
-static PyObject *Model_truncate(ModelObject *self, PyObject *args, PyObject *kwargs)
+static PyObject *context_truncate(tq_context *context, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"n_past", NULL};
     long long n_past;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L:truncate", keywords, &n_past)) {
         return NULL;
     }
-    if (check_ready(self) != 0) {
-        return NULL;
-    }
     tq_error err;
     tq_error_clear(&err);
-    if (tq_model_truncate(self->model, n_past, &err) != TQ_OK) {
+    if (tq_context_truncate(context, n_past, &err) != TQ_OK) {
         return tq_py_raise(&err);
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *Model_reset(ModelObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *context_reset(tq_context *context)
 {
-    if (check_ready(self) != 0) {
-        return NULL;
-    }
     tq_error err;
     tq_error_clear(&err);
-    if (tq_model_truncate(self->model, 0, &err) != TQ_OK) {
+    if (tq_context_truncate(context, 0, &err) != TQ_OK) {
         return tq_py_raise(&err);
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *Model_kv_cache_bytes(ModelObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *config_dict(const tq_model *model)
 {
-    if (check_ready(self) != 0) {
-        return NULL;
-    }
-    return PyLong_FromSize_t(tq_kv_cache_bytes(tq_model_kv_cache(self->model)));
-}
-
-static PyObject *Model_kv_bytes_per_token(ModelObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (check_ready(self) != 0) {
-        return NULL;
-    }
-    return PyLong_FromSize_t(tq_kv_cache_bytes_per_token(tq_model_kv_cache(self->model)));
-}
-
-static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
-{
-    if (check_ready(self) != 0) {
-        return NULL;
-    }
-    const tq_model_config *c = tq_model_get_config(self->model);
+    const tq_model_config *c = tq_model_get_config(model);
     PyObject *config = Py_BuildValue(
         "{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:L,s:L,s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:s}", "architecture", c->architecture,
         "n_layers", c->n_layers, "hidden", c->hidden, "n_heads", c->n_heads, "n_kv_heads", c->n_kv_heads, "head_dim",
@@ -347,7 +322,7 @@ static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
         "rope_base_global", (double)c->rope_base_global, "rope_base_local", (double)c->rope_base_local,
         "rope_scale_global", (double)c->rope_scale_global, "eps", (double)c->rms_eps, "query_pre_attn_scalar",
         (double)c->query_pre_attn_scalar, "embedding_scale", (double)c->embedding_scale, "kernels",
-        tq_isa_name(tq_model_isa(self->model)));
+        tq_isa_name(tq_model_isa(model)));
     /* Gemma 4 fields (see tq_model_config); global_layers lists the full-attention layers. */
     PyObject *extra = Py_BuildValue("{s:i,s:i,s:i,s:i,s:d}", "head_dim_local", c->head_dim_local,
                                     "rope_dims_global", c->rope_dims_global, "n_kv_shared_layers",
@@ -376,18 +351,60 @@ static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
     return config;
 }
 
-/* A new wrapper per access: caching it here would make a reference cycle,
- * because the wrapper keeps the model alive. */
-static PyObject *Model_get_tokenizer(ModelObject *self, void *Py_UNUSED(closure))
+/* A new wrapper per access: caching it would make a reference cycle, because
+ * the wrapper keeps owner (and so the model) alive. */
+static PyObject *tokenizer_wrapper(const tq_model *model, PyObject *owner)
+{
+    const tq_tokenizer *tok = tq_model_tokenizer(model);
+    if (tok == NULL) {
+        Py_RETURN_NONE;
+    }
+    return tq_py_tokenizer_borrow(tok, owner);
+}
+
+/* ---- Model -------------------------------------------------------------------- */
+
+static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    return check_ready(self) != 0 ? NULL : context_eval(tq_model_context(self->model), args, kwargs);
+}
+
+static PyObject *Model_truncate(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    return check_ready(self) != 0 ? NULL : context_truncate(tq_model_context(self->model), args, kwargs);
+}
+
+static PyObject *Model_reset(ModelObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return check_ready(self) != 0 ? NULL : context_reset(tq_model_context(self->model));
+}
+
+static PyObject *Model_kv_cache_bytes(ModelObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_ready(self) != 0) {
         return NULL;
     }
-    const tq_tokenizer *tok = tq_model_tokenizer(self->model);
-    if (tok == NULL) {
-        Py_RETURN_NONE;
+    return PyLong_FromSize_t(tq_kv_cache_bytes(tq_model_kv_cache(self->model)));
+}
+
+static PyObject *Model_kv_bytes_per_token(ModelObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
     }
-    return tq_py_tokenizer_borrow(tok, (PyObject *)self);
+    return PyLong_FromSize_t(tq_kv_cache_bytes_per_token(tq_model_kv_cache(self->model)));
+}
+
+static PyObject *Model_create_context(ModelObject *self, PyObject *args, PyObject *kwargs);
+
+static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : config_dict(self->model);
+}
+
+static PyObject *Model_get_tokenizer(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : tokenizer_wrapper(self->model, (PyObject *)self);
 }
 
 static PyObject *Model_get_n_ctx(ModelObject *self, void *Py_UNUSED(closure))
@@ -433,6 +450,13 @@ static PyMethodDef Model_methods[] = {
      "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
     {"kv_bytes_per_token", (PyCFunction)Model_kv_bytes_per_token, METH_NOARGS,
      "kv_bytes_per_token() -> int\n\nBytes one position takes in every layer, K and V."},
+    {"create_context", (PyCFunction)(void (*)(void))Model_create_context, METH_VARARGS | METH_KEYWORDS,
+     "create_context(threads=None, ctx=None, cache_type_k=None, cache_type_v=None) -> Context\n\n"
+     "Create a Context: a KV cache and forward buffers of its own that share this model's weights.\n"
+     "Arguments left at None take the value the Model was created with (threads 0: OpenMP default,\n"
+     "ctx 0: the model's context length); kv_recent_f16, kv_f16_layers and kv_balance_keys are always\n"
+     "inherited.\n"
+     "Different contexts may run eval() at the same time from different threads."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -461,13 +485,213 @@ static PyTypeObject ModelType = {
               "kv_recent_f16 newest positions are also kept in f16 and read from there, and the layers listed in\n"
               "kv_f16_layers (negative: from the end) store f16 rows. n_batch: prompt micro-batch\n"
               "size (0: 512). threads: OpenMP threads per call (0: OpenMP default). exact_matmul: keep\n"
-              "activations in float32 in weight products (slower; matches float references such as transformers).",
+              "activations in float32 in weight products (slower; matches float references such as transformers).\n"
+              "eval() and truncate() act on the model's default context; create_context() makes more.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
     .tp_dealloc = (destructor)Model_dealloc,
     .tp_methods = Model_methods,
     .tp_getset = Model_getset,
 };
+
+/* ---- Context ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    ModelObject *owner; /* strong reference: the weights must outlive the context */
+    tq_context *context;
+    tq_kv_type type_k;
+    tq_kv_type type_v;
+} ContextObject;
+
+static void Context_dealloc(ContextObject *self)
+{
+    tq_context_free(self->context);
+    self->context = NULL;
+    Py_CLEAR(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Context_eval(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    return context_eval(self->context, args, kwargs);
+}
+
+static PyObject *Context_truncate(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    return context_truncate(self->context, args, kwargs);
+}
+
+static PyObject *Context_reset(ContextObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return context_reset(self->context);
+}
+
+static PyObject *Context_kv_cache_bytes(ContextObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSize_t(tq_kv_cache_bytes(tq_context_kv_cache(self->context)));
+}
+
+static PyObject *Context_kv_bytes_per_token(ContextObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSize_t(tq_kv_cache_bytes_per_token(tq_context_kv_cache(self->context)));
+}
+
+static PyObject *Context_get_config(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return config_dict(tq_context_model(self->context));
+}
+
+static PyObject *Context_get_tokenizer(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return tokenizer_wrapper(tq_context_model(self->context), (PyObject *)self);
+}
+
+static PyObject *Context_get_model(ContextObject *self, void *Py_UNUSED(closure))
+{
+    Py_INCREF(self->owner);
+    return (PyObject *)self->owner;
+}
+
+static PyObject *Context_get_n_ctx(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(tq_context_n_ctx(self->context));
+}
+
+static PyObject *Context_get_n_past(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(tq_context_n_past(self->context));
+}
+
+static PyObject *Context_get_n_vocab(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(tq_model_get_config(tq_context_model(self->context))->n_vocab);
+}
+
+static PyObject *Context_get_threads(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(tq_context_threads(self->context));
+}
+
+static PyObject *Context_get_cache_type_k(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(tq_kv_type_get(self->type_k)->name);
+}
+
+static PyObject *Context_get_cache_type_v(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(tq_kv_type_get(self->type_v)->name);
+}
+
+static PyMethodDef Context_methods[] = {
+    {"eval", (PyCFunction)(void (*)(void))Context_eval, METH_VARARGS | METH_KEYWORDS,
+     "eval(tokens, logits='last')\n\nAs Model.eval, on this context's KV cache."},
+    {"truncate", (PyCFunction)(void (*)(void))Context_truncate, METH_VARARGS | METH_KEYWORDS,
+     "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
+    {"reset", (PyCFunction)Context_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
+    {"kv_cache_bytes", (PyCFunction)Context_kv_cache_bytes, METH_NOARGS,
+     "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
+    {"kv_bytes_per_token", (PyCFunction)Context_kv_bytes_per_token, METH_NOARGS,
+     "kv_bytes_per_token() -> int\n\nBytes one position takes in every layer, K and V."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Context_getset[] = {
+    {"model", (getter)Context_get_model, NULL, "The _core.Model whose weights this context uses.", NULL},
+    {"config", (getter)Context_get_config, NULL, "Model configuration read from the GGUF metadata (dict).", NULL},
+    {"tokenizer", (getter)Context_get_tokenizer, NULL, "_core.Tokenizer of the model.", NULL},
+    {"n_ctx", (getter)Context_get_n_ctx, NULL, "Positions the KV cache can hold.", NULL},
+    {"n_past", (getter)Context_get_n_past, NULL, "Positions stored in the KV cache.", NULL},
+    {"n_vocab", (getter)Context_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},
+    {"threads", (getter)Context_get_threads, NULL, "OpenMP threads per call (0: OpenMP default).", NULL},
+    {"cache_type_k", (getter)Context_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
+    {"cache_type_v", (getter)Context_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ContextType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.Context",
+    .tp_basicsize = sizeof(ContextObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "KV cache and forward buffers of one sequence, sharing the weights of a Model.\n"
+              "Create one with Model.create_context(); it keeps the Model alive.",
+    .tp_dealloc = (destructor)Context_dealloc,
+    .tp_methods = Context_methods,
+    .tp_getset = Context_getset,
+};
+
+/* Parse an optional int argument of create_context: None keeps *out. */
+static int parse_optional_count(PyObject *value, const char *argument, long long *out)
+{
+    if (value == NULL || value == Py_None) {
+        return 0;
+    }
+    if (PyBool_Check(value) || !PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int or None, got %.100s", argument, Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    long long parsed = PyLong_AsLongLong(value);
+    if (parsed == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (parsed < 0 || parsed > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s must be between 0 (the default) and %d, got %lld", argument, INT32_MAX,
+                     parsed);
+        return -1;
+    }
+    *out = parsed;
+    return 0;
+}
+
+static PyObject *Model_create_context(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"threads", "ctx", "cache_type_k", "cache_type_v", NULL};
+    PyObject *threads_object = NULL, *ctx_object = NULL, *cache_type_k = NULL, *cache_type_v = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOOO:create_context", keywords, &threads_object, &ctx_object,
+                                     &cache_type_k, &cache_type_v)) {
+        return NULL;
+    }
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    tq_context_params params = tq_model_context_params(self->model);
+    long long threads = params.threads;
+    long long ctx = params.n_ctx;
+    if (parse_optional_count(threads_object, "threads", &threads) != 0 ||
+        parse_optional_count(ctx_object, "ctx", &ctx) != 0) {
+        return NULL;
+    }
+    params.threads = (int)threads;
+    params.n_ctx = ctx;
+    if ((cache_type_k != NULL && cache_type_k != Py_None &&
+         parse_cache_type(cache_type_k, "cache_type_k", &params.type_k) != 0) ||
+        (cache_type_v != NULL && cache_type_v != Py_None &&
+         parse_cache_type(cache_type_v, "cache_type_v", &params.type_v) != 0)) {
+        return NULL;
+    }
+
+    ContextObject *result = PyObject_New(ContextObject, &ContextType);
+    if (result == NULL) {
+        return NULL;
+    }
+    result->context = NULL;
+    Py_INCREF(self);
+    result->owner = self;
+    result->type_k = params.type_k;
+    result->type_v = params.type_v;
+
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_context_create(self->model, &params, &result->context, &err);
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        Py_DECREF(result);
+        return tq_py_raise(&err);
+    }
+    return (PyObject *)result;
+}
 
 /* ---- kv_cache_attention ----------------------------------------------------- */
 
@@ -798,12 +1022,17 @@ static PyMethodDef model_functions[] = {
 int tq_py_init_model(PyObject *module)
 {
     import_array1(-1);
-    if (PyType_Ready(&ModelType) < 0) {
+    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&ContextType) < 0) {
         return -1;
     }
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(module, "Model", (PyObject *)&ModelType) < 0) {
         Py_DECREF(&ModelType);
+        return -1;
+    }
+    Py_INCREF(&ContextType);
+    if (PyModule_AddObject(module, "Context", (PyObject *)&ContextType) < 0) {
+        Py_DECREF(&ContextType);
         return -1;
     }
     return PyModule_AddFunctions(module, model_functions);
