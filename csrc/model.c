@@ -781,6 +781,16 @@ int tq_context_threads(const tq_context *context)
     return context->threads;
 }
 
+tq_status tq_context_set_threads(tq_context *context, int threads, tq_error *err)
+{
+    if (threads < 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "threads must be >= 0 (0 uses the OpenMP default), got %d",
+                            threads);
+    }
+    context->threads = threads;
+    return TQ_OK;
+}
+
 tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err)
 {
     return tq_kv_cache_truncate(context->cache, n_past, err);

@@ -148,6 +148,11 @@ int64_t tq_context_n_ctx(const tq_context *context);
 int64_t tq_context_n_past(const tq_context *context);
 int tq_context_threads(const tq_context *context);
 
+/* Change the OpenMP threads of the next calls on context (0: OpenMP default), for
+ * example to share the cores between the contexts that are busy. Not safe while
+ * another thread runs a call on the same context. Errors: TQ_ERR_INVALID (negative). */
+tq_status tq_context_set_threads(tq_context *context, int threads, tq_error *err);
+
 /* tq_model_eval and tq_model_truncate on a given context. */
 tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
                           tq_error *err);

@@ -130,3 +130,17 @@ def test_session_rejects_bad_settings(model, kwargs, error):
 def test_core_context_not_constructible():
     with pytest.raises(TypeError):
         _core.Context()
+
+
+def test_context_threads_setter(model, reference):
+    texts, _ = reference
+    session = model.create_session()
+    session._core.threads = 1
+    assert session.threads == 1
+    # One thread changes how decode attention splits its positions, so logits may differ
+    # in the last bits; the greedy text of this short prompt does not.
+    assert session.generate(PROMPTS[0], max_tokens=12) == texts[PROMPTS[0]]
+    with pytest.raises(ValueError):
+        session._core.threads = -1
+    with pytest.raises(TypeError):
+        session._core.threads = 1.5

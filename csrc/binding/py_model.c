@@ -573,6 +573,33 @@ static PyObject *Context_get_threads(ContextObject *self, void *Py_UNUSED(closur
     return PyLong_FromLong(tq_context_threads(self->context));
 }
 
+static int Context_set_threads(ContextObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "threads cannot be deleted");
+        return -1;
+    }
+    if (PyBool_Check(value) || !PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "threads must be an int, got %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    const long threads = PyLong_AsLong(value);
+    if (threads == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (threads < 0 || threads > 4096) {
+        PyErr_Format(PyExc_ValueError, "threads must be between 0 (the OpenMP default) and 4096, got %ld", threads);
+        return -1;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    if (tq_context_set_threads(self->context, (int)threads, &err) != TQ_OK) {
+        tq_py_raise(&err);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Context_get_cache_type_k(ContextObject *self, void *Py_UNUSED(closure))
 {
     return PyUnicode_FromString(tq_kv_type_get(self->type_k)->name);
@@ -603,7 +630,8 @@ static PyGetSetDef Context_getset[] = {
     {"n_ctx", (getter)Context_get_n_ctx, NULL, "Positions the KV cache can hold.", NULL},
     {"n_past", (getter)Context_get_n_past, NULL, "Positions stored in the KV cache.", NULL},
     {"n_vocab", (getter)Context_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},
-    {"threads", (getter)Context_get_threads, NULL, "OpenMP threads per call (0: OpenMP default).", NULL},
+    {"threads", (getter)Context_get_threads, (setter)Context_set_threads,
+     "OpenMP threads per call (0: OpenMP default); settable between calls.", NULL},
     {"cache_type_k", (getter)Context_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
     {"cache_type_v", (getter)Context_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
