@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from . import server
+
 
 def cmd_info(args):
     from ._info import info
@@ -221,6 +223,11 @@ def build_parser():
     perplexity.add_argument("--max-tokens", type=_positive_int, metavar="N", help="use only the first N tokens")
     _add_model_options(perplexity, "window length in tokens (default: 512); the second half of each window is scored")
     perplexity.set_defaults(handler=cmd_perplexity)
+
+    serve = subcommands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API "
+                                   "(the same as turboquant-api)")
+    server.add_arguments(serve)
+    serve.set_defaults(handler=server.run)
     return parser
 
 

