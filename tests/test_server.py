@@ -80,6 +80,8 @@ class ServerProcess:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0, **kwargs)
 
     def stop(self):
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         try:
             self.process.wait(timeout=30)
@@ -160,6 +162,7 @@ def test_health(server):
     body = httpx.get(server.base_url + "/health", timeout=10).json()
     assert body["status"] == "ok"
     assert body["model"] == MODEL_NAME
+    assert "server ready: model " + MODEL_NAME in server.log()
 
 
 # ------------------------------------------------------------------ chat completions
@@ -460,3 +463,10 @@ def test_disconnect_frees_slot(single_slot_server):
     response = raw_post(server, "/v1/completions", {"prompt": "Hello", "max_tokens": 2}, api_key=None)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 2
+
+
+def test_shutdown_logged(single_slot_server):
+    single_slot_server.stop()
+    log = single_slot_server.log()
+    assert "server stopping" in log
+    assert "server stopped" in log
