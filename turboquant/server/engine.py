@@ -61,7 +61,7 @@ class GenerationJob:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:
-            # The event loop has closed (server shutdown): nobody is reading any more.
+            # The event loop has closed (server shutdown), so no handler reads the events any more.
             self.cancelled.set()
 
 
@@ -177,10 +177,10 @@ class Engine:
             job.post("error", RequestCancelled(job.request_id))
         except Exception as exc:  # reported to the client as a 500 and logged with the request id
             log.exception("request %s failed in the worker: %s", job.request_id, exc)
-            job.post("error", exc)
+            # Without its traceback, the exception does not keep this frame and its session alive.
+            job.post("error", exc.with_traceback(None))
         finally:
-            # The session's KV cache and buffers are freed when this frame's references go,
-            # on return; no cycle keeps them alive.
+            # The session's KV cache and buffers are freed on return, with this frame's references.
             self._release(job, started=True)
 
     # ---------------------------------------------------------------- shutdown

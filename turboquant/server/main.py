@@ -39,6 +39,13 @@ def _port(text):
     return value
 
 
+def _available_cpus() -> int:
+    """Return the CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server's options to parser (shared by turboquant-api and turboquant serve)."""
     parser.add_argument("--weights", metavar="PATH", help="GGUF model file (default: Gemma 3 270M Q4_K_M from the "
@@ -52,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-type-v", metavar="TYPE", default="f16", help="KV cache type of values "
                         "(default: f16)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads shared by the running "
-                        "requests (default: the number of CPUs)")
+                        "requests (default: the CPUs this process may use)")
     parser.add_argument("--max-concurrent", type=_positive_int, default=4, metavar="N",
                         help="requests generating at the same time, each with its own KV cache (default: 4)")
     parser.add_argument("--max-queue", type=_non_negative_int, default=16, metavar="N",
@@ -93,7 +100,7 @@ def run(args) -> int:
     from .engine import Engine
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or _available_cpus()
     api_key = args.api_key if args.api_key is not None else os.environ.get("TURBOQUANT_API_KEY") or None
 
     log.info("loading %s", args.weights or "the default model")
