@@ -343,10 +343,20 @@ def test_unknown_route_404(server):
          "messages"),
         ({"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"messages": CHAT, "logprobs": True}, "logprobs"),
+        ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": CHAT, "logit_bias": {"100": 5}}, "logit_bias"),
+        ({"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": CHAT, "seed": "abc"}, "seed"),
     ],
 )
 def test_chat_invalid_request_400(server, body, param):
     assert_openai_error(raw_post(server, "/v1/chat/completions", body), 400, param)
+
+
+def test_wrong_method_405(server):
+    response = httpx.get(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                         timeout=10)
+    assert_openai_error(response, 405)
 
 
 def test_invalid_json_400(server):
