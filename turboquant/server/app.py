@@ -369,7 +369,7 @@ def _sse(payload: dict) -> str:
 
 
 class _ResponseShape:
-    """Builds the response and chunk bodies of one request, with its id and creation time."""
+    """Builder of the response and chunk bodies of one request, with its id and creation time."""
 
     def __init__(self, request_id: str, model_name: str, chat: bool, prompt_tokens: int):
         self.request_id = request_id
