@@ -266,7 +266,8 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
         _reject_unsupported(body)
         prompt_ids = _chat_prompt(model, body.messages)
         max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "messages")
-        return await _generate(request, body, prompt_ids, _sampling(body, max_tokens), chat=True)
+        return await _generate(engine, model_name, request, body, prompt_ids, _sampling(body, max_tokens),
+                               chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: schemas.CompletionRequest, request: Request):
@@ -274,87 +275,94 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
         _reject_unsupported(body)
         prompt_ids = _completion_prompt(model, body.prompt)
         max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "prompt")
-        return await _generate(request, body, prompt_ids, _sampling(body, max_tokens), chat=False)
-
-    # ----------------------------------------------------------- generation
-
-    async def _generate(request: Request, body, prompt_ids: list, sampling: dict, chat: bool):
-        request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        job = GenerationJob(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling,
-                            loop=asyncio.get_running_loop())
-        try:
-            engine.submit(job)
-        except QueueFullError as exc:
-            raise APIError(503, str(exc), type="server_error", code="queue_full") from None
-        log.info("request %s %s: %d prompt tokens, max_tokens %d, stream %s, %d running, %d queued", request_id,
-                 request.url.path, len(prompt_ids), sampling["max_tokens"], body.stream, engine.running,
-                 engine.queued)
-        shape = _ResponseShape(request_id, model_name, chat, len(prompt_ids))
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(job, shape, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _complete(request, job, shape)
-
-    async def _complete(request: Request, job: GenerationJob, shape: "_ResponseShape"):
-        parts = []
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_POLL_SECONDS)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled.set()
-                    log.info("request %s: client disconnected; cancelling", job.request_id)
-                    return JSONResponse({}, status_code=499)
-                continue
-            if kind == "piece":
-                parts.append(value)
-            elif kind == "done":
-                _log_finished(job, value)
-                return JSONResponse(shape.response("".join(parts), value))
-            else:
-                raise _worker_error(value)
-
-    async def _stream(job: GenerationJob, shape: "_ResponseShape", include_usage: bool):
-        finished = False
-        first = True
-        try:
-            while True:
-                kind, value = await job.events.get()
-                if kind == "piece":
-                    yield _sse(shape.chunk(value, None, first, include_usage))
-                    first = False
-                    continue
-                if kind == "done":
-                    yield _sse(shape.chunk(None, value.finish_reason or "stop", first, include_usage))
-                    if include_usage:
-                        yield _sse(shape.usage_chunk(value))
-                    _log_finished(job, value)
-                else:
-                    error = _worker_error(value)
-                    log.warning("request %s: stream ended by an error: %s", job.request_id, error.message)
-                    detail = schemas.ErrorDetail(message=error.message, type=error.type, code=error.code)
-                    yield _sse(schemas.ErrorResponse(error=detail).model_dump())
-                finished = True
-                yield "data: [DONE]\n\n"
-                return
-        finally:
-            if not finished:
-                # Starlette cancels this generator when the client disconnects.
-                job.cancelled.set()
-                log.info("request %s: client disconnected during the stream; cancelling", job.request_id)
-
-    def _log_finished(job: GenerationJob, stats) -> None:
-        now = time.perf_counter()
-        queued = elapsed(job.submitted_at, job.started_at)
-        first = elapsed(job.submitted_at, job.first_piece_at)
-        log.info("request %s finished: %d prompt tokens (%d cached), %d completion tokens, finish_reason %s, "
-                 "queued %.3f s, first text after %s, total %.3f s, decode %.1f tokens/s", job.request_id,
-                 stats.prompt_tokens, stats.cached_tokens, stats.completion_tokens, stats.finish_reason,
-                 queued or 0.0, "-" if first is None else f"{first:.3f} s", now - job.submitted_at,
-                 stats.decode_tokens_per_s)
+        return await _generate(engine, model_name, request, body, prompt_ids, _sampling(body, max_tokens),
+                               chat=False)
 
     return app
+
+
+# ----------------------------------------------------------------------- generation
+
+
+async def _generate(engine: Engine, model_name: str, request: Request, body, prompt_ids: list, sampling: dict,
+                    chat: bool):
+    """Admit one request to the engine and return its response, streamed or whole."""
+    request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    job = GenerationJob(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling,
+                        loop=asyncio.get_running_loop())
+    try:
+        engine.submit(job)
+    except QueueFullError as exc:
+        raise APIError(503, str(exc), type="server_error", code="queue_full") from None
+    log.info("request %s %s: %d prompt tokens, max_tokens %d, stream %s, %d running, %d queued", request_id,
+             request.url.path, len(prompt_ids), sampling["max_tokens"], body.stream, engine.running,
+             engine.queued)
+    shape = _ResponseShape(request_id, model_name, chat, len(prompt_ids))
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_stream(job, shape, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await _complete(request, job, shape)
+
+async def _complete(request: Request, job: GenerationJob, shape: "_ResponseShape"):
+    """Collect every piece of job into one response, cancelling the job if the client leaves."""
+    parts = []
+    while True:
+        try:
+            kind, value = await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_POLL_SECONDS)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled.set()
+                log.info("request %s: client disconnected; cancelling", job.request_id)
+                return JSONResponse({}, status_code=499)
+            continue
+        if kind == "piece":
+            parts.append(value)
+        elif kind == "done":
+            _log_finished(job, value)
+            return JSONResponse(shape.response("".join(parts), value))
+        else:
+            raise _worker_error(value)
+
+async def _stream(job: GenerationJob, shape: "_ResponseShape", include_usage: bool):
+    """Yield the Server-Sent Events of job: text chunks, the closing chunk, usage, then [DONE]."""
+    finished = False
+    first = True
+    try:
+        while True:
+            kind, value = await job.events.get()
+            if kind == "piece":
+                yield _sse(shape.chunk(value, None, first, include_usage))
+                first = False
+                continue
+            if kind == "done":
+                yield _sse(shape.chunk(None, value.finish_reason or "stop", first, include_usage))
+                if include_usage:
+                    yield _sse(shape.usage_chunk(value))
+                _log_finished(job, value)
+            else:
+                error = _worker_error(value)
+                log.warning("request %s: stream ended by an error: %s", job.request_id, error.message)
+                detail = schemas.ErrorDetail(message=error.message, type=error.type, code=error.code)
+                yield _sse(schemas.ErrorResponse(error=detail).model_dump())
+            finished = True
+            yield "data: [DONE]\n\n"
+            return
+    finally:
+        if not finished:
+            # Starlette cancels this generator when the client disconnects.
+            job.cancelled.set()
+            log.info("request %s: client disconnected during the stream; cancelling", job.request_id)
+
+def _log_finished(job: GenerationJob, stats) -> None:
+    now = time.perf_counter()
+    queued = elapsed(job.submitted_at, job.started_at)
+    first = elapsed(job.submitted_at, job.first_piece_at)
+    log.info("request %s finished: %d prompt tokens (%d cached), %d completion tokens, finish_reason %s, "
+             "queued %.3f s, first text after %s, total %.3f s, decode %.1f tokens/s", job.request_id,
+             stats.prompt_tokens, stats.cached_tokens, stats.completion_tokens, stats.finish_reason,
+             queued or 0.0, "-" if first is None else f"{first:.3f} s", now - job.submitted_at,
+             stats.decode_tokens_per_s)
 
 
 def _worker_error(value) -> APIError:
