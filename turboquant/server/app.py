@@ -148,6 +148,8 @@ def _chat_prompt(model, messages: list) -> list:
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages") from None
     add_bos = not prompt.startswith("<bos>")
+    # NOTE: control-token names typed in message text (such as "<end_of_turn>") become control
+    # tokens too, as in Model.chat, because the whole rendered prompt is encoded with special=True.
     return model.tokenize(prompt, add_bos=add_bos, special=True)
 
 

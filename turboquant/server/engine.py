@@ -13,6 +13,10 @@ cancelled, for example because its client disconnected.
 Nothing is batched across requests: every running request reads the weights for its own
 step, so the total rate of N requests is at most what the memory bandwidth allows for N
 separate single-sequence decodes.
+
+NOTE: sampling (``turboquant._core.Sampler``) runs with the GIL held, so the sampling steps
+of concurrent requests take turns. Greedy sampling over Gemma's 262,144 logits took about
+1.5 ms per token on the 2-core test machine, small next to a forward step.
 """
 
 from __future__ import annotations
