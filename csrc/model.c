@@ -533,13 +533,6 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         return status;
     }
     const int gemma4 = model->gemma4 != NULL;
-    if (gemma4 && model->context != NULL) {
-        /* NOTE: the Gemma 4 per-layer embedding buffers still live in the model, so
-         * only its default context may run. */
-        return tq_error_set(err, TQ_ERR_UNSUPPORTED,
-                            "a Gemma 4 model supports only its default context; load the model again for a "
-                            "second sequence");
-    }
     tq_context *context = calloc(1, sizeof(*context));
     if (context == NULL) {
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating a model context");
@@ -604,6 +597,7 @@ void tq_context_free(tq_context *context)
         return;
     }
     tq_kv_cache_free(context->cache);
+    tq_gemma4_context_free(context->gemma4);
     free_buffers(&context->buffers);
     free(context);
 }

@@ -51,8 +51,10 @@ struct tq_gemma4 {
     tq_weight per_layer_token_embd; /* rows of n_layers * per_layer_input values per token */
     tq_weight per_layer_model_proj; /* hidden -> n_layers * per_layer_input */
     const float *per_layer_proj_norm;
+};
 
-    /* Buffers of one micro-batch. */
+/* Buffers of one micro-batch of a context, present when config.per_layer_input > 0. */
+struct tq_gemma4_context {
     float *ple;       /* per-layer inputs [n_batch][n_layers * per_layer_input] */
     float *ple_token; /* token part of the per-layer inputs, same shape */
     float *ple_gate;  /* [n_batch][per_layer_input] */
@@ -595,7 +597,7 @@ static float *alloc_floats(int64_t rows, int64_t cols, const char *buffer_name, 
 tq_status tq_gemma4_prepare(tq_context *context, tq_error *err)
 {
     const tq_model_config *c = &context->model->config;
-    tq_gemma4 *g = context->model->gemma4;
+    const tq_gemma4 *g = context->model->gemma4;
     tq_forward_buffers *b = &context->buffers;
 
     /* Inverse frequencies in float32 as transformers computes them: base^-(2i / head_dim)
@@ -609,15 +611,31 @@ tq_status tq_gemma4_prepare(tq_context *context, tq_error *err)
         b->inv_freq_global[i] = factor >= TQ_GEMMA4_UNROTATED_FACTOR ? 0.0f : inv_freq / factor;
     }
 
+    tq_gemma4_context *gc = calloc(1, sizeof(*gc));
+    if (gc == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the Gemma 4 context state");
+    }
+    context->gemma4 = gc;
     if (c->per_layer_input > 0) {
         const int64_t width = (int64_t)c->n_layers * c->per_layer_input;
-        if ((g->ple = alloc_floats(context->n_batch, width, "ple", err)) == NULL ||
-            (g->ple_token = alloc_floats(context->n_batch, width, "ple_token", err)) == NULL ||
-            (g->ple_gate = alloc_floats(context->n_batch, c->per_layer_input, "ple_gate", err)) == NULL) {
+        if ((gc->ple = alloc_floats(context->n_batch, width, "ple", err)) == NULL ||
+            (gc->ple_token = alloc_floats(context->n_batch, width, "ple_token", err)) == NULL ||
+            (gc->ple_gate = alloc_floats(context->n_batch, c->per_layer_input, "ple_gate", err)) == NULL) {
             return err->status;
         }
     }
     return TQ_OK;
+}
+
+void tq_gemma4_context_free(tq_gemma4_context *gemma4_context)
+{
+    if (gemma4_context == NULL) {
+        return;
+    }
+    tq_aligned_free(gemma4_context->ple);
+    tq_aligned_free(gemma4_context->ple_token);
+    tq_aligned_free(gemma4_context->ple_gate);
+    free(gemma4_context);
 }
 
 const int *tq_gemma4_layer_head_dims(const tq_gemma4 *gemma4)
@@ -635,9 +653,6 @@ void tq_gemma4_free(tq_gemma4 *gemma4)
     if (gemma4 == NULL) {
         return;
     }
-    tq_aligned_free(gemma4->ple);
-    tq_aligned_free(gemma4->ple_token);
-    tq_aligned_free(gemma4->ple_gate);
     free(gemma4->layers);
     free(gemma4->head_dims);
     free(gemma4->kv_sources);
@@ -869,8 +884,8 @@ static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
-    const tq_gemma4 *g = model->gemma4;
-    const tq_gemma4_layer *gl = &g->layers[l];
+    const tq_gemma4_layer *gl = &model->gemma4->layers[l];
+    const tq_gemma4_context *g = context->gemma4;
     tq_forward_buffers *b = &context->buffers;
     const int width = c->per_layer_input;
     const int64_t row = (int64_t)c->n_layers * width;
@@ -901,7 +916,8 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
-    tq_gemma4 *g = model->gemma4;
+    const tq_gemma4 *weights = model->gemma4;
+    const tq_gemma4_context *g = context->gemma4;
     tq_forward_buffers *b = &context->buffers;
     const int width = c->per_layer_input;
     const int64_t row = (int64_t)c->n_layers * width;
@@ -910,11 +926,12 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
     const float sum_scale = (float)pow(2.0, -0.5);
     tq_status status;
 
-    if ((status = model_matmul(model, &g->per_layer_model_proj, b->x, g->ple, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &weights->per_layer_model_proj, b->x, g->ple, n, err)) != TQ_OK) {
         return status;
     }
     for (int64_t t = 0; t < n; t++) {
-        if ((status = tq_weight_get_row(&g->per_layer_token_embd, tokens[t], g->ple_token + t * row, err)) != TQ_OK) {
+        status = tq_weight_get_row(&weights->per_layer_token_embd, tokens[t], g->ple_token + t * row, err);
+        if (status != TQ_OK) {
             return status;
         }
     }
@@ -926,7 +943,7 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
             for (int i = 0; i < width; i++) {
                 projected[i] *= projection_scale;
             }
-            rms_norm(projected, g->per_layer_proj_norm, width, c->rms_eps, projected);
+            rms_norm(projected, weights->per_layer_proj_norm, width, c->rms_eps, projected);
             for (int i = 0; i < width; i++) {
                 projected[i] = (projected[i] + token[i] * table_scale) * sum_scale;
             }

@@ -58,7 +58,7 @@ struct tq_model {
     tq_context_params context_params; /* settings of the default context */
     int *kv_f16_layers;               /* owned copy behind context_params.kv_f16_layers */
     tq_context *context;              /* default context of tq_model_eval */
-    struct tq_gemma4 *gemma4;         /* Gemma 4 weights and buffers; NULL for Gemma 3 */
+    struct tq_gemma4 *gemma4;         /* Gemma 4 weights and tables; NULL for Gemma 3 */
 };
 
 /* State of one sequence; see model.h. */
@@ -69,6 +69,7 @@ struct tq_context {
     int64_t n_batch;
     int threads;
     tq_forward_buffers buffers;
+    struct tq_gemma4_context *gemma4; /* Gemma 4 buffers of this context; NULL for Gemma 3 */
 };
 
 /* Returns 1 when layer uses full attention and the global RoPE base. */
@@ -90,9 +91,13 @@ int tq_gemma4_detect(const tq_gguf *gguf);
  * the embedding and LM head, and a new model->gemma4. */
 tq_status tq_gemma4_load(tq_model *model, tq_error *err);
 
-/* Allocate the Gemma 4 buffers and set the RoPE frequencies of context, after the
- * common buffers. */
+typedef struct tq_gemma4_context tq_gemma4_context;
+
+/* Set the Gemma 4 RoPE frequencies in the common buffers of context (allocated before)
+ * and create context->gemma4, the per-layer embedding buffers of n_batch tokens. The
+ * model's tq_gemma4 is only read, so contexts of one model may run in parallel. */
 tq_status tq_gemma4_prepare(tq_context *context, tq_error *err);
+void tq_gemma4_context_free(tq_gemma4_context *gemma4_context);
 
 /* Per-layer head sizes and K/V source layers for tq_kv_cache_config. */
 const int *tq_gemma4_layer_head_dims(const tq_gemma4 *gemma4);

@@ -8,6 +8,8 @@ rope_freqs for proportional RoPE). Models are fed token ids directly, because th
 vocabulary has no tokenizer.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -453,6 +455,67 @@ def test_gemma4_codec_cache_runs(tiny):
     relative = np.abs(logits - expected).max() / np.abs(expected).max()
     assert relative < 0.1
     assert runtime.kv_cache_bytes() < expected_cache_bytes(shape, len(tokens), lambda d: 2 * d, 512)
+
+
+# ---- Contexts ---------------------------------------------------------------------------
+
+# Contexts of one model share its weights and tables but must own every per-sequence
+# buffer (KV cache, activations, per-layer embedding inputs, RoPE tables). The reference
+# is one separately loaded model per sequence, which shares nothing. Both run the same C
+# code with the same thread count and micro-batches, so the sums run in the same order and
+# the logits are compared exactly.
+CONTEXT_RUN = dict(cache_type_k="f32", cache_type_v="f32", n_batch=7, exact_matmul=True)
+
+
+def sequence_chunks(vocab):
+    """Two prompts in chunks of 9 tokens: longer than n_batch and the windows, so chunks
+    span micro-batches and read rows that the earlier chunks wrote."""
+    prompts = [prompt(vocab, length=36, seed=11), prompt(vocab, length=27, seed=12)]
+    return [[tokens[i:i + 9] for i in range(0, len(tokens), 9)] for tokens in prompts]
+
+
+def test_gemma4_contexts_interleaved(tiny):
+    shape, model, config, path = tiny
+    chunks = sequence_chunks(config.vocab_size)
+    shared = _core.Model(str(path), **CONTEXT_RUN)
+    contexts = [shared.create_context(), shared.create_context()]
+    separate = [_core.Model(str(path), **CONTEXT_RUN), _core.Model(str(path), **CONTEXT_RUN)]
+    for step in range(max(len(c) for c in chunks)):
+        for sequence in (0, 1):
+            if step >= len(chunks[sequence]):
+                continue
+            tokens = chunks[sequence][step]
+            ours = contexts[sequence].eval(tokens, logits="all")
+            expected = separate[sequence].eval(tokens, logits="all")
+            np.testing.assert_array_equal(ours, expected, err_msg=f"sequence {sequence}, chunk {step}")
+
+
+def test_gemma4_contexts_on_threads(tiny):
+    # The forward pass releases the GIL, so the two contexts run at the same time.
+    shape, model, config, path = tiny
+    chunks = sequence_chunks(config.vocab_size)
+    shared = _core.Model(str(path), threads=1, **CONTEXT_RUN)
+    contexts = [shared.create_context(), shared.create_context()]
+    results = [[], []]
+    start = threading.Barrier(2)
+
+    def run(sequence):
+        start.wait()
+        for tokens in chunks[sequence]:
+            results[sequence].append(contexts[sequence].eval(tokens, logits="all"))
+
+    threads = [threading.Thread(target=run, args=(sequence,)) for sequence in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for sequence in (0, 1):
+        alone = _core.Model(str(path), threads=1, **CONTEXT_RUN)
+        assert len(results[sequence]) == len(chunks[sequence])
+        for step, tokens in enumerate(chunks[sequence]):
+            np.testing.assert_array_equal(results[sequence][step], alone.eval(tokens, logits="all"),
+                                          err_msg=f"sequence {sequence}, chunk {step}")
 
 
 # ---- Bad files ----------------------------------------------------------------------------
