@@ -144,3 +144,17 @@ def test_context_threads_setter(model, reference):
         session._core.threads = -1
     with pytest.raises(TypeError):
         session._core.threads = 1.5
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_session_inherits_key_balancing(balance):
+    # kv_balance_keys changes how a tq4 cache codes the keys, so a session that dropped the
+    # parent's setting would differ from a model loaded alone with it.
+    settings = dict(threads=THREADS, ctx=32, cache_type_k="tq4", cache_type_v="tq4", kv_balance_keys=balance)
+    parent = Model.load(**settings)
+    session = parent.create_session()
+    tokens = parent.tokenize(PROMPTS[0])
+    expected = Model.load(**settings).logits(tokens)
+    np.testing.assert_array_equal(session.logits(tokens), expected)
+    other = Model.load(**{**settings, "kv_balance_keys": not balance}).logits(tokens)
+    assert np.abs(other - expected).max() > 0, "key balancing must change tq4 logits"
