@@ -559,12 +559,19 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         if (status == TQ_OK && params->kv_balance_keys && !gemma4) {
             status = key_balance_tables(model, &key_scale, &key_center, err);
         }
+        /* Gemma 3 writes and attends TQ_ATTENTION_BATCH positions at a time. Gemma 4 writes
+         * a whole micro-batch first, because its shared-KV layers attend over the rows of an
+         * earlier layer after that layer has written all of them. */
+        int64_t cache_batch = context->n_batch;
+        if (!gemma4 && cache_batch > TQ_ATTENTION_BATCH) {
+            cache_batch = TQ_ATTENTION_BATCH;
+        }
         tq_kv_cache_config cache_config = {
             .n_layers = c->n_layers,
             .n_kv_heads = c->n_kv_heads,
             .head_dim = c->head_dim,
             .n_ctx = context->n_ctx,
-            .n_batch = context->n_batch < TQ_ATTENTION_BATCH ? context->n_batch : TQ_ATTENTION_BATCH,
+            .n_batch = cache_batch,
             .layer_window = model->layer_window,
             .type_k = params->type_k,
             .type_v = params->type_v,

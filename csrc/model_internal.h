@@ -38,10 +38,11 @@ typedef struct {
     int attention_scratch_threads;
 } tq_forward_buffers;
 
-/* Positions a layer writes into the KV cache before their queries attend. Prefill runs
- * its weight products on micro-batches of n_batch tokens, but writes and attends in groups
- * of at most this many, so the rings of sliding-window layers and of the recent f16 window
- * need room for only this many new positions beside the positions they keep. */
+/* Positions a Gemma 3 layer writes into the KV cache before their queries attend. Prefill
+ * runs its weight products on micro-batches of n_batch tokens, but writes and attends in
+ * groups of at most this many, so the rings of sliding-window layers and of the recent f16
+ * window need room for only this many new positions beside the positions they keep. Gemma 4
+ * layers write the whole micro-batch (see tq_context_create). */
 #define TQ_ATTENTION_BATCH 128
 
 struct tq_model {

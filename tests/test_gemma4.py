@@ -235,6 +235,17 @@ def test_gemma4_logits_match_transformers(tiny, n_batch):
     np.testing.assert_allclose(logits, expected, rtol=0, atol=ATOL)
 
 
+def test_gemma4_long_micro_batch(tiny):
+    # A micro-batch of 200 tokens is longer than the 128 positions that Gemma 3 layers
+    # write at a time plus the window. A shared-KV layer reads its source layer's ring
+    # after that layer wrote the whole micro-batch, so the ring must keep all of it.
+    shape, model, config, path = tiny
+    tokens = prompt(config.vocab_size, length=200, seed=3)
+    expected = reference_logits(model, tokens)
+    runtime = _core.Model(str(path), cache_type_k="f32", cache_type_v="f32", ctx=256, exact_matmul=True)
+    np.testing.assert_allclose(runtime.eval(tokens, logits="all"), expected, rtol=0, atol=ATOL)
+
+
 def test_gemma4_greedy_continuation_matches(tiny):
     shape, model, config, path = tiny
     tokens = prompt(config.vocab_size, length=12, seed=2)
