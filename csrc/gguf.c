@@ -72,6 +72,7 @@ struct tq_gguf {
     tq_gguf_tensor *tensors;
     gguf_name_index kv_index;
     gguf_name_index tensor_index;
+    const char *const *origins; /* per tensor, from tq_gguf_open_view; NULL for a GGUF file */
 };
 
 /* Parse state: the position in the mapping, and the shown path and entry
@@ -994,6 +995,71 @@ tq_status tq_gguf_open_memory(const void *data, size_t size, const char *name, t
     }
     *out = g;
     return TQ_OK;
+}
+
+tq_status tq_gguf_open_view(const void *metadata, size_t size, const char *name, const tq_gguf_tensor *tensors,
+                            const char *const *origins, uint64_t n_tensors, tq_gguf **out, tq_error *err)
+{
+    if (out == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_gguf_open_view: out must not be NULL");
+    }
+    *out = NULL;
+    if (n_tensors > 0 && tensors == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "tq_gguf_open_view: tensors is NULL but n_tensors is %" PRIu64,
+                            n_tensors);
+    }
+    tq_gguf *g = NULL;
+    tq_status st = tq_gguf_open_memory(metadata, size, name, &g, err);
+    if (st != TQ_OK) {
+        return st;
+    }
+    if (g->n_tensors != 0) {
+        tq_gguf_close(g);
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "tq_gguf_open_view: the metadata of '%s' lists %" PRIu64 " tensors; it must list none",
+                            name != NULL ? name : "<buffer>", g->n_tensors);
+    }
+    if (n_tensors > SIZE_MAX / sizeof(tq_gguf_tensor)) {
+        tq_gguf_close(g);
+        return tq_error_set(err, TQ_ERR_NOMEM, "tq_gguf_open_view: %" PRIu64 " tensors overflow size_t", n_tensors);
+    }
+    if (n_tensors > 0) {
+        g->tensors = malloc((size_t)n_tensors * sizeof(tq_gguf_tensor));
+        if (g->tensors == NULL) {
+            tq_gguf_close(g);
+            return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for %" PRIu64 " tensor entries", n_tensors);
+        }
+        memcpy(g->tensors, tensors, (size_t)n_tensors * sizeof(tq_gguf_tensor));
+    }
+    g->n_tensors = n_tensors;
+    g->origins = origins;
+    free(g->tensor_index.entries);
+    g->tensor_index.entries = NULL;
+    uint64_t original = 0;
+    uint64_t duplicate = 0;
+    const tq_gguf_string *first_name = n_tensors > 0 ? &g->tensors[0].name : NULL;
+    st = gguf_index_build(&g->tensor_index, first_name, sizeof(tq_gguf_tensor), n_tensors, &original, &duplicate,
+                          err);
+    if (st == TQ_OK && duplicate != UINT64_MAX) {
+        const tq_gguf_string *dup = &g->tensors[duplicate].name;
+        int shown = dup->len < GGUF_MAX_SHOWN_NAME ? (int)dup->len : GGUF_MAX_SHOWN_NAME;
+        st = tq_error_set(err, TQ_ERR_INVALID, "tq_gguf_open_view: tensor '%.*s' is listed twice (entries %" PRIu64
+                          " and %" PRIu64 ")", shown, dup->data, original, duplicate);
+    }
+    if (st != TQ_OK) {
+        tq_gguf_close(g);
+        return st;
+    }
+    *out = g;
+    return TQ_OK;
+}
+
+const char *tq_gguf_tensor_origin(const tq_gguf *gguf, const tq_gguf_tensor *tensor)
+{
+    if (gguf->origins == NULL || tensor < gguf->tensors || tensor >= gguf->tensors + gguf->n_tensors) {
+        return NULL;
+    }
+    return gguf->origins[tensor - gguf->tensors];
 }
 
 void tq_gguf_close(tq_gguf *gguf)

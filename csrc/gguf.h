@@ -93,6 +93,20 @@ tq_status tq_gguf_open(const char *path, tq_gguf **out, tq_error *err);
  * tq_gguf_close(), because the accessors read it and trust what was checked.
  * name (NULL for "<buffer>") replaces the path in error messages. */
 tq_status tq_gguf_open_memory(const void *data, size_t size, const char *name, tq_gguf **out, tq_error *err);
+/* Build a tq_gguf whose metadata is parsed from size bytes at metadata (a GGUF file
+ * that lists no tensors) and whose tensor table is tensors[0..n_tensors), for weights
+ * that live elsewhere, such as safetensors files. The table is copied; the metadata
+ * bytes, tensor names and data, and origins are borrowed and must outlive the object.
+ * origins (may be NULL) gives for each tensor a description of where it comes from
+ * ("model.layers.0.mlp.up_proj.weight in model.safetensors"), returned by
+ * tq_gguf_tensor_origin. Errors as tq_gguf_open_memory, and TQ_ERR_INVALID when the
+ * metadata lists tensors or a name occurs twice. */
+tq_status tq_gguf_open_view(const void *metadata, size_t size, const char *name, const tq_gguf_tensor *tensors,
+                            const char *const *origins, uint64_t n_tensors, tq_gguf **out, tq_error *err);
+
+/* The origin of a tensor of a tq_gguf_open_view object; NULL for a GGUF file. */
+const char *tq_gguf_tensor_origin(const tq_gguf *gguf, const tq_gguf_tensor *tensor);
+
 /* After tq_gguf_open() fails with TQ_ERR_IO, errno is the error code of the failing
  * system call (ENOENT, EACCES, ...), or EISDIR for a directory and EINVAL for
  * another non-regular file. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hf_weights.h"
 #include "model_internal.h"
 
 /* ---- Configuration ------------------------------------------------------------ */
@@ -124,6 +125,15 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_er
      * sliding_window_pattern=6) hard-code them. */
     config->rope_base_local = 10000.0f;
     config->sliding_window_pattern = 6;
+    /* Hugging Face configs store the sliding layers' base (rope_local_base_freq); the
+     * directory loader passes it under this optional key. */
+    if ((status = get_optional_f32(gguf, "gemma3.rope.freq_base_swa", &config->rope_base_local, err)) != TQ_OK) {
+        return status;
+    }
+    if (!(config->rope_base_local > 1.0f)) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "gemma3.rope.freq_base_swa %g must be above 1",
+                            (double)config->rope_base_local);
+    }
 
     /* Linear RoPE scaling applies to global layers only (4B and larger use factor 8). */
     config->rope_scale_global = 1.0f;
@@ -205,6 +215,16 @@ static tq_status find_tensor(const tq_gguf *gguf, const char *name, int64_t ne0,
         return tq_error_set(err, TQ_ERR_FORMAT, "tensor %s is missing from the GGUF file", name);
     }
     if ((int64_t)tensor->ne[0] != ne0 || (int64_t)tensor->ne[1] != ne1 || tensor->ne[2] != 1 || tensor->ne[3] != 1) {
+        /* Weights read from safetensors name their source tensor, whose shape lists the
+         * dimensions in the opposite order: [rows, values per row]. */
+        const char *origin = tq_gguf_tensor_origin(gguf, tensor);
+        if (origin != NULL) {
+            return tq_error_set(err, TQ_ERR_FORMAT,
+                                "tensor %s has shape [%llu, %llu]; the model configuration (config.json) expects "
+                                "[%lld, %lld]",
+                                origin, (unsigned long long)tensor->ne[1], (unsigned long long)tensor->ne[0],
+                                (long long)ne1, (long long)ne0);
+        }
         return tq_error_set(err, TQ_ERR_FORMAT,
                             "tensor %s has shape [%llu, %llu, %llu, %llu]; the model configuration expects [%lld, "
                             "%lld]",
@@ -640,8 +660,11 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
     *out = NULL;
     tq_model *model = calloc(1, sizeof(*model));
     if (model == NULL) {
+        tq_hf_weights_free(params->hf_weights);
         return tq_error_set(err, TQ_ERR_NOMEM, "out of memory allocating the model");
     }
+    /* The model owns the directory's weights from here on, also when creation fails. */
+    model->hf_weights = params->hf_weights;
     model->exact_matmul = params->exact_matmul ? 1 : 0;
     tq_status status = store_context_params(model, params, err);
     if (status == TQ_OK) {
@@ -651,7 +674,9 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
     if (status == TQ_OK) {
         status = tq_isa_select(&model->isa, err);
     }
-    if (status == TQ_OK) {
+    if (status == TQ_OK && model->hf_weights != NULL) {
+        model->gguf = tq_hf_weights_gguf(model->hf_weights);
+    } else if (status == TQ_OK) {
         status = tq_gguf_open(params->path, &model->gguf, err);
     }
     const int gemma4 = status == TQ_OK && tq_gemma4_detect(model->gguf);
@@ -662,8 +687,18 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
         status = load_weights(model, err);
     }
     /* Test models written without a vocabulary run on token ids alone. */
-    if (status == TQ_OK && tq_gguf_find_kv(model->gguf, "tokenizer.ggml.model") != NULL) {
+    if (status == TQ_OK && params->tokenizer != NULL) {
+        if (tq_tokenizer_n_vocab(params->tokenizer) > model->config.n_vocab) {
+            status = tq_error_set(err, TQ_ERR_FORMAT,
+                                  "the tokenizer has %d tokens but the embedding has only %d rows; the tokenizer "
+                                  "belongs to another model",
+                                  tq_tokenizer_n_vocab(params->tokenizer), model->config.n_vocab);
+        }
+        model->tokenizer = (tq_tokenizer *)params->tokenizer;
+        model->owns_tokenizer = 0;
+    } else if (status == TQ_OK && tq_gguf_find_kv(model->gguf, "tokenizer.ggml.model") != NULL) {
         status = tq_tokenizer_create_from_gguf(model->gguf, &model->tokenizer, err);
+        model->owns_tokenizer = 1;
     }
     if (status == TQ_OK) {
         const tq_model_config *c = &model->config;
@@ -697,8 +732,14 @@ void tq_model_free(tq_model *model)
     free(model->kv_f16_layers);
     free(model->layer_window);
     free(model->layers);
-    tq_tokenizer_free(model->tokenizer);
-    tq_gguf_close(model->gguf);
+    if (model->owns_tokenizer) {
+        tq_tokenizer_free(model->tokenizer);
+    }
+    if (model->hf_weights != NULL) {
+        tq_hf_weights_free(model->hf_weights); /* closes the view in model->gguf */
+    } else {
+        tq_gguf_close(model->gguf);
+    }
     free(model);
 }
 

@@ -81,6 +81,13 @@ typedef struct {
     int kv_balance_keys; /* 1: balance the keys of codec cache types (see key_balance_tables) */
     int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
                         * comparisons with float references), 0: quantize them as llama.cpp does */
+    /* Weights of a Hugging Face model directory (hf_weights.h) to use in place of the GGUF
+     * file at path; NULL reads path. The model takes ownership: tq_model_create frees them
+     * when it fails, tq_model_free otherwise. */
+    struct tq_hf_weights *hf_weights;
+    /* Tokenizer to attach in place of one built from the GGUF metadata; NULL builds it
+     * from the metadata when present. Borrowed: it must outlive the model. */
+    const tq_tokenizer *tokenizer;
 } tq_model_params;
 
 /* Settings of one context. */

@@ -47,8 +47,10 @@ typedef struct {
 
 struct tq_model {
     tq_model_config config;
-    tq_gguf *gguf;
+    tq_gguf *gguf; /* the GGUF file, or the view of hf_weights */
+    struct tq_hf_weights *hf_weights; /* weights of a Hugging Face directory; NULL for GGUF */
     tq_tokenizer *tokenizer;
+    int owns_tokenizer; /* 0 when tokenizer is the caller's (tq_model_params.tokenizer) */
     tq_weight token_embd;
     tq_weight lm_head; /* token_embd unless the file has output.weight */
     const float *output_norm;

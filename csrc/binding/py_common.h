@@ -36,6 +36,10 @@ int tq_py_check_finite(const tq_py_matrix *m, const char *name);
 struct tq_tokenizer;
 PyObject *tq_py_tokenizer_borrow(const struct tq_tokenizer *tok, PyObject *owner);
 
+/* The C tokenizer of a _core.Tokenizer (or subclass) instance, which keeps it alive;
+ * NULL with TypeError naming argument for another object. */
+const struct tq_tokenizer *tq_py_tokenizer_get(PyObject *obj, const char *argument);
+
 /* Register one binding file's types and functions on the module. */
 int tq_py_init_quant(PyObject *module);
 int tq_py_init_qjl_polar(PyObject *module);

@@ -8,6 +8,7 @@
 
 #include <numpy/arrayobject.h>
 
+#include "hf_weights.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -16,7 +17,102 @@ typedef struct {
     tq_model *model;
     tq_kv_type type_k;
     tq_kv_type type_v;
+    PyObject *tokenizer; /* the Tokenizer passed to __init__, which the model borrows; or NULL */
 } ModelObject;
+
+/* Build tq_hf_weights from the "hf_weights" argument of Model.__init__:
+ * (metadata: bytes, shard paths: sequence of str, specs: sequence of tuples
+ * (name, source or None, shard, to_f32, offset, values or None)), where values is
+ * a 1-D float32 array. turboquant.hf_model builds it from a model directory.
+ * Returns 0, or -1 with an exception set. */
+static int open_hf_weights(PyObject *argument, const char *directory, tq_hf_weights **out)
+{
+    *out = NULL;
+    PyObject *metadata = NULL;
+    PyObject *shard_list = NULL;
+    PyObject *spec_list = NULL;
+    if (!PyArg_ParseTuple(argument, "SOO:hf_weights", &metadata, &shard_list, &spec_list)) {
+        return -1;
+    }
+    PyObject *shards = PySequence_Fast(shard_list, "hf_weights[1] must be a sequence of shard paths");
+    if (shards == NULL) {
+        return -1;
+    }
+    PyObject *specs = PySequence_Fast(spec_list, "hf_weights[2] must be a sequence of tensor specs");
+    if (specs == NULL) {
+        Py_DECREF(shards);
+        return -1;
+    }
+    const Py_ssize_t n_shards = PySequence_Fast_GET_SIZE(shards);
+    const Py_ssize_t n_specs = PySequence_Fast_GET_SIZE(specs);
+    const char **paths = PyMem_Calloc(n_shards > 0 ? (size_t)n_shards : 1, sizeof(char *));
+    tq_hf_tensor_spec *table = PyMem_Calloc(n_specs > 0 ? (size_t)n_specs : 1, sizeof(tq_hf_tensor_spec));
+    Py_buffer *views = PyMem_Calloc(n_specs > 0 ? (size_t)n_specs : 1, sizeof(Py_buffer));
+    int result = -1;
+    Py_ssize_t n_views = 0;
+    if (paths == NULL || table == NULL || views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_shards; i++) {
+        paths[i] = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(shards, i));
+        if (paths[i] == NULL) {
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n_specs; i++) {
+        PyObject *name = NULL, *source = NULL, *values = NULL;
+        int shard = 0, to_f32 = 0;
+        float offset = 0.0f;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(specs, i), "UOipfO:tensor spec", &name, &source, &shard,
+                              &to_f32, &offset, &values)) {
+            goto done;
+        }
+        tq_hf_tensor_spec *spec = &table[i];
+        spec->name = PyUnicode_AsUTF8(name);
+        spec->source = source == Py_None ? NULL : PyUnicode_AsUTF8(source);
+        if (spec->name == NULL || (source != Py_None && spec->source == NULL)) {
+            goto done;
+        }
+        spec->shard = shard;
+        spec->to_f32 = to_f32;
+        spec->offset = offset;
+        if (values != Py_None) {
+            if (PyObject_GetBuffer(values, &views[n_views], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+                goto done;
+            }
+            Py_buffer *view = &views[n_views++];
+            if (view->itemsize != 4 || view->format == NULL || strcmp(view->format, "f") != 0) {
+                PyErr_Format(PyExc_TypeError, "values of tensor %s must be a float32 array", spec->name);
+                goto done;
+            }
+            spec->values = view->buf;
+            spec->n_values = (int64_t)(view->len / 4);
+        }
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_hf_weights_open(PyBytes_AS_STRING(metadata), (size_t)PyBytes_GET_SIZE(metadata), directory, paths,
+                                (int)n_shards, table, (size_t)n_specs, out, &err);
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        tq_py_raise(&err);
+        goto done;
+    }
+    result = 0;
+done:
+    for (Py_ssize_t i = 0; i < n_views; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+    PyMem_Free(views);
+    PyMem_Free(table);
+    PyMem_Free(paths);
+    Py_DECREF(specs);
+    Py_DECREF(shards);
+    return result;
+}
 
 /* Parse a cache type name; returns -1 with TypeError (not a str) or ValueError (unknown name). */
 static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *out)
@@ -41,8 +137,9 @@ static int parse_cache_type(PyObject *name, const char *argument, tq_kv_type *ou
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"path",          "threads",       "cache_type_k", "cache_type_v", "ctx", "n_batch",
-                               "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys", NULL};
+    static char *keywords[] = {"path",          "threads",       "cache_type_k", "cache_type_v",    "ctx",
+                               "n_batch",       "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys",
+                               "hf_weights",    "tokenizer",     NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -53,9 +150,12 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     PyObject *kv_f16_layers = NULL;
     int exact_matmul = 0;
     int kv_balance_keys = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOpp:Model", keywords, PyUnicode_FSConverter,
+    PyObject *hf_weights = NULL;
+    PyObject *tokenizer = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!O:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
-                                     &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys)) {
+                                     &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys, &PyTuple_Type,
+                                     &hf_weights, &tokenizer)) {
         return -1;
     }
     if (kv_recent_f16 < 0) {
@@ -118,6 +218,20 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
 
+    const tq_tokenizer *external_tokenizer = NULL;
+    if (tokenizer != NULL && tokenizer != Py_None) {
+        external_tokenizer = tq_py_tokenizer_get(tokenizer, "tokenizer");
+        if (external_tokenizer == NULL) {
+            Py_DECREF(path_bytes);
+            return -1;
+        }
+    }
+    tq_hf_weights *weights = NULL;
+    if (hf_weights != NULL && open_hf_weights(hf_weights, path, &weights) != 0) {
+        Py_DECREF(path_bytes);
+        return -1;
+    }
+
     tq_model_params params = {
         .path = path,
         .threads = threads,
@@ -130,6 +244,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .n_kv_f16_layers = n_f16_layers,
         .exact_matmul = exact_matmul,
         .kv_balance_keys = kv_balance_keys,
+        .hf_weights = weights,
+        .tokenizer = external_tokenizer,
     };
     tq_error err;
     tq_error_clear(&err);
@@ -146,6 +262,10 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     self->model = model;
     self->type_k = type_k;
     self->type_v = type_v;
+    if (external_tokenizer != NULL) {
+        Py_INCREF(tokenizer);
+        self->tokenizer = tokenizer;
+    }
     return 0;
 }
 
@@ -153,6 +273,7 @@ static void Model_dealloc(ModelObject *self)
 {
     tq_model_free(self->model);
     self->model = NULL;
+    Py_CLEAR(self->tokenizer); /* after the model, which borrows its C tokenizer */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

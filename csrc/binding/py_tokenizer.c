@@ -847,3 +847,18 @@ PyObject *tq_py_tokenizer_borrow(const tq_tokenizer *tok, PyObject *owner)
     self->owner = owner;
     return (PyObject *)self;
 }
+
+const tq_tokenizer *tq_py_tokenizer_get(PyObject *obj, const char *argument)
+{
+    if (!PyObject_TypeCheck(obj, &TokenizerType)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a turboquant.Tokenizer, got %.100s", argument,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    const TokenizerObject *self = (const TokenizerObject *)obj;
+    if (self->tok == NULL) {
+        PyErr_Format(PyExc_ValueError, "%s is a Tokenizer that was not initialized", argument);
+        return NULL;
+    }
+    return self->tok;
+}
