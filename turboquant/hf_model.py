@@ -1,6 +1,6 @@
 """Load Gemma 3 and Gemma 4 from a Hugging Face model directory.
 
-A directory holds ``config.json``, the weights as ``model.safetensors`` or as shards listed in
+A directory contains ``config.json``, the weights as ``model.safetensors`` or as shards listed in
 ``model.safetensors.index.json``, and optionally ``tokenizer.json``. This module turns
 ``config.json`` into the GGUF metadata keys that the C model loader reads, and maps each
 transformers tensor name to the GGUF name of llama.cpp's converter. The C core then reads the
@@ -23,7 +23,7 @@ import numpy as np
 from .config import _hf_rope
 from .safetensors import SafetensorsIndex
 
-__all__ = ["hf_model_arguments", "is_hf_model_directory"]
+__all__ = ["hf_model_arguments"]
 
 CONFIG_NAME = "config.json"
 TOKENIZER_NAME = "tokenizer.json"
@@ -70,11 +70,6 @@ _PER_LAYER_INPUT = ("per_layer_input_gate", "per_layer_projection", "post_per_la
 # rope_freqs factor of a frequency pair that does not rotate (llama.cpp's converter writes
 # 1e30 for the pairs that Gemma 4's proportional RoPE leaves unrotated).
 _UNROTATED_FACTOR = 1e30
-
-
-def is_hf_model_directory(path) -> bool:
-    """Return True when path is a directory (a Hugging Face model directory is one)."""
-    return os.path.isdir(os.fspath(path))
 
 
 # ---- GGUF metadata ---------------------------------------------------------------------------
@@ -229,8 +224,8 @@ def _gemma4_metadata(text: dict, path: str) -> tuple:
                              f"expected {' or '.join(allowed)}")
     partial = float(full_rope.get("partial_rotary_factor", 1.0)) if full_rope.get("rope_type") == "proportional" \
         else 1.0
-    # transformers' proportional RoPE rotates the first partial * head_dim / 2 pairs, with
-    # frequencies of the full head size; llama.cpp's converter marks the others in rope_freqs.
+    # transformers' proportional RoPE rotates the first partial * head_dim / 2 pairs, with the
+    # frequencies of the full head size. llama.cpp's converter marks the others in rope_freqs.
     half = global_head_dim // 2
     rotated = int(partial * global_head_dim // 2)
     rope_freqs = np.array([1.0] * rotated + [_UNROTATED_FACTOR] * (half - rotated), dtype=np.float32)
@@ -259,7 +254,7 @@ def _gemma4_metadata(text: dict, path: str) -> tuple:
     }
     if text.get("final_logit_softcapping") is not None:
         metadata["gemma4.final_logit_softcapping"] = float(text["final_logit_softcapping"])
-    return metadata, rope_freqs, shared
+    return metadata, rope_freqs
 
 
 # ---- tensors -------------------------------------------------------------------------------
@@ -339,7 +334,7 @@ def hf_model_arguments(directory) -> dict:
     if architecture == "gemma3":
         metadata = _gemma3_metadata(text, config_path)
     else:
-        metadata, rope_freqs, _ = _gemma4_metadata(text, config_path)
+        metadata, rope_freqs = _gemma4_metadata(text, config_path)
 
     index = SafetensorsIndex(directory)
     try:

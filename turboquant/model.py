@@ -224,14 +224,15 @@ class Model:
     @property
     def tokenizer(self):
         """The runtime tokenizer (``turboquant._core.Tokenizer``), or None for a GGUF file without
-        tokenizer metadata (such a model runs token ids only, through ``logits``)."""
+        tokenizer metadata or a directory without tokenizer.json (such a model runs token ids
+        only, through ``logits``)."""
         return self._tokenizer
 
     def _require_tokenizer(self):
         if self._tokenizer is None:
             raise ValueError(
                 f"{self.path!r} has no tokenizer metadata, so this model takes token ids only; "
-                "use logits(token_ids) or load a GGUF file with a vocabulary"
+                "use logits(token_ids), or load a GGUF file with a vocabulary or a directory with tokenizer.json"
             )
         return self._tokenizer
 

