@@ -359,3 +359,62 @@ def test_unsupported_dtype(gemma3, tmp_path):
     rewrite_tensors(directory, to_float64)
     with pytest.raises(NotImplementedError, match=f"{name} in model.safetensors has dtype F64"):
         turboquant.Model.load(directory)
+
+
+def test_tokenizer_larger_than_model(gemma3, gemma3_with_tokenizer, tmp_path):
+    # The 320-token tokenizer.json next to a model with 64 embedding rows.
+    directory = copy_directory(gemma3[1], tmp_path / "model")
+    (directory / "tokenizer.json").write_bytes((gemma3_with_tokenizer[1] / "tokenizer.json").read_bytes())
+    with pytest.raises(ValueError, match="tokenizer has 320 tokens but the embedding has only 64 rows"):
+        turboquant.Model.load(directory)
+
+
+def test_unsupported_activation(gemma3, tmp_path):
+    directory = copy_directory(gemma3[1], tmp_path / "model")
+    config = json.loads((directory / "config.json").read_text())
+    config["hidden_activation"] = "silu"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hidden_activation 'silu' is not supported"):
+        turboquant.Model.load(directory)
+
+
+def test_multimodal_checkpoint_layout(gemma3, tmp_path):
+    # Multimodal checkpoints nest the text config in "text_config" and prefix the text model's
+    # tensors with "model.language_model."; the vision tower's tensors are skipped.
+    model, source, _ = gemma3
+    directory = copy_directory(source, tmp_path / "model")
+    text_config = json.loads((directory / "config.json").read_text())
+    config = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+              "text_config": text_config, "vision_config": {"model_type": "siglip_vision_model"}}
+    (directory / "config.json").write_text(json.dumps(config))
+
+    def rename(tensors):
+        for name in list(tensors):
+            tensors["model.language_model." + name.removeprefix("model.")] = tensors.pop(name)
+        tensors["model.vision_tower.patch_embedding.weight"] = np.ones((4, 3), dtype=np.float32)
+
+    rewrite_tensors(directory, rename)
+    tokens = prompt(model.config.vocab_size, length=20, seed=12)
+    loaded = turboquant.Model.load(directory, **runtime_options())
+    np.testing.assert_allclose(loaded.logits(tokens), reference_logits(model, tokens), rtol=0, atol=ATOL)
+
+
+def core_with_specs(directory, specs):
+    """A _core.Model on directory's config.json and shards with the given tensor specs."""
+    metadata, shards, _ = hf_model_arguments(directory)["hf_weights"]
+    return _core.Model(str(directory), hf_weights=(metadata, shards, specs))
+
+
+@pytest.mark.parametrize("specs,error,message", [
+    ([("token_embd.weight", "model.embed_tokens.weight", 0, False, 0.0, None)] * 2, ValueError,
+     "tensor 'token_embd.weight' is listed twice"),
+    ([("token_embd.weight", None, 0, False, 0.0, None)], ValueError, "exactly one of source and values"),
+    ([("token_embd.weight", "model.embed_tokens.weight", 3, False, 0.0, None)], ValueError,
+     r"shard index 3 is outside 0\.\.0"),
+    ([("token_embd.weight", "model.no_such.weight", 0, False, 0.0, None)], ValueError,
+     "tensor model.no_such.weight is missing from model.safetensors"),
+    ([("rope_freqs.weight", None, 0, True, 0.0, np.ones(4, dtype=np.float64))], TypeError, "float32"),
+])
+def test_bad_tensor_specs(gemma3, specs, error, message):
+    with pytest.raises(error, match=message):
+        core_with_specs(gemma3[1], specs)

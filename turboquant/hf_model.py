@@ -130,6 +130,16 @@ def _read_config(directory: str) -> tuple:
     return architecture, text, path
 
 
+def _check_common(text: dict, path: str) -> None:
+    """Reject settings of both families that the C forward pass does not implement."""
+    activation = text.get("hidden_activation", "gelu_pytorch_tanh")
+    if activation != "gelu_pytorch_tanh":
+        raise ValueError(f"{path}: hidden_activation {activation!r} is not supported; the runtime computes "
+                         "'gelu_pytorch_tanh'")
+    if text.get("attention_bias"):
+        raise ValueError(f"{path}: attention_bias is true; the runtime has no attention biases")
+
+
 def _require(text: dict, key: str, path: str):
     if text.get(key) is None:
         raise ValueError(f"{path}: {key} is missing")
@@ -330,6 +340,7 @@ def hf_model_arguments(directory) -> dict:
     """
     directory = os.fspath(directory)
     architecture, text, config_path = _read_config(directory)
+    _check_common(text, config_path)
     rope_freqs = None
     if architecture == "gemma3":
         metadata = _gemma3_metadata(text, config_path)
