@@ -153,18 +153,20 @@ def test_gemma4_plain_layer_pattern(tmp_path):
     np.testing.assert_allclose(loaded.logits(tokens), reference_logits(model, tokens), rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("exact_matmul", [True, False])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_weights(tmp_path, dtype):
+def test_half_precision_weights(tmp_path, dtype, exact_matmul):
     # Matrices stay in the mapped shards as BF16 or F16. The reference is a fresh float32
     # model with the same rounded weights (converting the half model back would also round
-    # its RoPE frequency buffers), so the tolerance is the float32 one.
+    # its RoPE frequency buffers), so the tolerance is the float32 one. The default
+    # products keep float activations for these types too, so both paths meet it.
     half, _ = gemma4_reference("ple_softcap")
     half.to(getattr(torch, dtype)).save_pretrained(tmp_path)
     model, _ = gemma4_reference("ple_softcap")
     rounded = {name: value.to(torch.float32) for name, value in half.state_dict().items()}
     model.load_state_dict(rounded)
     tokens = prompt(model.config.vocab_size, length=24, seed=5)
-    loaded = turboquant.Model.load(tmp_path, **runtime_options())
+    loaded = turboquant.Model.load(tmp_path, cache_type_k="f32", cache_type_v="f32", exact_matmul=exact_matmul)
     np.testing.assert_allclose(loaded.logits(tokens), reference_logits(model, tokens), rtol=0, atol=ATOL)
 
 
