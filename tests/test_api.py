@@ -16,7 +16,7 @@ import pytest
 
 import turboquant
 from turboquant import Model
-from turboquant.model import default_model_path
+from turboquant.model import DEFAULT_CACHE_TYPE_K, DEFAULT_CACHE_TYPE_V, default_model_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +28,7 @@ STORY_PROMPT = "Once upon a time, in a small village by the sea,"
 
 @pytest.fixture(scope="module")
 def model():
-    return Model.load(threads=2, ctx=CTX)
+    return Model.load(threads=2, ctx=CTX, cache_type_k="f16", cache_type_v="f16")
 
 
 def run_cli(*args, timeout=300):
@@ -95,6 +95,17 @@ def test_model_properties(model):
     assert model.cache_type_k == "f16"
     assert model.cache_type_v == "f16"
     assert model.kv_bytes_per_token() > 0
+
+
+def test_default_cache_is_measured_default():
+    model = Model.load(threads=2, ctx=64)
+    assert (model.cache_type_k, model.cache_type_v) == (DEFAULT_CACHE_TYPE_K, DEFAULT_CACHE_TYPE_V)
+    # The measured default keeps the newest positions in f16: 12 positions, all in the window,
+    # cost their codes plus an f16 copy of keys and values (18 layers, 2 x 512 bytes).
+    ids = model.tokenize(STORY_PROMPT)[:12]
+    model.logits(ids)
+    codes = len(ids) * model.kv_bytes_per_token()
+    assert model.kv_cache_bytes() >= codes + len(ids) * 18 * 2 * 512
 
 
 def test_kv_cache_bytes_follow_positions(model):
@@ -338,7 +349,14 @@ GENERATE_KEYS = {
 }
 
 
-def test_cli_generate_json(model):
+@pytest.fixture(scope="module")
+def default_model():
+    """The model with Model.load's default KV cache, which the CLI uses too."""
+    return Model.load(threads=2, ctx=CTX)
+
+
+def test_cli_generate_json(default_model):
+    model = default_model
     done = run_cli("generate", "--prompt", STORY_PROMPT, "-n", "6", "--ctx", str(CTX), "--threads", "2", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -346,12 +364,13 @@ def test_cli_generate_json(model):
         assert isinstance(result[key], kind), f"{key}: {result[key]!r}"
     assert result["completion_tokens"] == 6
     assert result["finish_reason"] == "length"
-    assert result["cache_type_k"] == "f16"
+    assert result["cache_type_k"] == DEFAULT_CACHE_TYPE_K
     model.reset()  # the command starts from an empty cache too
     assert result["text"] == model.generate(STORY_PROMPT, max_tokens=6)
 
 
-def test_cli_generate_streams_text(model):
+def test_cli_generate_streams_text(default_model):
+    model = default_model
     done = run_cli("generate", "--prompt", STORY_PROMPT, "-n", "6", "--ctx", str(CTX), "--threads", "2")
     assert done.returncode == 0, done.stderr
     model.reset()
@@ -412,7 +431,8 @@ def test_cli_perplexity_matches_numpy(model, tmp_path):
     path = short_text_file(tmp_path)
     ctx, max_tokens = 32, 100
     done = run_cli(
-        "perplexity", "--file", str(path), "--ctx", str(ctx), "--max-tokens", str(max_tokens), "--threads", "2", "--json"
+        "perplexity", "--file", str(path), "--ctx", str(ctx), "--max-tokens", str(max_tokens), "--threads", "2",
+        "--cache-type-k", "f16", "--cache-type-v", "f16", "--json"
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

@@ -88,7 +88,8 @@ def test_sessions_run_in_parallel_threads(model, reference):
         assert text == texts[PROMPTS[index % 2]], f"session {index}"
 
 
-def test_session_settings(model):
+def test_session_settings():
+    model = Model.load(threads=THREADS, ctx=CTX, cache_type_k="f16", cache_type_v="f16")
     session = model.create_session(threads=1, ctx=64, cache_type_k="q8_0")
     assert session.threads == 1
     assert session.n_ctx == 64
@@ -150,7 +151,8 @@ def test_context_threads_setter(model, reference):
 def test_session_inherits_key_balancing(balance):
     # kv_balance_keys changes how a tq4 cache codes the keys, so a session that dropped the
     # parent's setting would differ from a model loaded alone with it.
-    settings = dict(threads=THREADS, ctx=32, cache_type_k="tq4", cache_type_v="tq4", kv_balance_keys=balance)
+    settings = dict(threads=THREADS, ctx=32, cache_type_k="tq4", cache_type_v="tq4", kv_recent_f16=0,
+                    kv_balance_keys=balance)
     parent = Model.load(**settings)
     session = parent.create_session()
     tokens = parent.tokenize(PROMPTS[0])

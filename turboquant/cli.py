@@ -41,11 +41,13 @@ def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--config", metavar="FILE",
                         help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16 "
                         "and kv_f16_layers apply unless given on the command line")
-    parser.add_argument("--cache-type-k", metavar="TYPE", help="KV cache type of keys (default: f16)")
-    parser.add_argument("--cache-type-v", metavar="TYPE", help="KV cache type of values (default: f16)")
+    parser.add_argument("--cache-type-k", metavar="TYPE",
+                        help="KV cache type of keys (default: tq3.5, or f16 for head sizes tq types do not support)")
+    parser.add_argument("--cache-type-v", metavar="TYPE",
+                        help="KV cache type of values (default: tq3.5, or f16 as for keys)")
     parser.add_argument("--kv-recent-f16", type=int, metavar="N",
                         help="with a TurboQuant cache type (tq3, ...): keep the newest N positions in f16 too "
-                        "(default: 0)")
+                        "(default: 128)")
     parser.add_argument("--kv-f16-layers", type=_layer_list, metavar="LIST",
                         help="with a TurboQuant cache type: comma-separated layers stored in f16, negative "
                         "from the end, for example 0,-1 (default: none)")
@@ -60,7 +62,9 @@ _MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f
 
 def model_options(args):
     """Return the Model.load options: the --config file's settings, overridden by the flags given."""
-    options = dict(cache_type_k="f16", cache_type_v="f16", ctx=None, threads=None, kv_recent_f16=0, kv_f16_layers=())
+    # None leaves the cache types and the f16 window to Model.load's measured defaults.
+    options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
+                   kv_f16_layers=())
     if args.config is not None:
         from .config import load_config
 

