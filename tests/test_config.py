@@ -459,7 +459,8 @@ def test_cli_flags_override_config(tmp_path):
 
 def test_cli_defaults_without_config():
     options = cli.model_options(_parse([]))
-    assert options == dict(cache_type_k="f16", cache_type_v="f16", ctx=None, threads=None, kv_recent_f16=0,
+    # None leaves the cache types and the f16 window to Model.load's measured defaults.
+    assert options == dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
                            kv_f16_layers=())
 
 
