@@ -534,7 +534,7 @@ def describe_decode(args, have_llama):
         "by that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide "
         "our f16 cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() "
         "and kv_cache_bytes() after the run. kv_cache_bytes() counts the positions held and, for codec types, "
-        "an f16 ring of \"recent f16\" positions plus one 512-token prompt micro-batch per layer."
+        "an f16 ring of \"recent f16\" positions plus one 128-position attention group per layer."
     )
     if not have_llama:
         return text
