@@ -131,16 +131,15 @@ static tq_status ensure_attention_scratch(tq_context *context, int threads, tq_e
  * where starting a parallel region would cost a noticeable share. */
 #define TQ_ATTENTION_PARALLEL_MIN (1 << 20)
 
-/* Attention of the n tokens of a micro-batch on layer l, into b->attention.
+/* Attention of the n tokens of a micro-batch on layer l with head size hd, from queries into out.
  * A task is one token and KV head, with all the query heads that share it, so
  * each K and V row is read once per token. When there are fewer tasks than
  * threads (decode), each task is also split into ranges of positions whose
  * partial softmax sums are merged afterwards. */
-static void attend_layer(tq_context *context, int l, int64_t pos0, int64_t n, const float *queries, float *out)
+void tq_attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const float *queries, float *out)
 {
     const tq_model_config *c = &context->model->config;
     tq_forward_buffers *b = &context->buffers;
-    const int hd = c->head_dim;
     const int q_dim = c->n_heads * hd;
     const int group = c->n_heads / c->n_kv_heads;
     const int n_kv = c->n_kv_heads;
@@ -225,7 +224,7 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
     for (int64_t start = 0; start < n; start += TQ_ATTENTION_BATCH) {
         const int64_t m = n - start < TQ_ATTENTION_BATCH ? n - start : TQ_ATTENTION_BATCH;
         tq_kv_cache_write(context->cache, l, pos0 + start, m, b->k + start * kv_dim, b->v + start * kv_dim);
-        attend_layer(context, l, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
+        tq_attend_layer(context, l, hd, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
     }
 
     if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {

@@ -725,55 +725,6 @@ static void rope_apply(float *x, const float *cos_row, const float *sin_row, int
     }
 }
 
-/* Multiply-adds below which decode attention stays on the calling thread (as in model_forward.c). */
-#define TQ_GEMMA4_ATTENTION_PARALLEL_MIN (1 << 20)
-
-/* Attention of the n tokens of a micro-batch on layer l with head size hd, into
- * b->attention; the task split follows attend_layer in model_forward.c. */
-static void attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n)
-{
-    const tq_model_config *c = &context->model->config;
-    tq_forward_buffers *b = &context->buffers;
-    const int q_dim = c->n_heads * hd;
-    const int group = c->n_heads / c->n_kv_heads;
-    const int n_kv = c->n_kv_heads;
-    const size_t task_floats = (size_t)group * TQ_KV_PARTIAL_FLOATS(hd);
-    const int threads = b->attention_scratch_threads;
-
-    const int64_t first = tq_kv_cache_first_visible(context->cache, l, pos0 + n - 1);
-    const int64_t visible = pos0 + n - first;
-    int64_t splits = 1;
-    if (n * n_kv < threads) {
-        const int64_t chunks = (visible + TQ_KV_CHUNK - 1) / TQ_KV_CHUNK;
-        splits = chunks < threads ? chunks : threads;
-    }
-    const int64_t tasks = n * n_kv * splits;
-    const int parallel = tasks > 1 && (int64_t)c->n_heads * n * visible * hd >= TQ_GEMMA4_ATTENTION_PARALLEL_MIN;
-
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t task = 0; task < tasks; task++) {
-        const int64_t t = task / (n_kv * splits);
-        const int g = (int)((task / splits) % n_kv);
-        const int64_t part = task % splits;
-        const int64_t pos = pos0 + t;
-        const int64_t task_first = tq_kv_cache_first_visible(context->cache, l, pos);
-        const int64_t span = pos - task_first + 1;
-        const int64_t begin = task_first + span * part / splits;
-        const int64_t end = task_first + span * (part + 1) / splits;
-        void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
-        tq_kv_cache_attend_range(context->cache, l, g, pos, begin, end, group, b->q + t * q_dim + g * group * hd,
-                                 scratch, b->attention_partials + (size_t)task * task_floats);
-    }
-
-#pragma omp parallel for if (parallel && n > 1)
-    for (int64_t merged = 0; merged < n * n_kv; merged++) {
-        const int64_t t = merged / n_kv;
-        const int g = (int)(merged % n_kv);
-        tq_attention_merge((int)splits, group, hd, b->attention_partials + (size_t)merged * splits * task_floats,
-                           b->attention + t * q_dim + g * group * hd);
-    }
-}
-
 /* x += RMSNorm(projection) for n rows of the residual stream. */
 static void add_normed(tq_forward_buffers *b, const float *norm, int64_t n, int hidden, float eps)
 {
@@ -844,7 +795,7 @@ static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64
         tq_kv_cache_write(context->cache, l, pos0, n, b->k, b->v);
     }
 
-    attend_layer(context, l, hd, pos0, n);
+    tq_attend_layer(context, l, hd, pos0, n, context->buffers.q, context->buffers.attention);
 
     if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
         return status;

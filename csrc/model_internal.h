@@ -75,6 +75,11 @@ struct tq_context {
     struct tq_gemma4_context *gemma4; /* Gemma 4 buffers of this context; NULL for Gemma 3 */
 };
 
+/* Attention of the n tokens at positions pos0.. on layer l (head size hd), from queries
+ * (n rows of n_heads * hd floats) into out, threaded over tokens, KV heads and position
+ * ranges. Shared by the Gemma 3 and Gemma 4 layers (model_forward.c). */
+void tq_attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const float *queries, float *out);
+
 /* Returns 1 when layer uses full attention and the global RoPE base. */
 int tq_model_layer_is_global(const tq_model_config *config, int layer);
 
