@@ -96,10 +96,10 @@ typedef struct {
      * n_layers rows of head_dim entries. A key is stored as (k - mean) * key_scale and a
      * query scored as q / key_scale, so q . k keeps its value while the channels that
      * queries weigh most get the smaller share of the quantization error. mean is the
-     * average of the first keys a layer receives (up to TQ_KV_MEAN_POSITIONS of them),
-     * taken over the channels whose key_center flag is set and zero elsewhere; the scores
-     * of coded rows get q . mean added back. Any fixed mean leaves softmax(q k) exact;
-     * flags select the channels where a mean is stable over positions (slow RoPE pairs). */
+     * average of the first keys a layer receives (up to TQ_KV_MEAN_POSITIONS of them) on
+     * the channels whose key_center flag is set, and zero elsewhere. Scores of coded rows
+     * get q . mean added back, so any fixed mean leaves softmax(q k) exact. The flags
+     * select the channels where a mean is stable over positions (slow RoPE pairs). */
     int64_t recent_f16;
     const uint8_t *layer_f16;
     uint64_t codec_seed;
