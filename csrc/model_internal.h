@@ -39,9 +39,9 @@ typedef struct {
 } tq_forward_buffers;
 
 /* Positions a Gemma 3 layer writes into the KV cache before their queries attend. Prefill
- * runs its weight products on micro-batches of n_batch tokens, but writes and attends in
- * groups of at most this many, so the rings of sliding-window layers and of the recent f16
- * window need room for only this many new positions beside the positions they keep. Gemma 4
+ * runs its weight products on micro-batches of n_batch tokens but writes and attends in
+ * groups of at most this many. The rings of sliding-window layers and of the recent f16
+ * window then need room for only this many new positions beside the ones they keep. Gemma 4
  * layers write the whole micro-batch (see tq_context_create). */
 #define TQ_ATTENTION_BATCH 128
 
