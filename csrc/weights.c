@@ -517,7 +517,9 @@ static void matmul_chunk(const tq_weight *w, const uint8_t *acts, size_t act_row
     }
 }
 
-tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err)
+/* tq_matmul, and with allow_gemm = 0 tq_matmul_per_row. */
+static tq_status matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, int allow_gemm,
+                        tq_error *err)
 {
     if (w == NULL || w->data == NULL) {
         return tq_error_set(err, TQ_ERR_INVALID, "tq_matmul: weight is NULL or was not initialised");
@@ -573,7 +575,7 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
         const tq_quantize_row_fn quantize =
             act_type == TQ_TYPE_Q8_0 ? kernels->quantize_row_q8_0 : kernels->quantize_row_q8_K;
         const tq_gemm_kernels *gemm = tq_gemm_kernels_for(isa);
-        if (gemm != NULL && gemm->supported[w->type] && n_tokens >= gemm->min_tokens) {
+        if (allow_gemm && gemm != NULL && gemm->supported[w->type] && n_tokens >= gemm->min_tokens) {
             status = matmul_blocked(gemm, quantize, w, x, scratch, act_row_bytes, y, n_tokens, err);
             tq_aligned_free(scratch);
             return status;
@@ -609,4 +611,15 @@ tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, in
 
     tq_aligned_free(scratch);
     return TQ_OK;
+}
+
+tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err)
+{
+    return matmul(isa, w, x, y, n_tokens, 1, err);
+}
+
+tq_status tq_matmul_per_row(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
+                            tq_error *err)
+{
+    return matmul(isa, w, x, y, n_tokens, 0, err);
 }

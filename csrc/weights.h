@@ -69,6 +69,12 @@ tq_status tq_weight_init(tq_weight *w, int type, int64_t n_in, int64_t n_out, co
  * concurrent calls on different outputs share no state. x and y must not overlap. */
 tq_status tq_matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, tq_error *err);
 
+/* tq_matmul where every row of y is bit for bit what a one-token tq_matmul of that row gives
+ * (no blocked GEMM; the four-token kernels follow the one-token ones operation for operation).
+ * Speculative verification uses it so that a draft tree scores tokens exactly as decoding. */
+tq_status tq_matmul_per_row(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
+                            tq_error *err);
+
 /* The same product with float32 activations: each weight row is dequantized and
  * dotted with x in float32, so no error is added beyond float rounding. Slower than
  * tq_matmul (no integer kernels, no SIMD variants); it exists to check the forward pass against float

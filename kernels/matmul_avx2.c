@@ -382,12 +382,16 @@ static inline void store_x4(const __m256 acc[X4_TOKENS], float *s, size_t s_stri
 void tq_vec_dot_q8_0_q8_0_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
                                   size_t x_stride)
 {
+    /* Even blocks go to acc0 and odd ones to acc1, as in tq_vec_dot_q8_0_q8_0_avx2, so each
+     * token's result is bit for bit the one-token result (speculative verification relies on
+     * it). */
     const tq_block_q8_0 *wb = (const tq_block_q8_0 *)w;
     const tq_block_q8_0 *xb[X4_TOKENS];
-    __m256 acc[X4_TOKENS];
+    __m256 acc[X4_TOKENS][2];
     for (int t = 0; t < X4_TOKENS; t++) {
         xb[t] = (const tq_block_q8_0 *)token_row(x, x_stride, t);
-        acc[t] = _mm256_setzero_ps();
+        acc[t][0] = _mm256_setzero_ps();
+        acc[t][1] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < n / TQ_QK8_0; b++) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)wb[b].qs);
@@ -396,21 +400,25 @@ void tq_vec_dot_q8_0_q8_0_x4_avx2(int64_t n, float *s, size_t s_stride, const vo
         for (int t = 0; t < X4_TOKENS; t++) {
             const __m256i a = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb[t][b].qs), q);
             const __m256 d = _mm256_set1_ps(dw * _cvtsh_ss(xb[t][b].d));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8_avx2(abs_q, a)), acc[t]);
+            acc[t][b & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8_avx2(abs_q, a)), acc[t][b & 1]);
         }
     }
-    store_x4(acc, s, s_stride);
+    for (int t = 0; t < X4_TOKENS; t++) {
+        s[(size_t)t * s_stride] = hsum_ps_avx2(_mm256_add_ps(acc[t][0], acc[t][1]));
+    }
 }
 
 void tq_vec_dot_q5_0_q8_0_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
                                   size_t x_stride)
 {
+    /* Accumulators by block parity, as in the Q8_0 kernel above. */
     const tq_block_q5_0 *wb = (const tq_block_q5_0 *)w;
     const tq_block_q8_0 *xb[X4_TOKENS];
-    __m256 acc[X4_TOKENS];
+    __m256 acc[X4_TOKENS][2];
     for (int t = 0; t < X4_TOKENS; t++) {
         xb[t] = (const tq_block_q8_0 *)token_row(x, x_stride, t);
-        acc[t] = _mm256_setzero_ps();
+        acc[t][0] = _mm256_setzero_ps();
+        acc[t][1] = _mm256_setzero_ps();
     }
     const __m256i minus16 = _mm256_set1_epi8((char)0xF0);
     for (int64_t b = 0; b < n / TQ_QK5_0; b++) {
@@ -421,10 +429,12 @@ void tq_vec_dot_q5_0_q8_0_x4_avx2(int64_t n, float *s, size_t s_stride, const vo
         for (int t = 0; t < X4_TOKENS; t++) {
             const __m256i a = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb[t][b].qs), q);
             const __m256 d = _mm256_set1_ps(dw * _cvtsh_ss(xb[t][b].d));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8_avx2(abs_q, a)), acc[t]);
+            acc[t][b & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8_avx2(abs_q, a)), acc[t][b & 1]);
         }
     }
-    store_x4(acc, s, s_stride);
+    for (int t = 0; t < X4_TOKENS; t++) {
+        s[(size_t)t * s_stride] = hsum_ps_avx2(_mm256_add_ps(acc[t][0], acc[t][1]));
+    }
 }
 
 void tq_vec_dot_q4_K_q8_K_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,

@@ -156,6 +156,96 @@ static void vec_dot_q5_0_q8_0_avx512(int64_t n, float *s, const void *w, const v
     *s = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);
 }
 
+/* ---- four tokens per weight row ----
+ * Each token follows the one-token kernels above operation for operation (two 512-bit
+ * accumulators over groups of four blocks, a 256-bit tail), so its result is bit for bit the
+ * one-token result; the weight codes are decoded once for the four tokens. */
+
+#define X4_TOKENS 4
+
+/* a with the sign of w moved onto it, the second operand of dot_i8_avx512. */
+static inline __m512i signed_by_avx512(__m512i a, __m512i w)
+{
+    return _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
+}
+
+static inline __m512i dot_abs_avx512(__m512i abs_w, __m512i signed_a)
+{
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(abs_w, signed_a), _mm512_set1_epi16(1));
+}
+
+/* The x4 body shared by Q8_0 and Q5_0: codes(b0, b1) gives the int8 weights of two blocks
+ * as one register, code_1 those of one block for the tail. */
+#define VEC_DOT_X4_AVX512(block_type, CODES_2, CODES_1)                                                             \
+    const block_type *wb = (const block_type *)w;                                                                   \
+    const int64_t nb = n / 32;                                                                                      \
+    const tq_block_q8_0 *xb[X4_TOKENS];                                                                             \
+    __m512 acc0[X4_TOKENS], acc1[X4_TOKENS];                                                                        \
+    __m256 tail[X4_TOKENS];                                                                                         \
+    for (int t = 0; t < X4_TOKENS; t++) {                                                                           \
+        xb[t] = (const tq_block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);                                 \
+        acc0[t] = acc1[t] = _mm512_setzero_ps();                                                                    \
+        tail[t] = _mm256_setzero_ps();                                                                              \
+    }                                                                                                               \
+    int64_t b = 0;                                                                                                  \
+    for (; b + 4 <= nb; b += 4) {                                                                                   \
+        const __m512i q01 = CODES_2(&wb[b], &wb[b + 1]);                                                            \
+        const __m512i q23 = CODES_2(&wb[b + 2], &wb[b + 3]);                                                        \
+        const __m512i abs01 = _mm512_abs_epi8(q01);                                                                 \
+        const __m512i abs23 = _mm512_abs_epi8(q23);                                                                 \
+        const float dw0 = _cvtsh_ss(wb[b].d), dw1 = _cvtsh_ss(wb[b + 1].d);                                        \
+        const float dw2 = _cvtsh_ss(wb[b + 2].d), dw3 = _cvtsh_ss(wb[b + 3].d);                                    \
+        for (int t = 0; t < X4_TOKENS; t++) {                                                                       \
+            const tq_block_q8_0 *a = xb[t];                                                                         \
+            const __m512i a01 = signed_by_avx512(load_2x256(a[b].qs, a[b + 1].qs), q01);                            \
+            const __m512i a23 = signed_by_avx512(load_2x256(a[b + 2].qs, a[b + 3].qs), q23);                        \
+            const __m512 d01 = scales_2x8(dw0 * _cvtsh_ss(a[b].d), dw1 * _cvtsh_ss(a[b + 1].d));                   \
+            const __m512 d23 = scales_2x8(dw2 * _cvtsh_ss(a[b + 2].d), dw3 * _cvtsh_ss(a[b + 3].d));               \
+            acc0[t] = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_abs_avx512(abs01, a01)), acc0[t]);                \
+            acc1[t] = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_abs_avx512(abs23, a23)), acc1[t]);                \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (; b < nb; b++) {                                                                                           \
+        const __m256i q0 = CODES_1(&wb[b]);                                                                         \
+        const float dw = _cvtsh_ss(wb[b].d);                                                                        \
+        for (int t = 0; t < X4_TOKENS; t++) {                                                                       \
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[t][b].qs);                                    \
+            const __m256 d0 = _mm256_set1_ps(dw * _cvtsh_ss(xb[t][b].d));                                           \
+            tail[t] = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(q0, a0)), tail[t]);                        \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (int t = 0; t < X4_TOKENS; t++) {                                                                           \
+        s[(size_t)t * s_stride] = hsum_ps_avx512(_mm512_add_ps(acc0[t], acc1[t])) + hsum_ps_avx2(tail[t]);          \
+    }
+
+static inline __m512i q8_0_codes_2(const tq_block_q8_0 *b0, const tq_block_q8_0 *b1)
+{
+    return load_2x256(b0->qs, b1->qs);
+}
+
+static inline __m256i q8_0_codes_1(const tq_block_q8_0 *b0)
+{
+    return _mm256_loadu_si256((const __m256i *)b0->qs);
+}
+
+static inline __m256i q5_0_codes_1(const tq_block_q5_0 *b0)
+{
+    return _mm256_or_si256(nibbles_32_avx2(b0->qs),
+                           _mm256_andnot_si256(bits_32_avx2(b0->qh), _mm256_set1_epi8((char)0xF0)));
+}
+
+static void vec_dot_q8_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                        size_t x_stride)
+{
+    VEC_DOT_X4_AVX512(tq_block_q8_0, q8_0_codes_2, q8_0_codes_1)
+}
+
+static void vec_dot_q5_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
+                                        size_t x_stride)
+{
+    VEC_DOT_X4_AVX512(tq_block_q5_0, q5_0_codes_2, q5_0_codes_1)
+}
+
 const tq_matmul_kernels tq_matmul_kernels_avx512 = {
     .quantize_row_q8_0 = tq_quantize_row_q8_0_avx2,
     .quantize_row_q8_K = tq_quantize_row_q8_K_avx2,
@@ -175,8 +265,8 @@ const tq_matmul_kernels tq_matmul_kernels_avx512 = {
         },
     .vec_dot_x4 =
         {
-            [TQ_TYPE_Q5_0] = tq_vec_dot_q5_0_q8_0_x4_avx2,
-            [TQ_TYPE_Q8_0] = tq_vec_dot_q8_0_q8_0_x4_avx2,
+            [TQ_TYPE_Q5_0] = vec_dot_q5_0_q8_0_x4_avx512,
+            [TQ_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx512,
             [TQ_TYPE_Q4_K] = tq_vec_dot_q4_K_q8_K_x4_avx2,
             [TQ_TYPE_Q6_K] = tq_vec_dot_q6_K_q8_K_x4_avx2,
         },
