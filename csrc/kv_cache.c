@@ -918,6 +918,32 @@ void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *p
     }
 }
 
+void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
+{
+    if (src == dst) {
+        return;
+    }
+    for (int l = 0; l < cache->n_layers; l++) {
+        tq_kv_layer *layer = &cache->layers[l];
+        if (layer->source != l) {
+            continue;
+        }
+        const int64_t from = src % layer->max_slots;
+        const int64_t to = dst % layer->max_slots;
+        memcpy(layer->keys + (size_t)to * layer->key_slot_bytes, layer->keys + (size_t)from * layer->key_slot_bytes,
+               layer->key_slot_bytes);
+        memcpy(layer->values + (size_t)to * layer->value_slot_bytes,
+               layer->values + (size_t)from * layer->value_slot_bytes, layer->value_slot_bytes);
+        if (layer->recent_keys != NULL) {
+            const size_t row = (size_t)cache->n_kv_heads * (size_t)layer->head_dim;
+            const size_t recent_from = (size_t)(src % cache->recent_slots) * row;
+            const size_t recent_to = (size_t)(dst % cache->recent_slots) * row;
+            memcpy(layer->recent_keys + recent_to, layer->recent_keys + recent_from, row * sizeof(uint16_t));
+            memcpy(layer->recent_values + recent_to, layer->recent_values + recent_from, row * sizeof(uint16_t));
+        }
+    }
+}
+
 tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err)
 {
     if (n_past < 0 || n_past > cache->n_past) {

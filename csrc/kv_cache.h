@@ -175,6 +175,11 @@ int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t p
  * softmax-weighted values out[n_queries][head_dim]. */
 void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *partials, float *out);
 
+/* Copy the rows stored for position src to position dst in every layer (codes and the f16
+ * window copy). Both positions must be reserved and src written; dst's rows are replaced.
+ * Used to move an accepted draft path of a speculative pass to the end of the prefix. */
+void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst);
+
 /* Forget positions >= n_past. Fails with TQ_ERR_INVALID when n_past is negative
  * or above the stored count, or when a sliding layer has already overwritten a
  * position that queries from n_past on would need (rolling back more than

@@ -835,5 +835,6 @@ tq_status tq_context_set_threads(tq_context *context, int threads, tq_error *err
 
 tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err)
 {
+    context->tree_nodes = 0;
     return tq_kv_cache_truncate(context->cache, n_past, err);
 }

@@ -165,4 +165,20 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
                           tq_error *err);
 tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err);
 
+/* Speculative verification of a draft tree in one forward pass. Node 0 (the root) is the
+ * token that follows the n_past cached positions; node i > 0 has parent parents[i] < i
+ * (parents[0] is -1) and sits at position n_past + depth(i). Each node attends to the cached
+ * prefix and to its ancestors and itself only. logits gets n rows of n_vocab floats, one per
+ * node; hidden (optional, NULL to skip) gets the output-normed final hidden states, n rows of
+ * n_embd floats. The nodes' K/V rows are stored past n_past but not counted: call
+ * tq_context_accept_path to keep a path, or any eval or truncate to drop them all.
+ * n <= 64 nodes, depth <= 8, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */
+tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const int32_t *parents, int64_t n,
+                               float *logits, float *hidden, tq_error *err);
+
+/* Keep the nodes path[0] = 0, path[1], .. path[n_path - 1] of the last tq_context_eval_tree,
+ * each the parent of the next: their rows move to positions n_past .. n_past + n_path - 1,
+ * which then count as stored; the other nodes' rows are dropped. */
+tq_status tq_context_accept_path(tq_context *context, const int32_t *path, int64_t n_path, tq_error *err);
+
 #endif /* TQ_MODEL_H */

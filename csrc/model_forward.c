@@ -18,14 +18,16 @@
 #include "model_internal.h"
 
 /* Every weight product of the forward pass: quantized activations (fast, as llama.cpp)
- * unless the model was created with exact_matmul. */
+ * unless the model was created with exact_matmul. per_row: each row exactly as decoding
+ * computes it alone (draft trees), see tq_matmul_per_row. */
 static tq_status model_matmul(const tq_model *model, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
-                              tq_error *err)
+                              int per_row, tq_error *err)
 {
     if (model->exact_matmul) {
         return tq_matmul_exact(w, x, y, n_tokens, err);
     }
-    return tq_matmul(model->isa, w, x, y, n_tokens, err);
+    return per_row ? tq_matmul_per_row(model->isa, w, x, y, n_tokens, err)
+                   : tq_matmul(model->isa, w, x, y, n_tokens, err);
 }
 
 /* out = x / sqrt(mean(x^2) + eps) * weight, over n values. */
@@ -102,6 +104,11 @@ static tq_status ensure_attention_scratch(tq_context *context, int threads, tq_e
     size_t max_tasks = (size_t)context->n_batch > (size_t)threads * (size_t)threads
                            ? (size_t)context->n_batch
                            : (size_t)threads * (size_t)threads;
+    /* A decoding query has up to threads ranges and TQ_ATTENTION_ROW_PARTS rows; a tree pass
+     * has that for each node. */
+    const size_t query_parts = (size_t)threads + TQ_ATTENTION_ROW_PARTS;
+    const size_t tree_tasks = (size_t)TQ_TREE_MAX_NODES * query_parts;
+    max_tasks = max_tasks > tree_tasks ? max_tasks : tree_tasks;
     size_t scratch_bytes, partial_count, partial_bytes;
     if (!tq_mul_size(stride, (size_t)threads, &scratch_bytes) ||
         !tq_mul_size(max_tasks * (size_t)c->n_kv_heads * (size_t)group, TQ_KV_PARTIAL_FLOATS(c->head_dim),
@@ -126,6 +133,8 @@ static tq_status ensure_attention_scratch(tq_context *context, int threads, tq_e
     return TQ_OK;
 }
 
+static void attend_decode(tq_context *context, int l, int hd, int64_t pos, const float *queries, float *out);
+
 /* Multiply-adds (positions x head_dim, summed over heads) below which decode
  * attention runs on the calling thread: roughly 0.1 ms of work on one core,
  * where starting a parallel region would cost a noticeable share. */
@@ -138,6 +147,10 @@ static tq_status ensure_attention_scratch(tq_context *context, int threads, tq_e
  * partial softmax sums are merged afterwards. */
 void tq_attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const float *queries, float *out)
 {
+    if (n == 1) {
+        attend_decode(context, l, hd, pos0, queries, out);
+        return;
+    }
     const tq_model_config *c = &context->model->config;
     tq_forward_buffers *b = &context->buffers;
     const int q_dim = c->n_heads * hd;
@@ -180,7 +193,135 @@ void tq_attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n
     }
 }
 
-static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t n, tq_error *err)
+/* Ranges the older positions [first, end) of a decoding query are split into: one per
+ * TQ_KV_CHUNK positions up to the thread count when the KV heads alone do not keep every
+ * thread busy. A function of the range, so a draft node splits as decoding does. */
+static int64_t decode_splits(const tq_context *context, int64_t first, int64_t end)
+{
+    const int threads = context->buffers.attention_scratch_threads;
+    if (end <= first) {
+        return 0;
+    }
+    if (context->model->config.n_kv_heads >= threads) {
+        return 1;
+    }
+    const int64_t chunks = (end - first + TQ_KV_CHUNK - 1) / TQ_KV_CHUNK;
+    return chunks < threads ? chunks : threads;
+}
+
+/* Partial softmax sums of one decoding query group (the query heads of KV head g) at
+ * position pos on layer l, written to parts in order: the ranges of the older positions,
+ * then each of the newest TQ_ATTENTION_ROW_PARTS positions alone. row_slot[j] is where
+ * position pos - j is stored (pos - j itself in plain decoding; a draft node's ancestors
+ * sit elsewhere). Returns the number of parts. Only the range parts with index in
+ * [part_begin, part_end) are computed, so decoding can spread them over threads. */
+static int attend_query_parts(tq_context *context, int l, int g, int64_t pos, const int64_t *row_slot,
+                              const float *query, int part_begin, int part_end, size_t part_floats, float *parts)
+{
+    const tq_model_config *c = &context->model->config;
+    const int group = c->n_heads / c->n_kv_heads;
+    tq_forward_buffers *b = &context->buffers;
+    void *scratch = b->attention_scratch + (size_t)omp_get_thread_num() * b->attention_scratch_stride;
+    const int64_t first = tq_kv_cache_first_visible(context->cache, l, pos);
+    const int64_t rows_first = pos - TQ_ATTENTION_ROW_PARTS + 1 > first ? pos - TQ_ATTENTION_ROW_PARTS + 1 : first;
+    const int64_t splits = decode_splits(context, first, rows_first);
+    const int64_t span = rows_first - first;
+    int n_parts = 0;
+
+    for (int64_t part = 0; part < splits; part++, n_parts++) {
+        if (n_parts < part_begin || n_parts >= part_end) {
+            continue;
+        }
+        tq_kv_cache_attend_range(context->cache, l, g, pos, first + span * part / splits,
+                                 first + span * (part + 1) / splits, group, query, scratch,
+                                 parts + (size_t)n_parts * part_floats);
+    }
+    /* Oldest row first. A row at distance j is read as a query at pos reads it (from the
+     * f16 window when j is inside it): passing slot + j as the query position does that. */
+    for (int64_t q = rows_first; q <= pos; q++, n_parts++) {
+        if (n_parts < part_begin || n_parts >= part_end) {
+            continue;
+        }
+        const int64_t j = pos - q;
+        const int64_t slot = row_slot != NULL ? row_slot[j] : q;
+        tq_kv_cache_attend_range(context->cache, l, g, slot + j, slot, slot + 1, group, query, scratch,
+                                 parts + (size_t)n_parts * part_floats);
+    }
+    return n_parts;
+}
+
+/* Decoding attention of one token at pos on layer l: tasks are the parts of each KV head
+ * (see attend_query_parts), merged per KV head afterwards. */
+static void attend_decode(tq_context *context, int l, int hd, int64_t pos, const float *queries, float *out)
+{
+    const tq_model_config *c = &context->model->config;
+    tq_forward_buffers *b = &context->buffers;
+    const int group = c->n_heads / c->n_kv_heads;
+    const int n_kv = c->n_kv_heads;
+    const size_t task_floats = (size_t)group * TQ_KV_PARTIAL_FLOATS(hd);
+    const int max_parts = b->attention_scratch_threads + TQ_ATTENTION_ROW_PARTS;
+    const int64_t first = tq_kv_cache_first_visible(context->cache, l, pos);
+    const int64_t visible = pos - first + 1;
+    const int64_t rows_first = pos - TQ_ATTENTION_ROW_PARTS + 1 > first ? pos - TQ_ATTENTION_ROW_PARTS + 1 : first;
+    const int n_parts = (int)(decode_splits(context, first, rows_first) + (pos - rows_first + 1));
+    const int64_t tasks = (int64_t)n_kv * n_parts;
+    const int parallel = (int64_t)c->n_heads * visible * hd >= TQ_ATTENTION_PARALLEL_MIN;
+
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int g = (int)(task / n_parts);
+        const int part = (int)(task % n_parts);
+        attend_query_parts(context, l, g, pos, NULL, queries + g * group * hd, part, part + 1, task_floats,
+                           b->attention_partials + (size_t)g * max_parts * task_floats);
+    }
+    for (int g = 0; g < n_kv; g++) {
+        tq_attention_merge(n_parts, group, hd, b->attention_partials + (size_t)g * max_parts * task_floats,
+                           out + g * group * hd);
+    }
+}
+
+/* Tree attention of the n draft nodes of tree on layer l: node t at position pos0 +
+ * depth[t] sees the cached prefix and its own ancestors and itself, whose rows were written
+ * at pos0 + node index. Its parts are exactly those of decoding that path (see
+ * attend_query_parts). One task per node and KV head. */
+static void attend_tree(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const tq_tree *tree,
+                        const float *queries, float *out)
+{
+    const tq_model_config *c = &context->model->config;
+    tq_forward_buffers *b = &context->buffers;
+    const int q_dim = c->n_heads * hd;
+    const int group = c->n_heads / c->n_kv_heads;
+    const int n_kv = c->n_kv_heads;
+    const size_t task_floats = (size_t)group * TQ_KV_PARTIAL_FLOATS(hd);
+    const int max_parts = b->attention_scratch_threads + TQ_ATTENTION_ROW_PARTS;
+
+#pragma omp parallel for schedule(dynamic, 1) if (n * n_kv > 1)
+    for (int64_t task = 0; task < n * n_kv; task++) {
+        const int64_t t = task / n_kv;
+        const int g = (int)(task % n_kv);
+        const int64_t pos = pos0 + tree->depth[t];
+        /* Slots of the positions pos, pos - 1, ..: the path up to the root, then the prefix. */
+        int64_t row_slot[TQ_ATTENTION_ROW_PARTS];
+        int64_t node = t;
+        for (int j = 0; j < TQ_ATTENTION_ROW_PARTS; j++) {
+            if (node >= 0) {
+                row_slot[j] = pos0 + node;
+                node = tree->parent[node];
+            } else {
+                row_slot[j] = pos - j;
+            }
+        }
+        float *parts = b->attention_partials + (size_t)task * (size_t)max_parts * task_floats;
+        const int n_parts = attend_query_parts(context, l, g, pos, row_slot, queries + t * q_dim + g * group * hd, 0,
+                                               max_parts, task_floats, parts);
+        tq_attention_merge(n_parts, group, hd, parts, out + t * q_dim + g * group * hd);
+    }
+}
+
+/* One decoder layer on the n tokens of a micro-batch at positions pos0 .., or, with a tree,
+ * on n draft nodes at positions pos0 + depth (their rows written at pos0 + node index). */
+static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t n, const tq_tree *tree,
+                               tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -194,22 +335,25 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
     const float *rope_cos = global ? b->rope_cos_global : b->rope_cos_local;
     const float *rope_sin = global ? b->rope_sin_global : b->rope_sin_local;
     const float query_scale = 1.0f / sqrtf(c->query_pre_attn_scalar);
+    const int per_row = tree != NULL;
     tq_status status;
 
     /* Attention block. */
     rms_norm_rows(b->x, w->attn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = model_matmul(model, &w->attn_q, b->x_norm, b->q, n, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->attn_k, b->x_norm, b->k, n, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->attn_v, b->x_norm, b->v, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->attn_q, b->x_norm, b->q, n, per_row, err)) != TQ_OK ||
+        (status = model_matmul(model, &w->attn_k, b->x_norm, b->k, n, per_row, err)) != TQ_OK ||
+        (status = model_matmul(model, &w->attn_v, b->x_norm, b->v, n, per_row, err)) != TQ_OK) {
         return status;
     }
 
 #pragma omp parallel for if (n > 1)
     for (int64_t t = 0; t < n; t++) {
+        /* RoPE rows are per position: one per token, or one per tree depth. */
+        const int64_t r = tree != NULL ? tree->depth[t] : t;
         for (int h = 0; h < c->n_heads; h++) {
             float *q = b->q + t * q_dim + h * hd;
             rms_norm(q, w->attn_q_norm, hd, c->rms_eps, q);
-            rope_apply(q, rope_cos + t * half, rope_sin + t * half, half);
+            rope_apply(q, rope_cos + r * half, rope_sin + r * half, half);
             for (int i = 0; i < hd; i++) {
                 q[i] *= query_scale;
             }
@@ -217,17 +361,21 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
         for (int h = 0; h < c->n_kv_heads; h++) {
             float *k = b->k + t * kv_dim + h * hd;
             rms_norm(k, w->attn_k_norm, hd, c->rms_eps, k);
-            rope_apply(k, rope_cos + t * half, rope_sin + t * half, half);
+            rope_apply(k, rope_cos + r * half, rope_sin + r * half, half);
         }
     }
+    if (tree != NULL) {
+        tq_kv_cache_write(context->cache, l, pos0, n, b->k, b->v);
+        attend_tree(context, l, hd, pos0, n, tree, b->q, b->attention);
+    }
     /* Write and attend TQ_ATTENTION_BATCH positions at a time (see its definition). */
-    for (int64_t start = 0; start < n; start += TQ_ATTENTION_BATCH) {
+    for (int64_t start = 0; tree == NULL && start < n; start += TQ_ATTENTION_BATCH) {
         const int64_t m = n - start < TQ_ATTENTION_BATCH ? n - start : TQ_ATTENTION_BATCH;
         tq_kv_cache_write(context->cache, l, pos0 + start, m, b->k + start * kv_dim, b->v + start * kv_dim);
         tq_attend_layer(context, l, hd, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
     }
 
-    if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -242,8 +390,8 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
 
     /* Feed-forward block. */
     rms_norm_rows(b->x, w->ffn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, per_row, err)) != TQ_OK ||
+        (status = model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, per_row, err)) != TQ_OK) {
         return status;
     }
     const int64_t ffn_values = n * c->ffn;
@@ -251,7 +399,7 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
     for (int64_t i = 0; i < ffn_values; i++) {
         b->gate[i] = gelu_tanh(b->gate[i]) * b->up[i];
     }
-    if ((status = model_matmul(model, &w->ffn_down, b->gate, b->projection, n, err)) != TQ_OK) {
+    if ((status = model_matmul(model, &w->ffn_down, b->gate, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -275,9 +423,11 @@ static void softcap_logits(float *logits, int64_t count, float cap)
     }
 }
 
-/* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 through all
- * layers; b->x then contains their final hidden states (before output_norm). */
-static tq_status forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n, tq_error *err)
+/* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 (or the n nodes of
+ * tree at pos0 + depth) through all layers; b->x then contains their final hidden states
+ * (before output_norm). */
+static tq_status forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
+                               const tq_tree *tree, tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -297,7 +447,7 @@ static tq_status forward_batch(tq_context *context, const int32_t *tokens, int64
     rope_tables(b->inv_freq_global, c->head_dim / 2, pos0, n, b->rope_cos_global, b->rope_sin_global);
 
     for (int l = 0; l < c->n_layers; l++) {
-        if ((status = forward_layer(context, l, pos0, n, err)) != TQ_OK) {
+        if ((status = forward_layer(context, l, pos0, n, tree, err)) != TQ_OK) {
             return status;
         }
     }
@@ -345,6 +495,7 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
     }
 
     tq_forward_buffers *b = &context->buffers;
+    context->tree_nodes = 0;
     for (int64_t start = 0; start < n; start += context->n_batch) {
         const int64_t m = n - start < context->n_batch ? n - start : context->n_batch;
         const int64_t pos0 = tq_kv_cache_n_past(context->cache);
@@ -352,7 +503,7 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
             return status;
         }
         status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens + start, pos0, m, err)
-                                       : forward_batch(context, tokens + start, pos0, m, err);
+                                       : forward_batch(context, tokens + start, pos0, m, NULL, err);
         if (status != TQ_OK) {
             return status;
         }
@@ -365,12 +516,12 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
             rows = logits + start * (int64_t)c->n_vocab;
             n_rows = m;
             rms_norm_rows(b->x, model->output_norm, m, c->hidden, c->rms_eps, b->x_norm);
-            status = model_matmul(model, &model->lm_head, b->x_norm, rows, m, err);
+            status = model_matmul(model, &model->lm_head, b->x_norm, rows, m, 0, err);
         } else if (mode == TQ_LOGITS_LAST && start + m == n) {
             rows = logits;
             n_rows = 1;
             rms_norm(b->x + (m - 1) * c->hidden, model->output_norm, c->hidden, c->rms_eps, b->x_norm);
-            status = model_matmul(model, &model->lm_head, b->x_norm, logits, 1, err);
+            status = model_matmul(model, &model->lm_head, b->x_norm, logits, 1, 0, err);
         }
         if (status != TQ_OK) {
             return status;
@@ -379,5 +530,106 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
             softcap_logits(rows, n_rows * (int64_t)c->n_vocab, c->final_logit_softcap);
         }
     }
+    return TQ_OK;
+}
+
+tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const int32_t *parents, int64_t n,
+                               float *logits, float *hidden, tq_error *err)
+{
+    const tq_model *model = context->model;
+    const tq_model_config *c = &model->config;
+    if (model->gemma4 != NULL) {
+        return tq_error_set(err, TQ_ERR_UNSUPPORTED, "tree verification is implemented for Gemma 3 models only");
+    }
+    /* A tree's rows share the rings of sliding layers and of the f16 window with the
+     * prefix, which have room for TQ_ATTENTION_BATCH new positions (and n_batch). */
+    int64_t max_nodes = TQ_TREE_MAX_NODES < context->n_batch ? TQ_TREE_MAX_NODES : context->n_batch;
+    if (n < 1 || n > max_nodes) {
+        return tq_error_set(err, TQ_ERR_INVALID, "a draft tree has %lld nodes; it needs 1 to %lld", (long long)n,
+                            (long long)max_nodes);
+    }
+    if (logits == NULL) {
+        return tq_error_set(err, TQ_ERR_INVALID, "logits buffer is NULL; a tree pass always returns logits");
+    }
+    int32_t depth[TQ_TREE_MAX_NODES];
+    for (int64_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->n_vocab) {
+            return tq_error_set(err, TQ_ERR_INVALID, "token id %d of tree node %lld is outside the vocabulary [0, %d)",
+                                tokens[i], (long long)i, c->n_vocab);
+        }
+        if (i == 0 ? parents[0] != -1 : parents[i] < 0 || parents[i] >= i) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "tree node %lld has parent %d; the root (node 0) needs -1 and node i a parent in "
+                                "0 .. i - 1",
+                                (long long)i, parents[i]);
+        }
+        depth[i] = i == 0 ? 0 : depth[parents[i]] + 1;
+        if (depth[i] > TQ_TREE_MAX_DEPTH) {
+            return tq_error_set(err, TQ_ERR_INVALID, "tree node %lld is %d levels deep; at most %d are supported",
+                                (long long)i, depth[i], TQ_TREE_MAX_DEPTH);
+        }
+    }
+
+    if (context->threads > 0) {
+        omp_set_num_threads(context->threads);
+    }
+    tq_status status = ensure_attention_scratch(context, omp_get_max_threads(), err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    context->tree_nodes = 0;
+    const int64_t n_past = tq_kv_cache_n_past(context->cache);
+    if ((status = tq_kv_cache_reserve(context->cache, n, err)) != TQ_OK) {
+        return status;
+    }
+    const tq_tree tree = {.parent = parents, .depth = depth};
+    if ((status = forward_batch(context, tokens, n_past, n, &tree, err)) != TQ_OK) {
+        return status;
+    }
+
+    tq_forward_buffers *b = &context->buffers;
+    rms_norm_rows(b->x, model->output_norm, n, c->hidden, c->rms_eps, b->x_norm);
+    if (hidden != NULL) {
+        memcpy(hidden, b->x_norm, (size_t)n * (size_t)c->hidden * sizeof(float));
+    }
+    if ((status = model_matmul(model, &model->lm_head, b->x_norm, logits, n, 1, err)) != TQ_OK) {
+        return status;
+    }
+    if (c->final_logit_softcap > 0.0f) {
+        softcap_logits(logits, n * (int64_t)c->n_vocab, c->final_logit_softcap);
+    }
+    memcpy(context->tree_parent, parents, (size_t)n * sizeof(int32_t));
+    context->tree_nodes = n;
+    return TQ_OK;
+}
+
+tq_status tq_context_accept_path(tq_context *context, const int32_t *path, int64_t n_path, tq_error *err)
+{
+    if (context->tree_nodes == 0) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "no draft tree waits to be accepted; call eval_tree first (an eval or truncate in "
+                            "between drops the tree)");
+    }
+    if (n_path < 1 || n_path > context->tree_nodes) {
+        return tq_error_set(err, TQ_ERR_INVALID, "an accepted path has %lld nodes; the tree has %lld",
+                            (long long)n_path, (long long)context->tree_nodes);
+    }
+    for (int64_t j = 0; j < n_path; j++) {
+        const int32_t node = path[j];
+        const int32_t expected_parent = j == 0 ? -1 : path[j - 1];
+        if (node < 0 || node >= context->tree_nodes || context->tree_parent[node] != expected_parent) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "accepted node %d at step %lld is not a child of the previous node (or the root at "
+                                "step 0) in the last tree",
+                                node, (long long)j);
+        }
+    }
+    /* path[j] >= j and the path only goes deeper, so no move overwrites a row still to move. */
+    const int64_t n_past = tq_kv_cache_n_past(context->cache);
+    for (int64_t j = 0; j < n_path; j++) {
+        tq_kv_cache_move(context->cache, n_past + path[j], n_past + j);
+    }
+    tq_kv_cache_advance(context->cache, n_path);
+    context->tree_nodes = 0;
     return TQ_OK;
 }

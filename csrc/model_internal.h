@@ -45,6 +45,25 @@ typedef struct {
  * layers write the whole micro-batch (see tq_context_create). */
 #define TQ_ATTENTION_BATCH 128
 
+/* Limits of a draft tree verified by tq_context_eval_tree: nodes per pass and depth below
+ * the root. Medusa-style trees for CPUs have tens of nodes and one level per head. */
+#define TQ_TREE_MAX_NODES 64
+#define TQ_TREE_MAX_DEPTH 4
+
+/* A decoding query scores its newest TQ_ATTENTION_ROW_PARTS positions one at a time, each
+ * as its own partial softmax, and the older ones in ranges. A draft node sees its ancestors
+ * there, so it computes exactly the partials that decoding the same path would: quantized
+ * activations turn the last-bit differences of another summation order into different
+ * tokens, and speculative output must equal plain greedy output token for token. */
+#define TQ_ATTENTION_ROW_PARTS (TQ_TREE_MAX_DEPTH + 1)
+
+/* A draft tree during its forward pass: node i sits at depth[i] below the root (node 0, depth
+ * 0) and has parent[i] < i (-1 for the root). */
+typedef struct {
+    const int32_t *parent;
+    const int32_t *depth;
+} tq_tree;
+
 struct tq_model {
     tq_model_config config;
     tq_gguf *gguf; /* the GGUF file, or the view of hf_weights */
@@ -73,6 +92,10 @@ struct tq_context {
     int threads;
     tq_forward_buffers buffers;
     struct tq_gemma4_context *gemma4; /* Gemma 4 buffers of this context; NULL for Gemma 3 */
+    /* The tree of the last tq_context_eval_tree, whose rows wait at n_past .. n_past +
+     * tree_nodes - 1 for tq_context_accept_path; tree_nodes is 0 when none waits. */
+    int64_t tree_nodes;
+    int32_t tree_parent[TQ_TREE_MAX_NODES];
 };
 
 /* Attention of the n tokens at positions pos0.. on layer l (head size hd), from queries

@@ -11,6 +11,7 @@
 #include "hf_weights.h"
 #include "kv_cache.h"
 #include "model.h"
+#include "speculative.h"
 
 typedef struct {
     PyObject_HEAD
@@ -432,6 +433,157 @@ static PyObject *context_reset(tq_context *context)
     Py_RETURN_NONE;
 }
 
+static PyObject *context_eval_tree(tq_context *context, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"tokens", "parents", "hidden", NULL};
+    PyObject *tokens_object, *parents_object;
+    int want_hidden = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|p:eval_tree", keywords, &tokens_object, &parents_object,
+                                     &want_hidden)) {
+        return NULL;
+    }
+    Py_ssize_t n = 0, n_parents = 0;
+    int32_t *tokens = tokens_from_object(tokens_object, &n);
+    if (tokens == NULL) {
+        return NULL;
+    }
+    int32_t *parents = tokens_from_object(parents_object, &n_parents);
+    if (parents == NULL) {
+        PyMem_Free(tokens);
+        return NULL;
+    }
+    PyObject *logits = NULL, *hidden = NULL;
+    if (n_parents != n) {
+        PyErr_Format(PyExc_ValueError, "parents has %zd entries but tokens has %zd; give one parent per node", n_parents,
+                     n);
+        goto done;
+    }
+    const tq_model_config *config = tq_model_get_config(tq_context_model(context));
+    npy_intp logits_dims[2] = {n, config->n_vocab};
+    npy_intp hidden_dims[2] = {n, config->hidden};
+    logits = PyArray_SimpleNew(2, logits_dims, NPY_FLOAT32);
+    if (logits == NULL || (want_hidden && (hidden = PyArray_SimpleNew(2, hidden_dims, NPY_FLOAT32)) == NULL)) {
+        goto done;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    float *hidden_data = hidden != NULL ? (float *)PyArray_DATA((PyArrayObject *)hidden) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_context_eval_tree(context, tokens, parents, n, (float *)PyArray_DATA((PyArrayObject *)logits),
+                                  hidden_data, &err);
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        tq_py_raise(&err);
+        goto done;
+    }
+    PyMem_Free(tokens);
+    PyMem_Free(parents);
+    if (want_hidden) {
+        return Py_BuildValue("(NN)", logits, hidden);
+    }
+    return logits;
+
+done:
+    PyMem_Free(tokens);
+    PyMem_Free(parents);
+    Py_XDECREF(logits);
+    Py_XDECREF(hidden);
+    return NULL;
+}
+
+static PyObject *context_accept_path(tq_context *context, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"path", NULL};
+    PyObject *path_object;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:accept_path", keywords, &path_object)) {
+        return NULL;
+    }
+    Py_ssize_t n = 0;
+    int32_t *path = tokens_from_object(path_object, &n);
+    if (path == NULL) {
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status = tq_context_accept_path(context, path, n, &err);
+    PyMem_Free(path);
+    if (status != TQ_OK) {
+        return tq_py_raise(&err);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *context_heads_topk(tq_context *context, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"weight", "bias", "hidden", "top_k", NULL};
+    PyObject *weight_object, *bias_object, *hidden_object;
+    int top_k;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi:heads_topk", keywords, &weight_object, &bias_object,
+                                     &hidden_object, &top_k)) {
+        return NULL;
+    }
+    const tq_model_config *config = tq_model_get_config(tq_context_model(context));
+    const Py_ssize_t d = config->hidden;
+    tq_py_matrix weight, bias, hidden;
+    memset(&bias, 0, sizeof(bias));
+    memset(&hidden, 0, sizeof(hidden));
+    PyObject *ids = NULL, *logprobs = NULL;
+    if (tq_py_matrix_acquire(weight_object, "weight", d, &weight) != 0) {
+        return NULL;
+    }
+    if (tq_py_matrix_acquire(bias_object, "bias", d, &bias) != 0 ||
+        tq_py_matrix_acquire(hidden_object, "hidden", d, &hidden) != 0) {
+        goto done;
+    }
+    const Py_ssize_t n_heads = bias.rows;
+    if (weight.rows != n_heads * d || hidden.rows != 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "weight must have n_heads * %zd rows (got %zd for %zd heads in bias) and hidden one row of %zd "
+                     "(got %zd rows)",
+                     d, weight.rows, n_heads, d, hidden.rows);
+        goto done;
+    }
+    if (tq_py_check_finite(&weight, "weight") != 0 || tq_py_check_finite(&bias, "bias") != 0 ||
+        tq_py_check_finite(&hidden, "hidden") != 0) {
+        goto done;
+    }
+    if (top_k < 1 || top_k > TQ_HEADS_MAX_TOP_K) {
+        PyErr_Format(PyExc_ValueError, "top_k must be in 1 .. %d, got %d", TQ_HEADS_MAX_TOP_K, top_k);
+        goto done;
+    }
+    npy_intp dims[2] = {n_heads, top_k};
+    ids = PyArray_SimpleNew(2, dims, NPY_INT32);
+    logprobs = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (ids == NULL || logprobs == NULL) {
+        goto done;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_context_heads_topk(context, (int)n_heads, weight.data, bias.data, hidden.data, top_k,
+                                   (int32_t *)PyArray_DATA((PyArrayObject *)ids),
+                                   (float *)PyArray_DATA((PyArrayObject *)logprobs), &err);
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        tq_py_raise(&err);
+        goto done;
+    }
+    tq_py_matrix_release(&weight);
+    tq_py_matrix_release(&bias);
+    tq_py_matrix_release(&hidden);
+    return Py_BuildValue("(NN)", ids, logprobs);
+
+done:
+    tq_py_matrix_release(&weight);
+    tq_py_matrix_release(&bias);
+    tq_py_matrix_release(&hidden);
+    Py_XDECREF(ids);
+    Py_XDECREF(logprobs);
+    return NULL;
+}
+
 static PyObject *config_dict(const tq_model *model)
 {
     const tq_model_config *c = tq_model_get_config(model);
@@ -493,6 +645,21 @@ static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
 static PyObject *Model_truncate(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     return check_ready(self) != 0 ? NULL : context_truncate(tq_model_context(self->model), args, kwargs);
+}
+
+static PyObject *Model_eval_tree(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    return check_ready(self) != 0 ? NULL : context_eval_tree(tq_model_context(self->model), args, kwargs);
+}
+
+static PyObject *Model_accept_path(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    return check_ready(self) != 0 ? NULL : context_accept_path(tq_model_context(self->model), args, kwargs);
+}
+
+static PyObject *Model_heads_topk(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    return check_ready(self) != 0 ? NULL : context_heads_topk(tq_model_context(self->model), args, kwargs);
 }
 
 static PyObject *Model_reset(ModelObject *self, PyObject *Py_UNUSED(ignored))
@@ -566,6 +733,20 @@ static PyMethodDef Model_methods[] = {
      "Raises IndexError when n_past + len(tokens) > n_ctx, ValueError for an empty list or an unknown id."},
     {"truncate", (PyCFunction)(void (*)(void))Model_truncate, METH_VARARGS | METH_KEYWORDS,
      "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
+    {"eval_tree", (PyCFunction)(void (*)(void))Model_eval_tree, METH_VARARGS | METH_KEYWORDS,
+     "eval_tree(tokens, parents, hidden=False) -> logits or (logits, hidden)\n\n"
+     "Verify a draft tree in one pass: node 0 follows the cached positions, node i > 0 has parent\n"
+     "parents[i] < i (parents[0] = -1) and sits at n_past + its depth; each node sees the cache and\n"
+     "its ancestors. Returns float32 logits (n, n_vocab) and, with hidden=True, the output-normed\n"
+     "hidden states (n, n_embd). The nodes' K/V rows wait for accept_path()."},
+    {"accept_path", (PyCFunction)(void (*)(void))Model_accept_path, METH_VARARGS | METH_KEYWORDS,
+     "accept_path(path)\n\nKeep nodes path[0] = 0, path[1], ... (each the parent of the next) of the last\n"
+     "eval_tree(): their rows become positions n_past, n_past + 1, ...; the rest are dropped."},
+    {"heads_topk", (PyCFunction)(void (*)(void))Model_heads_topk, METH_VARARGS | METH_KEYWORDS,
+     "heads_topk(weight, bias, hidden, top_k) -> (ids, logprobs)\n\n"
+     "Medusa-style draft heads: for head k, g = hidden + SiLU(W_k hidden + b_k), then the model's LM head.\n"
+     "weight: float32 (n_heads * n_embd, n_embd), bias: (n_heads, n_embd), hidden: (n_embd,).\n"
+     "Returns the top_k token ids per head (int32 (n_heads, top_k), best first) and their log-probabilities."},
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
     {"kv_cache_bytes", (PyCFunction)Model_kv_cache_bytes, METH_NOARGS,
      "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
@@ -641,6 +822,21 @@ static PyObject *Context_eval(ContextObject *self, PyObject *args, PyObject *kwa
 static PyObject *Context_truncate(ContextObject *self, PyObject *args, PyObject *kwargs)
 {
     return context_truncate(self->context, args, kwargs);
+}
+
+static PyObject *Context_eval_tree(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    return context_eval_tree(self->context, args, kwargs);
+}
+
+static PyObject *Context_accept_path(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    return context_accept_path(self->context, args, kwargs);
+}
+
+static PyObject *Context_heads_topk(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    return context_heads_topk(self->context, args, kwargs);
 }
 
 static PyObject *Context_reset(ContextObject *self, PyObject *Py_UNUSED(ignored))
@@ -736,6 +932,20 @@ static PyMethodDef Context_methods[] = {
      "eval(tokens, logits='last')\n\nAs Model.eval, on this context's KV cache."},
     {"truncate", (PyCFunction)(void (*)(void))Context_truncate, METH_VARARGS | METH_KEYWORDS,
      "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
+    {"eval_tree", (PyCFunction)(void (*)(void))Context_eval_tree, METH_VARARGS | METH_KEYWORDS,
+     "eval_tree(tokens, parents, hidden=False) -> logits or (logits, hidden)\n\n"
+     "Verify a draft tree in one pass: node 0 follows the cached positions, node i > 0 has parent\n"
+     "parents[i] < i (parents[0] = -1) and sits at n_past + its depth; each node sees the cache and\n"
+     "its ancestors. Returns float32 logits (n, n_vocab) and, with hidden=True, the output-normed\n"
+     "hidden states (n, n_embd). The nodes' K/V rows wait for accept_path()."},
+    {"accept_path", (PyCFunction)(void (*)(void))Context_accept_path, METH_VARARGS | METH_KEYWORDS,
+     "accept_path(path)\n\nKeep nodes path[0] = 0, path[1], ... (each the parent of the next) of the last\n"
+     "eval_tree(): their rows become positions n_past, n_past + 1, ...; the rest are dropped."},
+    {"heads_topk", (PyCFunction)(void (*)(void))Context_heads_topk, METH_VARARGS | METH_KEYWORDS,
+     "heads_topk(weight, bias, hidden, top_k) -> (ids, logprobs)\n\n"
+     "Medusa-style draft heads: for head k, g = hidden + SiLU(W_k hidden + b_k), then the model's LM head.\n"
+     "weight: float32 (n_heads * n_embd, n_embd), bias: (n_heads, n_embd), hidden: (n_embd,).\n"
+     "Returns the top_k token ids per head (int32 (n_heads, top_k), best first) and their log-probabilities."},
     {"reset", (PyCFunction)Context_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
     {"kv_cache_bytes", (PyCFunction)Context_kv_cache_bytes, METH_NOARGS,
      "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
