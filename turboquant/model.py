@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import _core
+from . import speculative as _speculative
 
 __all__ = ["Model", "GenerationStats", "default_model_path"]
 
@@ -84,6 +85,12 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str | None = None
+    tree_passes: int = 0  # forward passes over draft trees (speculative decoding only)
+
+    @property
+    def accepted_tokens_per_step(self) -> float:
+        """Completion tokens per draft-tree pass (speculative decoding; 0.0 without it)."""
+        return self.completion_tokens / self.tree_passes if self.tree_passes > 0 else 0.0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -99,6 +106,7 @@ class GenerationStats:
         facts = dataclasses.asdict(self)
         facts["prefill_tokens_per_s"] = self.prefill_tokens_per_s
         facts["decode_tokens_per_s"] = self.decode_tokens_per_s
+        facts["accepted_tokens_per_step"] = self.accepted_tokens_per_step
         return facts
 
 
@@ -300,8 +308,9 @@ class Model:
         self._core.reset()
         self._cached = []
 
-    def _prefill(self, prompt: list[int]):
-        """Evaluate the part of prompt that is not cached yet; return the last position's logits."""
+    def _prefill(self, prompt: list[int], hidden: bool = False):
+        """Evaluate the part of prompt that is not cached yet; return the last position's logits
+        (with hidden=True, the logits and the output-normed hidden state) and the cached count."""
         common = 0
         for cached, new in zip(self._cached, prompt):
             if cached != new:
@@ -326,12 +335,29 @@ class Model:
             if len(prompt) - 1 > common:
                 self._core.eval(prompt[common:-1], logits="none")
                 self._cached.extend(prompt[common:-1])
-            logits = self._core.eval(prompt[-1:], logits="last")
+            if hidden:
+                # A one-node tree computes what the one-token eval does, plus the hidden state.
+                rows, states = self._core.eval_tree(prompt[-1:], [-1], hidden=True)
+                self._core.accept_path([0])
+                logits = (rows[0], states[0])
+            else:
+                logits = self._core.eval(prompt[-1:], logits="last")
         except BaseException:
             self.reset()
             raise
         self._cached.append(prompt[-1])
         return logits, common
+
+    def _eval_tree(self, tokens: list[int], parents: list[int]):
+        """Evaluate a draft tree; return its logits and hidden states (rows per node)."""
+        try:
+            return self._core.eval_tree(tokens, parents, hidden=True)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _heads_topk(self, weight, bias, hidden, top_k: int):
+        return self._core.heads_topk(weight, bias, hidden, top_k)
 
     def _eval_one(self, token: int):
         try:
@@ -416,6 +442,9 @@ class Model:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
+        speculative: bool = False,
+        mtp_checkpoint=None,
+        draft_tree=None,
     ):
         """Generate a continuation of prompt.
 
@@ -436,6 +465,13 @@ class Model:
         text that may still turn out to be the start of a stop string. ``self.last_stats``
         describes the call once it has finished (for a stream: once the iterator is
         exhausted or closed; a closed stream has finish_reason None).
+
+        speculative=True drafts tokens with multi-token-prediction heads and verifies each
+        draft tree in one forward pass (``turboquant.speculative``). The output is the one
+        plain decoding gives: the same tokens for greedy decoding, the same distribution (and
+        with a seed, the same text) when sampling. mtp_checkpoint: a checkpoint file or
+        directory, or a ``turboquant.mtp.MTPHeads``; None takes the heads shipped for this
+        model. draft_tree: a ``DraftTree`` (default ``speculative.DEFAULT_TREE``).
         Raises ValueError when the prompt does not fit in the context.
         """
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
@@ -467,13 +503,48 @@ class Model:
         )
         self._require_tokenizer()  # the output is text
         ids = self._prompt_ids(prompt)
-        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n)
+        draft = None
+        if speculative:
+            draft = (self._mtp_heads(mtp_checkpoint), _speculative.DEFAULT_TREE if draft_tree is None else draft_tree)
+            if not isinstance(draft[1], _speculative.DraftTree):
+                raise TypeError(f"draft_tree must be a turboquant.speculative.DraftTree, got {type(draft_tree).__name__}")
+        elif mtp_checkpoint is not None or draft_tree is not None:
+            raise ValueError("mtp_checkpoint and draft_tree need speculative=True")
+        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n, draft)
         if stream:
             return pieces
         return "".join(pieces)
 
-    def _generate_pieces(self, prompt: list[int], max_tokens: int, sampler, stops: list[str], penalty_last_n: int):
-        """Yield text pieces; the body runs on the first next() call, like every generator."""
+    def _mtp_heads(self, checkpoint):
+        """The heads for speculative decoding: given, loaded from a path, or shipped."""
+        if hasattr(checkpoint, "weight") and hasattr(checkpoint, "bias"):
+            return checkpoint
+        from . import mtp
+
+        if checkpoint is None:
+            checkpoint = mtp.default_checkpoint(self)
+            if checkpoint is None:
+                raise ValueError(
+                    "no multi-token-prediction heads ship for this model; train some with "
+                    "`turboquant train-mtp` and pass mtp_checkpoint=DIR"
+                )
+        key = str(checkpoint)
+        cached = getattr(self, "_loaded_heads", None)
+        if cached is None or cached[0] != key:
+            self._loaded_heads = (key, mtp.MTPHeads.load(checkpoint, self))
+        return self._loaded_heads[1]
+
+    def _plain_tokens(self, logits, sampler, history: list[int], window):
+        """Yield one drawn token at a time, evaluating it when the next one is asked for."""
+        while True:
+            token = sampler.sample(logits, window(history))
+            yield token
+            logits = self._eval_one(token)
+
+    def _generate_pieces(self, prompt: list[int], max_tokens: int, sampler, stops: list[str], penalty_last_n: int,
+                         draft=None):
+        """Yield text pieces; the body runs on the first next() call, like every generator.
+        draft: None, or (heads, tree) for speculative decoding."""
         self._check_not_busy()
         self._busy = True
         stats = GenerationStats(prompt_tokens=len(prompt))
@@ -485,17 +556,29 @@ class Model:
         completed = False  # stays False when the consumer closes the stream early
         start = time.perf_counter()
         decode_start = start
+        tokens = None
         try:
-            logits, stats.cached_tokens = self._prefill(prompt)
+            logits, stats.cached_tokens = self._prefill(prompt, hidden=draft is not None)
             decode_start = time.perf_counter()
             stats.prefill_seconds = decode_start - start
 
+            def window(h):
+                return self._penalty_window(h, penalty_last_n)
+
+            if draft is None:
+                tokens = self._plain_tokens(logits, sampler, history, window)
+            else:
+                tokens = _speculative.speculative_tokens(
+                    self, logits[0], logits[1], draft[0], draft[1], sampler, history, window, stats
+                )
             # Releases only whole UTF-8 characters and drops control tokens.
             detok = _core.StreamDecoder(self._require_tokenizer(), skip_special=True)
             finish = "length"
             cut_by_stop_string = False
             for step in range(max_tokens):
-                token = sampler.sample(logits, self._penalty_window(history, penalty_last_n))
+                token = next(tokens, None)
+                if token is None:
+                    break  # the context is full
                 if token in self._end_ids:
                     finish = "stop"
                     break
@@ -518,7 +601,6 @@ class Model:
 
                 if step + 1 == max_tokens or len(self._cached) >= self.n_ctx:
                     break  # finish_reason "length"
-                logits = self._eval_one(token)
 
             if not cut_by_stop_string:
                 # Release the bytes of an unfinished character and the text held back because
@@ -533,6 +615,8 @@ class Model:
                     emitted = end
             completed = True
         finally:
+            if tokens is not None:
+                tokens.close()  # a speculative source keeps the rows it accepted
             stats.decode_seconds = time.perf_counter() - decode_start
             stats.finish_reason = finish if completed else None
             self.last_stats = stats
