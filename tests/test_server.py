@@ -386,11 +386,12 @@ def test_errors_are_logged(server):
     assert API_KEY not in log
 
 
-def test_mtp_checkpoint_rejected(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "turboquant", "serve", "--mtp-checkpoint", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode != 0
-    assert "speculative decoding is not available" in result.stderr
+def test_bad_mtp_checkpoint_stops_the_server(tmp_path):
+    (tmp_path / "mtp-step-00000001.safetensors").write_bytes(b"not a safetensors file")
+    result = subprocess.run([sys.executable, "-m", "turboquant", "serve", "--port", "0", "--mtp-checkpoint",
+                             str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert "mtp-step-00000001.safetensors" in result.stderr
 
 
 def test_serve_help_lists_flags():

@@ -34,6 +34,16 @@ def _layer_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,-1, got {text!r}")
 
 
+def _draft_tree(text):
+    """Parse "0;1;0,0" into a DraftTree for --draft-tree."""
+    from .speculative import DraftTree
+
+    try:
+        return DraftTree([tuple(int(r) for r in path.split(",")) for path in text.split(";") if path.strip()])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"bad draft tree {text!r}: {error}; write paths such as '0;1;0,0'")
+
+
 def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--model", "--weights", dest="model", metavar="PATH",
                         help="GGUF file or Hugging Face model directory (config.json, *.safetensors, optional "
@@ -99,6 +109,10 @@ def cmd_generate(args):
         seed=args.seed,
         stop=args.stop or None,
     )
+    if args.speculative:
+        sampling.update(speculative=True, mtp_checkpoint=args.mtp_checkpoint, draft_tree=args.draft_tree)
+    elif args.mtp_checkpoint is not None or args.draft_tree is not None:
+        raise SystemExit("turboquant generate: --mtp-checkpoint and --draft-tree need --speculative")
     if args.chat:
         pieces = model.chat([{"role": "user", "content": args.prompt}], stream=True, **sampling)
     else:
@@ -124,6 +138,9 @@ def cmd_generate(args):
         "prefill_tokens_per_s": stats.prefill_tokens_per_s,
         "decode_tokens_per_s": stats.decode_tokens_per_s,
         "finish_reason": stats.finish_reason,
+        "speculative": bool(args.speculative),
+        "accepted_tokens_per_step": stats.accepted_tokens_per_step,
+        "tree_passes": stats.tree_passes,
         "kv_cache_bytes": model.kv_cache_bytes(),
         "kv_bytes_per_token": model.kv_bytes_per_token(),
         "cache_type_k": model.cache_type_k,
@@ -216,6 +233,15 @@ def build_parser():
     generate.add_argument("--seed", type=int, metavar="S", help="random seed (default: random)")
     generate.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template as a user turn")
+    generate.add_argument("--speculative", action="store_true",
+                          help="draft with multi-token-prediction heads and verify each draft tree in one pass "
+                          "(same output as without it)")
+    generate.add_argument("--mtp-checkpoint", metavar="PATH",
+                          help="heads for --speculative: a checkpoint file or directory from train-mtp "
+                          "(default: the heads shipped for the default model)")
+    generate.add_argument("--draft-tree", type=_draft_tree, metavar="PATHS",
+                          help="draft tree for --speculative as candidate-rank paths, for example "
+                          "'0;1;0,0;0,0,0' (default: the measured tree of turboquant.speculative)")
     _add_model_options(generate, "context length in tokens (default: the model's)")
     generate.set_defaults(handler=cmd_generate)
 

@@ -3,8 +3,8 @@
 Each step the heads read the hidden state of the last cached token and propose, for the
 positions after the pending token (sampled but not yet evaluated), their top-k candidates.
 A sparse tree of those candidates is evaluated in one forward pass
-(``_core.Context.eval_tree``); then the base model's own choice is drawn at the root and the
-walk follows the child holding that token, draws again, and so on until no child matches.
+(``_core.Context.eval_tree``). Then the base model's own token is drawn at the root, and the
+walk moves to the child that contains that token and draws again, until no child matches.
 Every drawn token is the one plain decoding would draw: a node's logits equal those of
 decoding its path token by token, bit for bit, and the sampler is called once per token in
 the same order. So greedy output is identical to plain greedy output, and sampled output
@@ -27,9 +27,9 @@ class DraftTree:
     """A sparse tree of draft paths, as Medusa's "choices".
 
     A path (i_0, i_1, ..) takes the i_0-th candidate of head 0 at depth 1, then the i_1-th
-    candidate of head 1 at depth 2, and so on; every prefix of a path is a path too. Node 0
-    is the root (the pending token); node j > 0 is ``paths[j - 1]`` in the order of
-    (length, path).
+    candidate of head 1 at depth 2, and so on. Every prefix of a path must be a path too.
+    Node 0 is the root (the pending token), and node j > 0 is ``paths[j - 1]`` in the order
+    of (length, path).
     """
 
     paths: tuple
@@ -53,7 +53,7 @@ class DraftTree:
 
     @property
     def depth(self) -> int:
-        """Levels below the root; the number of heads the tree uses."""
+        """Return the number of levels below the root, which is the number of heads used."""
         return max((len(p) for p in self.paths), default=0)
 
     @property
@@ -62,11 +62,11 @@ class DraftTree:
         return [-1] + [index[p[:-1]] if len(p) > 1 else 0 for p in self.paths]
 
     def top_k(self) -> int:
-        """Candidates needed from each head: the largest rank used, plus one."""
+        """Return the candidates needed from each head: the largest rank used, plus one."""
         return max((max(p) for p in self.paths), default=0) + 1
 
     def children(self) -> list[list[int]]:
-        """Children of each node, by node index."""
+        """Return the children of each node, by node index."""
         kids: list[list[int]] = [[] for _ in range(self.n_nodes)]
         for j, parent in enumerate(self.parents[1:], start=1):
             kids[parent].append(j)
@@ -74,15 +74,17 @@ class DraftTree:
 
     @classmethod
     def chain(cls, depth: int) -> "DraftTree":
-        """The top candidate of each of the first depth heads, one after the other."""
+        """Return the chain of the top candidates of the first depth heads."""
         return cls([(0,) * d for d in range(1, depth + 1)])
 
     @classmethod
     def from_accuracy(cls, accuracy, n_nodes: int) -> "DraftTree":
-        """The tree of n_nodes nodes (root included) that maximises the expected number of
-        accepted tokens, when head k's rank-r candidate is right with probability
-        accuracy[k][r] independently of the rest (Medusa's greedy construction: a path's
-        worth is the product along it, and every prefix of a chosen path is worth more)."""
+        """Return the tree of n_nodes nodes (root included) with the most expected accepted tokens.
+
+        Head k's rank-r candidate is taken to be right with probability accuracy[k][r],
+        independently of the others. As in Medusa's construction, a path is worth the product
+        of the probabilities along it, so the greedy choice of the best remaining path always
+        keeps every prefix in the tree."""
         accuracy = np.asarray(accuracy, dtype=np.float64)
         if accuracy.ndim != 2 or np.any(accuracy < 0) or np.any(accuracy > 1):
             raise ValueError("accuracy must be a (heads, ranks) array of probabilities")
@@ -97,8 +99,8 @@ class DraftTree:
         return cls(list(chosen))
 
 
-# Measured on this project's benchmark machine (docs/benchmarks.md, "Speculative decoding"):
-# the tree that decoded fastest with the shipped heads on the default model at 2 threads.
+# The tree that decoded fastest with the shipped heads on the default model at 2 threads
+# (docs/benchmarks.md, "Speculative decoding").
 DEFAULT_TREE = DraftTree([(0,), (1,), (0, 0), (0, 0, 0)])
 
 

