@@ -172,7 +172,7 @@ tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err
  * node; hidden (optional, NULL to skip) gets the output-normed final hidden states, n rows of
  * n_embd floats. The nodes' K/V rows are stored past n_past but not counted: call
  * tq_context_accept_path to keep a path, or any eval or truncate to drop them all.
- * n <= 64 nodes, depth <= 8, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */
+ * n <= 64 nodes, depth <= 4, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */
 tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const int32_t *parents, int64_t n,
                                float *logits, float *hidden, tq_error *err);
 
@@ -180,5 +180,12 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
  * each the parent of the next: their rows move to positions n_past .. n_past + n_path - 1,
  * which then count as stored; the other nodes' rows are dropped. */
 tq_status tq_context_accept_path(tq_context *context, const int32_t *path, int64_t n_path, tq_error *err);
+
+/* tq_context_eval that also writes the final hidden states after the output norm (the
+ * LM head's input), hidden floats per row, into hidden when it is not NULL: n rows for
+ * TQ_LOGITS_ALL and TQ_LOGITS_NONE, the last token's row for TQ_LOGITS_LAST. Errors as
+ * tq_context_eval. */
+tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode,
+                                 float *logits, float *hidden, tq_error *err);
 
 #endif /* TQ_MODEL_H */

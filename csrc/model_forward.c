@@ -463,6 +463,12 @@ tq_status tq_model_eval(tq_model *model, const int32_t *tokens, int64_t n, tq_lo
 tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode, float *logits,
                           tq_error *err)
 {
+    return tq_context_eval_hidden(context, tokens, n, mode, logits, NULL, err);
+}
+
+tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode,
+                                 float *logits, float *hidden, tq_error *err)
+{
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     if (n < 1) {
@@ -512,6 +518,9 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
         /* Output norm and LM head only for the rows the caller wants. */
         float *rows = NULL;
         int64_t n_rows = 0;
+        if (hidden != NULL && mode != TQ_LOGITS_LAST) {
+            rms_norm_rows(b->x, model->output_norm, m, c->hidden, c->rms_eps, hidden + start * (int64_t)c->hidden);
+        }
         if (mode == TQ_LOGITS_ALL) {
             rows = logits + start * (int64_t)c->n_vocab;
             n_rows = m;
@@ -522,6 +531,9 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
             n_rows = 1;
             rms_norm(b->x + (m - 1) * c->hidden, model->output_norm, c->hidden, c->rms_eps, b->x_norm);
             status = model_matmul(model, &model->lm_head, b->x_norm, logits, 1, 0, err);
+            if (hidden != NULL) {
+                memcpy(hidden, b->x_norm, (size_t)c->hidden * sizeof(float));
+            }
         }
         if (status != TQ_OK) {
             return status;

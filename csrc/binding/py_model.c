@@ -340,10 +340,12 @@ fail:
 
 static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"tokens", "logits", NULL};
+    static char *keywords[] = {"tokens", "logits", "hidden", NULL};
     PyObject *tokens_object;
     const char *logits_name = "last";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s:eval", keywords, &tokens_object, &logits_name)) {
+    int want_hidden = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$p:eval", keywords, &tokens_object, &logits_name,
+                                     &want_hidden)) {
         return NULL;
     }
     tq_logits_mode mode;
@@ -394,16 +396,43 @@ static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwa
         logits = (float *)PyArray_DATA((PyArrayObject *)result);
     }
 
+    /* hidden=True: also the output-normed final hidden states of the same rows
+     * (every row for 'none'). */
+    PyObject *hidden_array = NULL;
+    float *hidden = NULL;
+    if (want_hidden) {
+        if (mode == TQ_LOGITS_LAST) {
+            npy_intp dims[1] = {config->hidden};
+            hidden_array = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+        } else {
+            npy_intp dims[2] = {n, config->hidden};
+            hidden_array = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+        }
+        if (hidden_array == NULL) {
+            PyMem_Free(tokens);
+            Py_DECREF(result);
+            return NULL;
+        }
+        hidden = (float *)PyArray_DATA((PyArrayObject *)hidden_array);
+    }
+
     tq_error err;
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = tq_context_eval(context, tokens, n, mode, logits, &err);
+    status = tq_context_eval_hidden(context, tokens, n, mode, logits, hidden, &err);
     Py_END_ALLOW_THREADS
     PyMem_Free(tokens);
     if (status != TQ_OK) {
         Py_DECREF(result);
+        Py_XDECREF(hidden_array);
         return tq_py_raise(&err);
+    }
+    if (hidden_array != NULL) {
+        PyObject *pair = PyTuple_Pack(2, result, hidden_array);
+        Py_DECREF(result);
+        Py_DECREF(hidden_array);
+        return pair;
     }
     return result;
 }
@@ -727,9 +756,11 @@ static PyObject *Model_get_cache_type_v(ModelObject *self, void *Py_UNUSED(closu
 
 static PyMethodDef Model_methods[] = {
     {"eval", (PyCFunction)(void (*)(void))Model_eval, METH_VARARGS | METH_KEYWORDS,
-     "eval(tokens, logits='last')\n\n"
+     "eval(tokens, logits='last', *, hidden=False)\n\n"
      "Run tokens (ints) at positions n_past, n_past + 1, ... and append them to the KV cache.\n"
      "logits: 'last' returns float32 (n_vocab,), 'all' returns (len(tokens), n_vocab), 'none' returns None.\n"
+     "hidden=True returns (logits, hidden) with the final hidden states after the output norm:\n"
+     "(hidden_size,) for 'last', (len(tokens), hidden_size) for 'all' and 'none'.\n"
      "Raises IndexError when n_past + len(tokens) > n_ctx, ValueError for an empty list or an unknown id."},
     {"truncate", (PyCFunction)(void (*)(void))Model_truncate, METH_VARARGS | METH_KEYWORDS,
      "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
@@ -929,7 +960,7 @@ static PyObject *Context_get_cache_type_v(ContextObject *self, void *Py_UNUSED(c
 
 static PyMethodDef Context_methods[] = {
     {"eval", (PyCFunction)(void (*)(void))Context_eval, METH_VARARGS | METH_KEYWORDS,
-     "eval(tokens, logits='last')\n\nAs Model.eval, on this context's KV cache."},
+     "eval(tokens, logits='last', *, hidden=False)\n\nAs Model.eval, on this context's KV cache."},
     {"truncate", (PyCFunction)(void (*)(void))Context_truncate, METH_VARARGS | METH_KEYWORDS,
      "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
     {"eval_tree", (PyCFunction)(void (*)(void))Context_eval_tree, METH_VARARGS | METH_KEYWORDS,
@@ -1395,4 +1426,23 @@ int tq_py_init_model(PyObject *module)
         return -1;
     }
     return PyModule_AddFunctions(module, model_functions);
+}
+
+const struct tq_model *tq_py_model_get(PyObject *obj, const char *argument)
+{
+    if (PyObject_TypeCheck(obj, &ModelType)) {
+        ModelObject *model = (ModelObject *)obj;
+        return check_ready(model) != 0 ? NULL : model->model;
+    }
+    if (PyObject_TypeCheck(obj, &ContextType)) {
+        ContextObject *context = (ContextObject *)obj;
+        if (context->context == NULL) {
+            PyErr_Format(PyExc_RuntimeError, "%s is a Context that is not initialized", argument);
+            return NULL;
+        }
+        return tq_context_model(context->context);
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be a turboquant._core.Model or Context, got %.100s", argument,
+                 Py_TYPE(obj)->tp_name);
+    return NULL;
 }
