@@ -59,7 +59,7 @@ PyMODINIT_FUNC PyInit__core(void)
     if (tq_py_init_quant(module) != 0 || tq_py_init_qjl_polar(module) != 0 || tq_py_init_gguf(module) != 0 ||
         tq_py_init_weights(module) != 0 || tq_py_init_tokenizer(module) != 0 || tq_py_init_model(module) != 0 ||
         tq_py_init_sampler(module) != 0 || tq_py_init_kv_codec(module) != 0 || tq_py_init_config(module) != 0 ||
-        tq_py_init_safetensors(module) != 0) {
+        tq_py_init_safetensors(module) != 0 || tq_py_init_mtp(module) != 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -40,6 +40,11 @@ PyObject *tq_py_tokenizer_borrow(const struct tq_tokenizer *tok, PyObject *owner
  * NULL with TypeError naming argument for another object. */
 const struct tq_tokenizer *tq_py_tokenizer_get(PyObject *obj, const char *argument);
 
+/* The C model of a _core.Model, or of the model behind a _core.Context; obj keeps it
+ * alive. NULL with TypeError naming argument for another object. */
+struct tq_model;
+const struct tq_model *tq_py_model_get(PyObject *obj, const char *argument);
+
 /* Register one binding file's types and functions on the module. */
 int tq_py_init_quant(PyObject *module);
 int tq_py_init_qjl_polar(PyObject *module);
@@ -51,5 +56,6 @@ int tq_py_init_sampler(PyObject *module);
 int tq_py_init_kv_codec(PyObject *module);
 int tq_py_init_config(PyObject *module);
 int tq_py_init_safetensors(PyObject *module);
+int tq_py_init_mtp(PyObject *module);
 
 #endif /* TQ_PY_COMMON_H */
