@@ -60,3 +60,7 @@ from .safetensors import SafetensorsFile, SafetensorsIndex, safetensors_info  # 
 
 __all__ += ["ConfigError", "Gemma3Config", "Gemma4Config", "load_config", "SafetensorsFile", "SafetensorsIndex",
             "safetensors_info"]
+# Medusa heads (speculative decoding drafts) and their checkpoints; training is in turboquant.train.
+from .mtp import MTPHeads, base_model_identity, default_checkpoint  # noqa: E402
+
+__all__ += ["MTPHeads", "base_model_identity", "default_checkpoint"]

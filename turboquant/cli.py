@@ -213,6 +213,19 @@ def cmd_perplexity(args):
     return 0
 
 
+def cmd_train_mtp(args):
+    from .train import train_mtp
+
+    summary = train_mtp(args.model, args.zim, args.checkpoint, steps=args.steps, seq_len=args.seq_len,
+                        batch_tokens=args.batch_tokens, lr=args.lr, save_every=args.save_every,
+                        max_seconds=args.max_seconds, threads=args.threads, progress=not args.no_progress)
+    accuracy = " ".join(f"{a:.3f}" for a in summary["accuracy"][-1]) if summary["accuracy"] else "-"
+    print(f"step {summary['step']} ({summary['steps_run']} run, {summary['tokens']} tokens, "
+          f"{summary['seconds']:.0f} s); last loss {summary['loss'][-1] if summary['loss'] else float('nan'):.4f}, "
+          f"per-head top-1 accuracy {accuracy}; checkpoint {summary['checkpoint']}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="turboquant", description="KV-cache compression and CPU inference of Gemma models.")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -254,6 +267,25 @@ def build_parser():
     perplexity.add_argument("--max-tokens", type=_positive_int, metavar="N", help="use only the first N tokens")
     _add_model_options(perplexity, "window length in tokens (default: 512); the second half of each window is scored")
     perplexity.set_defaults(handler=cmd_perplexity)
+
+    train = subcommands.add_parser("train-mtp", help="train Medusa heads by self-distillation on the articles "
+                                   "of a ZIM file; resumes from the newest checkpoint in --checkpoint")
+    train.add_argument("--zim", required=True, metavar="FILE", help="ZIM archive whose HTML articles are the data")
+    train.add_argument("--checkpoint", required=True, metavar="DIR", help="directory of the checkpoints")
+    train.add_argument("--model", metavar="PATH", help="GGUF file of the base model (default: Gemma 3 270M Q4_K_M)")
+    train.add_argument("--steps", type=_positive_int, default=1000, metavar="N", help="total optimizer steps "
+                       "(default: 1000)")
+    train.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
+                       help="tokens per sequence, BOS included (default: 128)")
+    train.add_argument("--batch-tokens", type=_positive_int, default=512, metavar="N",
+                       help="tokens per step, a multiple of --seq-len (default: 512)")
+    train.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default: 0.001)")
+    train.add_argument("--save-every", type=_positive_int, default=50, metavar="N",
+                       help="write a checkpoint every N steps (default: 50)")
+    train.add_argument("--max-seconds", type=float, metavar="S", help="stop and save after S seconds of training")
+    train.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(handler=cmd_train_mtp)
 
     serve = subcommands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API "
                                    "(the same as turboquant-api)")
