@@ -9,9 +9,9 @@
 
 #include "model_internal.h"
 
-/* Rows whose logits are computed together: the logits buffer holds this many rows
- * of n_vocab floats (16 MB for Gemma's 262144 tokens), and tq_matmul amortizes the
- * reading of the LM head over them. */
+/* Rows whose logits are computed together. The logits buffer contains this many rows
+ * of n_vocab floats (16 MB for Gemma's 262144 tokens), and tq_matmul reads the LM head
+ * once for all of them. */
 #define MTP_CHUNK_ROWS 16
 
 const tq_weight *tq_mtp_lm_head(const tq_model *model)
@@ -373,11 +373,16 @@ tq_status tq_mtp_loss_grad(const tq_model *model, const tq_mtp_heads *heads, con
                             (long long)seq_len, heads->n_heads, heads->n_heads + 1);
     }
     const int K = params->top_k;
-    const int M = params->student_top_m;
-    if (K < 1 || K > V || M < 1 || M > V) {
-        return tq_error_set(err, TQ_ERR_INVALID, "top_k is %d and student_top_m is %d; pass values in [1, %lld]", K,
-                            M, (long long)V);
+    if (K < 1 || K > V || params->student_top_m < 1) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "top_k is %d and student_top_m is %d; pass top_k in [1, %lld] and student_top_m >= 1", K,
+                            params->student_top_m, (long long)V);
     }
+    /* A set larger than the vocabulary is the whole vocabulary (an exact gradient). */
+    const int M = params->student_top_m < V ? params->student_top_m : (int)V;
+    tq_mtp_loss_params clamped = *params;
+    clamped.student_top_m = M;
+    params = &clamped;
     if (!(params->head_decay > 0.0f) || !isfinite(params->head_decay)) {
         return tq_error_set(err, TQ_ERR_INVALID, "head_decay is %g; pass a positive finite weight",
                             (double)params->head_decay);

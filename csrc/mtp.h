@@ -88,8 +88,9 @@ typedef struct {
  * of a sequence learns the teacher row t + 1 + k of the same sequence, so it trains
  * on seq_len - 1 - k rows per sequence. The loss is the sum over heads of
  * head_decay^k times the mean KL over those rows; stats (may be NULL) receives it.
- * Errors: TQ_ERR_INVALID (shapes, seq_len < 2 + n_heads - 1, top_k or
- * student_top_m out of range), TQ_ERR_NOMEM. */
+ * A student_top_m above n_vocab means the whole vocabulary (the exact gradient).
+ * Errors: TQ_ERR_INVALID (shapes, seq_len < n_heads + 1, top_k outside
+ * [1, n_vocab], student_top_m < 1), TQ_ERR_NOMEM. */
 tq_status tq_mtp_loss_grad(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int64_t n_seqs,
                            int64_t seq_len, const int32_t *teacher_ids, const float *teacher_probs,
                            const tq_mtp_loss_params *params, float *grad_weight, float *grad_bias,

@@ -3,9 +3,9 @@
 
 Every *.html file under each SOURCE directory becomes a front article (path
 ``<source name>/<relative path>``, title from its <title>), added in sorted path order so the
-archive is the same on every run. Pages listed in --skip (by file name) are left out; the
-defaults drop the one-page print versions and tables of contents that mdBook writes, which
-repeat the other pages. Needs libzim (pip install 'turboquant[train]').
+archive is the same on every run. Pages listed in --skip (by file name) are left out. The
+defaults drop the one-page print versions and tables of contents that mdBook writes, because
+they repeat the other pages. Needs libzim (pip install 'turboquant[train]').
 
 Example (the training data of docs/mtp.md):
 

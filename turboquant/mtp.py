@@ -11,7 +11,7 @@ untrained heads repeat the base next-token distribution. The heads run in C
 (``turboquant._core.mtp_forward``); training is in ``turboquant.train``.
 
 A checkpoint is one safetensors file (format ``turboquant-mtp-1``, described in
-``docs/mtp.md``) that names the base model it was trained on; ``MTPHeads.load`` rejects a
+``docs/mtp.md``) that names the base model it was trained on. ``MTPHeads.load`` rejects a
 checkpoint of another model or of another quantization of it.
 """
 
@@ -39,7 +39,7 @@ _SHIPPED = {"gemma-3-270m-q4_k_m": _DATA_DIR / "gemma-3-270m-q4_k_m.safetensors"
 
 
 def _core_model(model):
-    """The ``_core.Model`` or ``_core.Context`` behind a ``turboquant.Model``, or model itself."""
+    """Return the ``_core.Model`` or ``_core.Context`` behind a ``turboquant.Model``, or model itself."""
     core = getattr(model, "_core", model)
     if not isinstance(core, (_core.Model, _core.Context)):
         raise TypeError(f"model must be a turboquant.Model or turboquant._core.Model, got {type(model).__name__}")
@@ -102,8 +102,8 @@ def save_checkpoint(directory, heads: "MTPHeads", *, adam=None, data_position=(0
     ``directory/mtp-step-XXXXXXXX.safetensors`` of heads.step and return its path.
 
     The bytes go to a temporary file in directory, which is flushed and fsynced, then renamed over
-    the final name, and the directory is fsynced; an interrupted save leaves the previous checkpoints
-    as they were. data_position is (ZIM entry index, token offset) where training continues.
+    the final name, and the directory is fsynced. An interrupted save therefore leaves the previous
+    checkpoints as they were. data_position is (ZIM entry index, token offset) where training continues.
     dtype float16 halves the size of the heads (the AdamW moments stay float32).
     """
     directory = Path(directory)
@@ -143,7 +143,7 @@ def save_checkpoint(directory, heads: "MTPHeads", *, adam=None, data_position=(0
 
 
 class MTPHeads:
-    """A set of Medusa heads for one base model.
+    """Set of Medusa heads for one base model.
 
     Attributes: ``weight`` float32 (n_heads, hidden, hidden) with row = output, ``bias`` float32
     (n_heads, hidden), ``base_model`` (the identity of ``base_model_identity``), ``step`` (optimizer
@@ -235,7 +235,7 @@ class MTPHeads:
 def default_checkpoint(model) -> Path | None:
     """Return the path of the checkpoint shipped in the package for model, or None.
 
-    Only the default model (Gemma 3 270M, Q4_K_M GGUF) has one; the identity stored in the
+    Only the default model (Gemma 3 270M, Q4_K_M GGUF) has one. The identity stored in the
     shipped file must equal the model's, so another quantization returns None.
     """
     for path in _SHIPPED.values():

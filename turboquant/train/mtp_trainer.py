@@ -1,9 +1,9 @@
 """Training of Medusa heads by self-distillation on the articles of a ZIM file.
 
 The base model is frozen. For each sequence it runs once (``eval(..., hidden=True)``) and returns
-its output-normed hidden states h; the C core then computes the teacher (the base model's own
-top-K next-token distribution at every position), the heads' loss and gradient, the gradient
-clipping and the AdamW update (``turboquant._core.mtp_*``). Checkpoints are written every
+its output-normed hidden states h. The C core (``turboquant._core.mtp_*``) then computes the
+teacher, which is the base model's own top-K next-token distribution at every position. It also
+computes the heads' loss and gradient, clips the gradient and runs the AdamW update. Checkpoints are written every
 ``save_every`` steps and at the end; a run started on a directory that has checkpoints resumes
 from the newest one (heads, AdamW moments, step and the position in the ZIM file).
 """

@@ -193,7 +193,7 @@ class TokenStream:
 
     Each article contributes ``tokenize(title + "\\n\\n" + text + "\\n\\n")`` (without BOS); the
     articles are concatenated in entry index order. ``next_sequence(length)`` returns BOS followed
-    by the next length - 1 tokens, crossing article boundaries; at the end of the archive it starts
+    by the next length - 1 tokens, crossing article boundaries. At the end of the archive it starts
     again at the first article and counts an epoch. ``position`` is (entry index, token offset in
     that entry) of the next token to use.
     """
