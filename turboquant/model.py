@@ -86,6 +86,8 @@ class GenerationStats:
     decode_seconds: float = 0.0
     finish_reason: str | None = None
     tree_passes: int = 0  # forward passes over draft trees (speculative decoding only)
+    # Nodes accepted below the root in each tree pass (speculative decoding only).
+    accepted_depths: list = dataclasses.field(default_factory=list)
 
     @property
     def accepted_tokens_per_step(self) -> float:

@@ -111,7 +111,8 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
     logits and hidden belong to the last prompt token, which is cached. The consumer appends
     each token to history before asking for the next and stops by closing the iterator; the
     cache then holds exactly the tokens whose rows were accepted, and model._cached lists
-    them. window(history) gives the penalty window. stats gets tree_passes.
+    them. window(history) gives the penalty window. stats gets tree_passes and
+    accepted_depths.
     """
     core = model._core
     end_ids = model._end_ids
@@ -152,6 +153,7 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
         finally:
             core.accept_path(path)
             model._cached.extend(tokens[j] for j in path)
+            stats.accepted_depths.append(len(path) - 1)
         hidden = node_hidden[path[-1]]
         pending = token
         yield pending
