@@ -7,6 +7,7 @@ the CPU features, so one build runs on any x86-64 or arm64 CPU.
 
 Environment variables read at build time:
     TURBOQUANT_SANITIZE=1   build with AddressSanitizer and UndefinedBehaviorSanitizer
+                            (scripts/sanitize.sh runs the test suite on such a build)
     TURBOQUANT_DEBUG=1      build with -O0 -g
 """
 
@@ -79,7 +80,8 @@ def compile_and_link_flags():
     else:
         compile_args += ["-O3"]
     if os.environ.get("TURBOQUANT_SANITIZE") == "1":
-        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+        # Undefined behaviour aborts, so a test run cannot pass over it.
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
         compile_args += sanitize
         link_args += sanitize
     return compile_args, link_args

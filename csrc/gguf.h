@@ -115,7 +115,8 @@ void tq_gguf_close(tq_gguf *gguf);
 uint32_t tq_gguf_version(const tq_gguf *gguf);
 uint64_t tq_gguf_alignment(const tq_gguf *gguf);
 uint64_t tq_gguf_file_size(const tq_gguf *gguf);
-/* Absolute file offset of the data section (a multiple of the alignment). */
+/* Absolute file offset of the data section (a multiple of the alignment). It lies
+ * past the end of a file that lists no tensors and omits the padding. */
 uint64_t tq_gguf_data_offset(const tq_gguf *gguf);
 /* Start of the read-only mapping: tq_gguf_file_size() bytes. */
 const void *tq_gguf_mapping(const tq_gguf *gguf);

@@ -5,7 +5,7 @@ libFuzzer, then run on its committed seeds (tests/fuzz/corpus/TARGET/), on every
 minimized input that once crashed it (tests/fuzz/regressions/TARGET/), and on a
 fixed number of deterministic mutations of each. The harnesses check the core's
 contracts themselves (every failure has a message, every offset lies inside the
-input, decoding round-trips) and abort otherwise; the sanitizers catch
+input, decoding round-trips) and abort otherwise. The sanitizers catch
 out-of-bounds reads, undefined behaviour and leaks. Coverage-guided fuzzing with
 clang is scripts/fuzz.sh.
 """

@@ -4,7 +4,7 @@
  *
  * The input is a whole GGUF file parsed in place by tq_gguf_open_memory. On
  * success every metadata value, array element, tensor name and tensor byte range
- * is read, so AddressSanitizer sees any offset that the reader let through
+ * is read, so AddressSanitizer detects any offset that the reader let through
  * without a bounds check. */
 #include <string.h>
 
@@ -13,7 +13,7 @@
 #include "tokenizer.h"
 #include "weights.h"
 
-/* Longest row the harness dequantizes, in elements; bounds the scratch buffer. */
+/* Maximum row length the harness dequantizes, in elements, which sizes the scratch buffer. */
 #define FUZZ_MAX_ROW 65536
 
 static volatile uint8_t sink;
@@ -141,7 +141,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_CHECK(tq_gguf_file_size(g) == size, "file size %llu for %zu bytes",
                (unsigned long long)tq_gguf_file_size(g), size);
-    FUZZ_CHECK(tq_gguf_data_offset(g) <= size, "data section starts past the end");
+    /* A file without tensors needs no padding, so only then may the data section
+     * start past the end of the file. */
+    const uint64_t data_offset = tq_gguf_data_offset(g);
+    FUZZ_CHECK(data_offset % tq_gguf_alignment(g) == 0, "data offset %llu is not aligned",
+               (unsigned long long)data_offset);
+    FUZZ_CHECK(data_offset <= size || tq_gguf_n_tensors(g) == 0, "data section starts past the end");
     walk_metadata(g);
     walk_tensors(g, row);
     check_tokenizer(g);

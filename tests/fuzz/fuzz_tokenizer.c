@@ -3,9 +3,9 @@
  * and streaming decoders.
  *
  * Vocabularies: the real Gemma 3 one, loaded once at start-up from the GGUF file
- * named by the environment variable TQ_FUZZ_GGUF, and two tiny generated ones
- * (SentencePiece with scores, and BPE with ranked merges, byte fallback and
- * newline splitting) that reach branches the real vocabulary rarely takes.
+ * named by the environment variable TQ_FUZZ_GGUF, and two tiny generated ones.
+ * The tiny ones (SentencePiece with scores, and BPE with ranked merges, byte
+ * fallback and newline splitting) reach branches the real vocabulary rarely takes.
  *
  * Input layout: byte 0 selects the vocabulary (bits 0-1) and the flags
  * parse_special (bit 2), add_bos (bit 3) and render_special (bit 4). The rest is
@@ -23,13 +23,13 @@ enum { VOCAB_GEMMA3, VOCAB_TINY_SPM, VOCAB_TINY_BPE, VOCAB_COUNT };
 static tq_tokenizer *vocabularies[VOCAB_COUNT];
 
 /* Create a tokenizer from its spec or exit with the reason; called at start-up only. */
-static tq_tokenizer *create_or_exit(const tq_tokenizer_spec *spec, const char *what)
+static tq_tokenizer *create_or_exit(const tq_tokenizer_spec *spec, const char *description)
 {
     tq_error err;
     tq_error_clear(&err);
     tq_tokenizer *tok = NULL;
     if (tq_tokenizer_create(spec, &tok, &err) != TQ_OK) {
-        fprintf(stderr, "fuzz_tokenizer: cannot build the %s vocabulary: %s\n", what, err.message);
+        fprintf(stderr, "fuzz_tokenizer: failed to build the %s vocabulary: %s\n", description, err.message);
         exit(1);
     }
     return tok;
@@ -140,7 +140,7 @@ static tq_tokenizer *load_gemma3(void)
     tq_gguf *g = NULL;
     tq_tokenizer *tok = NULL;
     if (tq_gguf_open(path, &g, &err) != TQ_OK || tq_tokenizer_create_from_gguf(g, &tok, &err) != TQ_OK) {
-        fprintf(stderr, "fuzz_tokenizer: cannot load the vocabulary of TQ_FUZZ_GGUF=%s: %s\n", path, err.message);
+        fprintf(stderr, "fuzz_tokenizer: failed to load the vocabulary of TQ_FUZZ_GGUF=%s: %s\n", path, err.message);
         exit(1);
     }
     tq_gguf_close(g);

@@ -3,7 +3,7 @@
  * as tokenizer.json and GGUF files provide them, followed by one encode and
  * decode with the result.
  *
- * Input layout: byte 0 holds the options: model BPE (bit 0, else SentencePiece),
+ * Input layout: byte 0 contains the options: model BPE (bit 0, else SentencePiece),
  * byte_fallback (bit 1), ignore_merges (bit 2), split_newlines (bits 3-4),
  * add_space_prefix (bit 5). The rest is the vocabulary, then a 0x02 byte and the
  * merge texts ("LEFT RIGHT"). Pieces and merges are separated by 0x01 bytes.

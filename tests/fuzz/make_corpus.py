@@ -1,9 +1,9 @@
 """Write the seed inputs of the fuzz harnesses to tests/fuzz/corpus/TARGET/.
 
-Seeds are real files: GGUF written by the `gguf` package (with metadata and
-quantized tensor rows copied from the Gemma 3 270M file), the start of that
-file, YAML written by turboquant's configuration classes, and safetensors written
-by the `safetensors` package. Run it again after a format change:
+Seeds are real files. GGUF files are written by the `gguf` package, with
+metadata and quantized tensor rows copied from the Gemma 3 270M file, and one
+seed is the start of that file. YAML comes from turboquant's configuration
+classes and safetensors from the `safetensors` package. Run it again after a format change:
 
     python tests/fuzz/make_corpus.py
 

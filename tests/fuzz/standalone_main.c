@@ -79,7 +79,7 @@ static uint8_t *read_file(const char *path, size_t *size)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        fprintf(stderr, "cannot open input %s\n", path);
+        fprintf(stderr, "failed to open input %s\n", path);
         return NULL;
     }
     uint8_t *data = malloc(MAX_INPUT_BYTES + MUTATION_SLACK);
