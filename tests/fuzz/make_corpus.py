@@ -151,6 +151,20 @@ def model_seeds(tmp, reader):
         write("gguf", f"tiny_model_{np.dtype(weight_type).name}.gguf", data)
 
 
+def gemma4_seeds(tmp):
+    """Tiny Gemma 4 files from the transformers models of tests/test_gemma4.py, so that the
+    model harness reaches the Gemma 4 loader (per-layer embeddings, shared KV layers)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_gemma4
+
+    # Only the smaller shape: the other one's 740 KB file would slow every mutation down.
+    for shape, weight_type in (("ple_softcap", "q8_0"),):
+        model, config = test_gemma4.gemma4_reference(shape)
+        path = tmp / f"gemma4_{shape}.gguf"
+        test_gemma4.write_gemma4_gguf(path, model, config, weight_type=weight_type)
+        write("model", f"gemma4_{shape}_{weight_type}.gguf", path.read_bytes())
+
+
 def config_seeds():
     from turboquant.config import Gemma3Config, Gemma4Config
 
@@ -198,6 +212,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         gguf_seeds(pathlib.Path(tmp), reader, real_path)
         model_seeds(pathlib.Path(tmp), reader)
+        gemma4_seeds(pathlib.Path(tmp))
     config_seeds()
     safetensors_seeds()
     tokenizer_seeds()
