@@ -47,6 +47,18 @@ static tq_status get_positive_int(const tq_gguf *gguf, const char *key, int *out
     return TQ_OK;
 }
 
+tq_status tq_model_check_layer_count(const tq_gguf *gguf, const char *key, int n_layers, tq_error *err)
+{
+    const uint64_t n_tensors = tq_gguf_n_tensors(gguf);
+    if ((uint64_t)n_layers > n_tensors) {
+        return tq_error_set(err, TQ_ERR_FORMAT,
+                            "metadata %s = %d exceeds the %llu tensors of the file, but every layer has its own "
+                            "tensors; the file is corrupt",
+                            key, n_layers, (unsigned long long)n_tensors);
+    }
+    return TQ_OK;
+}
+
 static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_error *err)
 {
     memset(config, 0, sizeof(*config));
@@ -70,7 +82,8 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *config, tq_er
         (status = get_positive_int(gguf, "gemma3.feed_forward_length", &config->ffn, err)) != TQ_OK ||
         (status = get_positive_int(gguf, "gemma3.attention.head_count", &config->n_heads, err)) != TQ_OK ||
         (status = get_positive_int(gguf, "gemma3.attention.head_count_kv", &config->n_kv_heads, err)) != TQ_OK ||
-        (status = get_positive_int(gguf, "gemma3.attention.key_length", &config->head_dim, err)) != TQ_OK) {
+        (status = get_positive_int(gguf, "gemma3.attention.key_length", &config->head_dim, err)) != TQ_OK ||
+        (status = tq_model_check_layer_count(gguf, "gemma3.block_count", config->n_layers, err)) != TQ_OK) {
         return status;
     }
     int value_length = 0;

@@ -249,7 +249,8 @@ static tq_status read_config(const tq_gguf *gguf, tq_model_config *c, tq_gemma4 
     if ((status = get_dimension(gguf, "gemma4.block_count", &c->n_layers, err)) != TQ_OK ||
         (status = get_dimension(gguf, "gemma4.embedding_length", &c->hidden, err)) != TQ_OK ||
         (status = get_dimension(gguf, "gemma4.attention.head_count", &c->n_heads, err)) != TQ_OK ||
-        (status = get_dimension(gguf, "gemma4.attention.key_length", &c->head_dim, err)) != TQ_OK) {
+        (status = get_dimension(gguf, "gemma4.attention.key_length", &c->head_dim, err)) != TQ_OK ||
+        (status = tq_model_check_layer_count(gguf, "gemma4.block_count", c->n_layers, err)) != TQ_OK) {
         return status;
     }
     const int n_layers = c->n_layers;

@@ -106,6 +106,12 @@ void tq_attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n
 /* Returns 1 when layer uses full attention and the global RoPE base. */
 int tq_model_layer_is_global(const tq_model_config *config, int layer);
 
+/* Check the layer count read from key against the file: every layer has tensors of
+ * its own, so a count above the tensor count is corrupt (TQ_ERR_FORMAT). Call it
+ * before allocating per-layer tables, which a 4-byte value would otherwise size
+ * at gigabytes. */
+tq_status tq_model_check_layer_count(const tq_gguf *gguf, const char *key, int n_layers, tq_error *err);
+
 /* Tensor loaders of model.c, with shape and type checks (errors name the tensor). */
 tq_status tq_model_load_norm(const tq_gguf *gguf, const char *name, int64_t n, const float **out, tq_error *err);
 tq_status tq_model_load_matrix(const tq_gguf *gguf, const char *name, int64_t n_in, int64_t n_out, tq_weight *out,
