@@ -2,8 +2,8 @@
 
 Each file under tests/fuzz/regressions/TARGET/ once crashed, exhausted memory in,
 or broke a contract of the C core. tests/test_fuzz_harnesses.py replays them
-through the harnesses under AddressSanitizer; these tests check the exception a
-Python caller sees, with the expected values taken from the gguf package's
+through the harnesses under AddressSanitizer. These tests check the exception
+that a Python caller gets, with the expected values taken from the gguf package's
 reader and the GGUF format.
 """
 
