@@ -95,7 +95,14 @@ def _message_fields(message, index):
         raise ValueError(f"messages[{index}] must be a dict with 'role' and 'content', not {type(message).__name__}")
     if "role" not in message or "content" not in message:
         raise ValueError(f"messages[{index}] must have the keys 'role' and 'content'")
+    _check_role_type(message["role"], index)
     return message["role"], _content_text(message["content"], index)
+
+
+def _check_role_type(role, index):
+    # A role that is not a str (a list, for example) cannot be looked up in the role tables.
+    if not isinstance(role, str):
+        raise ValueError(f"messages[{index}]['role'] must be a str such as 'user', not {type(role).__name__}")
 
 
 def format_gemma3_chat(messages, add_generation_prompt=True):
@@ -297,6 +304,7 @@ def _message_fields_raw(message, index):
         raise ValueError(f"messages[{index}] must have the keys 'role' and 'content'")
     if message.get("tool_calls"):
         raise ValueError(f"messages[{index}] has tool_calls, which the Gemma 4 format here does not support")
+    _check_role_type(message["role"], index)
     return message["role"], message["content"]
 
 
