@@ -15,3 +15,32 @@ def test_chat_role_not_str_raises(format_chat, role):
     # An unhashable role (a list) used to raise "TypeError: unhashable type: 'list'".
     with pytest.raises(ValueError, match=r"messages\[0\]\['role'\] must be a str"):
         format_chat([{"role": role, "content": "hello"}])
+
+
+@pytest.fixture(scope="module")
+def model():
+    from turboquant import Model
+
+    return Model.load(threads=1, ctx=64)
+
+
+@pytest.mark.parametrize("value", [[1], "many", 3])
+def test_completion_ignores_max_completion_tokens(model, value):
+    # A completion request that sent max_completion_tokens (declared for chat only) had it read
+    # as an undeclared extra field: a list made min() raise TypeError, so the server sent a 500.
+    pytest.importorskip("fastapi")
+    from turboquant.server import app, schemas
+
+    body = schemas.CompletionRequest.model_validate({"prompt": "Hello", "max_completion_tokens": value})
+    prompt_ids, sampling = app.prepare_completion(model, body)
+    assert sampling["max_tokens"] == 64 - len(prompt_ids)
+
+
+def test_chat_max_completion_tokens_wins(model):
+    pytest.importorskip("fastapi")
+    from turboquant.server import app, schemas
+
+    body = schemas.ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 9, "max_completion_tokens": 5})
+    _, sampling = app.prepare_chat(model, body)
+    assert sampling["max_tokens"] == 5

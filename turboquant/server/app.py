@@ -1,8 +1,10 @@
 """FastAPI application of the OpenAI-compatible server.
 
 Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
-``POST /v1/completions`` and ``GET /health``. Every error is an OpenAI error body,
-``{"error": {"message", "type", "param", "code"}}``.
+``POST /v1/completions``, ``GET /health`` and the OpenAPI schema ``GET /openapi.json``. Every
+error is an OpenAI error body, ``{"error": {"message", "type", "param", "code"}}``. Request
+bodies pass through ``http_guard.RequestGuard`` (size, time and JSON checks) before a route
+sees them.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import _core
+from .. import __version__, _core
 from ..chat import format_gemma3_chat
 from . import schemas
 from .engine import Engine, GenerationJob, QueueFullError, RequestCancelled, elapsed
+from .http_guard import HTTPLimits, RequestGuard
 
 log = logging.getLogger("turboquant.server")
 
@@ -34,6 +38,9 @@ MAX_STOP_STRINGS = 16
 DISCONNECT_POLL_SECONDS = 0.25
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+# Routes whose POST body must be a JSON document.
+JSON_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class APIError(Exception):
@@ -55,14 +62,22 @@ class APIError(Exception):
                             headers=headers)
 
 
+def _is_union_tag(part) -> bool:
+    # pydantic names the member of a Union that failed ("str", "list[int]"); it is not a parameter.
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     """Turn FastAPI's first validation error into a 400 that names the parameter."""
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = [str(part) for part in first.get("loc", ()) if part != "body" and not _is_union_tag(part)]
     param = ".".join(location) or None
     kind = first.get("type", "")
     if kind == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {first.get('msg', '')}; send a JSON object")
+    if param is None:
+        return APIError(400, f"invalid request body: {first.get('msg', 'invalid value')}; send a JSON object",
+                        code="invalid_value")
     if kind == "missing":
         return APIError(400, f"missing required parameter '{param}'", param=param, code="missing_required_parameter")
     return APIError(400, f"invalid value for '{param}': {first.get('msg', 'invalid value')}", param=param,
@@ -125,7 +140,7 @@ def _sampling(request: schemas.SamplingRequest, max_tokens: int) -> dict:
     )
     try:
         _core.Sampler(**sampling)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise APIError(400, f"invalid sampling parameters: {exc}") from None
     sampling.update(max_tokens=max_tokens, stop=_stop_strings(request.stop) or None)
     return sampling
@@ -142,7 +157,10 @@ def _chat_prompt(model, messages: list) -> list:
         if message.content is None:
             raise APIError(400, f"messages[{index}].content is missing; pass text as a string or a list of text "
                            "parts", param=f"messages.{index}.content")
-        converted.append({"role": role, "content": message.content})
+        content = message.content
+        if not isinstance(content, str):
+            content = [part.model_dump() for part in content]
+        converted.append({"role": role, "content": content})
     try:
         prompt = format_gemma3_chat(converted, add_generation_prompt=True)
     except ValueError as exc:
@@ -177,19 +195,88 @@ def _max_tokens(request, prompt_tokens: int, n_ctx: int, param: str) -> int:
         raise APIError(400, f"the prompt has {prompt_tokens} tokens but the context is {n_ctx} tokens, which leaves "
                        "no room for a reply; shorten the prompt or restart the server with a larger --ctx",
                        param=param, code="context_length_exceeded")
-    limit = getattr(request, "max_completion_tokens", None) or request.max_tokens
+    limit = request.max_tokens
+    # Only chat requests declare max_completion_tokens. With extra="allow", a completion request
+    # that sends it gets an undeclared attribute of any type, so getattr() must not be used.
+    if isinstance(request, schemas.ChatCompletionRequest) and request.max_completion_tokens is not None:
+        limit = request.max_completion_tokens
     room = n_ctx - prompt_tokens
     # A larger limit is accepted: generation then ends at the full context with finish_reason "length".
-    return room if limit is None else limit
+    return room if limit is None else min(limit, room)
+
+
+def prepare_chat(model, body: schemas.ChatCompletionRequest) -> tuple:
+    """Check a chat request and return its (prompt token ids, Model.generate keyword arguments).
+
+    Raises APIError (status 400) for a request that the server cannot run.
+    """
+    _reject_unsupported(body)
+    prompt_ids = _chat_prompt(model, body.messages)
+    max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "messages")
+    return prompt_ids, _sampling(body, max_tokens)
+
+
+def prepare_completion(model, body: schemas.CompletionRequest) -> tuple:
+    """Check a text completion request and return its (prompt token ids, Model.generate keyword arguments).
+
+    Raises APIError (status 400) for a request that the server cannot run.
+    """
+    _reject_unsupported(body)
+    prompt_ids = _completion_prompt(model, body.prompt)
+    max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "prompt")
+    return prompt_ids, _sampling(body, max_tokens)
 
 
 # ------------------------------------------------------------------------ the app
 
 
-def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -> FastAPI:
-    """Build the FastAPI app that serves engine's model under model_name."""
+_ERROR_STATUSES = {
+    400: "Invalid request: malformed JSON, a missing, invalid or unsupported parameter, or a prompt that "
+         "fills the context",
+    401: "Missing or invalid API key (only when the server runs with --api-key)",
+    408: "The request body did not arrive within the body timeout",
+    413: "The request body is larger than --max-body-bytes",
+    415: "The body is not JSON (Content-Type other than application/json)",
+    500: "Unexpected failure in the server",
+    503: "Every worker is busy and the queue is full, or the server is shutting down",
+}
+
+
+def _error_responses(*statuses: int) -> dict:
+    return {status: {"model": schemas.ErrorResponse, "description": _ERROR_STATUSES[status]} for status in statuses}
+
+
+def _completion_responses(model) -> dict:
+    """Return the OpenAPI responses of a completion route: JSON, or Server-Sent Events with stream."""
+    ok = {"model": model, "description": "The completion, or with 'stream': true a text/event-stream of chunks "
+          "ending with 'data: [DONE]'",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    return {200: ok, **_error_responses(400, 401, 408, 413, 415, 500, 503)}
+
+
+def _openapi_schema(app: FastAPI) -> dict:
+    """Return the OpenAPI schema of app without FastAPI's 422 responses, which this server never sends."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
+               limits: Optional[HTTPLimits] = None) -> FastAPI:
+    """Build the FastAPI app that serves engine's model under model_name.
+
+    limits: body size and timeouts of the HTTP layer (default: HTTPLimits()).
+    """
     model = engine.model
     created = int(time.time())
+    limits = limits or HTTPLimits()
 
     async def lifespan(app):
         log.info("server ready: model %s (%s), context %d tokens, %d workers, queue %d, %d threads, "
@@ -200,8 +287,10 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
         engine.shutdown()
         log.info("server stopped")
 
-    app = FastAPI(title="turboquant OpenAI-compatible API", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="turboquant OpenAI-compatible API", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: _openapi_schema(app)
+    app.add_middleware(RequestGuard, limits=limits, json_paths=JSON_ROUTES)
 
     # --------------------------------------------------------------- errors
 
@@ -218,8 +307,8 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
     async def http_error_handler(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
             error = APIError(404, f"unknown route {request.method} {request.url.path}; the server provides "
-                             "GET /v1/models, POST /v1/chat/completions, POST /v1/completions and GET /health",
-                             code="not_found")
+                             "GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health and "
+                             "GET /openapi.json", code="not_found")
         elif exc.status_code == 405:
             error = APIError(405, f"method {request.method} is not allowed on {request.url.path}",
                              code="method_not_allowed")
@@ -245,16 +334,18 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
 
     # --------------------------------------------------------------- routes
 
-    @app.get("/health")
+    @app.get("/health", response_model=schemas.Health)
     async def health():
         return {"status": "ok", "model": model_name, "running": engine.running, "queued": engine.queued}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=schemas.ModelList, responses=_error_responses(401))
     async def list_models(request: Request):
         check_api_key(request)
         return schemas.ModelList(data=[schemas.ModelCard(id=model_name, created=created)]).model_dump()
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", response_model=schemas.ModelCard,
+             responses={404: {"model": schemas.ErrorResponse, "description": "No model with this id"},
+                        **_error_responses(401)})
     async def retrieve_model(model_id: str, request: Request):
         check_api_key(request)
         if model_id != model_name:
@@ -262,23 +353,21 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
                            code="model_not_found")
         return schemas.ModelCard(id=model_name, created=created).model_dump()
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None,
+              responses=_completion_responses(schemas.ChatCompletion))
     async def chat_completions(body: schemas.ChatCompletionRequest, request: Request):
         check_api_key(request)
-        _reject_unsupported(body)
-        prompt_ids = _chat_prompt(model, body.messages)
-        max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "messages")
-        return await _generate(engine, model_name, request, body, prompt_ids, _sampling(body, max_tokens),
-                               chat=True)
+        # Tokenizing a long prompt takes seconds (about 1.4 s per MB on the 2-core test machine),
+        # so it runs in a thread, where the tokenizer releases the GIL, and the event loop keeps
+        # serving other clients.
+        prompt_ids, sampling = await asyncio.to_thread(prepare_chat, model, body)
+        return await _generate(engine, model_name, request, body, prompt_ids, sampling, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=None, responses=_completion_responses(schemas.Completion))
     async def completions(body: schemas.CompletionRequest, request: Request):
         check_api_key(request)
-        _reject_unsupported(body)
-        prompt_ids = _completion_prompt(model, body.prompt)
-        max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "prompt")
-        return await _generate(engine, model_name, request, body, prompt_ids, _sampling(body, max_tokens),
-                               chat=False)
+        prompt_ids, sampling = await asyncio.to_thread(prepare_completion, model, body)
+        return await _generate(engine, model_name, request, body, prompt_ids, sampling, chat=False)
 
     return app
 

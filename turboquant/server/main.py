@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from .http_guard import HTTPLimits
+
 log = logging.getLogger("turboquant.server")
 
 _SERVER_EXTRA_HINT = 'pip install "turboquant[server]"'
@@ -36,6 +38,16 @@ def _port(text):
     value = _non_negative_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port between 0 and 65535, got {value}")
+    return value
+
+
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
     return value
 
 
@@ -72,6 +84,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the environment variable TURBOQUANT_API_KEY, or no key)")
     parser.add_argument("--model-name", metavar="NAME", help="model id reported by /v1/models and in responses "
                         "(default: the weights file or directory name without .gguf)")
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=HTTPLimits.max_body_bytes, metavar="N",
+                        help="largest request body in bytes; larger requests get HTTP 413 "
+                        f"(default: {HTTPLimits.max_body_bytes}, 4 MiB)")
+    parser.add_argument("--header-timeout", type=_positive_seconds, default=HTTPLimits.header_timeout,
+                        metavar="SECONDS", help="time a connection has to send the complete request line and "
+                        "headers, from opening or from the previous response, before it is closed "
+                        f"(default: {HTTPLimits.header_timeout:g})")
+    parser.add_argument("--body-timeout", type=_positive_seconds, default=HTTPLimits.body_timeout,
+                        metavar="SECONDS", help="time a client has to send the whole request body after its headers; "
+                        f"later bodies get HTTP 408 (default: {HTTPLimits.body_timeout:g})")
+    parser.add_argument("--send-timeout", type=_positive_seconds, default=HTTPLimits.send_timeout,
+                        metavar="SECONDS", help="time one write of a response may wait for a client that does not "
+                        f"read before the connection is closed (default: {HTTPLimits.send_timeout:g})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default: info)")
 
@@ -89,6 +114,7 @@ def run(args) -> int:
         import uvicorn
 
         from .app import create_app
+        from .http_guard import header_timeout_protocol
     except ImportError as exc:
         raise ImportError(f"the server needs FastAPI and uvicorn ({exc}); install them with: "
                           f"{_SERVER_EXTRA_HINT}") from None
@@ -111,10 +137,12 @@ def run(args) -> int:
         log.info("speculative decoding with the heads of %s", args.mtp_checkpoint)
     engine = Engine(model, max_concurrent=args.max_concurrent, max_queue=args.max_queue, threads=threads,
                     mtp_heads=heads)
-    app = create_app(engine, model_name, api_key=api_key)
+    limits = HTTPLimits(max_body_bytes=args.max_body_bytes, header_timeout=args.header_timeout,
+                        body_timeout=args.body_timeout, send_timeout=args.send_timeout)
+    app = create_app(engine, model_name, api_key=api_key, limits=limits)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, http=header_timeout_protocol(limits.header_timeout))
     server = uvicorn.Server(config)
     server.run()
     return 0

@@ -3,6 +3,8 @@
 Request models accept unknown fields and ignore them (``extra="allow"``), so clients that
 send newer OpenAI parameters keep working. Parameters that the server cannot honour and
 that would change the result are declared here and rejected in ``app.py`` with a 400.
+The same models make the OpenAPI schema at ``/openapi.json``, so limits that ``app.py``
+checks itself (with messages that say what to do) are stated in the field descriptions.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Largest value of the integer parameters that reach the C sampler and generator (int32).
+MAX_INT32 = 2**31 - 1
 
 # ---------------------------------------------------------------------------- requests
 
@@ -23,49 +28,68 @@ class StreamOptions(BaseModel):
 class SamplingRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = ConfigDict(extra="allow")
+    # allow_inf_nan=False: JSON has no infinity or NaN, but 1e400 decodes to infinity.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: Optional[str] = None
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    model: Optional[str] = Field(default=None, description="Ignored: the server has one model.")
+    max_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_INT32, description=(
+        "Maximum completion tokens. Without it, or when it is larger than the room left in the "
+        "context, generation ends at the end of the context with finish_reason 'length'."))
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    stop: Optional[Union[str, list[str]]] = None
+    seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**64 - 1,
+                                description="Taken modulo 2**64 as the seed of the sampler.")
+    stop: Optional[Union[str, list[str]]] = Field(default=None, description=(
+        "A stop string or a list of at most 16 stop strings, each at least one character long."))
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    n: int = 1
+    n: int = Field(default=1, description="Number of choices; only 1 is supported, other values get a 400.")
     # Extensions that llama.cpp's server also accepts.
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, le=MAX_INT32, description="0 turns top-k off.")
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, description="1 turns the penalty off.")
     # OpenAI parameters that are rejected unless left at their default (see app.py).
-    logprobs: Optional[Union[bool, int]] = None
-    logit_bias: Optional[dict[str, float]] = None
+    logprobs: Optional[Union[bool, int]] = Field(default=None, description="Not supported: leave unset, false or 0.")
+    logit_bias: Optional[dict[str, float]] = Field(default=None, description="Not supported: leave unset or empty.")
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only parts of type 'text' are supported."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="'text'; other types (images, audio) get a 400.")
+    text: Optional[str] = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: Optional[Union[str, list[dict[str, Any]]]] = None
+    role: Literal["system", "developer", "user", "assistant"] = Field(description=(
+        "'developer' is treated as 'system'. Only the first message may be a system message, and "
+        "user and assistant messages must alternate, starting with user."))
+    content: Optional[Union[str, list[ContentPart]]] = Field(default=None, description="Required.")
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
-    top_logprobs: Optional[int] = None
-    tools: Optional[list[Any]] = None
-    functions: Optional[list[Any]] = None
-    response_format: Optional[dict[str, Any]] = None
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_INT32,
+                                                 description="Wins over max_tokens.")
+    top_logprobs: Optional[int] = Field(default=None, description="Not supported: leave unset.")
+    tools: Optional[list[Any]] = Field(default=None, description="Not supported: leave unset or empty.")
+    functions: Optional[list[Any]] = Field(default=None, description="Not supported: leave unset or empty.")
+    response_format: Optional[dict[str, Any]] = Field(default=None,
+                                                      description="Only {'type': 'text'} is supported.")
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
-    echo: bool = False
-    best_of: Optional[int] = None
-    suffix: Optional[str] = None
+    prompt: Union[str, list[str], list[int], list[list[int]]] = Field(description=(
+        "Text, a list of token ids, or a list that contains exactly one of those."))
+    echo: bool = Field(default=False, description="Not supported: leave false.")
+    best_of: Optional[int] = Field(default=None, description="Not supported: leave unset or 1.")
+    suffix: Optional[str] = Field(default=None, description="Not supported: leave unset or empty.")
 
 
 # --------------------------------------------------------------------------- responses
@@ -158,3 +182,10 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    running: int
+    queued: int
