@@ -6,7 +6,8 @@
 #
 # HARNESS is a harness name such as fuzz_chat (default: every tests/fuzz/atheris/fuzz_*.py).
 # The corpus grows in build/fuzz-corpus/HARNESS, starting from tests/fuzz/atheris/seeds/HARNESS
-# where that exists, and inputs that fail are written to build/fuzz-artifacts/. The script exits
+# where that exists, with the libFuzzer dictionary tests/fuzz/atheris/HARNESS.dict where that
+# exists. Inputs that fail are written to build/fuzz-artifacts/. The script exits
 # with status 1 when a harness finds a failure. Needs atheris (pip install atheris).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,13 +39,16 @@ for name in "${harnesses[@]}"; do
     mkdir -p "$corpus"
     seeds=()
     [ -d "tests/fuzz/atheris/seeds/$name" ] && seeds=("tests/fuzz/atheris/seeds/$name")
+    options=()
+    [ -f "tests/fuzz/atheris/$name.dict" ] && options=("-dict=tests/fuzz/atheris/$name.dict")
     log="build/fuzz-artifacts/$name.log"
     echo "== $name: $seconds s, corpus $corpus, log $log"
     status=0
     # -timeout: one input that runs longer than 10 s counts as a hang. -rss_limit_mb: the
     # server request harness loads the model (about 300 MB mapped).
     python "$script" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
-        -artifact_prefix="build/fuzz-artifacts/$name-" "$corpus" "${seeds[@]}" >"$log" 2>&1 || status=$?
+        -artifact_prefix="build/fuzz-artifacts/$name-" "${options[@]}" "$corpus" "${seeds[@]}" >"$log" 2>&1 \
+        || status=$?
     runs="$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -1 || true)"
     if [ "$status" -ne 0 ]; then
         echo "   FAILED (exit status $status); see $log and build/fuzz-artifacts/$name-*"
