@@ -55,9 +55,10 @@ class APIError(Exception):
         self.param = param
         self.code = code
 
-    def response(self) -> JSONResponse:
+    def response(self, headers: Optional[dict] = None) -> JSONResponse:
         detail = schemas.ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        if self.status == 401:
+            headers = dict(headers or {}, **{"WWW-Authenticate": "Bearer"})
         return JSONResponse(schemas.ErrorResponse(error=detail).model_dump(), status_code=self.status,
                             headers=headers)
 
@@ -154,9 +155,6 @@ def _chat_prompt(model, messages: list) -> list:
         if role is None:
             raise APIError(400, f"messages[{index}].role {message.role!r} is not supported; use 'system', "
                            "'user' or 'assistant'", param=f"messages.{index}.role")
-        if message.content is None:
-            raise APIError(400, f"messages[{index}].content is missing; pass text as a string or a list of text "
-                           "parts", param=f"messages.{index}.content")
         content = message.content
         if not isinstance(content, str):
             content = [part.model_dump() for part in content]
@@ -250,12 +248,15 @@ def _completion_responses(model) -> dict:
     """Return the OpenAPI responses of a completion route: JSON, or Server-Sent Events with stream."""
     ok = {"model": model, "description": "The completion, or with 'stream': true a text/event-stream of chunks "
           "ending with 'data: [DONE]'",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+          "content": {"text/event-stream": {}}}
     return {200: ok, **_error_responses(400, 401, 408, 413, 415, 500, 503)}
 
 
-def _openapi_schema(app: FastAPI) -> dict:
-    """Return the OpenAPI schema of app without FastAPI's 422 responses, which this server never sends."""
+def _openapi_schema(app: FastAPI, n_vocab: int) -> dict:
+    """Return the OpenAPI schema of app, with the token id limit of the served model.
+
+    FastAPI's 422 responses are left out because this server sends 400 for invalid requests.
+    """
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         for path in schema.get("paths", {}).values():
@@ -264,6 +265,12 @@ def _openapi_schema(app: FastAPI) -> dict:
         components = schema.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
+        prompt = components.get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
+        for form in prompt.get("anyOf", ()):
+            items = form.get("items", {})
+            items = items.get("items", items)
+            if items.get("type") == "integer":
+                items["maximum"] = n_vocab - 1
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -289,15 +296,15 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
 
     app = FastAPI(title="turboquant OpenAI-compatible API", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
-    app.openapi = lambda: _openapi_schema(app)
+    app.openapi = lambda: _openapi_schema(app, model.n_vocab)
     app.add_middleware(RequestGuard, limits=limits, json_paths=JSON_ROUTES)
 
     # --------------------------------------------------------------- errors
 
     @app.exception_handler(APIError)
-    async def api_error_handler(request: Request, exc: APIError):
+    async def api_error_handler(request: Request, exc: APIError, headers: Optional[dict] = None):
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
-        return exc.response()
+        return exc.response(headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error_handler(request: Request, exc: RequestValidationError):
@@ -314,7 +321,8 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
                              code="method_not_allowed")
         else:
             error = APIError(exc.status_code, str(exc.detail))
-        return await api_error_handler(request, error)
+        # Starlette's 405 carries the Allow header that HTTP requires with that status.
+        return await api_error_handler(request, error, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def internal_error_handler(request: Request, exc: Exception):

@@ -19,8 +19,13 @@ MAX_INT32 = 2**31 - 1
 # ---------------------------------------------------------------------------- requests
 
 
+# Request models are strict: JSON types must match (0 is not false, "5" is not 5), as the
+# published schema states.
+_REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
+
+
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _REQUEST_CONFIG
 
     include_usage: bool = False
 
@@ -29,7 +34,7 @@ class SamplingRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
     # allow_inf_nan=False: JSON has no infinity or NaN, but 1e400 decodes to infinity.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: Optional[str] = Field(default=None, description="Ignored: the server has one model.")
     max_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_INT32, description=(
@@ -40,56 +45,79 @@ class SamplingRequest(BaseModel):
     seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**64 - 1,
                                 description="Taken modulo 2**64 as the seed of the sampler.")
     stop: Optional[Union[str, list[str]]] = Field(default=None, description=(
-        "A stop string or a list of at most 16 stop strings, each at least one character long."))
+        "A stop string or a list of at most 16 stop strings, each at least one character long."),
+        json_schema_extra={"anyOf": [{"type": "string", "minLength": 1},
+                                     {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 16},
+                                     {"type": "null"}]})
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    n: int = Field(default=1, description="Number of choices; only 1 is supported, other values get a 400.")
+    n: int = Field(default=1, description="Number of choices; only 1 is supported, other values get a 400.",
+                   json_schema_extra={"minimum": 1, "maximum": 1})
     # Extensions that llama.cpp's server also accepts.
     top_k: int = Field(default=0, ge=0, le=MAX_INT32, description="0 turns top-k off.")
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, description="1 turns the penalty off.")
     # OpenAI parameters that are rejected unless left at their default (see app.py).
-    logprobs: Optional[Union[bool, int]] = Field(default=None, description="Not supported: leave unset, false or 0.")
-    logit_bias: Optional[dict[str, float]] = Field(default=None, description="Not supported: leave unset or empty.")
+    # Their published schema admits only the values that the server accepts; app.py rejects the
+    # others with a message that states what to change.
+    logprobs: Optional[Union[bool, int]] = Field(default=None, description="Not supported: leave unset, false or 0.",
+                                                 json_schema_extra={"anyOf": [{"enum": [False, 0]}, {"type": "null"}]})
+    logit_bias: Optional[dict[str, float]] = Field(default=None, description="Not supported: leave unset or empty.",
+                                                   json_schema_extra={"maxProperties": 0})
 
 
 class ContentPart(BaseModel):
     """One part of a message's content; only parts of type 'text' are supported."""
 
-    model_config = ConfigDict(extra="allow")
+    # text is optional here so that an image part gets the chat template's message, which
+    # names the part type, but the published schema requires it.
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"required": ["type", "text"]})
 
-    type: str = Field(description="'text'; other types (images, audio) get a 400.")
-    text: Optional[str] = None
+    type: str = Field(description="'text'; other types (images, audio) get a 400.",
+                      json_schema_extra={"enum": ["text"]})
+    text: Optional[str] = Field(default=None, json_schema_extra={"type": "string"})
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _REQUEST_CONFIG
 
     role: Literal["system", "developer", "user", "assistant"] = Field(description=(
         "'developer' is treated as 'system'. Only the first message may be a system message, and "
         "user and assistant messages must alternate, starting with user."))
-    content: Optional[Union[str, list[ContentPart]]] = Field(default=None, description="Required.")
+    content: Union[str, list[ContentPart]]
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_INT32,
                                                  description="Wins over max_tokens.")
-    top_logprobs: Optional[int] = Field(default=None, description="Not supported: leave unset.")
-    tools: Optional[list[Any]] = Field(default=None, description="Not supported: leave unset or empty.")
-    functions: Optional[list[Any]] = Field(default=None, description="Not supported: leave unset or empty.")
-    response_format: Optional[dict[str, Any]] = Field(default=None,
-                                                      description="Only {'type': 'text'} is supported.")
+    top_logprobs: Optional[int] = Field(default=None, description="Not supported: leave unset.",
+                                        json_schema_extra={"type": "null"})
+    tools: Optional[list[Any]] = Field(default=None, description="Not supported: leave unset or empty.",
+                                       json_schema_extra={"maxItems": 0})
+    functions: Optional[list[Any]] = Field(default=None, description="Not supported: leave unset or empty.",
+                                           json_schema_extra={"maxItems": 0})
+    response_format: Optional[dict[str, Any]] = Field(default=None, description="Only {'type': 'text'} is supported.",
+                                                      json_schema_extra={"properties": {"type": {"enum": ["text"]}}})
 
 
 class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]] = Field(description=(
-        "Text, a list of token ids, or a list that contains exactly one of those."))
-    echo: bool = Field(default=False, description="Not supported: leave false.")
-    best_of: Optional[int] = Field(default=None, description="Not supported: leave unset or 1.")
-    suffix: Optional[str] = Field(default=None, description="Not supported: leave unset or empty.")
+        "Text, a list of token ids, or a list that contains exactly one of those."),
+        json_schema_extra={"anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+            {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+             "minItems": 1, "maxItems": 1},
+        ]})
+    echo: bool = Field(default=False, description="Not supported: leave false.", json_schema_extra={"enum": [False]})
+    best_of: Optional[int] = Field(default=None, description="Not supported: leave unset or 1.",
+                                   json_schema_extra={"anyOf": [{"enum": [1]}, {"type": "null"}]})
+    suffix: Optional[str] = Field(default=None, description="Not supported: leave unset or empty.",
+                                  json_schema_extra={"anyOf": [{"type": "string", "maxLength": 0}, {"type": "null"}]})
 
 
 # --------------------------------------------------------------------------- responses
