@@ -349,3 +349,30 @@ def test_many_connections(server):
         for sock in idle + partial:
             sock.close()
     assert_server_healthy(server)
+
+
+# ------------------------------------------------------------------ schemathesis findings
+
+
+def test_method_not_allowed_has_allow_header(server):
+    # HTTP requires the Allow header on a 405 (RFC 9110, section 15.5.6).
+    response = httpx.request("TRACE", server.base_url + "/v1/completions", timeout=30)
+    assert_openai_error(response, 405)
+    assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("echo", 0), ("stream", "true"), ("max_tokens", "5"), ("temperature", "1"), ("seed", 1.0), ("prompt", [True])],
+)
+def test_lax_types_rejected(server, field, value):
+    body = {"prompt": "hi", "max_tokens": 1, field: value}
+    response = httpx.post(server.base_url + "/v1/completions", json=body, timeout=60)
+    assert_openai_error(response, 400, "prompt" if field == "prompt" else field)
+
+
+def test_message_without_content_400(server):
+    body = {"messages": [{"role": "user"}], "max_tokens": 1}
+    response = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60)
+    error = assert_openai_error(response, 400, "messages.0.content")
+    assert error["code"] == "missing_required_parameter"

@@ -3,14 +3,15 @@
 Run: python tests/fuzz/atheris/fuzz_server_request.py [libFuzzer options] [CORPUS_DIR]
 
 Each input is a request body: the input bytes themselves, or (when the first byte is odd) a
-JSON object built from the input with the request fields and arbitrary values. It goes through the same steps as in the server: the strict
-JSON decoding of ``http_guard.decode_json_body``, validation by the pydantic request models
-of both completion routes, then ``app.prepare_chat`` or ``app.prepare_completion``, which
-render and tokenize the prompt with the real default model and check the sampling
-parameters. Each step may reject the body with its own error (BodyError, a pydantic
-ValidationError turned into a 400, APIError); any other exception is a fault. An accepted
-request must have prompt token ids inside the vocabulary, a prompt shorter than the
-context, and a max_tokens between 1 and the room left in the context.
+JSON object built from the input with the request fields and arbitrary values. It goes through
+the same steps as in the server. First ``http_guard.decode_json_body`` decodes it strictly.
+The pydantic request models of both completion routes validate it. Then
+``app.prepare_chat`` or ``app.prepare_completion`` render and tokenize the prompt with the
+real default model and check the sampling parameters. Each step may reject the body with its
+own error (BodyError, a pydantic ValidationError turned into a 400, APIError), and any other
+exception is a fault. An accepted request must have prompt token ids inside the vocabulary,
+a prompt shorter than the context, and a max_tokens between 1 and the room left in the
+context.
 """
 
 import json
@@ -43,12 +44,14 @@ def check_request(value, request_model, prepare):
         body = request_model.model_validate(value)
     except pydantic.ValidationError as exc:
         error = app._validation_error(RequestValidationError(exc.errors()))
-        assert error.status == 400 and error.message, error
+        assert error.status == 400, error
+        assert error.message, error
         return
     try:
         prompt_ids, sampling = prepare(MODEL, body)
     except app.APIError as exc:
-        assert 400 <= exc.status < 500 and exc.message, exc
+        assert 400 <= exc.status < 500, exc
+        assert exc.message, exc
         return
     assert prompt_ids, body
     assert all(0 <= token < MODEL.n_vocab for token in prompt_ids), prompt_ids
@@ -85,7 +88,8 @@ def TestOneInput(data):
     try:
         value = decode_json_body(data)
     except BodyError as exc:
-        assert exc.status == 400 and exc.message, exc
+        assert exc.status == 400, exc
+        assert exc.message, exc
         return
     for request_model, prepare in ROUTES:
         check_request(value, request_model, prepare)
