@@ -376,3 +376,29 @@ def test_message_without_content_400(server):
     response = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60)
     error = assert_openai_error(response, 400, "messages.0.content")
     assert error["code"] == "missing_required_parameter"
+
+
+def test_send_timeout_ends_response(caplog):
+    # A real stream rarely fills the socket buffers (tens of KB on loopback), so this drives
+    # RequestGuard directly with a send that never completes, as for a client that stopped reading.
+    import asyncio
+
+    from turboquant.server.http_guard import HTTPLimits, RequestGuard
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def blocked_send(message):
+        await asyncio.Event().wait()
+
+    guard = RequestGuard(app, HTTPLimits(send_timeout=0.2), frozenset())
+    scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="turboquant.server"):
+        asyncio.run(asyncio.wait_for(guard(scope, receive, blocked_send), timeout=10))
+    assert time.monotonic() - start < 5
+    assert "GET /stream: the client read nothing for 0.2 s; closing the connection" in caplog.text

@@ -217,7 +217,7 @@ class RequestGuard:
             await self.app(scope, replay_receive, timed_send)
         except _SendTimeout:
             # Returning without finishing the response makes uvicorn close the connection.
-            log.warning("%s: the client read nothing for %.0f s; closing the connection", where,
+            log.warning("%s: the client read nothing for %g s; closing the connection", where,
                         self.limits.send_timeout)
 
     async def _read_body(self, scope, receive):
