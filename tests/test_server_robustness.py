@@ -284,6 +284,13 @@ def test_deeply_nested_json_400(server, depth):
     assert_server_healthy(server)
 
 
+def test_invalid_json_names_position(server):
+    error = assert_openai_error(post(server, "/v1/completions", b'{"prompt": "x",}'), 400)
+    assert "not valid JSON" in error["message"]
+    assert "(line 1, column 16)" in error["message"]
+    assert error["code"] == "invalid_json"
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_json_400(server, literal):
     body = '{"prompt": "hi", "temperature": ' + literal + "}"

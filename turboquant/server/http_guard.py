@@ -90,8 +90,8 @@ def decode_json_body(body: bytes):
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise BodyError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
-                        f"{exc.colno}; send a JSON object", code="invalid_json") from None
+        raise BodyError(400, f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column "
+                        f"{exc.colno}); send a JSON object", code="invalid_json") from None
     except RecursionError:
         raise BodyError(400, f"the request body is nested too deeply to decode; nest arrays and objects at most "
                         f"{MAX_JSON_DEPTH} levels deep", code="invalid_json") from None
