@@ -44,3 +44,19 @@ def test_chat_max_completion_tokens_wins(model):
         {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 9, "max_completion_tokens": 5})
     _, sampling = app.prepare_chat(model, body)
     assert sampling["max_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    "html, expected",
+    [
+        ("a<![<p>b</p>c", "ab\n\nc"),  # minimized input: "<![" then a tag
+        ("<p>x<![\x00 y>z</p>", "xz"),
+        ("<p>a<![if !IE]>b<![endif]>c</p>", "abc"),  # a marked section the parser knows stays as it was
+    ],
+)
+def test_html_to_text_bad_marked_section(html, expected):
+    # Python's HTMLParser raised AssertionError ("expected name token") for "<![" followed by
+    # something other than a keyword. HTML5 reads it as a bogus comment up to the next ">".
+    from turboquant.train.zim import html_to_text
+
+    assert html_to_text(html) == expected

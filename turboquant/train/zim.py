@@ -78,6 +78,15 @@ class _TextExtractor(HTMLParser):
         if tag == "main" and self.main_depth:
             self.main_depth -= 1
 
+    def parse_marked_section(self, i, report=1):
+        # Python 3.11's parser raises AssertionError for "<![" followed by anything
+        # but CDATA, IGNORE, INCLUDE, TEMP, RCDATA, if, else or endif. HTML5 reads such markup
+        # as a bogus comment that ends at the next ">", so one odd page cannot stop a reader.
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            return self.parse_bogus_comment(i, report)
+
     def handle_data(self, data):
         if self.dropped_depth:
             return
