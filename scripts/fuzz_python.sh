@@ -44,9 +44,10 @@ for name in "${harnesses[@]}"; do
     log="build/fuzz-artifacts/$name.log"
     echo "== $name: $seconds s, corpus $corpus, log $log"
     status=0
-    # -timeout: one input that runs longer than 10 s counts as a hang. -rss_limit_mb: the
-    # server request harness loads the model (about 300 MB mapped).
-    python "$script" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
+    # -timeout: one input that runs longer than 60 s counts as a hang. Every input takes well
+    # under a second, but a 10 s limit fired falsely while a C build starved a niced harness
+    # of CPU. -rss_limit_mb: the server request harness loads the model (about 300 MB mapped).
+    python "$script" -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 \
         -artifact_prefix="build/fuzz-artifacts/$name-" "${options[@]}" "$corpus" "${seeds[@]}" >"$log" 2>&1 \
         || status=$?
     runs="$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -1 || true)"
