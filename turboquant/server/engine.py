@@ -84,9 +84,9 @@ class _RequestSession(Model):
         if self._core.threads != threads:
             self._core.threads = threads
 
-    def _prefill(self, prompt):
+    def _prefill(self, prompt, hidden=False):
         self._before_step()
-        return super()._prefill(prompt)
+        return super()._prefill(prompt, hidden=hidden)
 
     def _eval_one(self, token):
         self._before_step()
