@@ -409,3 +409,38 @@ def test_send_timeout_ends_response(caplog):
         asyncio.run(asyncio.wait_for(guard(scope, receive, blocked_send), timeout=10))
     assert time.monotonic() - start < 5
     assert "GET /stream: the client read nothing for 0.2 s; closing the connection" in caplog.text
+
+
+# ------------------------------------------------------------------ JSON decoding, in process
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"prompt": "\\\\ud800"}',  # an escaped backslash, then the letters "ud800"
+        b'{"prompt": "[[[[{{{{\\"]]]"}',  # brackets inside a string are not nesting
+        b'{"prompt": "\\ud83d\\ude00"}',  # a surrogate pair
+        b'{"p": ' + b"[" * 63 + b"]" * 63 + b"}",  # 64 levels with the outer object
+    ],
+)
+def test_decode_json_body_accepts(body):
+    from turboquant.server.http_guard import decode_json_body
+
+    assert decode_json_body(body) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"p": ' + b"[" * 64 + b"]" * 64 + b"}", "more than 64 levels deep (at 'p.0.0.0.0.0.0.0...')"),
+        (b'["a", {"b": ["\\udfff"]}]', "the string at '1.b.0' contains a lone surrogate \\udfff"),
+        (b'"\\ud800"', "the string at '(the body)' contains a lone surrogate \\ud800"),
+    ],
+)
+def test_decode_json_body_rejects(body, message):
+    from turboquant.server.http_guard import BodyError, decode_json_body
+
+    with pytest.raises(BodyError) as caught:
+        decode_json_body(body)
+    assert caught.value.status == 400
+    assert message in caught.value.message
