@@ -17,11 +17,11 @@
 /* Largest number of candidates one head may propose. */
 #define TQ_HEADS_MAX_TOP_K 64
 
-/* For each of n_heads heads (weight: n_heads * n_embd * n_embd floats, bias: n_heads *
- * n_embd floats, hidden: n_embd floats), write the top_k token ids by logit, best first,
- * into ids[head * top_k ..] and their log-probabilities under the head's softmax into
- * logprobs (optional, NULL to skip). Ties go to the lower token id. Runs on the
- * context's threads. Errors: TQ_ERR_INVALID (counts), TQ_ERR_NOMEM. */
+/* Write the top_k token ids of each of n_heads heads, best first, into ids[head * top_k ..].
+ * weight has n_heads * n_embd * n_embd floats, bias n_heads * n_embd and hidden n_embd.
+ * logprobs (optional, NULL to skip) gets the ids' log-probabilities under the head's softmax.
+ * Ties go to the lower token id. Runs on the context's threads.
+ * Errors: TQ_ERR_INVALID (counts), TQ_ERR_NOMEM. */
 tq_status tq_context_heads_topk(tq_context *context, int n_heads, const float *weight, const float *bias,
                                 const float *hidden, int top_k, int32_t *ids, float *logprobs, tq_error *err);
 

@@ -1,10 +1,10 @@
 """Tree speculative decoding: draft trees scored exactly as plain decoding scores them.
 
-The reference is plain decoding itself, the behaviour speculation must reproduce: a tree
-node's logits must equal, bit for bit, those of evaluating its path one token at a time,
-greedy output must be token for token the plain greedy output, and sampled output must
-follow the model's distribution, checked on a tiny model against probabilities computed
-from its logits with the sampler's formula (softmax of the top-k logits at temperature T).
+The reference is plain decoding itself, the behaviour speculation must reproduce. A tree
+node's logits must equal, bit for bit, those of evaluating its path one token at a time.
+Greedy output must be the plain greedy output, token for token. Sampled output must follow
+the model's distribution, which a tiny model gives exactly: the sampler's softmax of the
+top-k logits at temperature T, from plain evaluation.
 """
 
 import types
@@ -96,7 +96,8 @@ def test_tree_logits_equal_decoding_bit_for_bit(model_path, type_k, type_v, rece
     parents = [-1, 0, 1, 2, 3, 0, 5, 6, 1, 8, 0, 10, 2]
 
     logits, hidden = model.eval_tree(tokens, parents, hidden=True)
-    assert logits.shape == (13, model.n_vocab) and hidden.shape == (13, model.config["hidden"])
+    assert logits.shape == (13, model.n_vocab)
+    assert hidden.shape == (13, model.config["hidden"])
     assert model.n_past == base  # rows wait for accept_path
     for node in range(len(tokens)):
         reference = decode_path(model, base, [tokens[j] for j in path_to(parents, node)])[-1]
@@ -238,7 +239,7 @@ def test_stop_string_and_eos_inside_an_accepted_block(gemma):
         plain = gemma.generate(prompt, max_tokens=max_tokens)
         fast = gemma.generate(prompt, max_tokens=max_tokens, speculative=True, mtp_checkpoint=heads, draft_tree=tree)
         assert fast == plain
-        assert gemma.last_stats.completion_tokens == len(gemma.tokenize(plain, add_bos=False)) or max_tokens > 0
+        assert gemma.last_stats.completion_tokens == max_tokens
 
 
 def test_streamed_speculation_equals_plain(gemma):
