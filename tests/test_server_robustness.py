@@ -386,28 +386,49 @@ def test_message_without_content_400(server):
 
 
 def test_send_timeout_ends_response(caplog):
-    # A real stream rarely fills the socket buffers (tens of KB on loopback), so this drives
-    # RequestGuard directly with a send that never completes, as for a client that stopped reading.
+    # A real stream rarely fills the socket buffers (tens of KB on loopback), so this drives a
+    # FastAPI streaming route behind RequestGuard with a send that blocks after the first chunk,
+    # as for a client that stopped reading.
     import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
 
     from turboquant.server.http_guard import HTTPLimits, RequestGuard
 
-    async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+    app = FastAPI()
+    app.add_middleware(RequestGuard, limits=HTTPLimits(send_timeout=0.2), json_paths=frozenset())
+
+    @app.get("/stream")
+    async def stream():
+        async def events():
+            for index in range(1000):
+                yield f"data: {index}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    received = []
+    sent = []
 
     async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
+        received.append(True)
+        if len(received) == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client never disconnects
 
-    async def blocked_send(message):
-        await asyncio.Event().wait()
+    async def send(message):
+        sent.append(message["type"])
+        if len(sent) >= 3:
+            await asyncio.Event().wait()  # the client stopped reading
 
-    guard = RequestGuard(app, HTTPLimits(send_timeout=0.2), frozenset())
-    scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "GET", "path": "/stream", "raw_path": b"/stream", "query_string": b"", "headers": [],
+             "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "root_path": ""}
     start = time.monotonic()
     with caplog.at_level("WARNING", logger="turboquant.server"):
-        asyncio.run(asyncio.wait_for(guard(scope, receive, blocked_send), timeout=10))
+        asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=10))
     assert time.monotonic() - start < 5
+    assert sent == ["http.response.start", "http.response.body", "http.response.body"]
     assert "GET /stream: the client read nothing for 0.2 s; closing the connection" in caplog.text
 
 
