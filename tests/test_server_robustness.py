@@ -3,7 +3,7 @@
 One server subprocess with the real default model and small limits (64 KiB bodies, 2 s for
 request heads and bodies, 5 s per response write) serves every test. Requests are raw HTTP
 over sockets or httpx, so that they can be malformed and slow. After each test that attacks
-the server, the server must still answer ``/v1/models`` and a real completion.
+the server, the server must still list its model on ``/v1/models`` and run a real completion.
 """
 
 import json
