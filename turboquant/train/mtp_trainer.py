@@ -213,7 +213,8 @@ def evaluate_mtp(model, heads: MTPHeads, text_or_zim, seq_len: int = 128, max_to
     are read in order. Up to max_tokens tokens are cut into sequences of BOS plus seq_len - 1
     tokens. Accuracy of head k: how often its argmax at position t equals the base model's argmax
     at t + 1 + k. KL: mean KL(p_base || q_k) in nats with the base distribution kept to its top_k
-    tokens. Returns a dict with accuracy, kl, rows (per head) and tokens.
+    tokens. Returns a dict with accuracy, kl, rows (per head), tokens and teacher_kept_mass (the
+    mean probability the teacher's top_k tokens have before renormalizing).
     """
     model = _load(model, ctx=seq_len, threads=threads)
     sequences = _evaluation_sequences(model, text_or_zim, seq_len, max_tokens)
@@ -224,13 +225,15 @@ def evaluate_mtp(model, heads: MTPHeads, text_or_zim, seq_len: int = 128, max_to
     correct = np.zeros(heads.n_heads, np.int64)
     rows = np.zeros(heads.n_heads, np.int64)
     kl = np.zeros(heads.n_heads)
+    kept_mass = []
     scratch_weight = np.zeros_like(heads.weight)
     scratch_bias = np.zeros_like(heads.bias)
     # A few sequences per call keep the hidden states small; the gradient is discarded.
     for first in range(0, len(sequences), 4):
         group = sequences[first:first + 4]
         hidden = _hidden_states(context, group)
-        teacher_ids, teacher_probs, _ = _core.mtp_teacher(core, hidden, top_k)
+        teacher_ids, teacher_probs, kept = _core.mtp_teacher(core, hidden, top_k)
+        kept_mass.append(kept)
         stats = _core.mtp_loss_grad(core, heads.weight, heads.bias, hidden, seq_len, teacher_ids, teacher_probs,
                                     scratch_weight, scratch_bias, student_top_m=1)
         correct += stats["correct"]
@@ -241,4 +244,5 @@ def evaluate_mtp(model, heads: MTPHeads, text_or_zim, seq_len: int = 128, max_to
         "kl": (kl / rows).tolist(),
         "rows": rows.tolist(),
         "tokens": len(sequences) * (seq_len - 1),
+        "teacher_kept_mass": float(np.concatenate(kept_mass).mean()),
     }
