@@ -229,6 +229,58 @@ def test_loss_grad_accuracy_counts(tiny):
         assert stats["correct"][k] == expected
 
 
+def test_gemma4_softcap_heads_match_torch(tmp_path):
+    # Gemma 4 caps its logits at 30 * tanh(z / 30), so the heads' backward passes through the
+    # cap. The tiny F32 Gemma 4 also checks eval(hidden=True) on the Gemma 4 layers.
+    from test_gemma4 import gemma4_reference, write_gemma4_gguf
+
+    reference, config = gemma4_reference("ple_softcap")
+    path = tmp_path / "gemma4.gguf"
+    seen = write_gemma4_gguf(path, reference, config)
+    model = _core.Model(str(path), cache_type_k="f32", cache_type_v="f32", ctx=64, exact_matmul=True)
+    assert model.config["final_logit_softcap"] == 30.0
+    tokens = np.random.default_rng(12).integers(0, config.vocab_size, size=16).tolist()
+    _, hidden = model.eval(tokens, logits="none", hidden=True)
+    with torch.no_grad():
+        expected_hidden = reference.model(torch.tensor([tokens])).last_hidden_state[0].numpy()
+    # Float32 summation order only, as in test_gemma4's logits comparison.
+    np.testing.assert_allclose(hidden, expected_hidden, rtol=0, atol=1e-4)
+
+    embedding = seen["token_embd.weight"].astype(np.float64)
+    weight, bias = random_heads(2, config.hidden_size, seed=13, scale=0.1)
+    logits = _core.mtp_forward(model, weight, bias, hidden)
+    h = torch.tensor(hidden, dtype=torch.float64)
+    w = torch.tensor(weight, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
+    capped = []
+    for k in range(2):
+        g = h + torch.nn.functional.silu(h @ w[k].T + b[k])
+        capped.append(30.0 * torch.tanh(g @ torch.tensor(embedding).T / 30.0))
+    # Capped logits stay below 30; 1e-4 is about 50 float32 ulps there.
+    np.testing.assert_allclose(logits, torch.stack(capped).detach().numpy(), rtol=0, atol=1e-4)
+
+    seq_len = 16
+    teacher_ids, teacher_probs, _ = _core.mtp_teacher(model, hidden, 8)
+    grad_weight = np.zeros_like(weight)
+    grad_bias = np.zeros_like(bias)
+    stats = _core.mtp_loss_grad(model, weight, bias, hidden, seq_len, teacher_ids, teacher_probs, grad_weight,
+                                grad_bias, student_top_m=config.vocab_size)
+    loss = torch.zeros((), dtype=torch.float64)
+    for k in range(2):
+        log_q = torch.log_softmax(capped[k], dim=-1)
+        terms = []
+        for t in range(seq_len - 1 - k):
+            p = torch.tensor(teacher_probs[t + 1 + k], dtype=torch.float64)
+            ids = torch.tensor(teacher_ids[t + 1 + k].astype(np.int64))
+            terms.append((p * (torch.log(p) - log_q[t, ids])).sum())
+        loss = loss + 0.8**k * torch.stack(terms).mean()
+    loss.backward()
+    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    scale = np.abs(w.grad.numpy()).max()
+    np.testing.assert_allclose(grad_weight, w.grad.numpy(), rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(grad_bias, b.grad.numpy(), rtol=0, atol=1e-4 * np.abs(b.grad.numpy()).max())
+
+
 @pytest.mark.slow
 def test_loss_grad_real_lm_head_matches_torch(model_path):
     # The real tied embedding (Q8_0, 262144 x 640), dequantized by the gguf package, with
