@@ -772,8 +772,8 @@ def test_bad_zim_files(tmp_path):
 # ---- Training --------------------------------------------------------------------------------
 
 
-def test_train_resumes_from_checkpoint(tmp_path, real_model):
-    from turboquant.train import train_mtp
+def test_train_resumes_from_checkpoint(tmp_path, real_model, monkeypatch):
+    from turboquant.train import mtp_trainer, train_mtp
 
     zim = write_zim(tmp_path / "pages.zim")
     directory = tmp_path / "checkpoints"
@@ -786,7 +786,23 @@ def test_train_resumes_from_checkpoint(tmp_path, real_model):
     assert saved.data_position == first["data_position"]
     assert np.abs(saved.weight).max() > 0
 
-    # Reference: the same four steps in one run.
+    # A run that dies while it writes the checkpoint of step 4 (between write and rename)
+    # leaves step 2 as the newest complete checkpoint.
+    class Killed(Exception):
+        pass
+
+    def dying_save(*args, **kwargs):
+        def die(temporary):
+            raise Killed(temporary)
+        return save_checkpoint(*args, **kwargs, _before_rename=die)
+
+    monkeypatch.setattr(mtp_trainer, "save_checkpoint", dying_save)
+    with pytest.raises(Killed):
+        train_mtp(real_model, zim, directory, steps=4, **settings)
+    monkeypatch.undo()
+    assert latest_checkpoint(directory).name == "mtp-step-00000002.safetensors"
+
+    # The next run resumes from step 2 and matches four steps run in one go.
     straight = train_mtp(real_model, zim, tmp_path / "straight", steps=4, **settings)
     second = train_mtp(real_model, zim, directory, steps=4, **settings)
     assert second["steps_run"] == 2
