@@ -3,9 +3,11 @@
 The base model is frozen. For each sequence it runs once (``eval(..., hidden=True)``) and returns
 its output-normed hidden states h. The C core (``turboquant._core.mtp_*``) then computes the
 teacher, which is the base model's own top-K next-token distribution at every position. It also
-computes the heads' loss and gradient, clips the gradient and runs the AdamW update. Checkpoints are written every
-``save_every`` steps and at the end; a run started on a directory that has checkpoints resumes
-from the newest one (heads, AdamW moments, step and the position in the ZIM file).
+computes the heads' loss and gradient, clips the gradient and runs the AdamW update.
+
+Checkpoints are written every ``save_every`` steps and at the end. A run started on a directory
+that has checkpoints resumes from the newest one: heads, AdamW moments, step and the position in
+the ZIM file.
 """
 
 from __future__ import annotations
