@@ -386,6 +386,25 @@ def test_errors_are_logged(server):
     assert API_KEY not in log
 
 
+def test_speculative_server_matches_library(tmp_path, reference):
+    # The shipped heads, and a draft tree from a configuration file's tree_branching.
+    config = tmp_path / "spec.yaml"
+    config.write_text("speculative: mtp\ntree_branching: [2, 1]\n")
+    process = ServerProcess(tmp_path / "server.log", "--config", str(config))
+    try:
+        expected, stats = reference_chat(reference, CHAT, max_tokens=24)
+        client = process.client()
+        result = client.chat.completions.create(model=MODEL_NAME, messages=CHAT, max_tokens=24, temperature=0)
+        assert result.choices[0].message.content == expected
+        assert result.usage.completion_tokens == stats.completion_tokens
+        streamed = client.chat.completions.create(model=MODEL_NAME, messages=CHAT, max_tokens=24, temperature=0,
+                                                  stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == expected
+        assert "speculative decoding with the heads of default" in process.log()
+    finally:
+        process.stop()
+
+
 def test_bad_mtp_checkpoint_stops_the_server(tmp_path):
     (tmp_path / "mtp-step-00000001.safetensors").write_bytes(b"not a safetensors file")
     result = subprocess.run([sys.executable, "-m", "turboquant", "serve", "--port", "0", "--mtp-checkpoint",

@@ -349,3 +349,34 @@ def test_speculative_sampling_keeps_the_distribution(tmp_path):
     expected = np.append(expected[~small], expected[small].sum())
     result = stats.chisquare(observed, expected)
     assert result.pvalue > 1e-3, (result, observed, expected)
+
+
+def test_cli_speculative_from_config_equals_plain(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = tmp_path / "spec.yaml"
+    config.write_text("speculative: mtp\ntree_branching: [2, 1, 1]\nthreads: 2\n")
+    base = [sys.executable, "-m", "turboquant", "generate", "--prompt", "The capital of France is", "-n", "20",
+            "--json"]
+    plain = json.loads(subprocess.run(base, capture_output=True, text=True, cwd=root, check=True).stdout)
+    fast = json.loads(subprocess.run(base + ["--config", str(config)], capture_output=True, text=True, cwd=root,
+                                     check=True).stdout)
+    assert fast["text"] == plain["text"]
+    assert fast["speculative"] is True
+    assert plain["speculative"] is False
+    assert fast["tree_passes"] >= 1
+    assert fast["accepted_tokens_per_step"] == fast["completion_tokens"] / fast["tree_passes"]
+    bad = subprocess.run(base + ["--draft-tree", "0,1"], capture_output=True, text=True, cwd=root)
+    assert bad.returncode != 0
+    assert "--speculative" in bad.stderr
+
+
+def test_draft_tree_from_branching():
+    tree = DraftTree.from_branching([2, 1])
+    assert tree.paths == ((0,), (1,), (0, 0), (1, 0))
+    with pytest.raises(ValueError, match="counts >= 1"):
+        DraftTree.from_branching([2, 0])

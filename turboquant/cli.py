@@ -109,8 +109,21 @@ def cmd_generate(args):
         seed=args.seed,
         stop=args.stop or None,
     )
-    if args.speculative:
-        sampling.update(speculative=True, mtp_checkpoint=args.mtp_checkpoint, draft_tree=args.draft_tree)
+    speculative, mtp_checkpoint = args.speculative, args.mtp_checkpoint
+    if args.config is not None:
+        # The file's speculative: mtp (and its mtp_checkpoint) turns speculation on unless flags say more.
+        from .config import load_config
+
+        config = load_config(args.config)
+        if config.speculative != "none":
+            speculative = True
+            mtp_checkpoint = mtp_checkpoint if mtp_checkpoint is not None else config.mtp_checkpoint
+            if args.draft_tree is None and config.tree_branching:
+                from .speculative import DraftTree
+
+                args.draft_tree = DraftTree.from_branching(config.tree_branching)
+    if speculative:
+        sampling.update(speculative=True, mtp_checkpoint=mtp_checkpoint, draft_tree=args.draft_tree)
     elif args.mtp_checkpoint is not None or args.draft_tree is not None:
         raise SystemExit("turboquant generate: --mtp-checkpoint and --draft-tree need --speculative")
     if args.chat:
@@ -138,7 +151,7 @@ def cmd_generate(args):
         "prefill_tokens_per_s": stats.prefill_tokens_per_s,
         "decode_tokens_per_s": stats.decode_tokens_per_s,
         "finish_reason": stats.finish_reason,
-        "speculative": bool(args.speculative),
+        "speculative": bool(speculative),
         "accepted_tokens_per_step": stats.accepted_tokens_per_step,
         "tree_passes": stats.tree_passes,
         "kv_cache_bytes": model.kv_cache_bytes(),
@@ -216,9 +229,14 @@ def cmd_perplexity(args):
 def cmd_train_mtp(args):
     from .train import train_mtp
 
+    threads = args.threads
+    if args.config is not None and threads is None:
+        from .config import load_config
+
+        threads = load_config(args.config).threads
     summary = train_mtp(args.model, args.zim, args.checkpoint, steps=args.steps, seq_len=args.seq_len,
                         batch_tokens=args.batch_tokens, lr=args.lr, save_every=args.save_every,
-                        max_seconds=args.max_seconds, threads=args.threads, progress=not args.no_progress)
+                        max_seconds=args.max_seconds, threads=threads, progress=not args.no_progress)
     accuracy = " ".join(f"{a:.3f}" for a in summary["accuracy"][-1]) if summary["accuracy"] else "-"
     print(f"step {summary['step']} ({summary['steps_run']} run, {summary['tokens']} tokens, "
           f"{summary['seconds']:.0f} s); last loss {summary['loss'][-1] if summary['loss'] else float('nan'):.4f}, "
@@ -285,6 +303,8 @@ def build_parser():
     train.add_argument("--max-seconds", type=float, metavar="S", help="stop and save after S seconds of training")
     train.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--config", metavar="FILE", help="YAML configuration (docs/config.md): its threads apply "
+                       "unless --threads is given")
     train.set_defaults(handler=cmd_train_mtp)
 
     serve = subcommands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API "

@@ -78,6 +78,18 @@ class DraftTree:
         return cls([(0,) * d for d in range(1, depth + 1)])
 
     @classmethod
+    def from_branching(cls, branching: Sequence[int]) -> "DraftTree":
+        """Return the full tree with branching[d] children under every node at depth d."""
+        paths: list[tuple] = []
+        level = [()]
+        for width in branching:
+            if int(width) < 1:
+                raise ValueError(f"tree branching {list(branching)} must contain counts >= 1")
+            level = [p + (r,) for p in level for r in range(int(width))]
+            paths += level
+        return cls(paths)
+
+    @classmethod
     def from_accuracy(cls, accuracy, n_nodes: int) -> "DraftTree":
         """Return the tree of n_nodes nodes (root included) with the most expected accepted tokens.
 

