@@ -85,6 +85,34 @@ def calibrate(model: Model, heads, tokens: int, ranks: int) -> np.ndarray:
     return hits / np.maximum(trials, 1)[:, None]
 
 
+def pass_costs(model: Model, heads, trees, repeats: int = 15):
+    """Median seconds of one decode step, of heads_topk, and of one eval_tree per tree."""
+    core = model._core
+    model.reset()
+    ids = model.tokenize("The history of science is long and full of surprises. " * 30)[:300]
+    core.eval(ids, logits="none")
+    base = core.n_past
+    d = heads.weight.shape[-1]
+    weight = np.ascontiguousarray(heads.weight.reshape(-1, d), dtype=np.float32)
+    bias = np.ascontiguousarray(heads.bias, dtype=np.float32)
+    hidden = np.zeros(d, np.float32)
+
+    def median(call):
+        times = []
+        for _ in range(repeats):
+            core.truncate(base)
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    decode = median(lambda: core.eval([1234], logits="last"))
+    drafting = median(lambda: core.heads_topk(weight, bias, hidden, 4))
+    trees_seconds = [median(lambda t=tree: core.eval_tree([1234] * t.n_nodes, t.parents)) for _, tree in trees]
+    model.reset()
+    return decode, drafting, trees_seconds
+
+
 def run(model: Model, tokens: int, temperature: float, tree, heads):
     """Total completion tokens, decode seconds, tree passes and texts over the prompts."""
     total = passes = 0
@@ -125,6 +153,15 @@ def main(argv=None) -> int:
              ("default", DEFAULT_TREE)]
     for n in (int(x) for x in args.nodes.split(",")):
         trees.append((f"measured {n}", DraftTree.from_accuracy(accuracy, n)))
+
+    decode, drafting, trees_seconds = pass_costs(model, heads, trees)
+    print()
+    print(f"One decode step at 300 positions: {decode * 1e3:.2f} ms; the heads' draft (3 LM-head rows and top-4): "
+          f"{drafting * 1e3:.2f} ms = {drafting / decode:.2f} steps.")
+    print("| tree | nodes | verification pass | in decode steps |")
+    print("|---|---|---|---|")
+    for (name, tree), seconds in zip(trees, trees_seconds):
+        print(f"| {name} | {tree.n_nodes} | {seconds * 1e3:.2f} ms | {seconds / decode:.2f} |")
 
     print()
     print(f"| temperature | tree | nodes | accepted tokens/pass | decode tokens/s | vs plain | same text |")
