@@ -119,9 +119,12 @@ def test_prefill_equals_decode_float_weights(tmp_path, cache_type):
     batched, stepped = eval_batched_and_stepped(
         str(path), tokens, cache_type_k=cache_type, cache_type_v=cache_type, n_batch=16
     )
-    # Observed: identical logits (the F32 kernel sums in the same order for any
-    # token count). 1e-5 allows for float32 reordering of logits of about 70.
-    np.testing.assert_allclose(stepped, batched, rtol=0, atol=1e-5)
+    # Decoding scores its newest 5 positions as separate partial softmax sums, so that a
+    # speculative tree node repeats it exactly, while prefill scores them in one pass. The
+    # float32 sums then differ in order. Observed on logits of about 70: 7.6e-6 (f32 cache),
+    # 2.2e-4 (f16) and 1.2e-3 (q4_0), while transformers' float32 logits are 3.4e-3 away
+    # from both. 2.5e-3 is twice the largest observed difference.
+    np.testing.assert_allclose(stepped, batched, rtol=0, atol=2.5e-3)
 
 
 def test_prefill_equals_decode_scalar_kernels(model_path, monkeypatch):
