@@ -43,17 +43,18 @@ static int parse_count(const char *text, size_t length, int64_t *out)
     if (length == 0 || length > 19 || (length > 1 && text[0] == '0')) {
         return -1;
     }
-    int64_t value = 0;
+    /* Unsigned, because 19 digits can exceed INT64_MAX but never UINT64_MAX. */
+    uint64_t value = 0;
     for (size_t i = 0; i < length; i++) {
         if (text[i] < '0' || text[i] > '9') {
             return -1;
         }
-        value = value * 10 + (text[i] - '0');
+        value = value * 10 + (uint64_t)(text[i] - '0');
     }
-    if (value > ((int64_t)1 << 62)) {
+    if (value > ((uint64_t)1 << 62)) {
         return -1;
     }
-    *out = value;
+    *out = (int64_t)value;
     return 0;
 }
 

@@ -24,7 +24,8 @@ FUZZ = ROOT / "tests" / "fuzz"
 
 # Mutations per input. The fast parsers get more; the model harness writes a file
 # and builds a model per input, so it gets few.
-MUTATIONS = {"config": 3000, "safetensors": 3000, "gguf": 300, "tokenizer": 300, "tokenizer_spec": 1000, "model": 30}
+MUTATIONS = {"config": 3000, "safetensors": 3000, "gguf": 300, "tokenizer": 300, "tokenizer_spec": 1000, "model": 30,
+             "mtp_checkpoint": 3000}
 
 pytestmark = [
     pytest.mark.slow,

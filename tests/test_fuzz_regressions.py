@@ -51,3 +51,38 @@ def test_model_regression_raises_clear_error(path):
     with pytest.raises((ValueError, NotImplementedError)) as raised:
         tq.Model.load(path, cache_type_k="f16", cache_type_v="f16", ctx=8)
     assert str(raised.value)
+
+
+@pytest.mark.parametrize("name,key", [("step_19_digits", "step"), ("entry_19_digits", "data_position")])
+def test_checkpoint_counter_past_int64_rejected(name, key):
+    # 9999999999999999999 has 19 digits, the most the parser reads, and exceeds
+    # 2^63 - 1: accumulating it in int64_t was signed overflow (UBSan).
+    from safetensors import safe_open
+
+    from turboquant import _core
+
+    path = REGRESSIONS / "mtp_checkpoint" / f"{name}.safetensors"
+    with safe_open(str(path), "np") as handle:
+        assert "9999999999999999999" in handle.metadata()[key]
+    with pytest.raises(ValueError, match=f"{key} is '.*9999999999999999999"):
+        _core.mtp_checkpoint_parse(path.read_bytes())
+
+
+@pytest.mark.parametrize("step_text,expected", [("9223372036854775807", None), ("4611686018427387904", 2**62)])
+def test_checkpoint_step_bounds(step_text, expected):
+    # The parser accepts counts up to 2^62 (a bound of the format), so 2^63 - 1 is
+    # rejected and 2^62 is the largest accepted step.
+    import numpy as np
+    from safetensors.numpy import save
+
+    from turboquant import _core
+
+    metadata = {"format": "turboquant-mtp-1", "step": step_text, "data_position": '{"entry": 0, "token": 0}',
+                "base_model": "m", "settings": "{}"}
+    data = save({"heads.weight": np.zeros((1, 4, 4), np.float32), "heads.bias": np.zeros((1, 4), np.float32)},
+                metadata=metadata)
+    if expected is None:
+        with pytest.raises(ValueError, match="step is"):
+            _core.mtp_checkpoint_parse(data)
+    else:
+        assert _core.mtp_checkpoint_parse(data)["step"] == expected

@@ -186,6 +186,24 @@ def safetensors_seeds():
     }))
 
 
+def mtp_checkpoint_seeds():
+    """Medusa head checkpoints (format turboquant-mtp-1) written by the safetensors package."""
+    rng = np.random.default_rng(0)
+    n_heads, hidden = 2, 8
+    metadata = {"format": "turboquant-mtp-1", "step": "12", "data_position": '{"entry": 3, "token": 40}',
+                "base_model": "gemma3-270m seed", "settings": '{"heads": 2, "lr": 0.001}'}
+    weight = rng.standard_normal((n_heads, hidden, hidden)).astype(np.float32)
+    bias = rng.standard_normal((n_heads, hidden)).astype(np.float32)
+    write("mtp_checkpoint", "heads_f32.safetensors",
+          safetensors_save({"heads.weight": weight, "heads.bias": bias}, metadata=metadata))
+    write("mtp_checkpoint", "heads_f16.safetensors", safetensors_save(
+        {"heads.weight": weight.astype(np.float16), "heads.bias": bias.astype(np.float16)}, metadata=metadata))
+    moments = {f"adam.{kind}.{name}": np.abs(value) for kind in ("m", "v")
+               for name, value in (("weight", weight), ("bias", bias))}
+    write("mtp_checkpoint", "heads_adam.safetensors",
+          safetensors_save({"heads.weight": weight, "heads.bias": bias, **moments}, metadata=metadata))
+
+
 def tokenizer_seeds():
     # Byte 0 chooses the vocabulary (0 Gemma 3, 1 tiny SentencePiece, 2 tiny BPE) and flags.
     texts = [b"Hello world", "<start_of_turn>user\nCaf\u00e9 \u2581 \U0001F600\n\n\t  x".encode(), b"abc\xff\xc0\x80",
@@ -215,6 +233,7 @@ def main():
         gemma4_seeds(pathlib.Path(tmp))
     config_seeds()
     safetensors_seeds()
+    mtp_checkpoint_seeds()
     tokenizer_seeds()
     tokenizer_spec_seeds()
 
