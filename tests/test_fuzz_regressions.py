@@ -86,3 +86,15 @@ def test_checkpoint_step_bounds(step_text, expected):
             _core.mtp_checkpoint_parse(data)
     else:
         assert _core.mtp_checkpoint_parse(data)["step"] == expected
+
+
+def test_gguf_empty_tensor_matches_gguf_package():
+    # A tensor of shape (3616, 0) has rows of 3616 halves but no bytes: the reader
+    # must report nbytes 0 and return no data, as the gguf package does.
+    path = REGRESSIONS / "gguf" / "empty_tensor_long_row.gguf"
+    expected = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    with GGUFFile(path) as file:
+        sizes = {t["name"]: t["nbytes"] for t in file.tensors}
+        assert sizes == expected
+        assert file.tensor_data("f16").size == 0
+    assert expected["f16"] == 0

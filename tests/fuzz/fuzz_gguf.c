@@ -82,12 +82,12 @@ static void walk_tensors(const tq_gguf *g, float *row)
                    "tensor %llu lies outside the file", (unsigned long long)i);
         touch(t->data, t->nbytes);
 
-        /* The dequantizer must reject a row longer than the tensor's bytes and
-         * otherwise read only inside them. */
+        /* The first row must fit in the tensor's bytes, and the dequantizer must
+         * read only inside it. A tensor with a zero dimension has no rows. */
         tq_error err;
         tq_error_clear(&err);
         size_t row_bytes = 0;
-        if (t->ne[0] > FUZZ_MAX_ROW || tq_type_row_bytes(t->type, (int64_t)t->ne[0], &row_bytes, &err) != TQ_OK) {
+        if (t->nbytes == 0 || t->ne[0] > FUZZ_MAX_ROW || tq_type_row_bytes(t->type, (int64_t)t->ne[0], &row_bytes, &err) != TQ_OK) {
             continue;
         }
         FUZZ_CHECK(row_bytes <= t->nbytes, "tensor %llu: row of %zu bytes in %llu bytes", (unsigned long long)i,
