@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -29,6 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench_generate import cpu_name  # noqa: E402  (this directory is on sys.path)
 from turboquant import Model, _core  # noqa: E402
 from turboquant.speculative import DEFAULT_TREE, DraftTree  # noqa: E402
 
@@ -42,17 +42,6 @@ PROMPTS = [
     "In 1969, the Apollo 11 mission",
     "Machine learning models are trained by",
 ]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def calibrate(model: Model, heads, tokens: int, ranks: int) -> np.ndarray:
