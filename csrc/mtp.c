@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,6 +199,43 @@ static double log_sum_exp(const float *z, int64_t count)
     }
     return max + log(sum);
 }
+tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int top_k,
+                       int32_t *ids, float *logprobs, tq_error *err)
+{
+    const int64_t V = model->config.n_vocab;
+    if (top_k < 1 || top_k > V) {
+        return tq_error_set(err, TQ_ERR_INVALID, "top_k is %d; pass 1 to %lld", top_k, (long long)V);
+    }
+    tq_status status = check_heads(model, heads, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    size_t count;
+    if (!tq_mul_size((size_t)heads->n_heads, (size_t)V, &count) || count > SIZE_MAX / sizeof(float) - (size_t)top_k) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "%d heads of %lld logits overflow size_t", heads->n_heads,
+                            (long long)V);
+    }
+    float *logits = malloc((count + (size_t)top_k) * sizeof(float));
+    if (logits == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the logits of %d heads", heads->n_heads);
+    }
+    float *values = logits + count;
+
+    status = tq_mtp_forward(model, heads, hidden, 1, logits, NULL, err);
+    for (int k = 0; k < heads->n_heads && status == TQ_OK; k++) {
+        const float *row = logits + (size_t)k * (size_t)V;
+        select_top_k(row, V, top_k, ids + (size_t)k * (size_t)top_k, values);
+        if (logprobs != NULL) {
+            const double lse = log_sum_exp(row, V);
+            for (int j = 0; j < top_k; j++) {
+                logprobs[(size_t)k * (size_t)top_k + (size_t)j] = (float)(values[j] - lse);
+            }
+        }
+    }
+    free(logits);
+    return status;
+}
+
 
 tq_status tq_mtp_teacher(const tq_model *model, const float *hidden, int64_t n, int top_k, int32_t *ids,
                          float *probs, float *kept_mass, tq_error *err)

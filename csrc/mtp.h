@@ -55,6 +55,13 @@ const tq_weight *tq_mtp_lm_head(const tq_model *model);
 tq_status tq_mtp_forward(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int64_t n,
                          float *logits, float *residual, tq_error *err);
 
+/* Run every head on one row of hidden and write its top_k token ids, best first (ties to the
+ * lower id), into ids[head * top_k ..]. logprobs (NULL to skip) gets their log-probabilities
+ * under the head's softmax. Errors as tq_mtp_forward, and TQ_ERR_INVALID for top_k outside
+ * [1, n_vocab]. */
+tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int top_k,
+                       int32_t *ids, float *logprobs, tq_error *err);
+
 /* The base model's distribution at n rows of hidden, kept sparse: for each row,
  * ids[row][0..top_k) are the top_k token ids by probability (descending, so
  * ids[row][0] is the base argmax) and probs[row][..] their probabilities
