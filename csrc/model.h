@@ -169,7 +169,7 @@ tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err
  * token that follows the n_past cached positions; node i > 0 has parent parents[i] < i
  * (parents[0] is -1) and sits at position n_past + depth(i). Each node attends to the cached
  * prefix and to its ancestors and itself only. logits gets n rows of n_vocab floats, one per
- * node; hidden (optional, NULL to skip) gets the output-normed final hidden states, n rows of
+ * node. hidden (optional, NULL to skip) gets the output-normed final hidden states, n rows of
  * n_embd floats. The nodes' K/V rows are stored past n_past but not counted: call
  * tq_context_accept_path to keep a path, or any eval or truncate to drop them all.
  * n <= 64 nodes, depth <= 4, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */

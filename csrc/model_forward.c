@@ -281,7 +281,7 @@ static void attend_decode(tq_context *context, int l, int hd, int64_t pos, const
 }
 
 /* Tree attention of the n draft nodes of tree on layer l: node t at position pos0 +
- * depth[t] sees the cached prefix and its own ancestors and itself, whose rows were written
+ * depth[t] attends to the cached prefix and its own ancestors and itself, whose rows were written
  * at pos0 + node index. Its parts are exactly those of decoding that path (see
  * attend_query_parts). One task per node and KV head. */
 static void attend_tree(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const tq_tree *tree,

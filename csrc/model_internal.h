@@ -51,7 +51,7 @@ typedef struct {
 #define TQ_TREE_MAX_DEPTH 4
 
 /* A decoding query scores its newest TQ_ATTENTION_ROW_PARTS positions one at a time, each
- * as its own partial softmax, and the older ones in ranges. A draft node sees its ancestors
+ * as its own partial softmax, and the older ones in ranges. A draft node reads its ancestors
  * there, so it computes exactly the partials that decoding the same path would: quantized
  * activations turn the last-bit differences of another summation order into different
  * tokens, and speculative output must equal plain greedy output token for token. */

@@ -159,7 +159,7 @@ static void vec_dot_q5_0_q8_0_avx512(int64_t n, float *s, const void *w, const v
 /* ---- four tokens per weight row ----
  * Each token follows the one-token kernels above operation for operation (two 512-bit
  * accumulators over groups of four blocks, a 256-bit tail), so its result is bit for bit the
- * one-token result; the weight codes are decoded once for the four tokens. */
+ * one-token result. The weight codes are decoded once for the four tokens. */
 
 #define X4_TOKENS 4
 

@@ -271,7 +271,9 @@ def test_draft_tree_construction():
     tree = DraftTree([(0, 0), (0,), (1,), (0, 0, 0)])
     assert tree.paths == ((0,), (1,), (0, 0), (0, 0, 0))
     assert tree.parents == [-1, 0, 0, 1, 3]
-    assert tree.depth == 3 and tree.top_k() == 2 and tree.n_nodes == 5
+    assert tree.depth == 3
+    assert tree.top_k() == 2
+    assert tree.n_nodes == 5
     with pytest.raises(ValueError, match="prefix"):
         DraftTree([(0, 1)])
     with pytest.raises(ValueError, match="at most 4"):
@@ -315,7 +317,7 @@ def test_speculative_sampling_keeps_the_distribution(tmp_path):
     exact = exact_sequence_probabilities(model._core, prompt, top_k, temperature, length)
 
     # Heads at zero propose the base model's top tokens one step early, which a random tiny
-    # model follows often enough to accept drafts; a wide tree makes matches likely.
+    # model follows often enough to accept drafts. A wide tree makes matches likely.
     heads = random_heads(TINY["hidden"], scale=0.0)
     tree = DraftTree([(0,), (1,), (2,), (0, 0), (1, 0), (2, 0), (0, 1)])
     counts = dict.fromkeys(exact, 0)

@@ -111,7 +111,7 @@ def cmd_generate(args):
     )
     speculative, mtp_checkpoint = args.speculative, args.mtp_checkpoint
     if args.config is not None:
-        # The file's speculative: mtp (and its mtp_checkpoint) turns speculation on unless flags say more.
+        # The file's speculative: mtp (and its mtp_checkpoint) turns speculation on; flags override the file.
         from .config import load_config
 
         config = load_config(args.config)

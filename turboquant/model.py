@@ -518,7 +518,7 @@ class Model:
         return "".join(pieces)
 
     def _mtp_heads(self, checkpoint):
-        """The heads for speculative decoding: given, loaded from a path, or shipped."""
+        """Return the heads for speculative decoding: given, loaded from a path, or shipped."""
         if hasattr(checkpoint, "weight") and hasattr(checkpoint, "bias"):
             return checkpoint
         from . import mtp

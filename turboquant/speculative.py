@@ -112,8 +112,8 @@ class DraftTree:
 
 
 # The tree that decoded fastest with the shipped heads on the default model at 2 threads
-# (docs/benchmarks.md, "Speculative decoding"): one candidate, because each node costs about
-# a decode step on that CPU and the shipped heads' first candidate is right 13% of the time.
+# (docs/benchmarks.md, "Speculative decoding"). It has one candidate, because each node costs
+# about a decode step on that CPU and the shipped heads' first candidate is right 13% of the time.
 DEFAULT_TREE = DraftTree([(0,)])
 
 
@@ -122,8 +122,8 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
     """Yield the tokens of a generation one at a time, drafting and verifying trees.
 
     logits and hidden belong to the last prompt token, which is cached. The consumer appends
-    each token to history before asking for the next and stops by closing the iterator; the
-    cache then holds exactly the tokens whose rows were accepted, and model._cached lists
+    each token to history before asking for the next and stops by closing the iterator. The
+    cache then contains exactly the tokens whose rows were accepted, and model._cached lists
     them. window(history) gives the penalty window. stats gets tree_passes and
     accepted_depths.
     """
