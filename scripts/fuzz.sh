@@ -9,7 +9,7 @@
 #
 # Environment:
 #   CC                   clang with libFuzzer (default: clang); Debian packages clang
-#                        and libclang-rt-14-dev
+#                        libclang-rt-14-dev libomp-14-dev
 #   FUZZ_BUILD_DIR       where objects, binaries and new corpus entries go
 #                        (default: build/fuzz)
 #   FUZZ_EXTRA_ARGS      more libFuzzer flags, for example "-runs=10000000"
@@ -34,7 +34,7 @@ build="${FUZZ_BUILD_DIR:-build/fuzz}"
 mkdir -p "$build/obj" "$build/bin" "$build/artifacts"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
-    echo "fuzz.sh: $cc not found: install clang and libclang-rt-14-dev (Debian 12) or set CC." >&2
+    echo "fuzz.sh: $cc not found: install clang, libclang-rt-14-dev and libomp-14-dev (Debian 12) or set CC." >&2
     exit 1
 fi
 

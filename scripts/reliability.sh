@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 
-# libFuzzer and the sanitizer runtimes come with clang (Debian 12: clang 14).
-if ! command -v clang >/dev/null 2>&1; then
+# libFuzzer and the sanitizer runtimes come with clang (Debian 12: clang 14), and the C core
+# includes omp.h, which clang finds only with LLVM's OpenMP headers (libomp-14-dev).
+if ! command -v clang >/dev/null 2>&1 || ! echo '#include <omp.h>' | clang -fopenmp -E -x c - >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""
         [ "$(id -u)" -eq 0 ] || SUDO="sudo"
         $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq clang libclang-rt-14-dev
+        $SUDO apt-get install -y -qq clang libclang-rt-14-dev libomp-14-dev
     else
         echo "reliability.sh: clang is missing: install clang with its compiler-rt runtime and rerun." >&2
         exit 1
