@@ -191,6 +191,12 @@ typedef struct {
      * each of n_kv_heads f16 rows. */
     const tq_kv_codec *codec_k;
     const tq_kv_codec *codec_v;
+    /* Codecs of the audio positions: codec_k and codec_v with the audio codebook, or the same
+     * codecs as those when there is no audio codebook or it does not fit the side's format.
+     * Both share the rotation of codec_k and codec_v, so a query prepared by one scores rows
+     * of the other and one accumulator sums both. */
+    const tq_kv_codec *audio_codec_k;
+    const tq_kv_codec *audio_codec_v;
     const tq_kv_type_ops *ops_k; /* baseline type of the keys, NULL when codec_k is set */
     const tq_kv_type_ops *ops_v;
     uint16_t *recent_keys;
@@ -225,6 +231,11 @@ struct tq_kv_cache {
     tq_kv_codec *codecs_k[TQ_KV_MAX_HEAD_SIZES], *codecs_v[TQ_KV_MAX_HEAD_SIZES];
     int codec_head_dims[TQ_KV_MAX_HEAD_SIZES];
     int n_codec_sizes;
+    /* Codecs with the audio codebook, per head size as codecs_k and codecs_v (NULL for a side
+     * the codebook does not fit), and one flag per position (n_ctx bytes, 1 for audio); all
+     * NULL without an audio codebook. */
+    tq_kv_codec *audio_codecs_k[TQ_KV_MAX_HEAD_SIZES], *audio_codecs_v[TQ_KV_MAX_HEAD_SIZES];
+    uint8_t *audio_flags;
     int64_t recent_f16;
     int64_t recent_slots;
     float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
@@ -262,9 +273,55 @@ static tq_status create_key_balance(tq_kv_cache *cache, tq_kv_layer *layer, cons
     return TQ_OK;
 }
 
+/* Codecs with the audio codebook for the head size at index, on the sides it fits. */
+static tq_status create_audio_codecs(tq_kv_cache *cache, const tq_kv_cache_config *config, int index, int head_dim,
+                                     tq_error *err)
+{
+    const tq_kv_type_ops *sides[2] = {cache->ops_k, cache->ops_v};
+    tq_kv_codec **outputs[2] = {&cache->audio_codecs_k[index], &cache->audio_codecs_v[index]};
+    for (int side = 0; side < 2; side++) {
+        if (!sides[side]->codec || !tq_kv_codec_codebook_fits(sides[side]->name, config->audio_codebook_count)) {
+            continue;
+        }
+        tq_status status = tq_kv_codec_create_with_codebook(sides[side]->name, (size_t)head_dim, config->codec_seed,
+                                                            config->isa, config->audio_codebook,
+                                                            config->audio_codebook_count, outputs[side], err);
+        if (status != TQ_OK) {
+            return status;
+        }
+    }
+    return TQ_OK;
+}
+
+/* Check that the audio codebook fits a codec side and allocate the per-position flags. A cache
+ * without codec sides has no codebook to replace and ignores it. */
+static tq_status create_audio_flags(tq_kv_cache *cache, const tq_kv_cache_config *config, tq_error *err)
+{
+    if (config->audio_codebook == NULL || (!cache->ops_k->codec && !cache->ops_v->codec)) {
+        return TQ_OK;
+    }
+    const size_t count = config->audio_codebook_count;
+    const int fits_k = cache->ops_k->codec && tq_kv_codec_codebook_fits(cache->ops_k->name, count);
+    const int fits_v = cache->ops_v->codec && tq_kv_codec_codebook_fits(cache->ops_v->name, count);
+    if (!fits_k && !fits_v) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "the audio codebook has %zu entries, which fits neither KV cache type (K %s, V %s); "
+                            "polar types take 16 radii, tq4 and tq3.5 16, tq3, tq2.5 and tq4+qjl 8, tq2 and "
+                            "tq3+qjl 4",
+                            count, cache->ops_k->name, cache->ops_v->name);
+    }
+    cache->audio_flags = calloc((size_t)cache->n_ctx, 1);
+    if (cache->audio_flags == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the audio flags of %lld positions",
+                            (long long)cache->n_ctx);
+    }
+    return TQ_OK;
+}
+
 /* Codecs of one head size, created on first use and shared by every layer of that size. */
 static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_config *config, int head_dim,
-                                     const tq_kv_codec **key_codec, const tq_kv_codec **value_codec, tq_error *err)
+                                     const tq_kv_codec **key_codec, const tq_kv_codec **value_codec,
+                                     int *codec_index, tq_error *err)
 {
     int index = 0;
     while (index < cache->n_codec_sizes && cache->codec_head_dims[index] != head_dim) {
@@ -287,12 +344,16 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
             status = tq_kv_codec_create(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
                                         &cache->codecs_v[index], err);
         }
+        if (status == TQ_OK && cache->audio_flags != NULL) {
+            status = create_audio_codecs(cache, config, index, head_dim, err);
+        }
         if (status != TQ_OK) {
             return status;
         }
     }
     *key_codec = cache->codecs_k[index];
     *value_codec = cache->codecs_v[index];
+    *codec_index = index;
     return TQ_OK;
 }
 
@@ -325,8 +386,9 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         const int keep_f16 = config->layer_f16 != NULL && config->layer_f16[l];
         const tq_kv_codec *key_codec = NULL;
         const tq_kv_codec *value_codec = NULL;
+        int codec_index = 0;
         if (uses_codec && !keep_f16) {
-            status = codecs_for_head_dim(cache, config, layer->head_dim, &key_codec, &value_codec, err);
+            status = codecs_for_head_dim(cache, config, layer->head_dim, &key_codec, &value_codec, &codec_index, err);
             if (status != TQ_OK) {
                 return status;
             }
@@ -335,6 +397,14 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         layer->ops_v = keep_f16 ? f16_ops : (cache->ops_v->codec ? NULL : cache->ops_v);
         layer->codec_k = layer->ops_k == NULL ? key_codec : NULL;
         layer->codec_v = layer->ops_v == NULL ? value_codec : NULL;
+        layer->audio_codec_k = layer->codec_k;
+        layer->audio_codec_v = layer->codec_v;
+        if (layer->codec_k != NULL && cache->audio_codecs_k[codec_index] != NULL) {
+            layer->audio_codec_k = cache->audio_codecs_k[codec_index];
+        }
+        if (layer->codec_v != NULL && cache->audio_codecs_v[codec_index] != NULL) {
+            layer->audio_codec_v = cache->audio_codecs_v[codec_index];
+        }
         layer->key_row_bytes = layer->codec_k != NULL ? tq_kv_codec_row_bytes(layer->codec_k)
                                                       : layer->ops_k->row_bytes(layer->head_dim);
         layer->value_row_bytes = layer->codec_v != NULL ? tq_kv_codec_row_bytes(layer->codec_v)
@@ -464,6 +534,9 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     }
     tq_status status = set_layer_shapes(cache, config, err);
     if (status == TQ_OK) {
+        status = create_audio_flags(cache, config, err);
+    }
+    if (status == TQ_OK) {
         status = create_codecs(cache, config, err);
     }
     if (status != TQ_OK) {
@@ -494,7 +567,10 @@ void tq_kv_cache_free(tq_kv_cache *cache)
     for (int i = 0; i < cache->n_codec_sizes; i++) {
         tq_kv_codec_free(cache->codecs_k[i]);
         tq_kv_codec_free(cache->codecs_v[i]);
+        tq_kv_codec_free(cache->audio_codecs_k[i]);
+        tq_kv_codec_free(cache->audio_codecs_v[i]);
     }
+    free(cache->audio_flags);
     free(cache->balanced_keys);
     free(cache);
 }
@@ -507,6 +583,11 @@ int64_t tq_kv_cache_n_past(const tq_kv_cache *cache)
 int64_t tq_kv_cache_n_ctx(const tq_kv_cache *cache)
 {
     return cache->n_ctx;
+}
+
+int tq_kv_cache_layer_head_dim(const tq_kv_cache *cache, int layer)
+{
+    return cache->layers[layer].head_dim;
 }
 
 /* Grow one slot array from old_slots to new_slots, keeping the stored slots. */
@@ -656,11 +737,12 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
         const int64_t slot = (pos + t) % layer->max_slots;
         uint8_t *key_slot = layer->keys + (size_t)slot * layer->key_slot_bytes;
         uint8_t *value_slot = layer->values + (size_t)slot * layer->value_slot_bytes;
+        const int audio = tq_kv_cache_is_audio(cache, pos + t);
         /* All heads of one position are contiguous, so one call encodes them. */
-        write_side(layer->ops_k, layer->codec_k, coded_keys + t * row_floats, cache->n_kv_heads, head_dim, key_slot,
-                   layer->key_row_bytes);
-        write_side(layer->ops_v, layer->codec_v, values + t * row_floats, cache->n_kv_heads, head_dim, value_slot,
-                   layer->value_row_bytes);
+        write_side(layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, coded_keys + t * row_floats,
+                   cache->n_kv_heads, head_dim, key_slot, layer->key_row_bytes);
+        write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, values + t * row_floats,
+                   cache->n_kv_heads, head_dim, value_slot, layer->value_row_bytes);
         if (layer->recent_keys != NULL) {
             const size_t recent_row = (size_t)row_floats;
             const int64_t recent_slot = (pos + t) % cache->recent_slots;
@@ -676,6 +758,74 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
 void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n)
 {
     cache->n_past += n;
+}
+
+void tq_kv_cache_set_audio(tq_kv_cache *cache, int64_t pos, int audio)
+{
+    if (cache->audio_flags != NULL && pos >= 0 && pos < cache->n_ctx) {
+        cache->audio_flags[pos] = audio != 0;
+    }
+}
+
+int tq_kv_cache_is_audio(const tq_kv_cache *cache, int64_t pos)
+{
+    return cache->audio_flags != NULL && pos >= 0 && pos < cache->n_ctx && cache->audio_flags[pos];
+}
+
+/* Decode n_kv_heads stored rows of one side into out: through the codec, or for a baseline type
+ * by accumulating each row with weight 1 into zeros (the type's own decoding). */
+static void read_side(const tq_kv_cache *cache, const tq_kv_type_ops *ops, const tq_kv_codec *codec,
+                      const uint8_t *slot, size_t row_bytes, int head_dim, float *out)
+{
+    if (codec != NULL) {
+        tq_kv_codec_decode(codec, slot, row_bytes, (size_t)cache->n_kv_heads, out, (size_t)head_dim);
+        return;
+    }
+    const float weight = 1.0f;
+    memset(out, 0, (size_t)cache->n_kv_heads * (size_t)head_dim * sizeof(float));
+    for (int g = 0; g < cache->n_kv_heads; g++) {
+        ops->accumulate(cache->kernels, &weight, slot + (size_t)g * row_bytes, row_bytes, 1, head_dim,
+                        out + (size_t)g * (size_t)head_dim);
+    }
+}
+
+tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer_index, int64_t pos, int64_t n, float *keys,
+                           float *values, tq_error *err)
+{
+    if (layer_index < 0 || layer_index >= cache->n_layers) {
+        return tq_error_set(err, TQ_ERR_INVALID, "layer %d is outside the KV cache's %d layers", layer_index,
+                            cache->n_layers);
+    }
+    layer_index = cache->layers[layer_index].source;
+    const tq_kv_layer *layer = &cache->layers[layer_index];
+    const int64_t oldest_held = cache->n_past > layer->max_slots ? cache->n_past - layer->max_slots : 0;
+    if (n < 0 || pos < oldest_held || pos + n > cache->n_past) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "cannot read positions %lld .. %lld of layer %d: it holds positions %lld .. %lld",
+                            (long long)pos, (long long)(pos + n - 1), layer_index, (long long)oldest_held,
+                            (long long)(cache->n_past - 1));
+    }
+    const int head_dim = layer->head_dim;
+    const size_t row_floats = (size_t)cache->n_kv_heads * (size_t)head_dim;
+    for (int64_t t = 0; t < n; t++) {
+        const int64_t slot = (pos + t) % layer->max_slots;
+        const int audio = tq_kv_cache_is_audio(cache, pos + t);
+        float *key = keys + (size_t)t * row_floats;
+        read_side(cache, layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k,
+                  layer->keys + (size_t)slot * layer->key_slot_bytes, layer->key_row_bytes, head_dim, key);
+        read_side(cache, layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v,
+                  layer->values + (size_t)slot * layer->value_slot_bytes, layer->value_row_bytes, head_dim,
+                  values + (size_t)t * row_floats);
+        if (layer->key_scale != NULL) {
+            /* Codes hold (k - mean) * scale. */
+            for (size_t r = 0; r < row_floats; r++) {
+                const size_t channel = r % (size_t)head_dim;
+                const float *mean = layer->key_mean + (r / (size_t)head_dim) * (size_t)head_dim;
+                key[r] = key[r] / layer->key_scale[channel] + mean[channel];
+            }
+        }
+    }
+    return TQ_OK;
 }
 
 static size_t align64(size_t bytes)
@@ -793,6 +943,18 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         if (!recent && recent_first - chunk_start < length) {
             length = recent_first - chunk_start;
         }
+        /* Coded rows of one chunk share one codebook: a chunk also ends where the audio flag
+         * changes. */
+        const int audio = !recent && tq_kv_cache_is_audio(cache, chunk_start);
+        if (!recent && cache->audio_flags != NULL) {
+            int64_t same = 1;
+            while (same < length && cache->audio_flags[chunk_start + same] == audio) {
+                same++;
+            }
+            length = same;
+        }
+        const tq_kv_codec *key_codec = audio ? layer->audio_codec_k : layer->codec_k;
+        const tq_kv_codec *value_codec = audio ? layer->audio_codec_v : layer->codec_v;
         const uint8_t *key_rows, *value_rows;
         size_t key_stride, value_stride;
         if (recent) {
@@ -811,8 +973,8 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         /* Scores: a codec scores every query in one pass over the codes; the f16 rows of
          * the window are scored with the query itself. */
         if (!recent && layer->codec_k != NULL) {
-            tq_kv_codec_scores(layer->codec_k, (const float *)states, n_queries, key_rows, key_stride,
-                               (size_t)length, scores, TQ_KV_CHUNK);
+            tq_kv_codec_scores(key_codec, (const float *)states, n_queries, key_rows, key_stride, (size_t)length,
+                               scores, TQ_KV_CHUNK);
             if (layer->key_scale != NULL) {
                 for (int i = 0; i < n_queries; i++) {
                     for (int64_t j = 0; j < length; j++) {
@@ -863,7 +1025,7 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         /* Values: a codec sums in its rotated domain (finished once below), the others
          * straight into the partial result. */
         if (!recent && layer->codec_v != NULL) {
-            tq_kv_codec_accumulate(layer->codec_v, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
+            tq_kv_codec_accumulate(value_codec, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
                                    n_queries, accs);
         } else {
             const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_v;
@@ -923,6 +1085,9 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
     if (src == dst) {
         return;
     }
+    if (cache->audio_flags != NULL) {
+        cache->audio_flags[dst] = cache->audio_flags[src];
+    }
     for (int l = 0; l < cache->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
         if (layer->source != l) {
@@ -967,6 +1132,9 @@ tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err
             }
         }
     }
+    if (cache->audio_flags != NULL) {
+        memset(cache->audio_flags + n_past, 0, (size_t)(cache->n_past - n_past));
+    }
     if (n_past == 0) {
         /* No coded key is left, so the next keys may set a new mean. */
         for (int l = 0; l < cache->n_layers; l++) {
@@ -993,6 +1161,9 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
             /* Scale and flags per channel, mean per KV head and channel. */
             total += (size_t)layer->head_dim * (sizeof(float) + 1 + (size_t)cache->n_kv_heads * sizeof(float));
         }
+    }
+    if (cache->audio_flags != NULL) {
+        total += (size_t)cache->n_past; /* one audio flag per position */
     }
     return total;
 }

@@ -114,6 +114,14 @@ typedef struct {
      * of layer s, which must store its own, with the same window and head size. */
     const int *layer_head_dim;
     const int *layer_kv_source;
+
+    /* Audio codebook (NULL: none): audio_codebook_count strictly increasing centroids in the
+     * units of tq_kv_codec_create_with_codebook. Positions marked with tq_kv_cache_set_audio
+     * store their rows with this codebook on every codec side (K or V) whose format takes a
+     * codebook of that size (tq_kv_codec_codebook_fits); the other sides and baseline types
+     * store them like any row. Creation fails when a codec side exists but none fits. */
+    const float *audio_codebook;
+    size_t audio_codebook_count;
 } tq_kv_cache_config;
 
 /* Positions whose keys set a layer's key mean (see tq_kv_cache_config.key_center). */
@@ -128,6 +136,9 @@ void tq_kv_cache_free(tq_kv_cache *cache);
 int64_t tq_kv_cache_n_past(const tq_kv_cache *cache);
 int64_t tq_kv_cache_n_ctx(const tq_kv_cache *cache);
 
+/* Head size of layer's rows (the cache's head_dim unless layer_head_dim was given). */
+int tq_kv_cache_layer_head_dim(const tq_kv_cache *cache, int layer);
+
 /* Make room for positions n_past .. n_past + n_new - 1 in every layer. They may then
  * be written n_batch at a time, each group attended before the next is written. Fails
  * with TQ_ERR_RANGE past n_ctx and TQ_ERR_NOMEM. */
@@ -139,6 +150,23 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err);
  * returns without writing. */
 void tq_kv_cache_write(tq_kv_cache *cache, int layer, int64_t pos, int64_t n, const float *keys,
                        const float *values);
+
+/* Mark position pos (0 <= pos < n_ctx) as an audio position (audio = 1) or not, before its
+ * rows are written: tq_kv_cache_write then codes them with the audio codebook, and attention
+ * reads them with it. Without an audio codebook the call does nothing. Marks move with
+ * tq_kv_cache_move and are cleared by tq_kv_cache_truncate for the dropped positions. */
+void tq_kv_cache_set_audio(tq_kv_cache *cache, int64_t pos, int audio);
+
+/* 1 when an audio codebook is in use and pos is marked as an audio position. */
+int tq_kv_cache_is_audio(const tq_kv_cache *cache, int64_t pos);
+
+/* Decode the stored rows of positions pos .. pos + n - 1 of one layer (a layer without rows of
+ * its own reads its source layer) into keys and values, [n][n_kv_heads * head_dim] floats with
+ * the layer's head_dim. These are the coded rows that attention reads outside the recent f16
+ * window, with key balancing undone. Errors: TQ_ERR_INVALID for a layer outside the cache or
+ * positions that are not stored or no longer held by a sliding layer's ring. */
+tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer, int64_t pos, int64_t n, float *keys, float *values,
+                           tq_error *err);
 
 /* Count n more positions as stored, after every layer has written them. */
 void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n);

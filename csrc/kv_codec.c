@@ -471,6 +471,90 @@ tq_status tq_kv_codec_create(const char *name, size_t head_dim, uint64_t seed, t
     return TQ_OK;
 }
 
+/* Replace the centroids of one codebook (levels entries, padded to 16) with codebook, given in
+ * units of sqrt(head_dim) times a unit-vector coordinate, and set the thresholds between them. */
+static void set_codebook(const float *codebook, int levels, double dim, float *centroids, float *thresholds)
+{
+    const double unit = 1.0 / sqrt(dim);
+    for (int i = 0; i < 16; i++) {
+        centroids[i] = i < levels ? (float)(codebook[i] * unit) : 0.0f;
+    }
+    for (int i = 1; i < levels; i++) {
+        thresholds[i - 1] = (float)(0.5 * ((double)codebook[i - 1] + (double)codebook[i]) * unit);
+    }
+}
+
+int tq_kv_codec_codebook_fits(const char *name, size_t count)
+{
+    for (size_t i = 0; name != NULL && i < FORMAT_COUNT; i++) {
+        const format_spec *spec = &format_specs[i];
+        if (strcmp(name, spec->name) != 0) {
+            continue;
+        }
+        if (spec->kind == TQ_KV_KIND_POLAR) {
+            return count == (size_t)1 << TQ_KV_POLAR_RADIUS_BITS;
+        }
+        return spec->kind == TQ_KV_KIND_MSE &&
+               (count == (size_t)1 << spec->bits_first || count == (size_t)1 << spec->bits_second);
+    }
+    return 0;
+}
+
+tq_status tq_kv_codec_create_with_codebook(const char *name, size_t head_dim, uint64_t seed, tq_isa isa,
+                                           const float *codebook, size_t count, tq_kv_codec **out, tq_error *err)
+{
+    *out = NULL;
+    if (codebook == NULL || count < 2) {
+        return tq_error_set(err, TQ_ERR_INVALID, "a codebook needs at least 2 centroids, got %zu", count);
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (!isfinite(codebook[i]) || (i > 0 && !(codebook[i] > codebook[i - 1]))) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "codebook entry %zu is %g; entries must be finite and strictly increasing", i,
+                                (double)codebook[i]);
+        }
+    }
+    tq_kv_codec *codec;
+    tq_status status = tq_kv_codec_create(name, head_dim, seed, isa, &codec, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    tq_kv_layout *layout = &codec->layout;
+    const double dim = (double)head_dim;
+    const int levels = (int)count;
+    if (layout->kind == TQ_KV_KIND_POLAR) {
+        if (count != (size_t)1 << TQ_KV_POLAR_RADIUS_BITS || !(codebook[0] >= 0.0f)) {
+            tq_kv_codec_free(codec);
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "format '%s' needs a radius codebook of %d entries >= 0; got %zu entries from %g",
+                                name, 1 << TQ_KV_POLAR_RADIUS_BITS, count, (double)codebook[0]);
+        }
+        set_codebook(codebook, levels, dim, layout->radius, codec->radius_thresholds);
+    } else if (layout->kind == TQ_KV_KIND_MSE &&
+               (count == (size_t)1 << layout->bits_first || count == (size_t)1 << layout->bits_second)) {
+        /* A fractional format replaces only the half whose width matches the codebook. */
+        if (count == (size_t)1 << layout->bits_first) {
+            set_codebook(codebook, levels, dim, layout->centroids_first, codec->thresholds_first);
+        }
+        if (count == (size_t)1 << layout->bits_second) {
+            set_codebook(codebook, levels, dim, layout->centroids_second, codec->thresholds_second);
+        }
+    } else {
+        const int bits_first = layout->kind == TQ_KV_KIND_MSE ? layout->bits_first : 0;
+        const int bits_second = layout->kind == TQ_KV_KIND_MSE ? layout->bits_second : 0;
+        tq_kv_codec_free(codec);
+        if (bits_first == 0) {
+            return tq_error_set(err, TQ_ERR_INVALID, "format '%s' has no codebook to replace", name);
+        }
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "a codebook of %zu entries does not fit format '%s', whose coordinate codebooks have "
+                            "%d and %d entries",
+                            count, name, 1 << bits_first, 1 << bits_second);
+    }
+    *out = codec;
+    return TQ_OK;
+}
+
 void tq_kv_codec_free(tq_kv_codec *codec)
 {
     if (codec == NULL) {
@@ -673,6 +757,22 @@ void tq_kv_codec_decode(const tq_kv_codec *codec, const uint8_t *rows, size_t ro
 
 /* ---------------------------------------------------------------------------------- */
 /* Attention on codes.                                                                  */
+
+void tq_kv_codec_rotate(const tq_kv_codec *codec, const float *x, float *out)
+{
+    const size_t d = codec->layout.head_dim;
+    double sum_squares = 0.0;
+    for (size_t j = 0; j < d; j++) {
+        sum_squares += (double)x[j] * (double)x[j];
+    }
+    const float inverse_norm = sum_squares > 0.0 ? (float)(1.0 / sqrt(sum_squares)) : 0.0f;
+    for (size_t j = 0; j < d; j++) {
+        out[j] = x[j] * inverse_norm;
+    }
+    if (codec->layout.kind != TQ_KV_KIND_F16) {
+        rotate_forward(codec, out);
+    }
+}
 
 void tq_kv_codec_prepare_query(const tq_kv_codec *codec, const float *q, float *prepared)
 {

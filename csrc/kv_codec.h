@@ -58,6 +58,19 @@ tq_status tq_kv_codec_create(const char *name, size_t head_dim, uint64_t seed, t
                              tq_error *err);
 void tq_kv_codec_free(tq_kv_codec *codec);
 
+/* Create a codec as tq_kv_codec_create does, with codebook (count strictly increasing entries)
+ * in place of the default Lloyd-Max centroids. Entries are in units of sqrt(head_dim) times a
+ * unit-vector coordinate, the scale at which a rotated coordinate has variance about 1, so one
+ * codebook suits every head size. polar and polar+qjl take 16 radius entries >= 0. The tq
+ * formats take 2^bits entries for the coordinates coded at bits bits: tq4 16, tq3 8, tq2 4,
+ * tq3+qjl 4, tq4+qjl 8; tq3.5 and tq2.5 replace only the half whose width matches. Same seed,
+ * same rotation and QJL projection, so rows of both codecs share prepared queries and
+ * accumulators. Errors: TQ_ERR_INVALID for a size that fits no codebook of the format, f16, or
+ * entries that are not finite and strictly increasing. */
+tq_status tq_kv_codec_create_with_codebook(const char *name, size_t head_dim, uint64_t seed, tq_isa isa,
+                                           const float *codebook, size_t count, tq_kv_codec **out, tq_error *err);
+
+
 const char *tq_kv_codec_name(const tq_kv_codec *codec);
 size_t tq_kv_codec_head_dim(const tq_kv_codec *codec);
 tq_isa tq_kv_codec_isa(const tq_kv_codec *codec);
@@ -89,6 +102,15 @@ void tq_kv_codec_decode(const tq_kv_codec *codec, const uint8_t *rows, size_t ro
 /* Floats of one prepared query and of one value accumulator (both multiples of 16). */
 size_t tq_kv_codec_query_floats(const tq_kv_codec *codec);
 size_t tq_kv_codec_acc_floats(const tq_kv_codec *codec);
+
+/* Returns 1 when format name takes a codebook of count entries in
+ * tq_kv_codec_create_with_codebook, 0 otherwise (also for an unknown name). */
+int tq_kv_codec_codebook_fits(const char *name, size_t count);
+
+/* Write x / ||x|| rotated by the codec's randomized Hadamard transform into out (head_dim
+ * floats): the domain in which the codebooks quantize (a zero row stays zero). For f16 the
+ * unit vector is not rotated. */
+void tq_kv_codec_rotate(const tq_kv_codec *codec, const float *x, float *out);
 
 /* Prepare one query head for scoring: rotate it and, for +qjl, project it by the QJL
  * matrix. prepared must hold tq_kv_codec_query_floats() floats. */

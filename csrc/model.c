@@ -615,6 +615,8 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .key_center = key_center,
             .layer_head_dim = gemma4 ? tq_gemma4_layer_head_dims(model->gemma4) : NULL,
             .layer_kv_source = gemma4 ? tq_gemma4_layer_kv_sources(model->gemma4) : NULL,
+            .audio_codebook = model->placeholders.audio_codebook,
+            .audio_codebook_count = model->placeholders.audio_codebook_count,
         };
         if (status == TQ_OK) {
             status = tq_kv_cache_create(&cache_config, &context->cache, err);
@@ -640,6 +642,46 @@ void tq_context_free(tq_context *context)
     tq_gemma4_context_free(context->gemma4);
     free_buffers(&context->buffers);
     free(context);
+}
+
+/* Copy the placeholder settings into the model, with a copy of the audio codebook, after the
+ * configuration is read: token ids must be in the vocabulary. */
+static tq_status store_placeholders(tq_model *model, const tq_placeholder_params *params, tq_error *err)
+{
+    if (params == NULL) {
+        return TQ_OK;
+    }
+    const int32_t ids[2] = {params->audio_token_id, params->image_token_id};
+    const char *names[2] = {"audio_token_id", "image_token_id"};
+    for (int i = 0; i < 2; i++) {
+        if (ids[i] < -1 || ids[i] >= model->config.n_vocab) {
+            return tq_error_set(err, TQ_ERR_INVALID, "%s %d is outside the vocabulary [0, %d); use -1 for none",
+                                names[i], ids[i], model->config.n_vocab);
+        }
+    }
+    model->placeholders.audio_token_id = params->audio_token_id;
+    model->placeholders.image_token_id = params->image_token_id;
+    if (params->audio_codebook != NULL) {
+        model->audio_codebook = malloc((params->audio_codebook_count > 0 ? params->audio_codebook_count : 1) *
+                                       sizeof(float));
+        if (model->audio_codebook == NULL) {
+            return tq_error_set(err, TQ_ERR_NOMEM, "out of memory copying the audio codebook");
+        }
+        memcpy(model->audio_codebook, params->audio_codebook, params->audio_codebook_count * sizeof(float));
+        model->placeholders.audio_codebook = model->audio_codebook;
+        model->placeholders.audio_codebook_count = params->audio_codebook_count;
+    }
+    return TQ_OK;
+}
+
+int tq_model_is_placeholder(const tq_model *model, int32_t token)
+{
+    return token >= 0 && (token == model->placeholders.audio_token_id || token == model->placeholders.image_token_id);
+}
+
+const tq_placeholder_params *tq_model_placeholders(const tq_model *model)
+{
+    return &model->placeholders;
 }
 
 /* Copy params into model->context_params, with a copy of the f16 layer list owned by the model. */
@@ -679,6 +721,8 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
     /* The model owns the directory's weights from here on, also when creation fails. */
     model->hf_weights = params->hf_weights;
     model->exact_matmul = params->exact_matmul ? 1 : 0;
+    model->placeholders.audio_token_id = -1;
+    model->placeholders.image_token_id = -1;
     tq_status status = store_context_params(model, params, err);
     if (status == TQ_OK) {
         /* Checked before the file is opened, so a bad setting fails fast. */
@@ -725,6 +769,9 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
         }
     }
     if (status == TQ_OK) {
+        status = store_placeholders(model, params->placeholders, err);
+    }
+    if (status == TQ_OK) {
         status = tq_context_create(model, &model->context_params, &model->context, err);
     }
     if (status != TQ_OK) {
@@ -743,6 +790,7 @@ void tq_model_free(tq_model *model)
     tq_context_free(model->context);
     tq_gemma4_free(model->gemma4);
     free(model->kv_f16_layers);
+    free(model->audio_codebook);
     free(model->layer_window);
     free(model->layers);
     if (model->owns_tokenizer) {

@@ -67,6 +67,18 @@ typedef enum {
     TQ_LOGITS_ALL = 2   /* one row per token */
 } tq_logits_mode;
 
+/* Placeholder tokens of audio and image inputs. Their positions take precomputed embedding rows
+ * (tq_context_eval_soft) in place of embedding-table rows, and audio positions store their keys
+ * and values with the audio codebook. */
+typedef struct {
+    int32_t audio_token_id; /* -1: none */
+    int32_t image_token_id; /* -1: none */
+    /* NULL, or the audio codebook of tq_kv_cache_config (audio_codebook_count entries), used by
+     * every context of the model. */
+    const float *audio_codebook;
+    size_t audio_codebook_count;
+} tq_placeholder_params;
+
 typedef struct {
     const char *path;
     int threads;       /* OpenMP threads per call; 0 keeps the OpenMP default */
@@ -88,6 +100,8 @@ typedef struct {
     /* Tokenizer to attach in place of one built from the GGUF metadata; NULL builds it
      * from the metadata when present. Borrowed: it must outlive the model. */
     const tq_tokenizer *tokenizer;
+    /* Placeholder tokens; NULL for none (copied by tq_model_create). */
+    const tq_placeholder_params *placeholders;
 } tq_model_params;
 
 /* Settings of one context. */
@@ -187,5 +201,21 @@ tq_status tq_context_accept_path(tq_context *context, const int32_t *path, int64
  * tq_context_eval. */
 tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode,
                                  float *logits, float *hidden, tq_error *err);
+
+/* tq_context_eval_hidden where the positions of audio and image placeholder tokens (see
+ * tq_placeholder_params) take their input embedding from soft_embeddings: n_soft rows of hidden
+ * floats, one per placeholder position in order, used as they are (text embedding rows are
+ * multiplied by sqrt(hidden); these are not). Gemma 4's per-layer embeddings of those
+ * positions look up the pad token's row (id 0), as transformers' Gemma4Model does. Errors as
+ * tq_context_eval, and TQ_ERR_INVALID (nothing is run) when n_soft differs from the count of
+ * placeholder positions, also when the tokens have placeholders and soft_embeddings is NULL. */
+tq_status tq_context_eval_soft(tq_context *context, const int32_t *tokens, int64_t n, const float *soft_embeddings,
+                               int64_t n_soft, tq_logits_mode mode, float *logits, float *hidden, tq_error *err);
+
+/* 1 when token is the model's audio or image placeholder token. */
+int tq_model_is_placeholder(const tq_model *model, int32_t token);
+
+/* Placeholder settings of the model (audio_token_id and image_token_id are -1 without them). */
+const tq_placeholder_params *tq_model_placeholders(const tq_model *model);
 
 #endif /* TQ_MODEL_H */

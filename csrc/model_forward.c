@@ -423,25 +423,43 @@ static void softcap_logits(float *logits, int64_t count, float cap)
     }
 }
 
+tq_status tq_embed_tokens(tq_context *context, const int32_t *tokens, int64_t n, const float *soft_rows,
+                          tq_error *err)
+{
+    const tq_model *model = context->model;
+    const tq_model_config *c = &model->config;
+    tq_forward_buffers *b = &context->buffers;
+    for (int64_t t = 0; t < n; t++) {
+        float *x = b->x + t * c->hidden;
+        if (soft_rows != NULL && tq_model_is_placeholder(model, tokens[t])) {
+            memcpy(x, soft_rows, (size_t)c->hidden * sizeof(float));
+            soft_rows += c->hidden;
+            continue;
+        }
+        tq_status status = tq_weight_get_row(&model->token_embd, tokens[t], x, err);
+        if (status != TQ_OK) {
+            return status;
+        }
+        for (int i = 0; i < c->hidden; i++) {
+            x[i] *= c->embedding_scale;
+        }
+    }
+    return TQ_OK;
+}
+
 /* Run one micro-batch of n tokens at positions pos0 .. pos0 + n - 1 (or the n nodes of
  * tree at pos0 + depth) through all layers; b->x then contains their final hidden states
- * (before output_norm). */
+ * (before output_norm). soft_rows as tq_embed_tokens. */
 static tq_status forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
-                               const tq_tree *tree, tq_error *err)
+                               const float *soft_rows, const tq_tree *tree, tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     tq_forward_buffers *b = &context->buffers;
     tq_status status;
 
-    for (int64_t t = 0; t < n; t++) {
-        float *x = b->x + t * c->hidden;
-        if ((status = tq_weight_get_row(&model->token_embd, tokens[t], x, err)) != TQ_OK) {
-            return status;
-        }
-        for (int i = 0; i < c->hidden; i++) {
-            x[i] *= c->embedding_scale;
-        }
+    if ((status = tq_embed_tokens(context, tokens, n, soft_rows, err)) != TQ_OK) {
+        return status;
     }
     rope_tables(b->inv_freq_local, c->head_dim / 2, pos0, n, b->rope_cos_local, b->rope_sin_local);
     rope_tables(b->inv_freq_global, c->head_dim / 2, pos0, n, b->rope_cos_global, b->rope_sin_global);
@@ -469,16 +487,31 @@ tq_status tq_context_eval(tq_context *context, const int32_t *tokens, int64_t n,
 tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int64_t n, tq_logits_mode mode,
                                  float *logits, float *hidden, tq_error *err)
 {
+    return tq_context_eval_soft(context, tokens, n, NULL, 0, mode, logits, hidden, err);
+}
+
+tq_status tq_context_eval_soft(tq_context *context, const int32_t *tokens, int64_t n, const float *soft_embeddings,
+                               int64_t n_soft, tq_logits_mode mode, float *logits, float *hidden, tq_error *err)
+{
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     if (n < 1) {
         return tq_error_set(err, TQ_ERR_INVALID, "tokens is empty; pass at least one token id");
     }
+    int64_t n_placeholders = 0;
     for (int64_t t = 0; t < n; t++) {
         if (tokens[t] < 0 || tokens[t] >= c->n_vocab) {
             return tq_error_set(err, TQ_ERR_INVALID, "token id %d at index %lld is outside the vocabulary [0, %d)",
                                 tokens[t], (long long)t, c->n_vocab);
         }
+        n_placeholders += tq_model_is_placeholder(model, tokens[t]);
+    }
+    if (n_soft != n_placeholders || (n_soft > 0 && soft_embeddings == NULL)) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "the tokens have %lld audio or image placeholder positions (ids %d and %d) but %lld soft "
+                            "embedding rows were given; pass one row per placeholder position",
+                            (long long)n_placeholders, model->placeholders.audio_token_id,
+                            model->placeholders.image_token_id, (long long)(soft_embeddings != NULL ? n_soft : 0));
     }
     const int64_t n_past = tq_kv_cache_n_past(context->cache);
     if (n > context->n_ctx - n_past) {
@@ -502,16 +535,23 @@ tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int
 
     tq_forward_buffers *b = &context->buffers;
     context->tree_nodes = 0;
+    const float *soft_rows = n_soft > 0 ? soft_embeddings : NULL; /* rows of the next micro-batch */
     for (int64_t start = 0; start < n; start += context->n_batch) {
         const int64_t m = n - start < context->n_batch ? n - start : context->n_batch;
         const int64_t pos0 = tq_kv_cache_n_past(context->cache);
         if ((status = tq_kv_cache_reserve(context->cache, m, err)) != TQ_OK) {
             return status;
         }
-        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens + start, pos0, m, err)
-                                       : forward_batch(context, tokens + start, pos0, m, NULL, err);
+        for (int64_t t = 0; t < m; t++) {
+            tq_kv_cache_set_audio(context->cache, pos0 + t, tokens[start + t] == model->placeholders.audio_token_id);
+        }
+        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens + start, pos0, m, soft_rows, err)
+                                       : forward_batch(context, tokens + start, pos0, m, soft_rows, NULL, err);
         if (status != TQ_OK) {
             return status;
+        }
+        for (int64_t t = 0; t < m && soft_rows != NULL; t++) {
+            soft_rows += tq_model_is_placeholder(model, tokens[start + t]) ? c->hidden : 0;
         }
         tq_kv_cache_advance(context->cache, m);
 
@@ -569,6 +609,12 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
             return tq_error_set(err, TQ_ERR_INVALID, "token id %d of tree node %lld is outside the vocabulary [0, %d)",
                                 tokens[i], (long long)i, c->n_vocab);
         }
+        if (tq_model_is_placeholder(model, tokens[i])) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "tree node %lld is the placeholder token %d, which needs a soft embedding row; "
+                                "evaluate placeholders with tq_context_eval_soft",
+                                (long long)i, tokens[i]);
+        }
         if (i == 0 ? parents[0] != -1 : parents[i] < 0 || parents[i] >= i) {
             return tq_error_set(err, TQ_ERR_INVALID,
                                 "tree node %lld has parent %d; the root (node 0) needs -1 and node i a parent in "
@@ -595,7 +641,10 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
         return status;
     }
     const tq_tree tree = {.parent = parents, .depth = depth};
-    if ((status = forward_batch(context, tokens, n_past, n, &tree, err)) != TQ_OK) {
+    for (int64_t i = 0; i < n; i++) {
+        tq_kv_cache_set_audio(context->cache, n_past + i, 0); /* node i's rows wait at n_past + i */
+    }
+    if ((status = forward_batch(context, tokens, n_past, n, NULL, &tree, err)) != TQ_OK) {
         return status;
     }
 

@@ -862,8 +862,10 @@ static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error
 }
 
 /* Per-layer inputs of the micro-batch: (RMSNorm(W x / sqrt(hidden)) + table[token]
- * * sqrt(width)) / sqrt(2), per layer slice of width values, where x is the scaled
- * token embedding in b->x. Scalars are rounded to float32 as transformers does. */
+ * * sqrt(width)) / sqrt(2), per layer slice of width values, where x is the input embedding
+ * in b->x (a soft embedding row at a placeholder position). A placeholder position looks up
+ * the pad token's table row, as transformers' Gemma4Model does. Scalars are rounded to float32
+ * as transformers does. */
 static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, int64_t n, tq_error *err)
 {
     const tq_model *model = context->model;
@@ -882,7 +884,8 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
         return status;
     }
     for (int64_t t = 0; t < n; t++) {
-        status = tq_weight_get_row(&weights->per_layer_token_embd, tokens[t], g->ple_token + t * row, err);
+        const int32_t token = tq_model_is_placeholder(model, tokens[t]) ? TQ_GEMMA_PAD_TOKEN_ID : tokens[t];
+        status = tq_weight_get_row(&weights->per_layer_token_embd, token, g->ple_token + t * row, err);
         if (status != TQ_OK) {
             return status;
         }
@@ -905,7 +908,7 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
 }
 
 tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
-                                  tq_error *err)
+                                  const float *soft_rows, tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -913,14 +916,8 @@ tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, in
     tq_forward_buffers *b = &context->buffers;
     tq_status status;
 
-    for (int64_t t = 0; t < n; t++) {
-        float *x = b->x + t * c->hidden;
-        if ((status = tq_weight_get_row(&model->token_embd, tokens[t], x, err)) != TQ_OK) {
-            return status;
-        }
-        for (int i = 0; i < c->hidden; i++) {
-            x[i] *= c->embedding_scale;
-        }
+    if ((status = tq_embed_tokens(context, tokens, n, soft_rows, err)) != TQ_OK) {
+        return status;
     }
     if (c->per_layer_input > 0 && (status = per_layer_inputs(context, tokens, n, err)) != TQ_OK) {
         return status;

@@ -81,6 +81,8 @@ struct tq_model {
     int *kv_f16_layers;               /* owned copy behind context_params.kv_f16_layers */
     tq_context *context;              /* default context of tq_model_eval */
     struct tq_gemma4 *gemma4;         /* Gemma 4 weights and tables; NULL for Gemma 3 */
+    tq_placeholder_params placeholders; /* audio_codebook points to the model's own copy */
+    float *audio_codebook;              /* owned copy behind placeholders.audio_codebook */
 };
 
 /* State of one sequence; see model.h. */
@@ -97,6 +99,15 @@ struct tq_context {
     int64_t tree_nodes;
     int32_t tree_parent[TQ_TREE_MAX_NODES];
 };
+
+/* Gemma's pad token id. Gemma 4 looks up its per-layer embedding row at placeholder positions. */
+#define TQ_GEMMA_PAD_TOKEN_ID 0
+
+/* Write the input embeddings of n tokens into context->buffers.x: the embedding row times
+ * embedding_scale, or for a placeholder token the next row of soft_rows (hidden floats each)
+ * as it is. soft_rows must hold a row for every placeholder token among tokens. */
+tq_status tq_embed_tokens(tq_context *context, const int32_t *tokens, int64_t n, const float *soft_rows,
+                          tq_error *err);
 
 /* Attention of the n tokens at positions pos0.. on layer l (head size hd), from queries
  * (n rows of n_heads * hd floats) into out, threaded over tokens, KV heads and position
@@ -141,9 +152,9 @@ const int *tq_gemma4_layer_head_dims(const tq_gemma4 *gemma4);
 const int *tq_gemma4_layer_kv_sources(const tq_gemma4 *gemma4);
 
 /* Run n tokens at positions pos0 .. pos0 + n - 1 through every layer, as
- * forward_batch in model_forward.c; b->x then contains the final hidden states. */
+ * forward_batch in model_forward.c (soft_rows as tq_embed_tokens); b->x then contains the final hidden states. */
 tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
-                                  tq_error *err);
+                                  const float *soft_rows, tq_error *err);
 
 void tq_gemma4_free(tq_gemma4 *gemma4);
 

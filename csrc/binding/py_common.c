@@ -89,6 +89,38 @@ void tq_py_matrix_release(tq_py_matrix *m)
     }
 }
 
+int tq_py_float_sequence(PyObject *obj, const char *name, float **out, Py_ssize_t *count)
+{
+    char message[128];
+    snprintf(message, sizeof(message), "%s must be a sequence of numbers", name);
+    PyObject *sequence = PySequence_Fast(obj, message);
+    if (sequence == NULL) {
+        return -1;
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    float *values = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (values == NULL) {
+        Py_DECREF(sequence);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double value = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(sequence, i));
+        if (value == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s[%zd] must be a number", name, i);
+            PyMem_Free(values);
+            Py_DECREF(sequence);
+            return -1;
+        }
+        values[i] = (float)value;
+    }
+    Py_DECREF(sequence);
+    *out = values;
+    *count = n;
+    return 0;
+}
+
 int tq_py_check_finite(const tq_py_matrix *m, const char *name)
 {
     const size_t n = (size_t)m->rows * (size_t)m->cols;

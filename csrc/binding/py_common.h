@@ -29,6 +29,11 @@ void tq_py_matrix_release(tq_py_matrix *m);
 /* Returns -1 with ValueError set when any value is NaN or infinite, naming the first one. */
 int tq_py_check_finite(const tq_py_matrix *m, const char *name);
 
+/* Copy a sequence of numbers (a list, tuple or 1-D array) into *out as floats, allocated
+ * with PyMem_Malloc (the caller frees it), and its length into *count. name appears in error
+ * messages. Returns 0, or -1 with TypeError for a non-number entry. */
+int tq_py_float_sequence(PyObject *obj, const char *name, float **out, Py_ssize_t *count);
+
 /* A _core.Tokenizer that uses tok without owning it: it keeps a reference to
  * owner, which must keep tok alive (a Model owns its tokenizer). Needs
  * tq_py_init_tokenizer to have run. Returns a new reference, or NULL with an

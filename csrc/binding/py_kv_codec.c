@@ -68,7 +68,8 @@ static void rows_release(rows_view *rows)
     }
 }
 
-static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long long seed, tq_kv_codec **out)
+static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long long seed, const float *codebook,
+                        Py_ssize_t codebook_count, tq_kv_codec **out)
 {
     tq_error err;
     tq_error_clear(&err);
@@ -78,7 +79,13 @@ static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long lon
         return -1;
     }
     tq_isa isa;
-    if (tq_isa_select(&isa, &err) != TQ_OK || tq_kv_codec_create(name, (size_t)head_dim, seed, isa, out, &err) != TQ_OK) {
+    tq_status status = tq_isa_select(&isa, &err);
+    if (status == TQ_OK) {
+        status = codebook != NULL ? tq_kv_codec_create_with_codebook(name, (size_t)head_dim, seed, isa, codebook,
+                                                                     (size_t)codebook_count, out, &err)
+                                  : tq_kv_codec_create(name, (size_t)head_dim, seed, isa, out, &err);
+    }
+    if (status != TQ_OK) {
         tq_py_raise(&err);
         return -1;
     }
@@ -87,15 +94,24 @@ static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long lon
 
 static int KVCodec_init(KVCodecObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "head_dim", "seed", NULL};
+    static char *keywords[] = {"name", "head_dim", "seed", "codebook", NULL};
     const char *name;
     Py_ssize_t head_dim;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|K:KVCodec", keywords, &name, &head_dim, &seed)) {
+    PyObject *codebook_object = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|KO:KVCodec", keywords, &name, &head_dim, &seed,
+                                     &codebook_object)) {
+        return -1;
+    }
+    float *codebook = NULL;
+    Py_ssize_t codebook_count = 0;
+    if (codebook_object != Py_None && tq_py_float_sequence(codebook_object, "codebook", &codebook, &codebook_count) != 0) {
         return -1;
     }
     tq_kv_codec *codec;
-    if (create_codec(name, head_dim, seed, &codec) != 0) {
+    const int failed = create_codec(name, head_dim, seed, codebook, codebook_count, &codec);
+    PyMem_Free(codebook);
+    if (failed) {
         return -1;
     }
     tq_kv_codec_free(self->codec);
@@ -173,6 +189,32 @@ static PyObject *KVCodec_decode(KVCodecObject *self, PyObject *arg)
     tq_kv_codec_decode(self->codec, rows.data, row_bytes, n, (float *)PyArray_DATA(out), d);
     Py_END_ALLOW_THREADS
     rows_release(&rows);
+    return (PyObject *)out;
+}
+
+static PyObject *KVCodec_rotate(KVCodecObject *self, PyObject *arg)
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    const size_t d = tq_kv_codec_head_dim(self->codec);
+    tq_py_matrix x;
+    if (tq_py_matrix_acquire(arg, "x", (Py_ssize_t)d, &x) != 0) {
+        return NULL;
+    }
+    npy_intp dims[2] = {x.rows, (npy_intp)d};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (out == NULL) {
+        tq_py_matrix_release(&x);
+        return NULL;
+    }
+    float *result = (float *)PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < x.rows; i++) {
+        tq_kv_codec_rotate(self->codec, x.data + (size_t)i * d, result + (size_t)i * d);
+    }
+    Py_END_ALLOW_THREADS
+    tq_py_matrix_release(&x);
     return (PyObject *)out;
 }
 
@@ -361,6 +403,9 @@ static PyMethodDef KVCodec_methods[] = {
      "encode(x) -> uint8 array (n, row_bytes)\n\nEncode float32 rows of shape (n, head_dim) or (head_dim,)."},
     {"decode", (PyCFunction)KVCodec_decode, METH_O,
      "decode(rows) -> float32 array (n, head_dim)\n\nReconstruct rows; attention itself reads the codes."},
+    {"rotate", (PyCFunction)KVCodec_rotate, METH_O,
+     "rotate(x) -> float32 array (n, head_dim)\n\nRows divided by their norms and rotated by the codec's "
+     "randomized Hadamard transform: the domain where the codebooks quantize (f16 does not rotate)."},
     {"scores", (PyCFunction)KVCodec_scores, METH_VARARGS,
      "scores(q, rows) -> float32 array (n_q, n), or (n,) for a 1-D q\n\n"
      "Dot products of 1 to 8 query rows with the encoded rows, computed on the codes."},
@@ -374,9 +419,11 @@ static PyTypeObject KVCodecType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.KVCodec",
     .tp_basicsize = sizeof(KVCodecObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "KVCodec(name, head_dim, seed=0)\n\n"
+    .tp_doc = "KVCodec(name, head_dim, seed=0, codebook=None)\n\n"
               "Codec of KV-cache rows: f16, tq4, tq3.5, tq3, tq2.5, tq2, tq3+qjl, tq4+qjl, polar or polar+qjl. "
-              "head_dim must be a power of two from 64 to 1024.",
+              "head_dim must be a power of two from 64 to 1024. codebook: strictly increasing centroids that "
+              "replace the default Lloyd-Max codebook, in units of sqrt(head_dim) times a rotated unit-vector "
+              "coordinate (16 radii >= 0 for polar, 2^bits entries for a tq format).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)KVCodec_init,
     .tp_dealloc = (destructor)KVCodec_dealloc,
@@ -400,7 +447,7 @@ static tq_kv_codec *codec_argument(PyObject *obj, const char *name, Py_ssize_t h
         return NULL;
     }
     const char *format = PyUnicode_AsUTF8(obj);
-    if (format == NULL || create_codec(format, head_dim, seed, owned) != 0) {
+    if (format == NULL || create_codec(format, head_dim, seed, NULL, 0, owned) != 0) {
         return NULL;
     }
     return *owned;

@@ -140,7 +140,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"path",          "threads",       "cache_type_k", "cache_type_v",    "ctx",
                                "n_batch",       "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys",
-                               "hf_weights",    "tokenizer",     NULL};
+                               "hf_weights",    "tokenizer",     "audio_token_id", "image_token_id",
+                               "audio_codebook", NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -153,10 +154,14 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     int kv_balance_keys = 1;
     PyObject *hf_weights = NULL;
     PyObject *tokenizer = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!O:Model", keywords, PyUnicode_FSConverter,
+    int audio_token_id = -1;
+    int image_token_id = -1;
+    PyObject *audio_codebook_object = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiO:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
                                      &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys, &PyTuple_Type,
-                                     &hf_weights, &tokenizer)) {
+                                     &hf_weights, &tokenizer, &audio_token_id, &image_token_id,
+                                     &audio_codebook_object)) {
         return -1;
     }
     if (kv_recent_f16 < 0) {
@@ -227,8 +232,21 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
             return -1;
         }
     }
+    tq_placeholder_params placeholders = {.audio_token_id = audio_token_id, .image_token_id = image_token_id};
+    float *audio_codebook = NULL;
+    Py_ssize_t audio_codebook_count = 0;
+    if (audio_codebook_object != Py_None) {
+        if (tq_py_float_sequence(audio_codebook_object, "audio_codebook", &audio_codebook, &audio_codebook_count) !=
+            0) {
+            Py_DECREF(path_bytes);
+            return -1;
+        }
+        placeholders.audio_codebook = audio_codebook;
+        placeholders.audio_codebook_count = (size_t)audio_codebook_count;
+    }
     tq_hf_weights *weights = NULL;
     if (hf_weights != NULL && open_hf_weights(hf_weights, path, &weights) != 0) {
+        PyMem_Free(audio_codebook);
         Py_DECREF(path_bytes);
         return -1;
     }
@@ -247,6 +265,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .kv_balance_keys = kv_balance_keys,
         .hf_weights = weights,
         .tokenizer = external_tokenizer,
+        .placeholders = &placeholders,
     };
     tq_error err;
     tq_error_clear(&err);
@@ -255,6 +274,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     status = tq_model_create(&params, &model, &err);
     Py_END_ALLOW_THREADS
+    PyMem_Free(audio_codebook); /* the model keeps its own copy */
     Py_DECREF(path_bytes);
     if (status != TQ_OK) {
         tq_py_raise(&err);
@@ -338,14 +358,122 @@ fail:
 
 /* ---- Calls shared by Model (its default context) and Context ---------------- */
 
+/* Soft embedding rows of one eval call: a C-contiguous float32 array (rows, hidden), read in
+ * place; data is NULL when the caller passed None. */
+typedef struct {
+    Py_buffer view;
+    const float *data;
+    Py_ssize_t rows;
+    int acquired;
+} soft_view;
+
+static void soft_release(soft_view *soft)
+{
+    if (soft->acquired) {
+        PyBuffer_Release(&soft->view);
+        soft->acquired = 0;
+    }
+}
+
+/* Acquire obj as soft embedding rows of hidden floats; ValueError names the shape or dtype
+ * found and the one expected. */
+static int soft_acquire(PyObject *obj, int hidden, soft_view *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (obj == Py_None) {
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, &out->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "soft_embeddings must be a C-contiguous float32 array of shape (n_placeholders, %d), got "
+                     "%.100s; pass numpy.ascontiguousarray(rows, dtype=numpy.float32)",
+                     hidden, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    out->acquired = 1;
+    const char *format = out->view.format != NULL ? out->view.format : "B";
+    const char *code = (format[0] == '<' || format[0] == '=' || format[0] == '@') ? format + 1 : format;
+    if (strcmp(code, "f") != 0 || out->view.itemsize != 4) {
+        PyErr_Format(PyExc_ValueError,
+                     "soft_embeddings must have dtype float32 (buffer format 'f'), got format '%s'; convert with "
+                     "numpy.ascontiguousarray(rows, dtype=numpy.float32)",
+                     format);
+        soft_release(out);
+        return -1;
+    }
+    if (out->view.ndim != 2 || out->view.shape[1] != hidden) {
+        /* The shape as NumPy prints it: (12,) or (12, 65). */
+        char shape[128] = "(";
+        size_t used = 1;
+        for (int i = 0; i < out->view.ndim && used < sizeof(shape); i++) {
+            used += (size_t)snprintf(shape + used, sizeof(shape) - used, i == 0 ? "%zd" : ", %zd",
+                                     out->view.shape[i]);
+        }
+        if (used < sizeof(shape)) {
+            snprintf(shape + used, sizeof(shape) - used, out->view.ndim == 1 ? ",)" : ")");
+        }
+        PyErr_Format(PyExc_ValueError,
+                     "soft_embeddings has shape %s; expected (n_placeholders, %d), one row of the model's hidden "
+                     "size per placeholder position",
+                     shape, hidden);
+        soft_release(out);
+        return -1;
+    }
+    out->rows = out->view.shape[0];
+    out->data = out->rows > 0 ? (const float *)out->view.buf : NULL;
+    return 0;
+}
+
+/* read_kv(layer, start, n): the decoded cache rows of n positions from start. */
+static PyObject *context_read_kv(tq_context *context, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"layer", "start", "n", NULL};
+    int layer;
+    long long start, n;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLL:read_kv", keywords, &layer, &start, &n)) {
+        return NULL;
+    }
+    const tq_model_config *config = tq_model_get_config(tq_context_model(context));
+    tq_kv_cache *cache = tq_context_kv_cache(context);
+    if (layer < 0 || layer >= config->n_layers || n < 0) {
+        PyErr_Format(PyExc_ValueError, "layer must be in 0 .. %d and n >= 0, got layer %d and n %lld",
+                     config->n_layers - 1, layer, n);
+        return NULL;
+    }
+    const int head_dim = tq_kv_cache_layer_head_dim(cache, layer);
+    npy_intp dims[3] = {(npy_intp)n, config->n_kv_heads, head_dim};
+    PyObject *keys = PyArray_SimpleNew(3, dims, NPY_FLOAT32);
+    PyObject *values = PyArray_SimpleNew(3, dims, NPY_FLOAT32);
+    if (keys == NULL || values == NULL) {
+        Py_XDECREF(keys);
+        Py_XDECREF(values);
+        return NULL;
+    }
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_kv_cache_read(cache, layer, start, n, (float *)PyArray_DATA((PyArrayObject *)keys),
+                              (float *)PyArray_DATA((PyArrayObject *)values), &err);
+    Py_END_ALLOW_THREADS
+    if (status != TQ_OK) {
+        Py_DECREF(keys);
+        Py_DECREF(values);
+        return tq_py_raise(&err);
+    }
+    return Py_BuildValue("(NN)", keys, values);
+}
+
 static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"tokens", "logits", "hidden", NULL};
+    static char *keywords[] = {"tokens", "logits", "hidden", "soft_embeddings", NULL};
     PyObject *tokens_object;
     const char *logits_name = "last";
     int want_hidden = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$p:eval", keywords, &tokens_object, &logits_name,
-                                     &want_hidden)) {
+    PyObject *soft_object = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$pO:eval", keywords, &tokens_object, &logits_name,
+                                     &want_hidden, &soft_object)) {
         return NULL;
     }
     tq_logits_mode mode;
@@ -360,16 +488,22 @@ static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwa
         return NULL;
     }
 
+    const tq_model_config *config = tq_model_get_config(tq_context_model(context));
+    soft_view soft;
+    if (soft_acquire(soft_object, config->hidden, &soft) != 0) {
+        return NULL;
+    }
     Py_ssize_t n = 0;
     int32_t *tokens = tokens_from_object(tokens_object, &n);
     if (tokens == NULL) {
+        soft_release(&soft);
         return NULL;
     }
-    const tq_model_config *config = tq_model_get_config(tq_context_model(context));
     const int64_t n_past = tq_context_n_past(context);
     const int64_t n_ctx = tq_context_n_ctx(context);
     if ((int64_t)n > n_ctx - n_past) {
         PyMem_Free(tokens);
+        soft_release(&soft);
         PyErr_Format(PyExc_IndexError,
                      "%lld positions already used plus %zd new tokens exceed the context of %lld; create the "
                      "model with a larger ctx or call truncate()/reset()",
@@ -390,6 +524,7 @@ static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwa
     }
     if (result == NULL) {
         PyMem_Free(tokens);
+        soft_release(&soft);
         return NULL;
     }
     if (mode != TQ_LOGITS_NONE) {
@@ -410,6 +545,7 @@ static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwa
         }
         if (hidden_array == NULL) {
             PyMem_Free(tokens);
+            soft_release(&soft);
             Py_DECREF(result);
             return NULL;
         }
@@ -420,9 +556,10 @@ static PyObject *context_eval(tq_context *context, PyObject *args, PyObject *kwa
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = tq_context_eval_hidden(context, tokens, n, mode, logits, hidden, &err);
+    status = tq_context_eval_soft(context, tokens, n, soft.data, soft.rows, mode, logits, hidden, &err);
     Py_END_ALLOW_THREADS
     PyMem_Free(tokens);
+    soft_release(&soft);
     if (status != TQ_OK) {
         Py_DECREF(result);
         Py_XDECREF(hidden_array);
@@ -613,6 +750,37 @@ done:
     return NULL;
 }
 
+/* Add audio_token_id and image_token_id (None when unset) and audio_codebook (a tuple, empty
+ * without one) to a config dict. */
+static int add_placeholders(PyObject *config, const tq_placeholder_params *placeholders)
+{
+    const int32_t ids[2] = {placeholders->audio_token_id, placeholders->image_token_id};
+    const char *names[2] = {"audio_token_id", "image_token_id"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *value = ids[i] >= 0 ? PyLong_FromLong(ids[i]) : Py_NewRef(Py_None);
+        if (value == NULL || PyDict_SetItemString(config, names[i], value) != 0) {
+            Py_XDECREF(value);
+            return -1;
+        }
+        Py_DECREF(value);
+    }
+    PyObject *codebook = PyTuple_New((Py_ssize_t)placeholders->audio_codebook_count);
+    for (size_t i = 0; codebook != NULL && i < placeholders->audio_codebook_count; i++) {
+        PyObject *entry = PyFloat_FromDouble((double)placeholders->audio_codebook[i]);
+        if (entry == NULL) {
+            Py_CLEAR(codebook);
+            break;
+        }
+        PyTuple_SET_ITEM(codebook, (Py_ssize_t)i, entry);
+    }
+    if (codebook == NULL || PyDict_SetItemString(config, "audio_codebook", codebook) != 0) {
+        Py_XDECREF(codebook);
+        return -1;
+    }
+    Py_DECREF(codebook);
+    return 0;
+}
+
 static PyObject *config_dict(const tq_model *model)
 {
     const tq_model_config *c = tq_model_get_config(model);
@@ -650,6 +818,10 @@ static PyObject *config_dict(const tq_model *model)
     }
     Py_DECREF(extra);
     Py_DECREF(global_layers);
+    if (add_placeholders(config, tq_model_placeholders(model)) != 0) {
+        Py_DECREF(config);
+        return NULL;
+    }
     return config;
 }
 
@@ -669,6 +841,11 @@ static PyObject *tokenizer_wrapper(const tq_model *model, PyObject *owner)
 static PyObject *Model_eval(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     return check_ready(self) != 0 ? NULL : context_eval(tq_model_context(self->model), args, kwargs);
+}
+
+static PyObject *Model_read_kv(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    return check_ready(self) != 0 ? NULL : context_read_kv(tq_model_context(self->model), args, kwargs);
 }
 
 static PyObject *Model_truncate(ModelObject *self, PyObject *args, PyObject *kwargs)
@@ -756,12 +933,20 @@ static PyObject *Model_get_cache_type_v(ModelObject *self, void *Py_UNUSED(closu
 
 static PyMethodDef Model_methods[] = {
     {"eval", (PyCFunction)(void (*)(void))Model_eval, METH_VARARGS | METH_KEYWORDS,
-     "eval(tokens, logits='last', *, hidden=False)\n\n"
+     "eval(tokens, logits='last', *, hidden=False, soft_embeddings=None)\n\n"
      "Run tokens (ints) at positions n_past, n_past + 1, ... and append them to the KV cache.\n"
      "logits: 'last' returns float32 (n_vocab,), 'all' returns (len(tokens), n_vocab), 'none' returns None.\n"
      "hidden=True returns (logits, hidden) with the final hidden states after the output norm:\n"
      "(hidden_size,) for 'last', (len(tokens), hidden_size) for 'all' and 'none'.\n"
-     "Raises IndexError when n_past + len(tokens) > n_ctx, ValueError for an empty list or an unknown id."},
+     "soft_embeddings: float32 (n_placeholders, hidden_size), the input embeddings of the audio and image\n"
+     "placeholder positions in order, used as they are (not scaled by sqrt(hidden_size)); required when\n"
+     "tokens contain placeholder ids.\n"
+     "Raises IndexError when n_past + len(tokens) > n_ctx, ValueError for an empty list, an unknown id or\n"
+     "soft embeddings of the wrong count, shape or dtype."},
+    {"read_kv", (PyCFunction)(void (*)(void))Model_read_kv, METH_VARARGS | METH_KEYWORDS,
+     "read_kv(layer, start, n) -> (keys, values)\n\n"
+     "The cached rows of positions start .. start + n - 1 of layer, decoded to float32 arrays of shape\n"
+     "(n, n_kv_heads, head_dim of the layer): the coded rows attention reads outside the recent f16 window."},
     {"truncate", (PyCFunction)(void (*)(void))Model_truncate, METH_VARARGS | METH_KEYWORDS,
      "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
     {"eval_tree", (PyCFunction)(void (*)(void))Model_eval_tree, METH_VARARGS | METH_KEYWORDS,
@@ -848,6 +1033,11 @@ static void Context_dealloc(ContextObject *self)
 static PyObject *Context_eval(ContextObject *self, PyObject *args, PyObject *kwargs)
 {
     return context_eval(self->context, args, kwargs);
+}
+
+static PyObject *Context_read_kv(ContextObject *self, PyObject *args, PyObject *kwargs)
+{
+    return context_read_kv(self->context, args, kwargs);
 }
 
 static PyObject *Context_truncate(ContextObject *self, PyObject *args, PyObject *kwargs)
@@ -960,7 +1150,10 @@ static PyObject *Context_get_cache_type_v(ContextObject *self, void *Py_UNUSED(c
 
 static PyMethodDef Context_methods[] = {
     {"eval", (PyCFunction)(void (*)(void))Context_eval, METH_VARARGS | METH_KEYWORDS,
-     "eval(tokens, logits='last', *, hidden=False)\n\nAs Model.eval, on this context's KV cache."},
+     "eval(tokens, logits='last', *, hidden=False, soft_embeddings=None)\n\nAs Model.eval, on this context's "
+     "KV cache."},
+    {"read_kv", (PyCFunction)(void (*)(void))Context_read_kv, METH_VARARGS | METH_KEYWORDS,
+     "read_kv(layer, start, n) -> (keys, values)\n\nAs Model.read_kv, on this context's KV cache."},
     {"truncate", (PyCFunction)(void (*)(void))Context_truncate, METH_VARARGS | METH_KEYWORDS,
      "truncate(n_past)\n\nForget positions >= n_past (0 <= n_past <= current n_past)."},
     {"eval_tree", (PyCFunction)(void (*)(void))Context_eval_tree, METH_VARARGS | METH_KEYWORDS,
@@ -1089,19 +1282,26 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
 {
     static char *keywords[] = {"keys",    "values",  "queries",    "cache_type_k", "cache_type_v",
                                "window",  "n_batch", "splits",     "kernels",      "recent_f16",
-                               "seed",    "key_scale", "key_center", NULL};
+                               "seed",    "key_scale", "key_center", "audio_positions", "audio_codebook",
+                               "read_rows", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *key_scale_object = Py_None, *key_center_object = Py_None;
+    PyObject *audio_positions_object = Py_None, *audio_codebook_object = Py_None;
+    PyArrayObject *audio_positions = NULL;
+    float *audio_codebook = NULL;
+    Py_ssize_t audio_codebook_count = 0;
+    int read_rows = 0;
     PyArrayObject *key_scale = NULL, *key_center = NULL;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     long long window = 0, n_batch = 0, recent_f16 = 0;
     unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOO:kv_cache_attention", keywords, &keys_object,
-                                     &values_object, &queries_object, &cache_type_k, &cache_type_v, &window,
-                                     &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
-                                     &key_center_object)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOp:kv_cache_attention", keywords,
+                                     &keys_object, &values_object, &queries_object, &cache_type_k, &cache_type_v,
+                                     &window, &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
+                                     &key_center_object, &audio_positions_object, &audio_codebook_object,
+                                     &read_rows)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -1184,6 +1384,22 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
             goto done;
         }
     }
+    if (audio_positions_object != Py_None) {
+        audio_positions = (PyArrayObject *)PyArray_FROMANY(audio_positions_object, NPY_UINT8, 1, 1,
+                                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (audio_positions == NULL) {
+            goto done;
+        }
+        if (PyArray_SIZE(audio_positions) != n) {
+            PyErr_Format(PyExc_ValueError, "audio_positions must have one flag per position (%zd), got %zd", n,
+                         (Py_ssize_t)PyArray_SIZE(audio_positions));
+            goto done;
+        }
+    }
+    if (audio_codebook_object != Py_None &&
+        tq_py_float_sequence(audio_codebook_object, "audio_codebook", &audio_codebook, &audio_codebook_count) != 0) {
+        goto done;
+    }
     int64_t layer_window = window;
     tq_kv_cache_config config = {
         .n_layers = 1,
@@ -1199,6 +1415,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .codec_seed = seed,
         .key_scale = key_scale != NULL ? (const float *)PyArray_DATA(key_scale) : NULL,
         .key_center = key_center != NULL ? (const uint8_t *)PyArray_DATA(key_center) : NULL,
+        .audio_codebook = audio_codebook,
+        .audio_codebook_count = (size_t)audio_codebook_count,
     };
     if (tq_kv_cache_create(&config, &cache, &err) != TQ_OK) {
         tq_py_raise(&err);
@@ -1225,6 +1443,9 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
             tq_py_raise(&err);
             goto done;
         }
+        for (int64_t t = start; audio_positions != NULL && t < start + m; t++) {
+            tq_kv_cache_set_audio(cache, t, ((const uint8_t *)PyArray_DATA(audio_positions))[t]);
+        }
         tq_kv_cache_write(cache, 0, start, m, keys.data + start * head_dim, values.data + start * head_dim);
         for (int64_t t = start; t < start + m; t++) {
             const int64_t first = tq_kv_cache_first_visible(cache, 0, t);
@@ -1239,10 +1460,31 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         }
         tq_kv_cache_advance(cache, m);
     }
+    if (read_rows) {
+        /* Decoded rows of every position, after the last write. */
+        npy_intp row_dims[2] = {n, head_dim};
+        PyObject *decoded_keys = PyArray_SimpleNew(2, row_dims, NPY_FLOAT32);
+        PyObject *decoded_values = PyArray_SimpleNew(2, row_dims, NPY_FLOAT32);
+        if (decoded_keys == NULL || decoded_values == NULL ||
+            tq_kv_cache_read(cache, 0, 0, n, (float *)PyArray_DATA((PyArrayObject *)decoded_keys),
+                             (float *)PyArray_DATA((PyArrayObject *)decoded_values), &err) != TQ_OK) {
+            Py_XDECREF(decoded_keys);
+            Py_XDECREF(decoded_values);
+            Py_CLEAR(result);
+            if (!PyErr_Occurred()) {
+                tq_py_raise(&err);
+            }
+            goto done;
+        }
+        PyObject *triple = Py_BuildValue("(NNN)", result, decoded_keys, decoded_values);
+        result = triple;
+    }
 
 done:
     Py_XDECREF(key_scale);
     Py_XDECREF(key_center);
+    Py_XDECREF(audio_positions);
+    PyMem_Free(audio_codebook);
     tq_aligned_free(partials);
     tq_aligned_free(scratch);
     tq_kv_cache_free(cache);
@@ -1405,7 +1647,10 @@ static PyMethodDef model_functions[] = {
      "exercises the ring buffer; splits > 1 attends over that many position ranges and merges them.\n"
      "For codec types (tq3, ...), recent_f16 positions are read from an f16 copy and seed fixes the\n"
      "codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
-     "balancing of a codec key side (tq_kv_cache_config.key_scale). Exposes the cache kernels to tests."},
+     "balancing of a codec key side (tq_kv_cache_config.key_scale). audio_positions (n flags) marks\n"
+     "positions stored with audio_codebook (tq_kv_cache_config.audio_codebook). read_rows=True returns\n"
+     "(output, keys, values) with the rows decoded from the cache after the last write.\n"
+     "Exposes the cache kernels to tests."},
     {NULL, NULL, 0, NULL},
 };
 
