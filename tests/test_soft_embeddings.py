@@ -197,7 +197,9 @@ def test_model_soft_embeddings_api(tiny4):
     assert loaded.audio_token_id == AUDIO and loaded.image_token_id == IMAGE
     np.testing.assert_allclose(loaded.logits(tokens, soft_embeddings=soft),
                                gemma4_reference_logits(model, tokens, soft), rtol=0, atol=ATOL)
-    with pytest.raises(ValueError, match="dtype float32"):
+    with pytest.raises(ValueError, match=r"float32 array of shape \(n_placeholders, \d+\), got float64"):
         loaded.logits(tokens, soft_embeddings=soft.astype(np.float64))
-    with pytest.raises(ValueError, match="soft embedding rows"):
+    with pytest.raises(ValueError, match="12 audio or image placeholder positions but no soft_embeddings"):
         loaded.logits(tokens)
+    with pytest.raises(ValueError, match="placeholder positions but soft_embeddings has 11 rows"):
+        loaded.logits(tokens, soft_embeddings=soft[:11])

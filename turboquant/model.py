@@ -147,12 +147,16 @@ class Model:
         self._busy = False
         self._tokenizer = core_model.tokenizer
         self._end_ids = self._find_end_ids()
+        config = core_model.config
+        self._placeholder_ids = frozenset(t for t in (config["audio_token_id"], config["image_token_id"])
+                                          if t is not None)
 
     # ----------------------------------------------------------------- loading
 
     @classmethod
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
-             kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True) -> "Model":
+             kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True, audio_token_id=None, image_token_id=None,
+             audio_codebook=None, config=None) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
         path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
@@ -173,11 +177,35 @@ class Model:
         scores keep their value and their quantization error drops several-fold on Gemma 3.
         exact_matmul: keep activations in float32 in every weight product (several times slower);
         the default rounds them to 8 bits per block as llama.cpp does.
+        audio_token_id, image_token_id: the placeholder tokens whose positions take soft-token
+        embeddings (``logits``/``generate`` argument soft_embeddings); None: no such token.
+        audio_codebook: strictly increasing centroids for the keys and values at audio positions
+        (see ``turboquant.fit_audio_codebook``); None keeps the default codebook there.
+        config: a Gemma3Config or Gemma4Config whose runtime settings (``model_load_options``),
+        token ids and audio_codebook fill the arguments left at None (or ()).
         Raises FileNotFoundError for a missing file (config.json, a shard), ValueError for a bad
         value, an unsupported configuration or a tensor of the wrong shape.
         """
+        if config is not None:
+            from .config import _GemmaConfig
+
+            if not isinstance(config, _GemmaConfig):
+                raise TypeError(f"config must be a Gemma3Config or Gemma4Config, got {type(config).__name__}")
+            options = config.model_load_options()
+            threads = threads if threads is not None else options["threads"]
+            ctx = ctx if ctx is not None else options["ctx"]
+            cache_type_k = cache_type_k if cache_type_k is not None else options["cache_type_k"]
+            cache_type_v = cache_type_v if cache_type_v is not None else options["cache_type_v"]
+            kv_recent_f16 = kv_recent_f16 if kv_recent_f16 is not None else options["kv_recent_f16"]
+            kv_f16_layers = kv_f16_layers or options["kv_f16_layers"]
+            audio_token_id = audio_token_id if audio_token_id is not None else config.audio_token_id
+            image_token_id = image_token_id if image_token_id is not None else config.image_token_id
+            if audio_codebook is None and config.audio_codebook:
+                audio_codebook = config.audio_codebook
         _check_optional_int("threads", threads, 1)
         _check_optional_int("ctx", ctx, 1)
+        _check_optional_int("audio_token_id", audio_token_id, 0)
+        _check_optional_int("image_token_id", image_token_id, 0)
         for name, value in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str such as 'f16', got {type(value).__name__}")
@@ -212,6 +240,9 @@ class Model:
             kv_f16_layers=tuple(kv_f16_layers),
             exact_matmul=bool(exact_matmul),
             kv_balance_keys=bool(kv_balance_keys),
+            audio_token_id=-1 if audio_token_id is None else int(audio_token_id),
+            image_token_id=-1 if image_token_id is None else int(image_token_id),
+            audio_codebook=None if audio_codebook is None else tuple(float(c) for c in audio_codebook),
         )
         return cls(core, path)
 
@@ -269,6 +300,43 @@ class Model:
         return self._core.config
 
     @property
+    def audio_token_id(self) -> int | None:
+        """Token id of the audio placeholder (its positions take soft embeddings), or None."""
+        return self._core.config["audio_token_id"]
+
+    @property
+    def image_token_id(self) -> int | None:
+        """Token id of the image placeholder (its positions take soft embeddings), or None."""
+        return self._core.config["image_token_id"]
+
+    @property
+    def audio_codebook(self) -> tuple:
+        """Codebook of the KV rows at audio positions; empty when they use the default one."""
+        return self._core.config["audio_codebook"]
+
+    def _check_soft_embeddings(self, ids: list[int], soft_embeddings):
+        """Return soft_embeddings as a float32 array (never a copy), checked against the placeholder
+        positions of ids; None when ids have none and none were given."""
+        count = self._placeholder_count(ids)
+        if soft_embeddings is None:
+            if count:
+                raise ValueError(f"the tokens have {count} audio or image placeholder positions but no "
+                                 "soft_embeddings were given; pass a float32 array with one row per placeholder")
+            return None
+        rows = np.asarray(soft_embeddings)
+        hidden = self.config["hidden"]
+        if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[1] != hidden or not rows.flags.c_contiguous:
+            raise ValueError(f"soft_embeddings must be a C-contiguous float32 array of shape (n_placeholders, "
+                             f"{hidden}), got {rows.dtype} with shape {rows.shape}")
+        if rows.shape[0] != count:
+            raise ValueError(f"the tokens have {count} audio or image placeholder positions but soft_embeddings has "
+                             f"{rows.shape[0]} rows; pass one row per placeholder position")
+        return rows
+
+    def _placeholder_count(self, ids: Sequence[int]) -> int:
+        return sum(1 for t in ids if t in self._placeholder_ids)
+
+    @property
     def tokenizer(self):
         """The runtime tokenizer (``turboquant._core.Tokenizer``), or None for a GGUF file without
         tokenizer metadata or a directory without tokenizer.json (such a model runs token ids
@@ -310,9 +378,10 @@ class Model:
         self._core.reset()
         self._cached = []
 
-    def _prefill(self, prompt: list[int], hidden: bool = False):
+    def _prefill(self, prompt: list[int], hidden: bool = False, soft=None):
         """Evaluate the part of prompt that is not cached yet; return the last position's logits
-        (with hidden=True, the logits and the output-normed hidden state) and the cached count."""
+        (with hidden=True, the logits and the output-normed hidden state) and the cached count.
+        soft: the soft embedding rows of the prompt's placeholder positions, or None."""
         common = 0
         for cached, new in zip(self._cached, prompt):
             if cached != new:
@@ -320,6 +389,12 @@ class Model:
             common += 1
         # The last prompt token is always evaluated again, because its logits are needed.
         common = min(common, len(prompt) - 1)
+        # Cached rows of a placeholder came from soft embeddings that the token ids do not
+        # identify, so reuse stops at the first placeholder.
+        for index, token in enumerate(prompt[:common]):
+            if token in self._placeholder_ids:
+                common = index
+                break
 
         if common < len(self._cached):
             try:
@@ -333,9 +408,12 @@ class Model:
         # The last prompt token is evaluated on its own, so its logits come from the same
         # one-token call whether or not the rest of the prompt was cached. A batched call can
         # round differently, and a seeded generate() would then depend on the previous call.
+        body_rows = None if soft is None else self._placeholder_count(prompt[common:-1])
+        body_soft = None if soft is None else soft[:body_rows]
+        last_soft = None if soft is None or body_rows == len(soft) else soft[body_rows:]
         try:
             if len(prompt) - 1 > common:
-                self._core.eval(prompt[common:-1], logits="none")
+                self._core.eval(prompt[common:-1], logits="none", soft_embeddings=body_soft)
                 self._cached.extend(prompt[common:-1])
             if hidden:
                 # A one-node tree computes what the one-token eval does, plus the hidden state.
@@ -343,7 +421,7 @@ class Model:
                 self._core.accept_path([0])
                 logits = (rows[0], states[0])
             else:
-                logits = self._core.eval(prompt[-1:], logits="last")
+                logits = self._core.eval(prompt[-1:], logits="last", soft_embeddings=last_soft)
         except BaseException:
             self.reset()
             raise
@@ -372,12 +450,16 @@ class Model:
 
     # --------------------------------------------------------------- logits
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+    def logits(self, token_ids: Sequence[int], soft_embeddings=None) -> np.ndarray:
         """Return float32 logits of shape (len(token_ids), n_vocab), one row per position.
 
         Row i is the next-token prediction after token_ids[: i + 1]. Each call starts from an
-        empty KV cache (the ids are taken as they are: no BOS is added). Raises IndexError
-        when the ids do not fit in the context.
+        empty KV cache (the ids are taken as they are: no BOS is added). soft_embeddings: a
+        float32 array (n_placeholders, hidden size) with the input embedding of each audio or
+        image placeholder position in order (transformers' inputs_embeds restricted to those
+        rows), used as it is, not scaled by sqrt(hidden size). Raises IndexError when the ids
+        do not fit in the context, ValueError for soft embeddings of the wrong count, shape or
+        dtype.
         """
         ids = [int(t) for t in token_ids]
         if not ids:
@@ -387,10 +469,11 @@ class Model:
                 f"token_ids has {len(ids)} tokens but the context is {self.n_ctx} tokens; "
                 f"load the model with ctx={len(ids)} or more"
             )
+        soft = self._check_soft_embeddings(ids, soft_embeddings)
         self._check_not_busy()
         self.reset()
         try:
-            result = self._core.eval(ids, logits="all")
+            result = self._core.eval(ids, logits="all", soft_embeddings=soft)
         except BaseException:
             self.reset()
             raise
@@ -447,6 +530,7 @@ class Model:
         speculative: bool = False,
         mtp_checkpoint=None,
         draft_tree=None,
+        soft_embeddings=None,
     ):
         """Generate a continuation of prompt.
 
@@ -474,7 +558,10 @@ class Model:
         with a seed, the same text) when sampling. mtp_checkpoint: a checkpoint file or
         directory, or a ``turboquant.mtp.MTPHeads``; None takes the heads shipped for this
         model. draft_tree: a ``DraftTree`` (default ``speculative.DEFAULT_TREE``).
-        Raises ValueError when the prompt does not fit in the context.
+        soft_embeddings: the input embeddings of the prompt's audio and image placeholder positions,
+        as in ``logits``; required when the prompt contains placeholder ids.
+        Raises ValueError when the prompt does not fit in the context, or for soft embeddings of
+        the wrong count, shape or dtype.
         """
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
             raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
@@ -505,6 +592,7 @@ class Model:
         )
         self._require_tokenizer()  # the output is text
         ids = self._prompt_ids(prompt)
+        soft = self._check_soft_embeddings(ids, soft_embeddings)
         draft = None
         if speculative:
             draft = (self._mtp_heads(mtp_checkpoint), _speculative.DEFAULT_TREE if draft_tree is None else draft_tree)
@@ -512,7 +600,7 @@ class Model:
                 raise TypeError(f"draft_tree must be a turboquant.speculative.DraftTree, got {type(draft_tree).__name__}")
         elif mtp_checkpoint is not None or draft_tree is not None:
             raise ValueError("mtp_checkpoint and draft_tree need speculative=True")
-        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n, draft)
+        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n, draft, soft)
         if stream:
             return pieces
         return "".join(pieces)
@@ -544,9 +632,9 @@ class Model:
             logits = self._eval_one(token)
 
     def _generate_pieces(self, prompt: list[int], max_tokens: int, sampler, stops: list[str], penalty_last_n: int,
-                         draft=None):
+                         draft=None, soft=None):
         """Yield text pieces; the body runs on the first next() call, like every generator.
-        draft: None, or (heads, tree) for speculative decoding."""
+        draft: None, or (heads, tree) for speculative decoding. soft: the prompt's soft embeddings."""
         self._check_not_busy()
         self._busy = True
         stats = GenerationStats(prompt_tokens=len(prompt))
@@ -560,7 +648,7 @@ class Model:
         decode_start = start
         tokens = None
         try:
-            logits, stats.cached_tokens = self._prefill(prompt, hidden=draft is not None)
+            logits, stats.cached_tokens = self._prefill(prompt, hidden=draft is not None, soft=soft)
             decode_start = time.perf_counter()
             stats.prefill_seconds = decode_start - start
 
