@@ -37,11 +37,11 @@ def nearest(values, centroids):
     return centroids[np.abs(values[..., None] - centroids).argmin(axis=-1)]
 
 
-def reference_rows(x, name, audio_codebook=None):
-    """Rows of x as a tq4, tq3 or polar cache stores them, with audio_codebook (scaled units)
-    in place of the default codebook when given."""
+def reference_rows(x, name, audio_codebook=None, seed=SEED):
+    """Rows of x as a tq4, tq3 or polar cache with codec seed seed stores them, with
+    audio_codebook (scaled units) in place of the default codebook when given."""
     d = x.shape[1]
-    codec = _core.KVCodec(name, d, SEED)
+    codec = _core.KVCodec(name, d, seed)
     rotation = rotation_matrix(codec)
     centroids = (np.asarray(audio_codebook) / math.sqrt(d) if audio_codebook is not None
                  else codec.centroids.astype(np.float64))

@@ -45,6 +45,10 @@ __all__ += ["Model", "GenerationStats"]
 from ._core import KVCodec, kv_attention
 
 __all__ += ["KVCodec", "kv_attention"]
+# Codebook of the KV rows at audio positions, fitted to the model's keys and values there.
+from .audio_codebook import fit_audio_codebook  # noqa: E402
+
+__all__ += ["fit_audio_codebook"]
 # Gemma 4 chat format and thought-channel parser (the tokenizer is Tokenizer above).
 from .chat import ThoughtChannelParser, encode_gemma4_chat, format_gemma4_chat, split_thought_channel  # noqa: E402
 
