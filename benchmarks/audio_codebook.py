@@ -2,8 +2,8 @@
 with turboquant.fit_audio_codebook.
 
 The model runs sequences of text around a run of audio placeholders whose soft embeddings are
-synthetic, N(0.5, 3^2) entries (the scaled text embedding rows of Gemma 3 270M have entries of
-about 0.5 to 1 in size, so these rows differ in scale and mean). The codebook is fitted on one
+synthetic, with N(0.5, 3^2) entries. They differ in scale and mean from the scaled text
+embedding rows of Gemma 3 270M, whose entries are about 0.5 to 1 in size. The codebook is fitted on one
 set of sequences ("fit") and evaluated on those and on a second set with other soft rows
 ("held out"). The error is sum |decode(encode(row)) - row|^2 / sum |row|^2 over the exact
 (f32 cache) keys and values of every layer at the audio positions, coded by KVCodec with the

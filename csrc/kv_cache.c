@@ -231,9 +231,9 @@ struct tq_kv_cache {
     tq_kv_codec *codecs_k[TQ_KV_MAX_HEAD_SIZES], *codecs_v[TQ_KV_MAX_HEAD_SIZES];
     int codec_head_dims[TQ_KV_MAX_HEAD_SIZES];
     int n_codec_sizes;
-    /* Codecs with the audio codebook, per head size as codecs_k and codecs_v (NULL for a side
-     * the codebook does not fit), and one flag per position (n_ctx bytes, 1 for audio); all
-     * NULL without an audio codebook. */
+    /* Codecs with the audio codebook, per head size as codecs_k and codecs_v, NULL for a side
+     * the codebook does not fit. audio_flags has one byte per position (n_ctx), 1 for audio.
+     * All are NULL without an audio codebook. */
     tq_kv_codec *audio_codecs_k[TQ_KV_MAX_HEAD_SIZES], *audio_codecs_v[TQ_KV_MAX_HEAD_SIZES];
     uint8_t *audio_flags;
     int64_t recent_f16;

@@ -117,9 +117,9 @@ typedef struct {
 
     /* Audio codebook (NULL: none): audio_codebook_count strictly increasing centroids in the
      * units of tq_kv_codec_create_with_codebook. Positions marked with tq_kv_cache_set_audio
-     * store their rows with this codebook on every codec side (K or V) whose format takes a
-     * codebook of that size (tq_kv_codec_codebook_fits); the other sides and baseline types
-     * store them like any row. Creation fails when a codec side exists but none fits. */
+     * store their rows with it on every codec side (K or V) whose format takes a codebook of
+     * that size (tq_kv_codec_codebook_fits). Other sides and baseline types store them like
+     * any row. Creation fails when a codec side exists but none fits. */
     const float *audio_codebook;
     size_t audio_codebook_count;
 } tq_kv_cache_config;

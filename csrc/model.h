@@ -203,9 +203,9 @@ tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int
                                  float *logits, float *hidden, tq_error *err);
 
 /* tq_context_eval_hidden where the positions of audio and image placeholder tokens (see
- * tq_placeholder_params) take their input embedding from soft_embeddings: n_soft rows of hidden
- * floats, one per placeholder position in order, used as they are (text embedding rows are
- * multiplied by sqrt(hidden); these are not). Gemma 4's per-layer embeddings of those
+ * tq_placeholder_params) take their input embedding from soft_embeddings. It has n_soft rows of
+ * hidden floats, one per placeholder position in order. They are used as they are, while text
+ * embedding rows are multiplied by sqrt(hidden). Gemma 4's per-layer embeddings of those
  * positions look up the pad token's row (id 0), as transformers' Gemma4Model does. Errors as
  * tq_context_eval, and TQ_ERR_INVALID (nothing is run) when n_soft differs from the count of
  * placeholder positions, also when the tokens have placeholders and soft_embeddings is NULL. */

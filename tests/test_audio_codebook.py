@@ -73,9 +73,9 @@ def test_fitted_codebook_lowers_error(plain_path, cache_type):
     fitted_rows = audio_kv_rows(model, *train)
     assert sum(len(keys) for keys, _ in fitted_rows) == 3 * 3 * N_AUDIO  # 3 layers store rows, 1 KV head
     assert relative_error(fitted_rows, cache_type, codebook) < relative_error(fitted_rows, cache_type)
-    # On other soft rows of the same distribution the randomized Hadamard rotation has already
-    # made the coordinates close to the sphere density the default codebook is built for, so
-    # the fitted codebook gains little there; it must not lose more than 0.5%.
+    # The randomized Hadamard rotation already brings the coordinates close to the sphere
+    # density that the default codebook is built for. On other soft rows of the same
+    # distribution the fitted codebook therefore gains little, and it must not lose over 0.5%.
     held_out = audio_kv_rows(model, *sample_sequences(config.hidden_size, seed=2))
     assert relative_error(held_out, cache_type, codebook) < 1.005 * relative_error(held_out, cache_type)
 

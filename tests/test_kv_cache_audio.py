@@ -1,9 +1,9 @@
 """Audio positions in the KV cache: rows stored with their own codebook.
 
-The reference is NumPy: each row is normalized, rotated by the codec's orthogonal rotation
-(its matrix read once through KVCodec.rotate), every coordinate (tq formats) or coordinate
-pair radius (polar) is replaced by the nearest centroid of the codebook in use, and the
-result is rotated back and scaled by the f16-rounded norm. Audio positions use the audio
+The reference is NumPy. Each row is normalized and rotated by the codec's orthogonal rotation,
+whose matrix is read once through KVCodec.rotate. Every coordinate (tq formats) or coordinate
+pair radius (polar) is replaced by the nearest centroid of the codebook in use. The result is
+rotated back and scaled by the f16-rounded norm. Audio positions use the audio
 codebook, the others the default Lloyd-Max codebook (KVCodec.centroids). Attention over a
 mixed cache is compared with float64 softmax attention over those reference rows.
 """
@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from turboquant import _core
+
+from test_kv_cache_codec import reference_attention as codec_cache_attention
 
 SEED = 5
 HEAD_DIM = 128
@@ -79,17 +81,8 @@ def audio_flags(n):
 
 
 def reference_attention(keys, values, queries, window=0):
-    n = keys.shape[0]
-    i = np.arange(n)[:, None]
-    j = np.arange(n)[None, :]
-    scores = queries.astype(np.float64) @ keys.T
-    visible = j <= i
-    if window > 0:
-        visible &= i - j < window
-    scores = np.where(visible, scores, -np.inf)
-    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return weights @ values
+    """Causal float64 softmax attention over rows that are already decoded."""
+    return codec_cache_attention(keys, values, queries, "f32", "f32", window=window)
 
 
 def mixed_rows(x, name, flags, codebook):
@@ -121,8 +114,8 @@ def test_audio_rows_use_audio_codebook(name, codebook):
 
 @pytest.mark.parametrize("window,n_batch", [(9, 4), (0, 7), (6, 1)])
 def test_audio_flags_in_sliding_ring(window, n_batch):
-    # Ring slots are reused by later positions; each row is read with the codebook of the
-    # position it holds, and chunks split where the flag changes.
+    # Later positions reuse ring slots, so each row must be read with the codebook of the
+    # position it holds. Chunks of attention split where the flag changes.
     keys, values, queries = random_rows(seed=2)
     flags = audio_flags(len(keys))
     out = _core.kv_cache_attention(keys, values, queries, cache_type_k="polar", cache_type_v="polar", seed=SEED,

