@@ -18,7 +18,7 @@ from turboquant.audio_codebook import audio_kv_rows
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_gemma4 import gemma4_reference, write_gemma4_gguf  # noqa: E402
+from test_gemma4 import G3, gemma3_pair, gemma4_reference, write_gemma4_gguf  # noqa: E402
 from test_kv_cache_audio import reference_rows as seeded_reference_rows  # noqa: E402
 
 AUDIO = 60
@@ -138,3 +138,41 @@ def test_audio_codebook_checked_at_load(plain_path):
                               audio_codebook=tuple(range(8)))
     with pytest.raises(ValueError, match="no audio_token_id"):
         turboquant.fit_audio_codebook(turboquant.Model.load(path), [1, 2], np.zeros((0, 96), np.float32))
+
+
+def test_tree_rows_keep_audio_prefix(tmp_path, monkeypatch):
+    # A speculative pass writes draft rows after an audio prefix and moves the accepted ones
+    # (tq_kv_cache_move). The prefix keeps its audio codebook and the moved rows the default:
+    # the cache ends up as after plain decoding of the accepted tokens. Layer 0's rows depend
+    # only on token and position, so both caches must hold the same codes there.
+    monkeypatch.setitem(G3, "head_dim", 64)  # the codec types need head_dim >= 64
+    path = tmp_path / "gemma3.gguf"
+    gemma3_pair(path, 6, G3["hidden"] // G3["heads"], True)
+    codebook = tuple(np.linspace(0.15, 3.9, 16).round(4))
+    ids, rows = sample_sequences(G3["hidden"], seed=5, n=1)
+    prefix, soft = ids[0][:12], rows[0][:8]
+
+    def load():
+        return _core.Model(str(path), cache_type_k="polar", cache_type_v="polar", exact_matmul=True,
+                           audio_token_id=AUDIO, audio_codebook=codebook)
+
+    speculative, plain = load(), load()
+    for runtime in (speculative, plain):
+        runtime.eval(prefix, logits="none", soft_embeddings=soft)
+    speculative.eval_tree([7, 8, 9], [-1, 0, 0])
+    speculative.accept_path([0, 2])
+    plain.eval([7, 9], logits="none")
+    assert speculative.n_past == plain.n_past == 14
+    for side in (0, 1):
+        np.testing.assert_array_equal(speculative.read_kv(0, 0, 14)[side], plain.read_kv(0, 0, 14)[side])
+    # Values: Gemma 3 keys are coded after key balancing, which the NumPy codec does not model.
+    values = plain.read_kv(0, 0, 14)[1]
+    exact = _core.Model(str(path), cache_type_k="f32", cache_type_v="f32", exact_matmul=True, audio_token_id=AUDIO)
+    exact.eval(prefix + [7, 9], logits="none", soft_embeddings=soft)
+    raw = exact.read_kv(0, 0, 14)[1]
+    audio = np.asarray(prefix + [7, 9]) == AUDIO
+    for head in range(raw.shape[1]):
+        head_rows = np.ascontiguousarray(raw[:, head])
+        expected = np.where(audio[:, None], reference_rows(head_rows, "polar", codebook),
+                            reference_rows(head_rows, "polar"))
+        np.testing.assert_allclose(values[:, head], expected, rtol=0, atol=1e-4)
