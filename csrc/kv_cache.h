@@ -214,7 +214,8 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst);
  * n_batch positions on a long sequence); reset with n_past = 0 always works. */
 tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err);
 
-/* Bytes stored for the positions held now: all layers, K and V, codes and scales. */
+/* Bytes stored for the positions held now: all layers, K and V, codes and scales, and one
+ * audio flag per position when an audio codebook is set. */
 size_t tq_kv_cache_bytes(const tq_kv_cache *cache);
 
 /* Bytes one position takes in every layer, K and V (past the window only the
