@@ -208,7 +208,9 @@ tq_status tq_context_eval_hidden(tq_context *context, const int32_t *tokens, int
  * embedding rows are multiplied by sqrt(hidden). Gemma 4's per-layer embeddings of those
  * positions look up the pad token's row (id 0), as transformers' Gemma4Model does. Errors as
  * tq_context_eval, and TQ_ERR_INVALID (nothing is run) when n_soft differs from the count of
- * placeholder positions, also when the tokens have placeholders and soft_embeddings is NULL. */
+ * placeholder positions, also when the tokens have placeholders and soft_embeddings is NULL.
+ * NOTE: attention stays causal at image positions, while transformers lets the image tokens of
+ * one image attend to each other when the model configures it (Gemma 3 token_type_ids). */
 tq_status tq_context_eval_soft(tq_context *context, const int32_t *tokens, int64_t n, const float *soft_embeddings,
                                int64_t n_soft, tq_logits_mode mode, float *logits, float *hidden, tq_error *err);
 
