@@ -88,6 +88,12 @@ def load_core(path, **kwargs):
                        image_token_id=IMAGE, **kwargs)
 
 
+def assert_logits_match(path, tokens, soft, expected, n_batch):
+    runtime = load_core(path, n_batch=n_batch)
+    np.testing.assert_allclose(runtime.eval(tokens, logits="all", soft_embeddings=soft), expected, rtol=0,
+                               atol=ATOL)
+
+
 # ---- Logits and greedy continuations ------------------------------------------------------
 
 @pytest.mark.parametrize("n_batch", [0, 5])
@@ -97,10 +103,7 @@ def test_gemma4_soft_logits_match_transformers(tiny4, n_batch):
     model, config, path = tiny4
     tokens = mixed_prompt(config.vocab_size, seed=1)
     soft = soft_rows(12, config.hidden_size, seed=2)
-    expected = gemma4_reference_logits(model, tokens, soft)
-    runtime = load_core(path, n_batch=n_batch)
-    np.testing.assert_allclose(runtime.eval(tokens, logits="all", soft_embeddings=soft), expected, rtol=0,
-                               atol=ATOL)
+    assert_logits_match(path, tokens, soft, gemma4_reference_logits(model, tokens, soft), n_batch)
 
 
 def test_gemma4_soft_rows_change_logits(tiny4):
@@ -136,9 +139,7 @@ def test_gemma3_soft_logits_match_transformers(tmp_path):
     _, _, embeds = reference_embeddings(model, tokens, soft)
     with torch.no_grad():
         expected = model(inputs_embeds=embeds).logits[0].numpy()
-    runtime = load_core(path, n_batch=7)
-    np.testing.assert_allclose(runtime.eval(tokens, logits="all", soft_embeddings=soft), expected, rtol=0,
-                               atol=ATOL)
+    assert_logits_match(path, tokens, soft, expected, n_batch=7)
 
 
 # ---- Errors --------------------------------------------------------------------------------
