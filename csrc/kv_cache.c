@@ -799,7 +799,7 @@ tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer_index, int64_t po
     layer_index = cache->layers[layer_index].source;
     const tq_kv_layer *layer = &cache->layers[layer_index];
     const int64_t oldest_held = cache->n_past > layer->max_slots ? cache->n_past - layer->max_slots : 0;
-    if (n < 0 || pos < oldest_held || pos + n > cache->n_past) {
+    if (n < 0 || pos < oldest_held || pos > cache->n_past || n > cache->n_past - pos) {
         return tq_error_set(err, TQ_ERR_INVALID,
                             "cannot read positions %lld .. %lld of layer %d: it holds positions %lld .. %lld",
                             (long long)pos, (long long)(pos + n - 1), layer_index, (long long)oldest_held,

@@ -176,3 +176,17 @@ def test_tree_rows_keep_audio_prefix(tmp_path, monkeypatch):
         expected = np.where(audio[:, None], reference_rows(head_rows, "polar", codebook),
                             reference_rows(head_rows, "polar"))
         np.testing.assert_allclose(values[:, head], expected, rtol=0, atol=1e-4)
+
+
+def test_read_kv_checks_positions(plain_path):
+    path, _ = plain_path
+    runtime = _core.Model(str(path))
+    runtime.eval([1, 2, 3], logits="none")
+    with pytest.raises(ValueError, match=r"cannot read positions 2 \.\. 4 of layer 0: it holds positions 0 \.\. 2"):
+        runtime.read_kv(0, 2, 3)
+    with pytest.raises(ValueError, match=r"cannot read positions -1 \.\. 0"):
+        runtime.read_kv(0, -1, 2)
+    with pytest.raises(ValueError, match=r"layer must be in 0 \.\. 5"):
+        runtime.read_kv(6, 0, 1)
+    keys, values = runtime.read_kv(4, 0, 3)  # a shared layer reads the rows of its source
+    assert keys.shape == values.shape == (3, 1, 64)
