@@ -55,13 +55,13 @@ def gemma4_reference_logits(model, tokens, soft):
         return model(inputs_embeds=embeds, **kwargs).logits[0].numpy()
 
 
-def gemma4_greedy(model, tokens, soft, steps):
+def reference_greedy(model, tokens, soft, steps):
     """Greedy continuation of transformers' model: the prompt as inputs_embeds, then token ids."""
     ids, placeholder, embeds = reference_embeddings(model, tokens, soft)
     generated = []
     for _ in range(steps):
         per_layer = {}
-        if model.config.hidden_size_per_layer_input:
+        if getattr(model.config, "hidden_size_per_layer_input", 0):
             with torch.no_grad():
                 per_layer["per_layer_inputs"] = model.model.get_per_layer_inputs(torch.where(placeholder, 0, ids))
         with torch.no_grad():
@@ -121,17 +121,20 @@ def test_gemma4_soft_greedy_matches(tiny4):
     model, config, path = tiny4
     tokens = mixed_prompt(config.vocab_size, seed=4)
     soft = soft_rows(12, config.hidden_size, seed=5)
-    expected = gemma4_greedy(model, tokens, soft, steps=12)
+    assert runtime_greedy(path, tokens, soft, steps=12) == reference_greedy(model, tokens, soft, steps=12)
+
+
+def runtime_greedy(path, tokens, soft, steps):
     runtime = load_core(path)
     logits = runtime.eval(tokens, logits="last", soft_embeddings=soft)
-    ours = []
-    for _ in range(12):
-        ours.append(int(np.argmax(logits)))
-        logits = runtime.eval([ours[-1]], logits="last")
-    assert ours == expected
+    generated = []
+    for _ in range(steps):
+        generated.append(int(np.argmax(logits)))
+        logits = runtime.eval([generated[-1]], logits="last")
+    return generated
 
 
-def test_gemma3_soft_logits_match_transformers(tmp_path):
+def test_gemma3_soft_matches_transformers(tmp_path):
     path = tmp_path / "gemma3.gguf"
     model = gemma3_pair(path, 6, G3["hidden"] // G3["heads"], True)
     tokens = mixed_prompt(G3["vocab"], seed=6)
@@ -140,6 +143,7 @@ def test_gemma3_soft_logits_match_transformers(tmp_path):
     with torch.no_grad():
         expected = model(inputs_embeds=embeds).logits[0].numpy()
     assert_logits_match(path, tokens, soft, expected, n_batch=7)
+    assert runtime_greedy(path, tokens, soft, steps=12) == reference_greedy(model, tokens, soft, steps=12)
 
 
 # ---- Errors --------------------------------------------------------------------------------
