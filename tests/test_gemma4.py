@@ -45,20 +45,22 @@ CONTEXT = 128
 def gemma4_reference(shape, seed=0, **config_overrides):
     """transformers' Gemma4ForCausalLM with every parameter drawn from N(0, 0.25^2) (norm
     weights and layer scalars around 1, the embedding at scale 1), float32.
-    config_overrides go to Gemma4TextConfig."""
+    config_overrides go to Gemma4TextConfig; vocab_size and tie_word_embeddings may be among them."""
     s = SHAPES[shape]
+    vocab = config_overrides.pop("vocab_size", s["vocab"])
+    tied = config_overrides.pop("tie_word_embeddings", True)
     config = transformers.Gemma4TextConfig(**config_overrides,
-        vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["ffn"],
+        vocab_size=vocab, hidden_size=s["hidden"], intermediate_size=s["ffn"],
         num_hidden_layers=len(s["layer_types"]), num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
         head_dim=s["head_dim"], global_head_dim=s["global_head_dim"], max_position_embeddings=CONTEXT,
         sliding_window=s["window"], layer_types=list(s["layer_types"]), num_kv_shared_layers=s["shared"],
-        hidden_size_per_layer_input=s["per_layer"], vocab_size_per_layer_input=s["vocab"],
+        hidden_size_per_layer_input=s["per_layer"], vocab_size_per_layer_input=vocab,
         final_logit_softcapping=s["softcap"], use_double_wide_mlp=s["double_wide"], rms_norm_eps=1e-6,
         rope_parameters={
             SLIDING: {"rope_type": "default", "rope_theta": 10000.0},
             FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6},
         },
-        attn_implementation="eager", tie_word_embeddings=True,
+        attn_implementation="eager", tie_word_embeddings=tied,
     )
     model = transformers.Gemma4ForCausalLM(config).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -104,8 +106,11 @@ def gguf_tensors(model):
         if name in GLOBAL_TENSORS:
             tensors[GLOBAL_TENSORS[name]] = array
             continue
+        if name == "lm_head.weight" and not model.config.tie_word_embeddings:
+            tensors["output.weight"] = array
+            continue
         if not name.startswith("model.layers."):
-            continue  # lm_head is tied to the embedding
+            continue  # a tied lm_head is the embedding
         layer, rest = name[len("model.layers."):].split(".", 1)
         if rest == "layer_scalar":
             tensors[f"blk.{layer}.layer_output_scale.weight"] = array
@@ -589,7 +594,7 @@ def gemma3_pair(path, n_layers, query_scalar, write_query_scalar, seed=5):
         query_pre_attn_scalar=query_scalar, sliding_window=G3["window"], max_position_embeddings=CONTEXT,
         rms_norm_eps=1e-6, rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": 1e4},
                                             FULL: {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}},
-        attn_implementation="eager", tie_word_embeddings=True,
+        attn_implementation="eager", tie_word_embeddings=tied,
     )
     model = transformers.Gemma3ForCausalLM(config).eval()
     generator = torch.Generator().manual_seed(seed)

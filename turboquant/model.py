@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from . import speculative as _speculative
+from .chat import CHANNEL_END, CHANNEL_START, ReplyDelta, ThoughtChannelParser
 
 __all__ = ["Model", "GenerationStats", "default_model_path"]
 
@@ -82,6 +83,9 @@ class GenerationStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    # Completion tokens inside thought channels, the <|channel> and <channel|> markers included
+    # (generate with thought_channel=True only).
+    reasoning_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str | None = None
@@ -130,6 +134,44 @@ def _held_back_length(text: str, stops: Sequence[str]) -> int:
                 longest = length
                 break
     return longest
+
+
+class _ThoughtChannelSplitter:
+    """Split generated tokens into thought-channel text and answer text, and count reasoning tokens.
+
+    The decoder that feeds it skips control tokens, so the two marker tokens are written back as
+    text here and :class:`turboquant.chat.ThoughtChannelParser` splits the result. Other control
+    tokens stay hidden.
+    """
+
+    def __init__(self, tokenizer, decoder):
+        self._start_id = tokenizer.find(CHANNEL_START)
+        self._end_id = tokenizer.find(CHANNEL_END)
+        self._decoder = decoder
+        self._parser = ThoughtChannelParser()
+        self._inside = False
+        self.reasoning_tokens = 0
+
+    def push(self, token: int, text: str) -> ReplyDelta:
+        """Take the next token and the text the decoder released for it; return the split text."""
+        if token == self._start_id or token == self._end_id:
+            # Bytes of an unfinished character cannot continue across a marker; the decoder
+            # releases them (as U+FFFD) before the marker, as a decode with special tokens would.
+            text += self._decoder.flush()
+            text += CHANNEL_START if token == self._start_id else CHANNEL_END
+        if token == self._start_id:
+            self._inside = True
+        if self._inside:
+            self.reasoning_tokens += 1
+        if token == self._end_id:
+            self._inside = False
+        return self._parser.feed(text)
+
+    def finish(self, text: str) -> ReplyDelta:
+        """Take the decoder's last text; return it split, with the text the parser held back."""
+        fed = self._parser.feed(text)
+        rest = self._parser.finish()
+        return ReplyDelta(fed.reasoning + rest.reasoning, fed.content + rest.content)
 
 
 class Model:
@@ -262,13 +304,27 @@ class Model:
         return Model(context, self.path)
 
     def _find_end_ids(self) -> frozenset:
-        """Return the ids that end a reply: EOS, and Gemma's <end_of_turn> and <start_of_turn> when the
-        vocabulary has them (a model that opens a new turn has finished its own). A file without
-        a vocabulary has none."""
+        """Return the ids that end a reply: EOS, and the turn markers that the vocabulary has, Gemma 3's
+        <end_of_turn> and <start_of_turn> or Gemma 4's <turn|> and <|turn> (a model that opens a new
+        turn has finished its own). A file without a vocabulary has none."""
         if self._tokenizer is None:
             return frozenset()
-        ids = {self._tokenizer.eos_id, self._tokenizer.find("<end_of_turn>"), self._tokenizer.find("<start_of_turn>")}
+        ids = {self._tokenizer.eos_id}
+        ids.update(self._tokenizer.find(marker) for marker in ("<end_of_turn>", "<start_of_turn>", "<turn|>", "<|turn>"))
         return frozenset(int(i) for i in ids if i is not None and int(i) >= 0)
+
+    @property
+    def chat_format(self) -> str | None:
+        """The chat format of the vocabulary: "gemma4" when it has Gemma 4's turn and thought-channel
+        tokens, "gemma3" when it has <start_of_turn>, None without a vocabulary or with neither."""
+        if self._tokenizer is None:
+            return None
+        gemma4_markers = ("<|turn>", "<turn|>", CHANNEL_START, CHANNEL_END)
+        if all(self._tokenizer.find(marker) is not None for marker in gemma4_markers):
+            return "gemma4"
+        if self._tokenizer.find("<start_of_turn>") is not None:
+            return "gemma3"
+        return None
 
     # -------------------------------------------------------------- properties
 
@@ -531,6 +587,7 @@ class Model:
         mtp_checkpoint=None,
         draft_tree=None,
         soft_embeddings=None,
+        thought_channel: bool = False,
     ):
         """Generate a continuation of prompt.
 
@@ -560,8 +617,17 @@ class Model:
         model. draft_tree: a ``DraftTree`` (default ``speculative.DEFAULT_TREE``).
         soft_embeddings: the input embeddings of the prompt's audio and image placeholder positions,
         as in ``logits``; required when the prompt contains placeholder ids.
-        Raises ValueError when the prompt does not fit in the context, or for soft embeddings of
-        the wrong count, shape or dtype.
+
+        thought_channel=True splits a Gemma 4 reply into its thought channels
+        (``<|channel>thought\n...<channel|>``) and its answer: the result is a
+        ``turboquant.chat.ReplyDelta(reasoning, content)``, and a stream yields ReplyDelta pieces
+        each with one non-empty field. The markers and the channel name never reach either
+        field. Stop strings are matched in the answer only, so reasoning text never ends
+        generation, and max_tokens counts the tokens of both. ``last_stats.reasoning_tokens``
+        counts the tokens from each ``<|channel>`` to its ``<channel|>``, both included.
+        Raises ValueError when the prompt does not fit in the context, for soft embeddings of
+        the wrong count, shape or dtype, or for thought_channel=True when the vocabulary has no
+        ``<|channel>`` and ``<channel|>`` tokens.
         """
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
             raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
@@ -590,7 +656,10 @@ class Model:
             penalty_last_n=penalty_last_n,
             seed=seed,
         )
-        self._require_tokenizer()  # the output is text
+        tokenizer = self._require_tokenizer()  # the output is text
+        if thought_channel and (tokenizer.find(CHANNEL_START) is None or tokenizer.find(CHANNEL_END) is None):
+            raise ValueError(f"thought_channel=True needs a vocabulary with the {CHANNEL_START} and {CHANNEL_END} "
+                             f"tokens of Gemma 4, which {self.path!r} does not have; leave thought_channel False")
         ids = self._prompt_ids(prompt)
         soft = self._check_soft_embeddings(ids, soft_embeddings)
         draft = None
@@ -600,9 +669,13 @@ class Model:
                 raise TypeError(f"draft_tree must be a turboquant.speculative.DraftTree, got {type(draft_tree).__name__}")
         elif mtp_checkpoint is not None or draft_tree is not None:
             raise ValueError("mtp_checkpoint and draft_tree need speculative=True")
-        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n, draft, soft)
+        pieces = self._generate_pieces(ids, int(max_tokens), sampler, stops, penalty_last_n, draft, soft,
+                                       bool(thought_channel))
         if stream:
             return pieces
+        if thought_channel:
+            parts = list(pieces)
+            return ReplyDelta("".join(part.reasoning for part in parts), "".join(part.content for part in parts))
         return "".join(pieces)
 
     def _mtp_heads(self, checkpoint):
@@ -632,9 +705,10 @@ class Model:
             logits = self._eval_one(token)
 
     def _generate_pieces(self, prompt: list[int], max_tokens: int, sampler, stops: list[str], penalty_last_n: int,
-                         draft=None, soft=None):
+                         draft=None, soft=None, thought_channel=False):
         """Yield text pieces; the body runs on the first next() call, like every generator.
-        draft: None, or (heads, tree) for speculative decoding. soft: the prompt's soft embeddings."""
+        draft: None, or (heads, tree) for speculative decoding. soft: the prompt's soft embeddings.
+        thought_channel: yield ReplyDelta pieces, and match stop strings in the answer only."""
         self._check_not_busy()
         self._busy = True
         stats = GenerationStats(prompt_tokens=len(prompt))
@@ -663,6 +737,17 @@ class Model:
                 )
             # Releases only whole UTF-8 characters and drops control tokens.
             detok = _core.StreamDecoder(self._require_tokenizer(), skip_special=True)
+            if thought_channel:
+                channels = _ThoughtChannelSplitter(self._require_tokenizer(), detok)
+
+                def answer(piece):
+                    return ReplyDelta("", piece)
+            else:
+                channels = None
+
+                def answer(piece):
+                    return piece
+            # From here on, text is the answer: stop strings are matched in it and nowhere else.
             finish = "length"
             cut_by_stop_string = False
             for step in range(max_tokens):
@@ -674,19 +759,25 @@ class Model:
                     break
                 stats.completion_tokens += 1
                 history.append(token)
-                text += detok.push(token)
+                piece = detok.push(token)
+                if channels is not None:
+                    reasoning, piece = channels.push(token, piece)
+                    stats.reasoning_tokens = channels.reasoning_tokens
+                    if reasoning:
+                        yield ReplyDelta(reasoning, "")
+                text += piece
 
                 cut = self._find_stop(text, emitted, stops)
                 if cut is not None:
                     if cut > emitted:
-                        yield text[emitted:cut]
+                        yield answer(text[emitted:cut])
                     emitted = cut
                     finish = "stop"
                     cut_by_stop_string = True
                     break
                 ready = len(text) - _held_back_length(text[emitted:], stops)
                 if ready > emitted:
-                    yield text[emitted:ready]
+                    yield answer(text[emitted:ready])
                     emitted = ready
 
                 if step + 1 == max_tokens or len(self._cached) >= self.n_ctx:
@@ -694,14 +785,19 @@ class Model:
 
             if not cut_by_stop_string:
                 # Release the bytes of an unfinished character and the text held back because
-                # it might have started a stop string.
-                text += detok.flush()
+                # it might have started a stop string or a thought-channel marker.
+                piece = detok.flush()
+                if channels is not None:
+                    reasoning, piece = channels.finish(piece)
+                    if reasoning:
+                        yield ReplyDelta(reasoning, "")
+                text += piece
                 cut = self._find_stop(text, emitted, stops)
                 if cut is not None:
                     finish = "stop"
                 end = len(text) if cut is None else cut
                 if end > emitted:
-                    yield text[emitted:end]
+                    yield answer(text[emitted:end])
                     emitted = end
             completed = True
         finally:
@@ -730,20 +826,40 @@ class Model:
                 best = index
         return best
 
-    def chat(self, messages: Sequence[dict], **sampling):
+    def encode_chat(self, messages: Sequence[dict], enable_thinking: bool = False) -> list[int]:
+        """Format a conversation with the chat template of ``chat_format`` and return its token ids.
+
+        Gemma 4 vocabularies get ``turboquant.chat.format_gemma4_chat`` (enable_thinking writes
+        ``<|think|>`` into the system turn); the others get Gemma 3's template
+        (``turboquant.chat.format_gemma3_chat``). Both end with the start of a model turn.
+        Raises ValueError for malformed messages, and for enable_thinking=True on a model
+        without Gemma 4's vocabulary, because Gemma 3 has no thinking mode.
+        """
+        from .chat import format_gemma3_chat, format_gemma4_chat
+
+        if not isinstance(enable_thinking, bool):
+            raise TypeError(f"enable_thinking must be a bool, got {type(enable_thinking).__name__}")
+        if self.chat_format == "gemma4":
+            prompt = format_gemma4_chat(messages, add_generation_prompt=True, enable_thinking=enable_thinking)
+        elif enable_thinking:
+            raise ValueError(f"enable_thinking=True needs a Gemma 4 model; {self.path!r} has Gemma 3's chat "
+                             "format, which has no thinking mode")
+        else:
+            prompt = format_gemma3_chat(messages, add_generation_prompt=True)
+        return self.tokenize(prompt, add_bos=not prompt.startswith("<bos>"), special=True)
+
+    def chat(self, messages: Sequence[dict], enable_thinking: bool = False, **sampling):
         """Generate the model's reply to a conversation.
 
-        messages: dicts with "role" ("system", "user" or "assistant"/"model") and "content";
-        they are formatted with Gemma 3's chat template (``turboquant.chat.format_gemma3_chat``)
-        followed by the start of a model turn. Keyword arguments are those of ``generate``.
-        Returns the reply text (or an iterator of pieces with stream=True).
+        messages: dicts with "role" ("system", "user" or "assistant"/"model") and "content",
+        formatted by ``encode_chat`` and followed by the start of a model turn. Keyword arguments
+        are those of ``generate``. Returns the reply text (or an iterator of pieces with
+        stream=True). On a Gemma 4 model (``chat_format`` "gemma4") the reply is split as
+        ``generate(thought_channel=True)`` splits it, so the result is a
+        ``turboquant.chat.ReplyDelta(reasoning, content)`` (or an iterator of them), and
+        enable_thinking=True asks the model to reason first.
         """
-        from .chat import format_gemma3_chat
-
-        prompt = format_gemma3_chat(messages, add_generation_prompt=True)
-        bos_piece = "<bos>"
-        if prompt.startswith(bos_piece):
-            ids = self.tokenize(prompt, add_bos=False, special=True)
-        else:
-            ids = self.tokenize(prompt, add_bos=True, special=True)
+        ids = self.encode_chat(messages, enable_thinking=enable_thinking)
+        if self.chat_format == "gemma4":
+            sampling.setdefault("thought_channel", True)
         return self.generate(ids, **sampling)
