@@ -98,6 +98,8 @@ def _load_model(args, ctx=None, cache_type_k=None, cache_type_v=None):
 
 
 def cmd_generate(args):
+    from .chat import ReplyDelta
+
     model = _load_model(args)
     sampling = dict(
         max_tokens=args.n,
@@ -126,25 +128,43 @@ def cmd_generate(args):
         sampling.update(speculative=True, mtp_checkpoint=mtp_checkpoint, draft_tree=args.draft_tree)
     elif args.mtp_checkpoint is not None or args.draft_tree is not None:
         raise SystemExit("turboquant generate: --mtp-checkpoint and --draft-tree need --speculative")
+    if args.think and not args.chat:
+        raise SystemExit("turboquant generate: --think needs --chat")
     if args.chat:
-        pieces = model.chat([{"role": "user", "content": args.prompt}], stream=True, **sampling)
+        try:
+            pieces = model.chat([{"role": "user", "content": args.prompt}], enable_thinking=args.think, stream=True,
+                                **sampling)
+        except ValueError as exc:
+            raise SystemExit(f"turboquant generate: {exc}") from None
     else:
         pieces = model.generate(args.prompt, stream=True, **sampling)
 
-    if args.json:
-        text = "".join(pieces)
-    else:
-        parts = []
-        for piece in pieces:
+    # A Gemma 4 chat yields ReplyDelta pieces: the reasoning goes to stderr, the answer to stdout.
+    parts = []
+    reasoning_parts = []
+    for piece in pieces:
+        if isinstance(piece, ReplyDelta):
+            reasoning_parts.append(piece.reasoning)
+            piece = piece.content
+            if reasoning_parts[-1] and not args.json:
+                sys.stderr.write(reasoning_parts[-1])
+                sys.stderr.flush()
+        if not args.json:
             sys.stdout.write(piece)
             sys.stdout.flush()
-            parts.append(piece)
+        parts.append(piece)
+    if not args.json:
+        if any(reasoning_parts):
+            sys.stderr.write("\n")
         sys.stdout.write("\n")
-        text = "".join(parts)
+    text = "".join(parts)
 
     stats = model.last_stats
     result = {
         "text": text,
+        # Thought-channel text of a Gemma 4 chat reply; None for other models and without --chat.
+        "reasoning": "".join(reasoning_parts) if args.chat and model.chat_format == "gemma4" else None,
+        "reasoning_tokens": stats.reasoning_tokens,
         "prompt_tokens": stats.prompt_tokens,
         "cached_tokens": stats.cached_tokens,
         "completion_tokens": stats.completion_tokens,
@@ -264,6 +284,8 @@ def build_parser():
     generate.add_argument("--seed", type=int, metavar="S", help="random seed (default: random)")
     generate.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template as a user turn")
+    generate.add_argument("--think", action="store_true", help="with --chat on a Gemma 4 model: switch thinking on; "
+                          "the reasoning streams to stderr and --json gets it as 'reasoning'")
     generate.add_argument("--speculative", action="store_true",
                           help="draft with multi-token-prediction heads and verify each draft tree in one pass "
                           "(same output as without it)")

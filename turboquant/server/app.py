@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, _core
-from ..chat import format_gemma3_chat
+from ..chat import ReplyDelta
 from . import schemas
 from .engine import Engine, GenerationJob, QueueFullError, RequestCancelled, elapsed
 from .http_guard import HTTPLimits, RequestGuard
@@ -81,6 +81,10 @@ def _validation_error(exc: RequestValidationError) -> APIError:
                         code="invalid_value")
     if kind == "missing":
         return APIError(400, f"missing required parameter '{param}'", param=param, code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        # Only chat_template_kwargs forbids unknown keys: a misspelt option must not be ignored silently.
+        return APIError(400, f"unknown parameter '{param}'; chat_template_kwargs accepts only 'enable_thinking'",
+                        param=param, code="unknown_parameter")
     return APIError(400, f"invalid value for '{param}': {first.get('msg', 'invalid value')}", param=param,
                     code="invalid_value")
 
@@ -147,8 +151,29 @@ def _sampling(request: schemas.SamplingRequest, max_tokens: int) -> dict:
     return sampling
 
 
-def _chat_prompt(model, messages: list) -> list:
-    """Render messages with Gemma 3's chat template and return the prompt's token ids."""
+def _enable_thinking(model, body: schemas.ChatCompletionRequest) -> bool:
+    """Return whether the request switches thinking on, from reasoning_effort and chat_template_kwargs.
+
+    Raises APIError (400) when the two contradict each other, or when thinking is asked of a model
+    without Gemma 4's chat format.
+    """
+    from_effort = None if body.reasoning_effort is None else body.reasoning_effort != "none"
+    from_kwargs = body.chat_template_kwargs.enable_thinking if body.chat_template_kwargs is not None else None
+    if from_effort is not None and from_kwargs is not None and from_effort != from_kwargs:
+        raise APIError(400, f"reasoning_effort {body.reasoning_effort!r} contradicts chat_template_kwargs."
+                       f"enable_thinking={str(from_kwargs).lower()}; send one of them, or values that agree",
+                       param="reasoning_effort")
+    enable = from_kwargs if from_kwargs is not None else bool(from_effort)
+    if enable and model.chat_format != "gemma4":
+        param = "chat_template_kwargs.enable_thinking" if from_kwargs else "reasoning_effort"
+        raise APIError(400, f"'{param}' asks for thinking, but this model has no thinking mode (only Gemma 4 "
+                       "models have one); leave reasoning_effort unset or 'none' and enable_thinking unset or false",
+                       param=param)
+    return enable
+
+
+def _chat_prompt(model, messages: list, enable_thinking: bool) -> list:
+    """Render messages with the model's chat template (Gemma 3 or Gemma 4) and return the prompt's token ids."""
     converted = []
     for index, message in enumerate(messages):
         role = _ROLES.get(message.role)
@@ -157,16 +182,22 @@ def _chat_prompt(model, messages: list) -> list:
                            "'user' or 'assistant'", param=f"messages.{index}.role")
         content = message.content
         if not isinstance(content, str):
+            for part_index, part in enumerate(content):
+                # The Gemma 4 template would write a placeholder for an image or audio part, but the
+                # server has no embeddings to put there.
+                if part.type != "text":
+                    raise APIError(400, f"messages[{index}].content[{part_index}] has type {part.type!r}; only "
+                                   "'text' parts are supported", param="messages")
             content = [part.model_dump() for part in content]
         converted.append({"role": role, "content": content})
-    try:
-        prompt = format_gemma3_chat(converted, add_generation_prompt=True)
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="messages") from None
-    add_bos = not prompt.startswith("<bos>")
+        if message.reasoning_content is not None:
+            converted[-1]["reasoning_content"] = message.reasoning_content
     # NOTE: control-token names typed in message text (such as "<end_of_turn>") become control
     # tokens too, as in Model.chat, because the whole rendered prompt is encoded with special=True.
-    return model.tokenize(prompt, add_bos=add_bos, special=True)
+    try:
+        return model.encode_chat(converted, enable_thinking=enable_thinking)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages") from None
 
 
 def _completion_prompt(model, prompt) -> list:
@@ -209,9 +240,12 @@ def prepare_chat(model, body: schemas.ChatCompletionRequest) -> tuple:
     Raises APIError (status 400) for a request that the server cannot run.
     """
     _reject_unsupported(body)
-    prompt_ids = _chat_prompt(model, body.messages)
+    prompt_ids = _chat_prompt(model, body.messages, _enable_thinking(model, body))
     max_tokens = _max_tokens(body, len(prompt_ids), model.n_ctx, "messages")
-    return prompt_ids, _sampling(body, max_tokens)
+    sampling = _sampling(body, max_tokens)
+    if model.chat_format == "gemma4":
+        sampling["thought_channel"] = True
+    return prompt_ids, sampling
 
 
 def prepare_completion(model, body: schemas.CompletionRequest) -> tuple:
@@ -405,7 +439,8 @@ async def _generate(engine: Engine, model_name: str, request: Request, body, pro
 
 async def _complete(request: Request, job: GenerationJob, shape: "_ResponseShape"):
     """Collect every piece of job into one response, cancelling the job if the client leaves."""
-    parts = []
+    content = []
+    reasoning = []
     while True:
         try:
             kind, value = await asyncio.wait_for(job.events.get(), timeout=DISCONNECT_POLL_SECONDS)
@@ -416,15 +451,20 @@ async def _complete(request: Request, job: GenerationJob, shape: "_ResponseShape
                 return JSONResponse({}, status_code=499)
             continue
         if kind == "piece":
-            parts.append(value)
+            if isinstance(value, ReplyDelta):
+                reasoning.append(value.reasoning)
+                content.append(value.content)
+            else:
+                content.append(value)
         elif kind == "done":
             _log_finished(job, value)
-            return JSONResponse(shape.response("".join(parts), value))
+            return JSONResponse(shape.response("".join(content), value, "".join(reasoning)))
         else:
             raise _worker_error(value)
 
 async def _stream(job: GenerationJob, shape: "_ResponseShape", include_usage: bool):
-    """Yield the Server-Sent Events of job: text chunks, the closing chunk, usage, then [DONE]."""
+    """Yield the Server-Sent Events of job: text chunks (reasoning or answer), the closing chunk, usage,
+    then [DONE]."""
     finished = False
     first = True
     try:
@@ -457,9 +497,10 @@ def _log_finished(job: GenerationJob, stats) -> None:
     now = time.perf_counter()
     queued = elapsed(job.submitted_at, job.started_at)
     first = elapsed(job.submitted_at, job.first_piece_at)
-    log.info("request %s finished: %d prompt tokens (%d cached), %d completion tokens, finish_reason %s, "
-             "queued %.3f s, first text after %s, total %.3f s, decode %.1f tokens/s", job.request_id,
-             stats.prompt_tokens, stats.cached_tokens, stats.completion_tokens, stats.finish_reason,
+    log.info("request %s finished: %d prompt tokens (%d cached), %d completion tokens (%d reasoning), "
+             "finish_reason %s, queued %.3f s, first text after %s, total %.3f s, decode %.1f tokens/s",
+             job.request_id, stats.prompt_tokens, stats.cached_tokens, stats.completion_tokens,
+             stats.reasoning_tokens, stats.finish_reason,
              queued or 0.0, "-" if first is None else f"{first:.3f} s", now - job.submitted_at,
              stats.decode_tokens_per_s)
 
@@ -486,13 +527,17 @@ class _ResponseShape:
         self.created = int(time.time())
 
     def _usage(self, stats) -> schemas.Usage:
+        details = schemas.CompletionTokensDetails(reasoning_tokens=stats.reasoning_tokens) if self.chat else None
         return schemas.Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
-                             total_tokens=stats.prompt_tokens + stats.completion_tokens)
+                             total_tokens=stats.prompt_tokens + stats.completion_tokens,
+                             completion_tokens_details=details)
 
-    def response(self, text: str, stats) -> dict:
+    def response(self, text: str, stats, reasoning: str = "") -> dict:
+        """Return the whole response body; reasoning is the thought-channel text (null when empty)."""
         finish = stats.finish_reason or "stop"
         if self.chat:
-            choice = schemas.ChatChoice(message=schemas.AssistantMessage(content=text), finish_reason=finish)
+            message = schemas.AssistantMessage(content=text, reasoning_content=reasoning or None)
+            choice = schemas.ChatChoice(message=message, finish_reason=finish)
             body = schemas.ChatCompletion(id=self.request_id, created=self.created, model=self.model_name,
                                           choices=[choice], usage=self._usage(stats))
         else:
@@ -501,14 +546,18 @@ class _ResponseShape:
                                       choices=[choice], usage=self._usage(stats))
         return body.model_dump()
 
-    def chunk(self, text: Optional[str], finish_reason: Optional[str], first: bool, include_usage: bool) -> dict:
-        """Return one stream chunk: a text piece, or (text None) the closing chunk with finish_reason.
+    def chunk(self, piece, finish_reason: Optional[str], first: bool, include_usage: bool) -> dict:
+        """Return one stream chunk: a piece (text, or a ReplyDelta of a Gemma 4 chat), or (piece None)
+        the closing chunk with finish_reason.
 
         The role goes with the first chunk, so a stream never starts with a chunk without text
-        unless the reply is empty.
+        unless the reply is empty. A ReplyDelta becomes delta.reasoning_content or delta.content.
         """
+        text, reasoning = piece, None
+        if isinstance(piece, ReplyDelta):
+            text, reasoning = piece.content or None, piece.reasoning or None
         if self.chat:
-            delta = schemas.ChatDelta(role="assistant" if first else None, content=text)
+            delta = schemas.ChatDelta(role="assistant" if first else None, content=text, reasoning_content=reasoning)
             choice = schemas.ChatChunkChoice(delta=delta, finish_reason=finish_reason)
             body = schemas.ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model_name,
                                                choices=[choice]).model_dump()

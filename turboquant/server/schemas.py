@@ -87,6 +87,20 @@ class ChatMessage(BaseModel):
         "'developer' is treated as 'system'. Only the first message may be a system message, and "
         "user and assistant messages must alternate, starting with user."))
     content: Union[str, list[ContentPart]]
+    reasoning_content: Optional[str] = Field(default=None, description=(
+        "Reasoning of an earlier assistant reply. On a Gemma 4 model it goes back into the prompt as a "
+        "thought channel when the message comes after the last user message, as Google's chat template "
+        "does; otherwise, and on Gemma 3, it is left out."))
+
+
+class ChatTemplateKwargs(BaseModel):
+    """Options of the chat template, in the form vLLM and SGLang accept; only enable_thinking exists."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enable_thinking: Optional[bool] = Field(default=None, description=(
+        "true writes <|think|> into the system turn of a Gemma 4 prompt, so the model reasons in a "
+        "thought channel first (400 on a Gemma 3 model); false or unset leaves it out."))
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -101,6 +115,11 @@ class ChatCompletionRequest(SamplingRequest):
                                            json_schema_extra={"maxItems": 0})
     response_format: Optional[dict[str, Any]] = Field(default=None, description="Only {'type': 'text'} is supported.",
                                                       json_schema_extra={"properties": {"type": {"enum": ["text"]}}})
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = Field(default=None, description=(
+        "'none' turns thinking off and every other level turns it on (Gemma 4 has no effort levels); unset "
+        "leaves the choice to chat_template_kwargs.enable_thinking, whose default is off. A level other "
+        "than 'none' gets a 400 on a Gemma 3 model, and so does a value that contradicts enable_thinking."))
+    chat_template_kwargs: Optional[ChatTemplateKwargs] = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -123,15 +142,26 @@ class CompletionRequest(SamplingRequest):
 # --------------------------------------------------------------------------- responses
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(description=(
+        "Completion tokens in thought channels, from <|channel> to <channel|> with both markers; 0 on "
+        "Gemma 3 models."))
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: Optional[CompletionTokensDetails] = Field(default=None, description=(
+        "Set in chat completions; null in text completions."))
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str = Field(description="The answer, without the thought channels of a Gemma 4 reply.")
+    reasoning_content: Optional[str] = Field(default=None, description=(
+        "The text of the thought channels of a Gemma 4 reply, without markers and channel name; null when "
+        "the reply has none and on Gemma 3 models."))
 
 
 class ChatChoice(BaseModel):
@@ -153,6 +183,8 @@ class ChatCompletion(BaseModel):
 class ChatDelta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    reasoning_content: Optional[str] = Field(default=None, description=(
+        "A piece of the thought channel of a Gemma 4 reply; a chunk carries either this or content."))
 
 
 class ChatChunkChoice(BaseModel):
