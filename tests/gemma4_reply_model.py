@@ -83,7 +83,8 @@ def _add_vocabulary(writer):
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_scores([0.0] * len(tokens))
-    # The reply pieces are only generated, never produced by encoding, so one merge is enough.
+    # The loader requires a merge list. The reply pieces are only generated, never produced by
+    # encoding, so one merge suffices.
     writer.add_token_merges([f"{SPACE_MARK} a"])
     writer.add_bos_token_id(2)
     writer.add_eos_token_id(1)

@@ -594,7 +594,7 @@ def gemma3_pair(path, n_layers, query_scalar, write_query_scalar, seed=5):
         query_pre_attn_scalar=query_scalar, sliding_window=G3["window"], max_position_embeddings=CONTEXT,
         rms_norm_eps=1e-6, rope_parameters={SLIDING: {"rope_type": "default", "rope_theta": 1e4},
                                             FULL: {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}},
-        attn_implementation="eager", tie_word_embeddings=tied,
+        attn_implementation="eager", tie_word_embeddings=True,
     )
     model = transformers.Gemma3ForCausalLM(config).eval()
     generator = torch.Generator().manual_seed(seed)

@@ -183,6 +183,21 @@ def test_chat_matches_library(server, reference):
     assert result.usage.total_tokens == stats.prompt_tokens + stats.completion_tokens
 
 
+def test_chat_gemma3_has_no_reasoning(server, reference):
+    # Gemma 3 has no thought channel: thinking switched off explicitly is accepted, and the reply
+    # is the library's, with no reasoning in the message, the stream or the usage.
+    expected, _ = reference_chat(reference, CHAT, max_tokens=8)
+    options = dict(model=MODEL_NAME, messages=CHAT, max_tokens=8, temperature=0, reasoning_effort="none",
+                   extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    result = server.client().chat.completions.create(**options)
+    assert result.choices[0].message.content == expected
+    assert result.choices[0].message.model_extra.get("reasoning_content") is None
+    assert result.usage.completion_tokens_details.reasoning_tokens == 0
+    chunks = list(server.client().chat.completions.create(stream=True, **options))
+    assert all("reasoning_content" not in chunk.choices[0].delta.model_extra for chunk in chunks)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == expected
+
+
 def test_chat_finish_reason_length(server):
     result = server.client().chat.completions.create(model=MODEL_NAME, messages=CHAT, max_completion_tokens=3,
                                                      temperature=0)
@@ -347,6 +362,8 @@ def test_unknown_route_404(server):
         ({"messages": CHAT, "logit_bias": {"100": 5}}, "logit_bias"),
         ({"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": CHAT, "seed": "abc"}, "seed"),
+        ({"messages": CHAT, "reasoning_effort": "high"}, "reasoning_effort"),
+        ({"messages": CHAT, "chat_template_kwargs": {"enable_thinking": True}}, "chat_template_kwargs.enable_thinking"),
     ],
 )
 def test_chat_invalid_request_400(server, body, param):

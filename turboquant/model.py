@@ -155,8 +155,8 @@ class _ThoughtChannelSplitter:
     def push(self, token: int, text: str) -> ReplyDelta:
         """Take the next token and the text the decoder released for it; return the split text."""
         if token == self._start_id or token == self._end_id:
-            # Bytes of an unfinished character cannot continue across a marker; the decoder
-            # releases them (as U+FFFD) before the marker, as a decode with special tokens would.
+            # Bytes of an unfinished character cannot continue across a marker. The decoder releases
+            # them as U+FFFD before the marker, as a decode that renders control tokens does.
             text += self._decoder.flush()
             text += CHANNEL_START if token == self._start_id else CHANNEL_END
         if token == self._start_id:
@@ -599,9 +599,10 @@ class Model:
         process). A cached prompt prefix computed by a different earlier call can round
         differently and flip a near tie.
 
-        Generation ends at EOS or <end_of_turn> (finish_reason "stop"), at the first stop
-        string (the text is cut before it, finish_reason "stop"), or after max_tokens tokens
-        or a full context (finish_reason "length").
+        Generation ends at EOS or at the end of the model's turn, Gemma 3's <end_of_turn> or
+        Gemma 4's <turn|> (finish_reason "stop"), at the first stop string (the text is cut
+        before it, finish_reason "stop"), or after max_tokens tokens or a full context
+        (finish_reason "length").
 
         Returns the generated text, or with stream=True an iterator of text pieces whose
         concatenation is that text. Pieces never split a UTF-8 character and never contain
@@ -857,7 +858,7 @@ class Model:
         stream=True). On a Gemma 4 model (``chat_format`` "gemma4") the reply is split as
         ``generate(thought_channel=True)`` splits it, so the result is a
         ``turboquant.chat.ReplyDelta(reasoning, content)`` (or an iterator of them), and
-        enable_thinking=True asks the model to reason first.
+        enable_thinking=True switches thinking on.
         """
         ids = self.encode_chat(messages, enable_thinking=enable_thinking)
         if self.chat_format == "gemma4":

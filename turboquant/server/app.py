@@ -82,7 +82,7 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if kind == "missing":
         return APIError(400, f"missing required parameter '{param}'", param=param, code="missing_required_parameter")
     if kind == "extra_forbidden":
-        # Only chat_template_kwargs forbids unknown keys: a misspelt option must not be ignored silently.
+        # Only chat_template_kwargs forbids unknown keys, so a misspelt option gets a 400 instead of no effect.
         return APIError(400, f"unknown parameter '{param}'; chat_template_kwargs accepts only 'enable_thinking'",
                         param=param, code="unknown_parameter")
     return APIError(400, f"invalid value for '{param}': {first.get('msg', 'invalid value')}", param=param,
@@ -154,8 +154,8 @@ def _sampling(request: schemas.SamplingRequest, max_tokens: int) -> dict:
 def _enable_thinking(model, body: schemas.ChatCompletionRequest) -> bool:
     """Return whether the request switches thinking on, from reasoning_effort and chat_template_kwargs.
 
-    Raises APIError (400) when the two contradict each other, or when thinking is asked of a model
-    without Gemma 4's chat format.
+    Raises APIError (400) when the two contradict each other, or when they switch thinking on for a
+    model without Gemma 4's chat format.
     """
     from_effort = None if body.reasoning_effort is None else body.reasoning_effort != "none"
     from_kwargs = body.chat_template_kwargs.enable_thinking if body.chat_template_kwargs is not None else None
@@ -166,7 +166,7 @@ def _enable_thinking(model, body: schemas.ChatCompletionRequest) -> bool:
     enable = from_kwargs if from_kwargs is not None else bool(from_effort)
     if enable and model.chat_format != "gemma4":
         param = "chat_template_kwargs.enable_thinking" if from_kwargs else "reasoning_effort"
-        raise APIError(400, f"'{param}' asks for thinking, but this model has no thinking mode (only Gemma 4 "
+        raise APIError(400, f"'{param}' switches thinking on, but this model has no thinking mode (only Gemma 4 "
                        "models have one); leave reasoning_effort unset or 'none' and enable_thinking unset or false",
                        param=param)
     return enable
