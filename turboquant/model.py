@@ -142,6 +142,8 @@ class _ThoughtChannelSplitter:
     The decoder that feeds it skips control tokens, so the two marker tokens are written back as
     text here and :class:`turboquant.chat.ThoughtChannelParser` splits the result. Other control
     tokens stay hidden.
+    NOTE: marker text spelled with ordinary tokens splits the reply too, because the parser reads
+    text, but only the marker tokens open and close the span that reasoning_tokens counts.
     """
 
     def __init__(self, tokenizer, decoder):
