@@ -59,6 +59,26 @@ def test_stream_pieces_join_to_whole(library):
     assert "".join(piece.content for piece in pieces) == reply.ANSWER
 
 
+@pytest.mark.parametrize("split", range(len(reply.OTHER_SPLITS)))
+def test_other_token_splits_same_reply(tmp_path, split):
+    pieces = reply.OTHER_SPLITS[split]
+    reference = reply.build_reply_model(tmp_path / "split.gguf", pieces)
+    model = Model.load(tmp_path / "split.gguf", threads=1)
+    ids = encode_gemma4_chat(model.tokenizer, QUESTION, enable_thinking=True)
+    expected_ids = reply.reply_ids(pieces)
+    assert reply.reference_greedy_reply(reference, ids, len(expected_ids) + 4) == expected_ids
+    decoded = model.detokenize(expected_ids[:-1], skip_special=False)
+    assert split_thought_channel(decoded) == (reply.REASONING, reply.ANSWER)
+
+    streamed = list(model.generate(ids, max_tokens=64, temperature=0.0, thought_channel=True, stream=True))
+    for piece in streamed:
+        for marker in ("<|channel>", "<channel|>", "thought", "<|", "|>"):
+            assert marker not in piece.reasoning + piece.content, piece
+    assert "".join(piece.reasoning for piece in streamed) == reply.REASONING
+    assert "".join(piece.content for piece in streamed) == reply.ANSWER
+    assert model.last_stats.reasoning_tokens == pieces.index("<channel|>") + 1
+
+
 def test_chat_uses_gemma4_template(library):
     assert library.chat_format == "gemma4"
     library.reset()
