@@ -45,7 +45,7 @@ CONTEXT = 128
 def gemma4_reference(shape, seed=0, **config_overrides):
     """transformers' Gemma4ForCausalLM with every parameter drawn from N(0, 0.25^2) (norm
     weights and layer scalars around 1, the embedding at scale 1), float32.
-    config_overrides go to Gemma4TextConfig; vocab_size and tie_word_embeddings may be among them."""
+    config_overrides go to Gemma4TextConfig, vocab_size and tie_word_embeddings among them."""
     s = SHAPES[shape]
     vocab = config_overrides.pop("vocab_size", s["vocab"])
     tied = config_overrides.pop("tie_word_embeddings", True)

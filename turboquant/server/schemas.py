@@ -94,7 +94,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatTemplateKwargs(BaseModel):
-    """Options of the chat template, in the form vLLM and SGLang accept; only enable_thinking exists."""
+    """Options of the chat template, in the form that vLLM and SGLang accept. Only enable_thinking exists."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
