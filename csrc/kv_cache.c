@@ -228,7 +228,19 @@ struct tq_kv_cache {
     int64_t recent_f16;
     int64_t recent_slots;
     float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
+    /* Residual precision of the +qjl types: has_qjl is 1 when K or V is a +qjl type, and
+     * position_qjl_bits (n_ctx bytes, 1 or 2 each, indexed by position) exists when
+     * max_qjl_bits is 2. Without it every +qjl row has a 1-bit residual. */
+    int has_qjl;
+    int max_qjl_bits;
+    uint8_t *position_qjl_bits;
 };
+
+/* Returns 1 for the codec types with a QJL residual stage. */
+static int type_has_qjl(tq_kv_type type)
+{
+    return type == TQ_KV_TQ3_QJL || type == TQ_KV_TQ4_QJL || type == TQ_KV_POLAR_QJL;
+}
 
 /* Copy one layer's key scale and centering flags, and allocate its key mean and, once per
  * cache, the buffer of balanced keys. Scales must be finite and positive. */
@@ -280,12 +292,12 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
         cache->n_codec_sizes++;
         tq_status status = TQ_OK;
         if (cache->ops_k->codec) {
-            status = tq_kv_codec_create(cache->ops_k->name, (size_t)head_dim, config->codec_seed, config->isa,
-                                        &cache->codecs_k[index], err);
+            status = tq_kv_codec_create_qjl(cache->ops_k->name, (size_t)head_dim, config->codec_seed, config->isa,
+                                            cache->max_qjl_bits, &cache->codecs_k[index], err);
         }
         if (status == TQ_OK && cache->ops_v->codec) {
-            status = tq_kv_codec_create(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
-                                        &cache->codecs_v[index], err);
+            status = tq_kv_codec_create_qjl(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
+                                            cache->max_qjl_bits, &cache->codecs_v[index], err);
         }
         if (status != TQ_OK) {
             return status;
@@ -443,6 +455,10 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     if (ops_k->recent_f16_window != 0 || ops_v->recent_f16_window != 0) {
         return tq_error_set(err, TQ_ERR_UNSUPPORTED, "KV cache types with a recent f16 window are not supported yet");
     }
+    if (config->max_qjl_bits < 0 || config->max_qjl_bits > 2) {
+        return tq_error_set(err, TQ_ERR_INVALID, "max_qjl_bits %d is not supported; use 0 or 1 (1-bit rows) or 2",
+                            config->max_qjl_bits);
+    }
 
     tq_kv_cache *cache = calloc(1, sizeof(*cache));
     if (cache == NULL) {
@@ -456,6 +472,8 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     cache->ops_k = ops_k;
     cache->ops_v = ops_v;
     cache->kernels = tq_attention_kernels_get(config->isa);
+    cache->has_qjl = type_has_qjl(config->type_k) || type_has_qjl(config->type_v);
+    cache->max_qjl_bits = config->max_qjl_bits == 2 ? 2 : 1;
 
     cache->layers = calloc((size_t)config->n_layers, sizeof(tq_kv_layer));
     if (cache->layers == NULL) {
@@ -465,6 +483,15 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     tq_status status = set_layer_shapes(cache, config, err);
     if (status == TQ_OK) {
         status = create_codecs(cache, config, err);
+    }
+    if (status == TQ_OK && cache->has_qjl && cache->max_qjl_bits == 2) {
+        cache->position_qjl_bits = malloc((size_t)cache->n_ctx);
+        if (cache->position_qjl_bits == NULL) {
+            status = tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the residual precision of %lld positions",
+                                  (long long)cache->n_ctx);
+        } else {
+            memset(cache->position_qjl_bits, 1, (size_t)cache->n_ctx);
+        }
     }
     if (status != TQ_OK) {
         tq_kv_cache_free(cache);
@@ -496,6 +523,7 @@ void tq_kv_cache_free(tq_kv_cache *cache)
         tq_kv_codec_free(cache->codecs_v[i]);
     }
     free(cache->balanced_keys);
+    free(cache->position_qjl_bits);
     free(cache);
 }
 
@@ -577,9 +605,10 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
     return TQ_OK;
 }
 
-/* Store n rows of one side (keys or values) with its baseline type or codec. */
-static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, const float *src, int64_t n,
-                       int head_dim, uint8_t *dst, size_t row_bytes)
+/* Store n rows of one side (keys or values) with its baseline type or codec; a codec writes a
+ * qjl_bits residual when its format has one. */
+static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, int qjl_bits, const float *src,
+                       int64_t n, int head_dim, uint8_t *dst, size_t row_bytes)
 {
     if (codec == NULL) {
         ops->write_rows(src, n, head_dim, dst, row_bytes);
@@ -587,11 +616,11 @@ static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, cons
     }
     /* Encoding fails only for a non-finite value or a row norm above 65504. A working model
      * never produces either, and such a row is stored as zeros (a zero vector). */
-    if (tq_kv_codec_encode(codec, src, (size_t)head_dim, (size_t)n, dst, row_bytes, NULL) != TQ_OK) {
+    if (tq_kv_codec_encode(codec, qjl_bits, src, (size_t)head_dim, (size_t)n, dst, row_bytes, NULL) != TQ_OK) {
         memset(dst, 0, (size_t)n * row_bytes);
         for (int64_t i = 0; i < n; i++) {
-            if (tq_kv_codec_encode(codec, src + i * head_dim, (size_t)head_dim, 1, dst + i * row_bytes, row_bytes,
-                                   NULL) != TQ_OK) {
+            if (tq_kv_codec_encode(codec, qjl_bits, src + i * head_dim, (size_t)head_dim, 1, dst + i * row_bytes,
+                                   row_bytes, NULL) != TQ_OK) {
                 memset(dst + i * row_bytes, 0, row_bytes);
             }
         }
@@ -657,10 +686,11 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
         uint8_t *key_slot = layer->keys + (size_t)slot * layer->key_slot_bytes;
         uint8_t *value_slot = layer->values + (size_t)slot * layer->value_slot_bytes;
         /* All heads of one position are contiguous, so one call encodes them. */
-        write_side(layer->ops_k, layer->codec_k, coded_keys + t * row_floats, cache->n_kv_heads, head_dim, key_slot,
-                   layer->key_row_bytes);
-        write_side(layer->ops_v, layer->codec_v, values + t * row_floats, cache->n_kv_heads, head_dim, value_slot,
-                   layer->value_row_bytes);
+        const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, pos + t);
+        write_side(layer->ops_k, layer->codec_k, qjl_bits, coded_keys + t * row_floats, cache->n_kv_heads, head_dim,
+                   key_slot, layer->key_row_bytes);
+        write_side(layer->ops_v, layer->codec_v, qjl_bits, values + t * row_floats, cache->n_kv_heads, head_dim,
+                   value_slot, layer->value_row_bytes);
         if (layer->recent_keys != NULL) {
             const size_t recent_row = (size_t)row_floats;
             const int64_t recent_slot = (pos + t) % cache->recent_slots;
@@ -669,6 +699,51 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
                                 recent_row * sizeof(uint16_t));
             f16_ops->write_rows(values + t * row_floats, 1, row_floats,
                                 layer->recent_values + recent_slot * recent_row, recent_row * sizeof(uint16_t));
+        }
+    }
+}
+
+tq_status tq_kv_cache_set_qjl_bits(tq_kv_cache *cache, int64_t pos, int64_t n, const uint8_t *bits, tq_error *err)
+{
+    if (pos < 0 || n < 0 || n > cache->n_ctx - pos) {
+        return tq_error_set(err, TQ_ERR_RANGE, "positions %lld .. %lld are outside the KV cache context of %lld",
+                            (long long)pos, (long long)(pos + n - 1), (long long)cache->n_ctx);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (bits[i] != 1 && bits[i] != 2) {
+            return tq_error_set(err, TQ_ERR_INVALID, "QJL residual precision %d of position %lld is invalid; use 1 or 2",
+                                (int)bits[i], (long long)(pos + i));
+        }
+        if (bits[i] == 2 && cache->position_qjl_bits == NULL && cache->has_qjl) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "position %lld asks for a 2-bit QJL residual, but the KV cache rows hold 1 bit; "
+                                "create the cache with max_qjl_bits 2",
+                                (long long)(pos + i));
+        }
+    }
+    if (cache->position_qjl_bits != NULL) {
+        memcpy(cache->position_qjl_bits + pos, bits, (size_t)n);
+    }
+    return TQ_OK;
+}
+
+int tq_kv_cache_qjl_bits_at(const tq_kv_cache *cache, int64_t pos)
+{
+    return cache->position_qjl_bits != NULL ? cache->position_qjl_bits[pos] : 1;
+}
+
+void tq_kv_cache_qjl_positions(const tq_kv_cache *cache, int64_t *n_1bit, int64_t *n_2bit)
+{
+    *n_1bit = 0;
+    *n_2bit = 0;
+    if (!cache->has_qjl) {
+        return;
+    }
+    for (int64_t p = 0; p < cache->n_past; p++) {
+        if (tq_kv_cache_qjl_bits_at(cache, p) == 2) {
+            (*n_2bit)++;
+        } else {
+            (*n_1bit)++;
         }
     }
 }
@@ -793,6 +868,16 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         if (!recent && recent_first - chunk_start < length) {
             length = recent_first - chunk_start;
         }
+        /* Codes are read one residual precision per call, so a chunk also ends where the
+         * precision of its positions changes. */
+        const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, chunk_start);
+        if (!recent && cache->position_qjl_bits != NULL) {
+            int64_t same = 1;
+            while (same < length && cache->position_qjl_bits[chunk_start + same] == qjl_bits) {
+                same++;
+            }
+            length = same;
+        }
         const uint8_t *key_rows, *value_rows;
         size_t key_stride, value_stride;
         if (recent) {
@@ -811,7 +896,7 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         /* Scores: a codec scores every query in one pass over the codes; the f16 rows of
          * the window are scored with the query itself. */
         if (!recent && layer->codec_k != NULL) {
-            tq_kv_codec_scores(layer->codec_k, (const float *)states, n_queries, key_rows, key_stride,
+            tq_kv_codec_scores(layer->codec_k, qjl_bits, (const float *)states, n_queries, key_rows, key_stride,
                                (size_t)length, scores, TQ_KV_CHUNK);
             if (layer->key_scale != NULL) {
                 for (int i = 0; i < n_queries; i++) {
@@ -863,7 +948,7 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         /* Values: a codec sums in its rotated domain (finished once below), the others
          * straight into the partial result. */
         if (!recent && layer->codec_v != NULL) {
-            tq_kv_codec_accumulate(layer->codec_v, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
+            tq_kv_codec_accumulate(layer->codec_v, qjl_bits, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
                                    n_queries, accs);
         } else {
             const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_v;
@@ -922,6 +1007,9 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
 {
     if (src == dst) {
         return;
+    }
+    if (cache->position_qjl_bits != NULL) {
+        cache->position_qjl_bits[dst] = cache->position_qjl_bits[src];
     }
     for (int l = 0; l < cache->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
@@ -994,6 +1082,9 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
             total += (size_t)layer->head_dim * (sizeof(float) + 1 + (size_t)cache->n_kv_heads * sizeof(float));
         }
     }
+    if (cache->position_qjl_bits != NULL) {
+        total += (size_t)cache->n_past; /* one residual precision byte per position */
+    }
     return total;
 }
 
@@ -1003,5 +1094,5 @@ size_t tq_kv_cache_bytes_per_token(const tq_kv_cache *cache)
     for (int l = 0; l < cache->n_layers; l++) {
         total += cache->layers[l].key_slot_bytes + cache->layers[l].value_slot_bytes;
     }
-    return total;
+    return total + (cache->position_qjl_bits != NULL ? 1 : 0);
 }

@@ -127,6 +127,12 @@ ALWAYS_INLINE void score_rows(const tq_kv_layout *layout, const float *prepared,
 static void scores_avx512(const tq_kv_layout *layout, const float *prepared, int n_queries, const uint8_t *rows,
                           size_t row_stride, size_t n, float *out, size_t out_stride)
 {
+    /* NOTE: rows with a 2-bit QJL residual are scored by the scalar kernel; only the
+     * 1-bit residual has a AVX-512 path. */
+    if (layout->qjl_bits == 2) {
+        tq_kv_kernels_scalar.scores(layout, prepared, n_queries, rows, row_stride, n, out, out_stride);
+        return;
+    }
     /* One instantiation per group size keeps the accumulators in registers. */
     switch (n_queries) {
     case 1: score_rows(layout, prepared, 1, rows, row_stride, n, out, out_stride); break;
@@ -230,6 +236,11 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
 static void accumulate_avx512(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                               const float *weights, size_t weight_stride, int n_queries, float *acc)
 {
+    /* NOTE: values with a 2-bit QJL residual are summed by the scalar kernel. */
+    if (layout->qjl_bits == 2) {
+        tq_kv_kernels_scalar.accumulate(layout, rows, row_stride, n, weights, weight_stride, n_queries, acc);
+        return;
+    }
     switch (n_queries) {
     case 1: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 1, acc); break;
     case 2: accumulate_rows(layout, rows, row_stride, n, weights, weight_stride, 2, acc); break;

@@ -54,6 +54,20 @@ def _codec_head_sizes_supported(path: str) -> bool:
     return bool(sizes) and all(64 <= size <= 1024 and size & (size - 1) == 0 for size in sizes)
 
 
+def _qjl_settings_from_config(config, qjl_bits, thinking_qjl_bits, think_token_id):
+    """Return qjl_bits, thinking_qjl_bits and think_token_id, taking those left at None from config."""
+    from .config import load_config, _GemmaConfig
+
+    if isinstance(config, (str, os.PathLike)):
+        config = load_config(config)
+    if not isinstance(config, _GemmaConfig):
+        raise TypeError(f"config must be a Gemma3Config, a Gemma4Config or a YAML path, got {type(config).__name__}")
+    options = config.model_load_options()
+    return (options["qjl_bits"] if qjl_bits is None else qjl_bits,
+            options["thinking_qjl_bits"] if thinking_qjl_bits is None else thinking_qjl_bits,
+            options["think_token_id"] if think_token_id is None else think_token_id)
+
+
 def default_model_path() -> str:
     """Return the path of the default model, Gemma 3 270M Q4_K_M, assembled by its PyPI package.
 
@@ -152,7 +166,8 @@ class Model:
 
     @classmethod
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
-             kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True) -> "Model":
+             kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True, qjl_bits=None, thinking_qjl_bits=None,
+             think_token_id=None, config=None) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
         path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
@@ -173,11 +188,33 @@ class Model:
         scores keep their value and their quantization error drops several-fold on Gemma 3.
         exact_matmul: keep activations in float32 in every weight product (several times slower);
         the default rounds them to 8 bits per block as llama.cpp does.
+        qjl_bits, thinking_qjl_bits: bits per projected entry (1 or 2) of the QJL residual that
+        the +qjl cache types ("tq3+qjl", "tq4+qjl", "polar+qjl") store for new keys and values
+        outside and while thinking (None: 1 and 2). Thinking is on from the first
+        think_token_id in the context, and inside Gemma 4's thought channel (from <|channel>
+        up to, not including, <channel|>). think_token_id: None for the model's own (Gemma 4:
+        98, <|think|>; Gemma 3: none), -1 for none, or a token id >= 1. When thinking can switch
+        on and either setting is 2, every +qjl row has room for 2 bits (head_dim / 8 bytes
+        more); ``kv_cache_qjl_positions`` counts the positions stored at each precision.
+        config: a Gemma3Config or Gemma4Config (or a YAML path) whose qjl_bits, thinking_qjl_bits
+        and think_token_id apply where the keyword arguments are None; its other keys do not
+        reach Model.load (the command line's --config passes them all).
         Raises FileNotFoundError for a missing file (config.json, a shard), ValueError for a bad
         value, an unsupported configuration or a tensor of the wrong shape.
         """
         _check_optional_int("threads", threads, 1)
         _check_optional_int("ctx", ctx, 1)
+        if config is not None:
+            qjl_bits, thinking_qjl_bits, think_token_id = _qjl_settings_from_config(
+                config, qjl_bits, thinking_qjl_bits, think_token_id)
+        for name, value in (("qjl_bits", qjl_bits), ("thinking_qjl_bits", thinking_qjl_bits)):
+            _check_optional_int(name, value, 1)
+            if value is not None and value > 2:
+                raise ValueError(f"{name} must be 1 or 2 bits per projected entry, got {value}")
+        _check_optional_int("think_token_id", think_token_id, -1)
+        if think_token_id == 0:
+            raise ValueError("think_token_id must be a token id >= 1, -1 for none or None for the model's own; "
+                             "got 0 (the padding token)")
         for name, value in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str such as 'f16', got {type(value).__name__}")
@@ -212,6 +249,9 @@ class Model:
             kv_f16_layers=tuple(kv_f16_layers),
             exact_matmul=bool(exact_matmul),
             kv_balance_keys=bool(kv_balance_keys),
+            qjl_bits=qjl_bits or 0,
+            thinking_qjl_bits=thinking_qjl_bits or 0,
+            think_token_id=0 if think_token_id is None else think_token_id,
         )
         return cls(core, path)
 
@@ -286,6 +326,12 @@ class Model:
     def kv_cache_bytes(self) -> int:
         """Return the bytes allocated for the KV cache of every layer, codes, norms and scales included."""
         return self._core.kv_cache_bytes()
+
+    def kv_cache_qjl_positions(self) -> dict:
+        """Return {1: n, 2: m}: stored positions whose +qjl keys and values have a 1-bit and a 2-bit
+        QJL residual (both 0 when neither cache type is +qjl). Counted per position of the
+        sequence; sliding-window layers keep only their window of them."""
+        return self._core.kv_cache_qjl_positions()
 
     def kv_bytes_per_token(self) -> int:
         """Return the KV cache bytes that one more token adds, over every layer."""
