@@ -614,6 +614,10 @@ static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, int 
         ops->write_rows(src, n, head_dim, dst, row_bytes);
         return;
     }
+    /* A side without a QJL stage (max_qjl_bits 1) stores every position the same way. */
+    if (qjl_bits > tq_kv_codec_max_qjl_bits(codec)) {
+        qjl_bits = 1;
+    }
     /* Encoding fails only for a non-finite value or a row norm above 65504. A working model
      * never produces either, and such a row is stored as zeros (a zero vector). */
     if (tq_kv_codec_encode(codec, qjl_bits, src, (size_t)head_dim, (size_t)n, dst, row_bytes, NULL) != TQ_OK) {

@@ -89,7 +89,7 @@ const float *tq_kv_codec_centroids(const tq_kv_codec *codec, size_t *count);
 
 /* Encode n rows of head_dim floats (row i at x + i * x_stride floats) into n rows of
  * row_bytes bytes (row i at rows + i * row_stride bytes), with a qjl_bits residual for
- * +qjl formats (formats without one ignore the value). Encoding is scalar code shared
+ * +qjl formats (other formats take qjl_bits 1). Encoding is scalar code shared
  * by every kernel variant, so codes are identical whatever the variant. Fails with
  * TQ_ERR_INVALID when qjl_bits is outside 1 .. tq_kv_codec_max_qjl_bits, for a non-finite
  * value, or when a row norm (for f16 rows, a value) exceeds the f16 maximum 65504. */
