@@ -203,12 +203,13 @@ def test_mixed_precision_attention_matches_reference(cache_type_k, cache_type_v,
 
 
 @pytest.mark.parametrize("kernels", [k for k in _core.build_info()["supported_kernels"] if k != "scalar"])
-def test_mixed_precision_simd_matches_scalar(kernels):
+@pytest.mark.parametrize("cache_type_k,cache_type_v", [("tq3+qjl", "tq4+qjl"), ("polar+qjl", "tq3+qjl")])
+def test_mixed_precision_simd_matches_scalar(kernels, cache_type_k, cache_type_v):
     n, d = 48, 128
     rng = np.random.default_rng(11)
     keys, values = rng.standard_normal((2, n, d)).astype(np.float32)
     queries = (0.2 * rng.standard_normal((2 * n, d))).astype(np.float32)
-    args = dict(cache_type_k="tq3+qjl", cache_type_v="tq4+qjl", window=9, n_batch=4, seed=SEED,
+    args = dict(cache_type_k=cache_type_k, cache_type_v=cache_type_v, window=9, n_batch=4, seed=SEED,
                 qjl_bits=mixed_bits(n, seed=12))
     scalar = _core.kv_cache_attention(keys, values, queries, kernels="scalar", **args)
     simd = _core.kv_cache_attention(keys, values, queries, kernels=kernels, **args)
