@@ -18,13 +18,19 @@ layers). Reported over all layers:
                all 18 layers, K and V): 1-bit rows, or rows with room for a 2-bit residual plus
                the one-byte precision flag per position
 
+The timing part scores 4 query heads against 4096 random keys of head_dim 256 with
+KVCodec.scores at 1 and 2 residual bits, on one thread, for every kernel variant the CPU
+supports (TURBOQUANT_KERNELS picks the variant), and reports the best of 20 calls.
+
     python benchmarks/qjl_residual_error.py --tokens 512
+    python benchmarks/qjl_residual_error.py --parts timing
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import numpy as np
 
@@ -105,20 +111,49 @@ def bytes_per_token(path: str, name: str, qjl_bits):
     return model.kv_bytes_per_token()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--tokens", type=int, default=512, help="prompt tokens (default: 512, at most 512)")
-    args = parser.parse_args(argv)
-    if not 2 <= args.tokens <= 512:
-        parser.error(f"--tokens must be 2 to 512 so that every key is in the sliding window, got {args.tokens}")
+def scoring_times(name: str, repeats: int = 20):
+    """Return {kernel variant: (1-bit seconds, 2-bit seconds)} of one KVCodec.scores call."""
+    from turboquant import _core
 
+    keys = np.random.default_rng(0).standard_normal((4096, 256)).astype(np.float32)
+    queries = np.random.default_rng(1).standard_normal((4, 256)).astype(np.float32)
+    times = {}
+    for kernels in _core.build_info()["supported_kernels"]:
+        os.environ["TURBOQUANT_KERNELS"] = kernels
+        codec = _core.KVCodec(name, 256, 0, max_qjl_bits=2)
+        best = []
+        for qjl_bits in (1, 2):
+            rows = codec.encode(keys, qjl_bits=qjl_bits)
+            seconds = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                codec.scores(queries, rows, qjl_bits=qjl_bits)
+                seconds = min(seconds, time.perf_counter() - start)
+            best.append(seconds)
+        times[kernels] = tuple(best)
+    os.environ.pop("TURBOQUANT_KERNELS")
+    return times
+
+
+def print_timing():
+    print("Scoring 4 query heads against 4096 keys (head_dim 256), one thread, best of 20 calls:")
+    print()
+    print("| keys | kernels | 1-bit residual (ms) | 2-bit residual (ms) | 2-bit / 1-bit |")
+    print("|---|---|---:|---:|---:|")
+    for name in ("tq3+qjl", "tq4+qjl"):
+        for kernels, (one, two) in scoring_times(name).items():
+            print(f"| {name} | {kernels} | {one * 1e3:.3f} | {two * 1e3:.3f} | {two / one:.2f} |")
+
+
+def print_errors(n_tokens: int):
     import turboquant
+    from turboquant import _core
     from turboquant.datasets import english_text
     from turboquant.model import default_model_path
 
     path = default_model_path()
     tokenizer = turboquant.Model.load(path, ctx=64, cache_type_k="f16", cache_type_v="f16").tokenizer
-    tokens = tokenizer.encode(english_text("alice29"))[: args.tokens]
+    tokens = tokenizer.encode(english_text("alice29"))[:n_tokens]
     captured = capture_keys_queries(path, tokens)
     scale = captured[0][0].shape[1] ** -0.5
 
@@ -127,13 +162,27 @@ def main(argv=None):
     print("| keys | QJL residual | bits/value | bytes/token (K+V) | score RMSE | KL (nats) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, qjl_bits in CONFIGURATIONS:
-        from turboquant import _core
-
         rmse, kl = score_errors(captured, name, qjl_bits, scale)
         codec = _core.KVCodec(name, 256, 0, max_qjl_bits=qjl_bits or 1)
         residual = "none" if qjl_bits is None else f"{qjl_bits}-bit"
         print(f"| {name} | {residual} | {codec.bits_per_value:.3f} | {bytes_per_token(path, name, qjl_bits)} | "
               f"{rmse:.4f} | {kl:.5f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tokens", type=int, default=512, help="prompt tokens (default: 512, at most 512)")
+    parser.add_argument("--parts", nargs="+", choices=("error", "timing"), default=["error", "timing"],
+                        help="what to measure (default: both)")
+    args = parser.parse_args(argv)
+    if not 2 <= args.tokens <= 512:
+        parser.error(f"--tokens must be 2 to 512 so that every key is in the sliding window, got {args.tokens}")
+
+    if "timing" in args.parts:
+        print_timing()
+        print()
+    if "error" in args.parts:
+        print_errors(args.tokens)
 
 
 if __name__ == "__main__":

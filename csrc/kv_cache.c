@@ -605,8 +605,8 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
     return TQ_OK;
 }
 
-/* Store n rows of one side (keys or values) with its baseline type or codec; a codec writes a
- * qjl_bits residual when its format has one. */
+/* Store n rows of one side (keys or values) with its baseline type or codec. A codec with a
+ * QJL stage writes a qjl_bits residual. */
 static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, int qjl_bits, const float *src,
                        int64_t n, int head_dim, uint8_t *dst, size_t row_bytes)
 {

@@ -116,7 +116,7 @@ typedef struct {
     const int *layer_kv_source;
 
     /* Residual precision of the +qjl codec types (ignored by other types). max_qjl_bits 2
-     * sizes every +qjl row for a 2-bit residual and keeps one byte per position that says
+     * sizes every +qjl row for a 2-bit residual and keeps one byte per position that records
      * whether its rows were written with a 1-bit or a 2-bit residual (set with
      * tq_kv_cache_set_qjl_bits before the write; 1 until then). 0 or 1: 1-bit rows only. */
     int max_qjl_bits;

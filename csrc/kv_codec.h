@@ -14,8 +14,8 @@
  *                       head_dim rows) and the residual's f16 norm. Scores are unbiased
  *                       but noisier than the MSE stage alone at the same bits. A codec
  *                       created with max_qjl_bits 2 (tq_kv_codec_create_qjl) has rows with
- *                       room for a 2-bit residual (the 4-level Gaussian quantizer of qjl.h,
- *                       stored as the sign plane plus a magnitude plane), and each row is
+ *                       room for a 2-bit residual: the 4-level Gaussian quantizer of qjl.h,
+ *                       stored as the sign plane plus a magnitude plane. Each row is
  *                       written and read at the qjl_bits the caller passes.
  *   polar               coordinate pairs (j, j + head_dim/2) of the rotated unit vector as
  *                       radius (4-bit Lloyd-Max codebook) and angle (3-bit uniform)
@@ -97,8 +97,8 @@ tq_status tq_kv_codec_encode(const tq_kv_codec *codec, int qjl_bits, const float
                              uint8_t *rows, size_t row_stride, tq_error *err);
 
 /* Reconstruct n rows to floats. This is the reference for tests: attention reads codes.
- * Here and in scores and accumulate, qjl_bits is the precision the rows were written with;
- * a value other than 2, or 2 on a codec without room for it, reads them at 1 bit. */
+ * Here and in scores and accumulate, qjl_bits is the precision the rows were written with.
+ * A value other than 2, or 2 on a codec without room for it, reads them at 1 bit. */
 void tq_kv_codec_decode(const tq_kv_codec *codec, int qjl_bits, const uint8_t *rows, size_t row_stride, size_t n,
                         float *out, size_t out_stride);
 

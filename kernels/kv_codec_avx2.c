@@ -152,32 +152,59 @@ ALWAYS_INLINE void load_pair(const tq_kv_layout *layout, const uint8_t *codes, s
     }
 }
 
-/* 2-bit QJL residual: sums[h] = sum_j m_j s_j z_j over the projected query z of head h, the
- * signs s_j = +-1 and the magnitude bits m_j, computed as 2 * (sum over m_j and sign bit
- * set) - (sum over m_j set). */
-ALWAYS_INLINE void magnitude_signed_sums(const tq_kv_layout *layout, const float *prepared, const int n_queries,
-                                         const uint8_t *row, float *sums)
+/* QJL residual sums of one row: sums[h] = qjl_scale * sum_j s_j z_j over the projected query
+ * z of head h and the signs s_j = +-1. The +-1 sum is twice the sum over set sign bits minus
+ * the projected query's total (stored after it in the prepared query). */
+ALWAYS_INLINE void residual_sums_1bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
 {
     const size_t d = layout->head_dim;
     const size_t qf = layout->query_floats;
-    const uint8_t *signs = row + layout->qjl_offset;
-    const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
-    __m256 positive[TQ_KV_MAX_GROUP], all[TQ_KV_MAX_GROUP];
+    __m256 positive[TQ_KV_MAX_GROUP];
     for (int h = 0; h < n_queries; h++) {
         positive[h] = _mm256_setzero_ps();
-        all[h] = _mm256_setzero_ps();
     }
+    const uint8_t *signs = row + layout->qjl_offset;
     for (size_t j = 0; j < d; j += 8) {
-        const __m256 outer = _mm256_castsi256_ps(expand_byte(magnitudes[j / 8]));
-        const __m256 outer_positive = _mm256_castsi256_ps(expand_byte((uint8_t)(magnitudes[j / 8] & signs[j / 8])));
+        const __m256 mask = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
         for (int h = 0; h < n_queries; h++) {
-            const __m256 z = _mm256_loadu_ps(prepared + h * qf + d + j);
-            positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(outer_positive, z));
-            all[h] = _mm256_add_ps(all[h], _mm256_and_ps(outer, z));
+            positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(mask, _mm256_loadu_ps(prepared + h * qf + d + j)));
         }
     }
     for (int h = 0; h < n_queries; h++) {
-        sums[h] = 2.0f * reduce_add(positive[h]) - reduce_add(all[h]);
+        const float total = prepared[h * qf + 2 * d];
+        sums[h] = layout->qjl_scale * (2.0f * reduce_add(positive[h]) - total);
+    }
+}
+
+/* 2-bit residual sums: sums[h] = sum_j s_j (qjl_scale + m_j qjl_magnitude_scale) z_j for the
+ * magnitude bits m_j. The signed weight of each entry is built once per block for all heads:
+ * a blend on the magnitude bit, then the sign flipped where the sign bit is clear. */
+ALWAYS_INLINE void residual_sums_2bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
+{
+    const size_t d = layout->head_dim;
+    const size_t qf = layout->query_floats;
+    const __m256 inner = _mm256_set1_ps(layout->qjl_scale);
+    const __m256 outer = _mm256_set1_ps(layout->qjl_scale + layout->qjl_magnitude_scale);
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    const uint8_t *signs = row + layout->qjl_offset;
+    const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
+    __m256 residual[TQ_KV_MAX_GROUP];
+    for (int h = 0; h < n_queries; h++) {
+        residual[h] = _mm256_setzero_ps();
+    }
+    for (size_t j = 0; j < d; j += 8) {
+        const __m256 magnitude = _mm256_castsi256_ps(expand_byte(magnitudes[j / 8]));
+        const __m256 positive = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
+        const __m256 weight = _mm256_xor_ps(_mm256_blendv_ps(inner, outer, magnitude),
+                                            _mm256_andnot_ps(positive, sign_bit));
+        for (int h = 0; h < n_queries; h++) {
+            residual[h] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(prepared + h * qf + d + j), residual[h]);
+        }
+    }
+    for (int h = 0; h < n_queries; h++) {
+        sums[h] = reduce_add(residual[h]);
     }
 }
 
@@ -210,30 +237,15 @@ ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, 
         return;
     }
 
-    /* QJL: sum of the projected query over set sign bits; the +-1 sum is twice that
-     * minus the projected query's total (stored after it in the prepared query). */
-    __m256 positive[TQ_KV_MAX_GROUP];
-    for (int h = 0; h < n_queries; h++) {
-        positive[h] = _mm256_setzero_ps();
-    }
-    const uint8_t *signs = row + layout->qjl_offset;
-    for (size_t j = 0; j < d; j += 8) {
-        const __m256 mask = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
-        for (int h = 0; h < n_queries; h++) {
-            positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(mask, _mm256_loadu_ps(prepared + h * qf + d + j)));
-        }
+    float residual_sums[TQ_KV_MAX_GROUP];
+    if (layout->qjl_bits == 2) {
+        residual_sums_2bit(layout, prepared, n_queries, row, residual_sums);
+    } else {
+        residual_sums_1bit(layout, prepared, n_queries, row, residual_sums);
     }
     const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
-    float magnitude_sums[TQ_KV_MAX_GROUP] = {0.0f};
-    if (layout->qjl_bits == 2) {
-        magnitude_signed_sums(layout, prepared, n_queries, row, magnitude_sums);
-    }
     for (int h = 0; h < n_queries; h++) {
-        const float total = prepared[h * qf + 2 * d];
-        const float signed_sum = 2.0f * reduce_add(positive[h]) - total;
-        const float residual =
-            residual_norm * (layout->qjl_scale * signed_sum + layout->qjl_magnitude_scale * magnitude_sums[h]);
-        out[(size_t)h * out_stride + i] = norm * (reduce_add(acc[h]) + residual);
+        out[(size_t)h * out_stride + i] = norm * (reduce_add(acc[h]) + residual_norm * residual_sums[h]);
     }
 }
 

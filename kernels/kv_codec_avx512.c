@@ -64,32 +64,58 @@ ALWAYS_INLINE void load_pair(const tq_kv_layout *layout, const uint8_t *codes, s
     }
 }
 
-/* 2-bit QJL residual: sums[h] = sum_j m_j s_j z_j over the projected query z of head h, the
- * signs s_j = +-1 and the magnitude bits m_j, computed as 2 * (sum over m_j and sign bit
- * set) - (sum over m_j set). */
-ALWAYS_INLINE void magnitude_signed_sums(const tq_kv_layout *layout, const float *prepared, const int n_queries,
-                                         const uint8_t *row, float *sums)
+/* QJL residual sums of one row: sums[h] = qjl_scale * sum_j s_j z_j over the projected query
+ * z of head h and the signs s_j = +-1. The +-1 sum is twice the sum over set sign bits minus
+ * the projected query's total (stored after it in the prepared query). */
+ALWAYS_INLINE void residual_sums_1bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
 {
     const size_t d = layout->head_dim;
     const size_t qf = layout->query_floats;
-    const uint8_t *signs = row + layout->qjl_offset;
-    const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
-    __m512 positive[TQ_KV_MAX_GROUP], all[TQ_KV_MAX_GROUP];
+    __m512 positive[TQ_KV_MAX_GROUP];
     for (int h = 0; h < n_queries; h++) {
         positive[h] = _mm512_setzero_ps();
-        all[h] = _mm512_setzero_ps();
     }
+    const uint8_t *signs = row + layout->qjl_offset;
     for (size_t j = 0; j < d; j += 16) {
-        const __mmask16 outer = load_mask16(magnitudes + j / 8);
-        const __mmask16 outer_positive = outer & load_mask16(signs + j / 8);
+        const __mmask16 mask = load_mask16(signs + j / 8);
         for (int h = 0; h < n_queries; h++) {
-            const __m512 z = _mm512_loadu_ps(prepared + h * qf + d + j);
-            positive[h] = _mm512_mask_add_ps(positive[h], outer_positive, positive[h], z);
-            all[h] = _mm512_mask_add_ps(all[h], outer, all[h], z);
+            positive[h] = _mm512_mask_add_ps(positive[h], mask, positive[h],
+                                             _mm512_loadu_ps(prepared + h * qf + d + j));
         }
     }
     for (int h = 0; h < n_queries; h++) {
-        sums[h] = 2.0f * _mm512_reduce_add_ps(positive[h]) - _mm512_reduce_add_ps(all[h]);
+        const float total = prepared[h * qf + 2 * d];
+        sums[h] = layout->qjl_scale * (2.0f * _mm512_reduce_add_ps(positive[h]) - total);
+    }
+}
+
+/* 2-bit residual sums: sums[h] = sum_j s_j (qjl_scale + m_j qjl_magnitude_scale) z_j for the
+ * magnitude bits m_j. The signed weight of each entry is built once per block for all heads:
+ * a blend on the magnitude bits, then negated where the sign bit is clear. */
+ALWAYS_INLINE void residual_sums_2bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
+{
+    const size_t d = layout->head_dim;
+    const size_t qf = layout->query_floats;
+    const __m512 inner = _mm512_set1_ps(layout->qjl_scale);
+    const __m512 outer = _mm512_set1_ps(layout->qjl_scale + layout->qjl_magnitude_scale);
+    const uint8_t *signs = row + layout->qjl_offset;
+    const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
+    __m512 residual[TQ_KV_MAX_GROUP];
+    for (int h = 0; h < n_queries; h++) {
+        residual[h] = _mm512_setzero_ps();
+    }
+    for (size_t j = 0; j < d; j += 16) {
+        const __m512 magnitude_weight = _mm512_mask_blend_ps(load_mask16(magnitudes + j / 8), inner, outer);
+        const __mmask16 negative = (__mmask16)~load_mask16(signs + j / 8);
+        const __m512 weight = _mm512_mask_sub_ps(magnitude_weight, negative, _mm512_setzero_ps(), magnitude_weight);
+        for (int h = 0; h < n_queries; h++) {
+            residual[h] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(prepared + h * qf + d + j), residual[h]);
+        }
+    }
+    for (int h = 0; h < n_queries; h++) {
+        sums[h] = _mm512_reduce_add_ps(residual[h]);
     }
 }
 
@@ -123,31 +149,15 @@ ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, 
         return;
     }
 
-    /* QJL: sum of the projected query over set sign bits; the +-1 sum is twice that
-     * minus the projected query's total (stored after it in the prepared query). */
-    __m512 positive[TQ_KV_MAX_GROUP];
-    for (int h = 0; h < n_queries; h++) {
-        positive[h] = _mm512_setzero_ps();
-    }
-    const uint8_t *signs = row + layout->qjl_offset;
-    for (size_t j = 0; j < d; j += 16) {
-        const __mmask16 mask = load_mask16(signs + j / 8);
-        for (int h = 0; h < n_queries; h++) {
-            positive[h] = _mm512_mask_add_ps(positive[h], mask, positive[h],
-                                             _mm512_loadu_ps(prepared + h * qf + d + j));
-        }
+    float residual_sums[TQ_KV_MAX_GROUP];
+    if (layout->qjl_bits == 2) {
+        residual_sums_2bit(layout, prepared, n_queries, row, residual_sums);
+    } else {
+        residual_sums_1bit(layout, prepared, n_queries, row, residual_sums);
     }
     const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
-    float magnitude_sums[TQ_KV_MAX_GROUP] = {0.0f};
-    if (layout->qjl_bits == 2) {
-        magnitude_signed_sums(layout, prepared, n_queries, row, magnitude_sums);
-    }
     for (int h = 0; h < n_queries; h++) {
-        const float total = prepared[h * qf + 2 * d];
-        const float signed_sum = 2.0f * _mm512_reduce_add_ps(positive[h]) - total;
-        const float residual =
-            residual_norm * (layout->qjl_scale * signed_sum + layout->qjl_magnitude_scale * magnitude_sums[h]);
-        out[(size_t)h * out_stride + i] = norm * (_mm512_reduce_add_ps(acc[h]) + residual);
+        out[(size_t)h * out_stride + i] = norm * (_mm512_reduce_add_ps(acc[h]) + residual_norm * residual_sums[h]);
     }
 }
 

@@ -1,11 +1,11 @@
-"""Adaptive QJL precision of the +qjl KV-cache types: the 2-bit residual of the codecs, caches
-with mixed per-position precision, and the model's switch to 2 bits while thinking.
+"""The 2-bit QJL residual of the +qjl KV-cache codecs, and caches with mixed per-position
+residual precision.
 
-References: scores and value sums against NumPy on the rows the codec decodes; unbiasedness
-and variance over many codec seeds against the exact inner products; the magnitude plane
-against the 2-bit Lloyd-Max quantizer of N(0, 1) computed here with math.erf; mixed-precision
-attention against float64 NumPy attention over rows each decoded at its own precision; and the
-model's switch against the counts and logits it must leave unchanged before the think token.
+References: scores and value sums are checked against NumPy on the rows the codec decodes.
+Unbiasedness and variance are measured over many codec seeds against the exact inner
+products. The magnitude plane is checked against the 2-bit Lloyd-Max quantizer of N(0, 1),
+computed here with math.erf. Mixed-precision attention is compared with float64 NumPy
+attention over rows that are each decoded at their own precision.
 """
 
 import math

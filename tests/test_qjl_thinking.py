@@ -1,5 +1,5 @@
 """The model's switch of the QJL residual precision while thinking, on a tiny random-weight
-Gemma 4 (builders of test_gemma4.py, with a vocabulary that holds the thinking tokens) and on
+Gemma 4 (builders of test_gemma4.py, with a vocabulary that contains the thinking tokens) and on
 the default Gemma 3 270M model with a configured think token.
 
 A position's keys and values are written once, so the logits of every position before the
@@ -41,7 +41,7 @@ def thinking_gemma4(tmp_path_factory):
 
 
 def plain_tokens(n, seed):
-    """n token ids of the tiny vocabulary that are none of the thinking tokens."""
+    """Return n token ids of the tiny vocabulary, all below the thinking tokens."""
     ids = np.random.default_rng(seed).integers(0, 97, size=n)
     return [int(i) + 1 for i in ids]
 
@@ -140,7 +140,7 @@ def test_gemma3_has_no_think_token_by_default(model_path):
 
 
 def test_gemma3_configured_think_token(model_path):
-    # <start_of_turn> (106) stands in for a think token. Without the f16 window every
+    # <start_of_turn> (106) is the configured think token. Without the f16 window every
     # position is read from its codes. Key balancing is off because it subtracts the mean of
     # the first micro-batch's keys, which on later layers depends on the 2-bit positions too.
     import turboquant
