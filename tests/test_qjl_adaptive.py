@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from test_kv_cache_codec import attention_over_stored
 from turboquant import _core
 
 QJL_TYPES = ["tq3+qjl", "tq4+qjl", "polar+qjl"]
@@ -147,21 +148,8 @@ def stored(x, cache_type, bits):
 
 def reference_attention(keys, values, queries, bits, cache_type_k, cache_type_v, window=0, recent_f16=0):
     """Causal float64 attention; position j is read from f16 when i - j < recent_f16."""
-    n = keys.shape[0]
-    i = np.arange(n)[:, None]
-    j = np.arange(n)[None, :]
-    recent = (i - j < recent_f16)[..., None]
-    f16 = lambda x: x.astype(np.float16).astype(np.float32)
-    k = np.where(recent, f16(keys)[None], stored(keys, cache_type_k, bits)[None]).astype(np.float64)
-    v = np.where(recent, f16(values)[None], stored(values, cache_type_v, bits)[None]).astype(np.float64)
-    scores = np.einsum("id,ijd->ij", queries.astype(np.float64), k)
-    visible = j <= i
-    if window > 0:
-        visible &= i - j < window
-    scores = np.where(visible, scores, -np.inf)
-    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return np.einsum("ij,ijd->id", weights, v)
+    return attention_over_stored(keys, values, queries, stored(keys, cache_type_k, bits),
+                                 stored(values, cache_type_v, bits), window, recent_f16)
 
 
 def mixed_bits(n, seed):
