@@ -106,6 +106,16 @@ struct tq_context {
     uint8_t *thinking_state;
 };
 
+/* Resolve the adaptive QJL settings of a context (defaults, the model's think and channel
+ * tokens) and allocate its thinking state of n_ctx bytes. Errors: TQ_ERR_INVALID for a
+ * think_token_id outside the vocabulary, TQ_ERR_NOMEM. */
+tq_status tq_context_set_qjl_precision(tq_context *context, const tq_qjl_precision *precision, int gemma4,
+                                       tq_error *err);
+
+/* Residual bits the cache rows need room for: thinking_qjl_bits counts only when some token
+ * can switch thinking on. */
+int tq_context_max_qjl_bits(const tq_context *context);
+
 /* Choose the QJL residual precision of the n tokens about to be written at pos0 .. pos0 + n - 1
  * and pass it to the cache. parents is NULL for a sequence (token i follows token i - 1) or
  * the parent node of each token of a draft tree (-1 for the root, which follows pos0 - 1). */
