@@ -104,6 +104,20 @@ def test_bytes_count_2bit_rows(thinking_gemma4):
         test_gemma4.SHAPES.pop(name)
 
 
+def test_kv_cache_memory_counts_2bit_rows(thinking_gemma4):
+    # kv_cache_memory builds the cache from the layer table alone; with max_qjl_bits=2 it
+    # must give the bytes of the model, whose default think token makes rows 2-bit capable.
+    import turboquant
+
+    shape, path = thinking_gemma4
+    layout = turboquant.gemma4_kv_layout(shape["layer_types"], shape["head_dim"], shape["global_head_dim"],
+                                         shape["window"], shape["kv_heads"], shape["shared"])
+    model = _core.Model(str(path), n_batch=4, **CACHE)
+    model.eval(plain_tokens(30, seed=13), logits="none")
+    assert turboquant.kv_cache_memory(layout, 30, "tq3+qjl", n_batch=4, max_qjl_bits=2) == model.kv_cache_bytes()
+    assert turboquant.kv_cache_memory(layout, 30, "tq3+qjl", n_batch=4) < model.kv_cache_bytes()
+
+
 def test_other_cache_types_count_nothing(thinking_gemma4):
     shape, path = thinking_gemma4
     model = _core.Model(str(path), cache_type_k="tq3", cache_type_v="f16")

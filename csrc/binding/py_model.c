@@ -1347,14 +1347,15 @@ static int int_table_from_sequence(PyObject *object, const char *argument, Py_ss
 static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"head_dims", "windows", "kv_sources", "n_kv_heads", "positions",
-                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", NULL};
+                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", "max_qjl_bits", NULL};
     PyObject *head_dims_object, *windows_object, *sources_object;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     int n_kv_heads;
     long long positions, n_batch = 512, recent_f16 = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLL:kv_cache_memory", keywords, &head_dims_object,
+    int max_qjl_bits = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLLi:kv_cache_memory", keywords, &head_dims_object,
                                      &windows_object, &sources_object, &n_kv_heads, &positions, &cache_type_k,
-                                     &cache_type_v, &n_batch, &recent_f16)) {
+                                     &cache_type_v, &n_batch, &recent_f16, &max_qjl_bits)) {
         return NULL;
     }
     tq_kv_type type_k = TQ_KV_F16, type_v = TQ_KV_F16;
@@ -1408,6 +1409,7 @@ static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *arg
         .recent_f16 = recent_f16,
         .layer_head_dim = head_dims,
         .layer_kv_source = sources,
+        .max_qjl_bits = max_qjl_bits,
     };
     tq_error err;
     tq_error_clear(&err);
@@ -1442,12 +1444,13 @@ done:
 static PyMethodDef model_functions[] = {
     {"kv_cache_memory", (PyCFunction)(void (*)(void))core_kv_cache_memory, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_memory(head_dims, windows, kv_sources, n_kv_heads, positions, cache_type_k='f16',\n"
-     "                cache_type_v='f16', n_batch=512, recent_f16=0) -> int\n\n"
+     "                cache_type_v='f16', n_batch=512, recent_f16=0, max_qjl_bits=1) -> int\n\n"
      "Create a KV cache with one entry per layer in head_dims (values per head), windows (sliding\n"
      "window, 0 for a global layer) and kv_sources (the layer itself, or the earlier layer whose rows\n"
      "it reads), fill positions positions n_batch at a time as the model does (rows are allocated but\n"
      "not written), and return the bytes it then stores: codes, scales, norms and f16 windows of\n"
-     "every layer, K and V."},
+     "every layer, K and V. max_qjl_bits=2 sizes +qjl rows for a 2-bit residual and counts the\n"
+     "precision byte of each position, as a model does when thinking can switch on."},
     {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
      "                   splits=1, kernels='auto') -> float32 array (len(queries), head_dim)\n\n"
