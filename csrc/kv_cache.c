@@ -239,7 +239,19 @@ struct tq_kv_cache {
     int64_t recent_f16;
     int64_t recent_slots;
     float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
+    /* Residual precision of the +qjl types: has_qjl is 1 when K or V is a +qjl type, and
+     * position_qjl_bits (n_ctx bytes, 1 or 2 each, indexed by position) exists when
+     * max_qjl_bits is 2. Without it every +qjl row has a 1-bit residual. */
+    int has_qjl;
+    int max_qjl_bits;
+    uint8_t *position_qjl_bits;
 };
+
+/* Returns 1 for the codec types with a QJL residual stage. */
+static int type_has_qjl(tq_kv_type type)
+{
+    return type == TQ_KV_TQ3_QJL || type == TQ_KV_TQ4_QJL || type == TQ_KV_POLAR_QJL;
+}
 
 /* Copy one layer's key scale and centering flags, and allocate its key mean and, once per
  * cache, the buffer of balanced keys. Scales must be finite and positive. */
@@ -283,8 +295,11 @@ static tq_status create_audio_codecs(tq_kv_cache *cache, const tq_kv_cache_confi
         if (!sides[side]->codec || !tq_kv_codec_codebook_fits(sides[side]->name, config->audio_codebook_count)) {
             continue;
         }
+        /* Audio rows go into the same slots as the other rows, so both codecs hold residuals of
+         * the same precision. */
         tq_status status = tq_kv_codec_create_with_codebook(sides[side]->name, (size_t)head_dim, config->codec_seed,
-                                                            config->isa, config->audio_codebook,
+                                                            config->isa, config->max_qjl_bits >= 2 ? 2 : 1,
+                                                            config->audio_codebook,
                                                             config->audio_codebook_count, outputs[side], err);
         if (status != TQ_OK) {
             return status;
@@ -337,12 +352,12 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
         cache->n_codec_sizes++;
         tq_status status = TQ_OK;
         if (cache->ops_k->codec) {
-            status = tq_kv_codec_create(cache->ops_k->name, (size_t)head_dim, config->codec_seed, config->isa,
-                                        &cache->codecs_k[index], err);
+            status = tq_kv_codec_create_qjl(cache->ops_k->name, (size_t)head_dim, config->codec_seed, config->isa,
+                                            cache->max_qjl_bits, &cache->codecs_k[index], err);
         }
         if (status == TQ_OK && cache->ops_v->codec) {
-            status = tq_kv_codec_create(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
-                                        &cache->codecs_v[index], err);
+            status = tq_kv_codec_create_qjl(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
+                                            cache->max_qjl_bits, &cache->codecs_v[index], err);
         }
         if (status == TQ_OK && cache->audio_flags != NULL) {
             status = create_audio_codecs(cache, config, index, head_dim, err);
@@ -513,6 +528,10 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     if (ops_k->recent_f16_window != 0 || ops_v->recent_f16_window != 0) {
         return tq_error_set(err, TQ_ERR_UNSUPPORTED, "KV cache types with a recent f16 window are not supported yet");
     }
+    if (config->max_qjl_bits < 0 || config->max_qjl_bits > 2) {
+        return tq_error_set(err, TQ_ERR_INVALID, "max_qjl_bits %d is not supported; use 0 or 1 (1-bit rows) or 2",
+                            config->max_qjl_bits);
+    }
 
     tq_kv_cache *cache = calloc(1, sizeof(*cache));
     if (cache == NULL) {
@@ -526,6 +545,8 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     cache->ops_k = ops_k;
     cache->ops_v = ops_v;
     cache->kernels = tq_attention_kernels_get(config->isa);
+    cache->has_qjl = type_has_qjl(config->type_k) || type_has_qjl(config->type_v);
+    cache->max_qjl_bits = config->max_qjl_bits == 2 ? 2 : 1;
 
     cache->layers = calloc((size_t)config->n_layers, sizeof(tq_kv_layer));
     if (cache->layers == NULL) {
@@ -538,6 +559,15 @@ tq_status tq_kv_cache_create(const tq_kv_cache_config *config, tq_kv_cache **out
     }
     if (status == TQ_OK) {
         status = create_codecs(cache, config, err);
+    }
+    if (status == TQ_OK && cache->has_qjl && cache->max_qjl_bits == 2) {
+        cache->position_qjl_bits = malloc((size_t)cache->n_ctx);
+        if (cache->position_qjl_bits == NULL) {
+            status = tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the residual precision of %lld positions",
+                                  (long long)cache->n_ctx);
+        } else {
+            memset(cache->position_qjl_bits, 1, (size_t)cache->n_ctx);
+        }
     }
     if (status != TQ_OK) {
         tq_kv_cache_free(cache);
@@ -572,6 +602,7 @@ void tq_kv_cache_free(tq_kv_cache *cache)
     }
     free(cache->audio_flags);
     free(cache->balanced_keys);
+    free(cache->position_qjl_bits);
     free(cache);
 }
 
@@ -658,21 +689,26 @@ tq_status tq_kv_cache_reserve(tq_kv_cache *cache, int64_t n_new, tq_error *err)
     return TQ_OK;
 }
 
-/* Store n rows of one side (keys or values) with its baseline type or codec. */
-static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, const float *src, int64_t n,
-                       int head_dim, uint8_t *dst, size_t row_bytes)
+/* Store n rows of one side (keys or values) with its baseline type or codec. A codec with a
+ * QJL stage writes a qjl_bits residual. */
+static void write_side(const tq_kv_type_ops *ops, const tq_kv_codec *codec, int qjl_bits, const float *src,
+                       int64_t n, int head_dim, uint8_t *dst, size_t row_bytes)
 {
     if (codec == NULL) {
         ops->write_rows(src, n, head_dim, dst, row_bytes);
         return;
     }
+    /* A side without a QJL stage (max_qjl_bits 1) stores every position the same way. */
+    if (qjl_bits > tq_kv_codec_max_qjl_bits(codec)) {
+        qjl_bits = 1;
+    }
     /* Encoding fails only for a non-finite value or a row norm above 65504. A working model
      * never produces either, and such a row is stored as zeros (a zero vector). */
-    if (tq_kv_codec_encode(codec, src, (size_t)head_dim, (size_t)n, dst, row_bytes, NULL) != TQ_OK) {
+    if (tq_kv_codec_encode(codec, qjl_bits, src, (size_t)head_dim, (size_t)n, dst, row_bytes, NULL) != TQ_OK) {
         memset(dst, 0, (size_t)n * row_bytes);
         for (int64_t i = 0; i < n; i++) {
-            if (tq_kv_codec_encode(codec, src + i * head_dim, (size_t)head_dim, 1, dst + i * row_bytes, row_bytes,
-                                   NULL) != TQ_OK) {
+            if (tq_kv_codec_encode(codec, qjl_bits, src + i * head_dim, (size_t)head_dim, 1, dst + i * row_bytes,
+                                   row_bytes, NULL) != TQ_OK) {
                 memset(dst + i * row_bytes, 0, row_bytes);
             }
         }
@@ -739,9 +775,10 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
         uint8_t *value_slot = layer->values + (size_t)slot * layer->value_slot_bytes;
         const int audio = tq_kv_cache_is_audio(cache, pos + t);
         /* All heads of one position are contiguous, so one call encodes them. */
-        write_side(layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, coded_keys + t * row_floats,
+        const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, pos + t);
+        write_side(layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, qjl_bits, coded_keys + t * row_floats,
                    cache->n_kv_heads, head_dim, key_slot, layer->key_row_bytes);
-        write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, values + t * row_floats,
+        write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits, values + t * row_floats,
                    cache->n_kv_heads, head_dim, value_slot, layer->value_row_bytes);
         if (layer->recent_keys != NULL) {
             const size_t recent_row = (size_t)row_floats;
@@ -751,6 +788,51 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
                                 recent_row * sizeof(uint16_t));
             f16_ops->write_rows(values + t * row_floats, 1, row_floats,
                                 layer->recent_values + recent_slot * recent_row, recent_row * sizeof(uint16_t));
+        }
+    }
+}
+
+tq_status tq_kv_cache_set_qjl_bits(tq_kv_cache *cache, int64_t pos, int64_t n, const uint8_t *bits, tq_error *err)
+{
+    if (pos < 0 || n < 0 || n > cache->n_ctx - pos) {
+        return tq_error_set(err, TQ_ERR_RANGE, "positions %lld .. %lld are outside the KV cache context of %lld",
+                            (long long)pos, (long long)(pos + n - 1), (long long)cache->n_ctx);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (bits[i] != 1 && bits[i] != 2) {
+            return tq_error_set(err, TQ_ERR_INVALID, "QJL residual precision %d of position %lld is invalid; use 1 or 2",
+                                (int)bits[i], (long long)(pos + i));
+        }
+        if (bits[i] == 2 && cache->position_qjl_bits == NULL && cache->has_qjl) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "position %lld asks for a 2-bit QJL residual, but the KV cache rows hold 1 bit; "
+                                "create the cache with max_qjl_bits 2",
+                                (long long)(pos + i));
+        }
+    }
+    if (cache->position_qjl_bits != NULL) {
+        memcpy(cache->position_qjl_bits + pos, bits, (size_t)n);
+    }
+    return TQ_OK;
+}
+
+int tq_kv_cache_qjl_bits_at(const tq_kv_cache *cache, int64_t pos)
+{
+    return cache->position_qjl_bits != NULL ? cache->position_qjl_bits[pos] : 1;
+}
+
+void tq_kv_cache_qjl_positions(const tq_kv_cache *cache, int64_t *n_1bit, int64_t *n_2bit)
+{
+    *n_1bit = 0;
+    *n_2bit = 0;
+    if (!cache->has_qjl) {
+        return;
+    }
+    for (int64_t p = 0; p < cache->n_past; p++) {
+        if (tq_kv_cache_qjl_bits_at(cache, p) == 2) {
+            (*n_2bit)++;
+        } else {
+            (*n_1bit)++;
         }
     }
 }
@@ -774,11 +856,11 @@ int tq_kv_cache_is_audio(const tq_kv_cache *cache, int64_t pos)
 
 /* Decode n_kv_heads stored rows of one side into out: through the codec, or for a baseline type
  * by accumulating each row with weight 1 into zeros (the type's own decoding). */
-static void read_side(const tq_kv_cache *cache, const tq_kv_type_ops *ops, const tq_kv_codec *codec,
+static void read_side(const tq_kv_cache *cache, const tq_kv_type_ops *ops, const tq_kv_codec *codec, int qjl_bits,
                       const uint8_t *slot, size_t row_bytes, int head_dim, float *out)
 {
     if (codec != NULL) {
-        tq_kv_codec_decode(codec, slot, row_bytes, (size_t)cache->n_kv_heads, out, (size_t)head_dim);
+        tq_kv_codec_decode(codec, qjl_bits, slot, row_bytes, (size_t)cache->n_kv_heads, out, (size_t)head_dim);
         return;
     }
     const float weight = 1.0f;
@@ -810,10 +892,11 @@ tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer_index, int64_t po
     for (int64_t t = 0; t < n; t++) {
         const int64_t slot = (pos + t) % layer->max_slots;
         const int audio = tq_kv_cache_is_audio(cache, pos + t);
+        const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, pos + t);
         float *key = keys + (size_t)t * row_floats;
-        read_side(cache, layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k,
+        read_side(cache, layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, qjl_bits,
                   layer->keys + (size_t)slot * layer->key_slot_bytes, layer->key_row_bytes, head_dim, key);
-        read_side(cache, layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v,
+        read_side(cache, layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits,
                   layer->values + (size_t)slot * layer->value_slot_bytes, layer->value_row_bytes, head_dim,
                   values + (size_t)t * row_floats);
         if (layer->key_scale != NULL) {
@@ -943,12 +1026,14 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         if (!recent && recent_first - chunk_start < length) {
             length = recent_first - chunk_start;
         }
-        /* Coded rows of one chunk share one codebook: a chunk also ends where the audio flag
-         * changes. */
+        /* Coded rows of one chunk share one codebook and one residual precision: a chunk also
+         * ends where the audio flag or the precision of its positions changes. */
         const int audio = !recent && tq_kv_cache_is_audio(cache, chunk_start);
-        if (!recent && cache->audio_flags != NULL) {
+        const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, chunk_start);
+        if (!recent && (cache->audio_flags != NULL || cache->position_qjl_bits != NULL)) {
             int64_t same = 1;
-            while (same < length && cache->audio_flags[chunk_start + same] == audio) {
+            while (same < length && tq_kv_cache_is_audio(cache, chunk_start + same) == audio &&
+                   tq_kv_cache_qjl_bits_at(cache, chunk_start + same) == qjl_bits) {
                 same++;
             }
             length = same;
@@ -973,8 +1058,8 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         /* Scores: a codec scores every query in one pass over the codes; the f16 rows of
          * the window are scored with the query itself. */
         if (!recent && layer->codec_k != NULL) {
-            tq_kv_codec_scores(key_codec, (const float *)states, n_queries, key_rows, key_stride, (size_t)length,
-                               scores, TQ_KV_CHUNK);
+            tq_kv_codec_scores(key_codec, qjl_bits, (const float *)states, n_queries, key_rows, key_stride,
+                               (size_t)length, scores, TQ_KV_CHUNK);
             if (layer->key_scale != NULL) {
                 for (int i = 0; i < n_queries; i++) {
                     for (int64_t j = 0; j < length; j++) {
@@ -1025,7 +1110,7 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         /* Values: a codec sums in its rotated domain (finished once below), the others
          * straight into the partial result. */
         if (!recent && layer->codec_v != NULL) {
-            tq_kv_codec_accumulate(value_codec, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
+            tq_kv_codec_accumulate(value_codec, qjl_bits, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
                                    n_queries, accs);
         } else {
             const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_v;
@@ -1087,6 +1172,9 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
     }
     if (cache->audio_flags != NULL) {
         cache->audio_flags[dst] = cache->audio_flags[src];
+    }
+    if (cache->position_qjl_bits != NULL) {
+        cache->position_qjl_bits[dst] = cache->position_qjl_bits[src];
     }
     for (int l = 0; l < cache->n_layers; l++) {
         tq_kv_layer *layer = &cache->layers[l];
@@ -1165,6 +1253,9 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
     if (cache->audio_flags != NULL) {
         total += (size_t)cache->n_past; /* one audio flag per position */
     }
+    if (cache->position_qjl_bits != NULL) {
+        total += (size_t)cache->n_past; /* one residual precision byte per position */
+    }
     return total;
 }
 
@@ -1174,5 +1265,5 @@ size_t tq_kv_cache_bytes_per_token(const tq_kv_cache *cache)
     for (int l = 0; l < cache->n_layers; l++) {
         total += cache->layers[l].key_slot_bytes + cache->layers[l].value_slot_bytes;
     }
-    return total;
+    return total + (cache->position_qjl_bits != NULL ? 1 : 0);
 }

@@ -122,6 +122,12 @@ typedef struct {
      * any row. Creation fails when a codec side exists but none fits. */
     const float *audio_codebook;
     size_t audio_codebook_count;
+
+    /* Residual precision of the +qjl codec types (ignored by other types). max_qjl_bits 2
+     * sizes every +qjl row for a 2-bit residual and keeps one byte per position that records
+     * whether its rows were written with a 1-bit or a 2-bit residual (set with
+     * tq_kv_cache_set_qjl_bits before the write; 1 until then). 0 or 1: 1-bit rows only. */
+    int max_qjl_bits;
 } tq_kv_cache_config;
 
 /* Positions whose keys set a layer's key mean (see tq_kv_cache_config.key_center). */
@@ -167,6 +173,20 @@ int tq_kv_cache_is_audio(const tq_kv_cache *cache, int64_t pos);
  * positions that are not stored or no longer held by a sliding layer's ring. */
 tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer, int64_t pos, int64_t n, float *keys, float *values,
                            tq_error *err);
+/* Choose the residual precision (1 or 2 bits) of positions pos .. pos + n - 1 before any
+ * layer writes them: bits[i] is the precision of position pos + i, for keys and values of
+ * every layer whose type is +qjl. The positions must be reserved. Fails with TQ_ERR_INVALID
+ * for a value other than 1 or 2, or for 2 when the cache was created with max_qjl_bits 1.
+ * The precision stays attached to the position until it is written again (moves copy it). */
+tq_status tq_kv_cache_set_qjl_bits(tq_kv_cache *cache, int64_t pos, int64_t n, const uint8_t *bits, tq_error *err);
+
+/* Residual precision the rows of position pos were written with: 1 or 2. */
+int tq_kv_cache_qjl_bits_at(const tq_kv_cache *cache, int64_t pos);
+
+/* Number of stored positions (0 .. n_past - 1) whose +qjl rows have a 1-bit and a 2-bit
+ * residual. Both are 0 when neither keys nor values use a +qjl type. A sliding layer keeps
+ * only its window of these positions; the counts are per position of the sequence. */
+void tq_kv_cache_qjl_positions(const tq_kv_cache *cache, int64_t *n_1bit, int64_t *n_2bit);
 
 /* Count n more positions as stored, after every layer has written them. */
 void tq_kv_cache_advance(tq_kv_cache *cache, int64_t n);
@@ -203,8 +223,8 @@ int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t p
  * softmax-weighted values out[n_queries][head_dim]. */
 void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *partials, float *out);
 
-/* Copy the rows stored for position src to position dst in every layer (codes and the f16
- * window copy). Both positions must be reserved and src written; dst's rows are replaced.
+/* Copy the rows stored for position src to position dst in every layer (codes, the f16
+ * window copy and the residual precision). Both positions must be reserved and src written; dst's rows are replaced.
  * Used to move an accepted draft path of a speculative pass to the end of the prefix. */
 void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst);
 
@@ -214,8 +234,9 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst);
  * n_batch positions on a long sequence); reset with n_past = 0 always works. */
 tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err);
 
-/* Bytes stored for the positions held now: all layers, K and V, codes and scales, and one
- * audio flag per position when an audio codebook is set. */
+/* Bytes stored for the positions held now: all layers, K and V, codes and scales, one audio
+ * flag per position when an audio codebook is set, and the per-position precision byte of a
+ * cache with max_qjl_bits 2. */
 size_t tq_kv_cache_bytes(const tq_kv_cache *cache);
 
 /* Bytes one position takes in every layer, K and V (past the window only the

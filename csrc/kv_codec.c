@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kv_codec_kernels.h"
+#include "qjl.h"
 #include "rng.h"
 
 /* Purposes passed to tq_rng_derive_seed, so rotation signs and the QJL matrix of one seed
@@ -35,7 +36,10 @@ struct tq_kv_codec {
     const format_spec *spec;
     tq_isa isa;
     const tq_kv_kernels *kernels;
-    tq_kv_layout layout;
+    tq_kv_layout layout;      /* rows read and written with a 1-bit residual */
+    tq_kv_layout layout_2bit; /* the same rows with a 2-bit residual (max_qjl_bits 2 only) */
+    int max_qjl_bits;         /* 1, or 2 when rows have room for the magnitude plane */
+    float qjl_outer_threshold; /* |u| from which the 2-bit quantizer picks the outer level */
     size_t row_bytes;
     /* Decision thresholds between consecutive centroids (levels - 1 of them). */
     float thresholds_first[15];
@@ -314,6 +318,23 @@ static void project_transposed_add(const tq_kv_codec *codec, const float *a, flo
 /* ---------------------------------------------------------------------------------- */
 /* Creation.                                                                            */
 
+/* Complete layout_2bit from the 1-bit layout: the 2-bit Gaussian quantizer of qjl.h has
+ * levels +-inner, +-outer, so Q(u) = sign(u) (inner + [|u| >= t] (outer - inner)), and
+ * dividing by head_dim * E[u Q(u)] makes the estimate unbiased as at 1 bit. */
+static void set_2bit_residual(tq_kv_codec *codec, size_t d)
+{
+    tq_qjl_gaussian_quantizer quantizer;
+    tq_qjl_gaussian_levels(2, &quantizer);
+    const double inner = quantizer.levels[2];
+    const double outer = quantizer.levels[3];
+    const double denominator = (double)d * quantizer.gain;
+    codec->qjl_outer_threshold = quantizer.thresholds[2];
+    codec->layout_2bit = codec->layout;
+    codec->layout_2bit.qjl_bits = 2;
+    codec->layout_2bit.qjl_scale = (float)(inner / denominator);
+    codec->layout_2bit.qjl_magnitude_scale = (float)((outer - inner) / denominator);
+}
+
 static tq_status build_layout(tq_kv_codec *codec, size_t d, tq_error *err)
 {
     const format_spec *spec = codec->spec;
@@ -326,6 +347,7 @@ static tq_status build_layout(tq_kv_codec *codec, size_t d, tq_error *err)
     layout->bits_second = spec->bits_second;
     layout->query_floats = spec->has_qjl ? 2 * d + 16 : d;
     layout->acc_floats = spec->has_qjl ? 2 * d : d;
+    layout->qjl_bits = 1;
     layout->qjl_scale = (float)(sqrt(M_PI / 2.0) / (double)d);
 
     const size_t plane_bytes = d / 16; /* one plane covers half of the coordinates */
@@ -379,6 +401,11 @@ static tq_status build_layout(tq_kv_codec *codec, size_t d, tq_error *err)
         layout->qjl_offset = offset;
         offset += d / 8;
     }
+    if (spec->has_qjl && codec->max_qjl_bits == 2) {
+        layout->qjl_magnitude_offset = offset;
+        offset += d / 8;
+        set_2bit_residual(codec, d);
+    }
     codec->row_bytes = offset;
     return TQ_OK;
 }
@@ -406,7 +433,16 @@ static const tq_kv_kernels *kernels_for(tq_isa isa)
 tq_status tq_kv_codec_create(const char *name, size_t head_dim, uint64_t seed, tq_isa isa, tq_kv_codec **out,
                              tq_error *err)
 {
+    return tq_kv_codec_create_qjl(name, head_dim, seed, isa, 1, out, err);
+}
+
+tq_status tq_kv_codec_create_qjl(const char *name, size_t head_dim, uint64_t seed, tq_isa isa, int max_qjl_bits,
+                                 tq_kv_codec **out, tq_error *err)
+{
     *out = NULL;
+    if (max_qjl_bits != 1 && max_qjl_bits != 2) {
+        return tq_error_set(err, TQ_ERR_INVALID, "max_qjl_bits %d is not supported; use 1 or 2", max_qjl_bits);
+    }
     const format_spec *spec = NULL;
     for (size_t i = 0; name != NULL && i < FORMAT_COUNT; i++) {
         if (strcmp(name, format_specs[i].name) == 0) {
@@ -434,6 +470,8 @@ tq_status tq_kv_codec_create(const char *name, size_t head_dim, uint64_t seed, t
     }
     codec->spec = spec;
     codec->isa = isa;
+    /* Formats without a QJL stage have no residual, so their rows never grow. */
+    codec->max_qjl_bits = spec->has_qjl ? max_qjl_bits : 1;
     codec->kernels = kernels_for(isa);
 
     tq_status status = build_layout(codec, head_dim, err);
@@ -501,7 +539,8 @@ int tq_kv_codec_codebook_fits(const char *name, size_t count)
 }
 
 tq_status tq_kv_codec_create_with_codebook(const char *name, size_t head_dim, uint64_t seed, tq_isa isa,
-                                           const float *codebook, size_t count, tq_kv_codec **out, tq_error *err)
+                                           int max_qjl_bits, const float *codebook, size_t count, tq_kv_codec **out,
+                                           tq_error *err)
 {
     *out = NULL;
     if (codebook == NULL || count < 2) {
@@ -515,7 +554,7 @@ tq_status tq_kv_codec_create_with_codebook(const char *name, size_t head_dim, ui
         }
     }
     tq_kv_codec *codec;
-    tq_status status = tq_kv_codec_create(name, head_dim, seed, isa, &codec, err);
+    tq_status status = tq_kv_codec_create_qjl(name, head_dim, seed, isa, max_qjl_bits, &codec, err);
     if (status != TQ_OK) {
         return status;
     }
@@ -580,6 +619,11 @@ tq_isa tq_kv_codec_isa(const tq_kv_codec *codec)
     return codec->isa;
 }
 
+int tq_kv_codec_max_qjl_bits(const tq_kv_codec *codec)
+{
+    return codec->max_qjl_bits;
+}
+
 size_t tq_kv_codec_row_bytes(const tq_kv_codec *codec)
 {
     return codec->row_bytes;
@@ -628,9 +672,16 @@ static unsigned quantize(float value, const float *thresholds, int levels)
     return code;
 }
 
-static tq_status encode_row(const tq_kv_codec *codec, const float *x, uint8_t *row, size_t row_index, tq_error *err)
+/* Layout of rows read or written with a qjl_bits residual; 1 bit unless both the request and
+ * the codec's rows allow 2. */
+static const tq_kv_layout *layout_for_bits(const tq_kv_codec *codec, int qjl_bits)
 {
-    const tq_kv_layout *layout = &codec->layout;
+    return qjl_bits == 2 && codec->max_qjl_bits == 2 ? &codec->layout_2bit : &codec->layout;
+}
+
+static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout, const float *x, uint8_t *row,
+                            size_t row_index, tq_error *err)
+{
     const size_t d = layout->head_dim;
     const size_t half = d / 2;
     const size_t plane_bytes = d / 16;
@@ -708,21 +759,38 @@ static tq_status encode_row(const tq_kv_codec *codec, const float *x, uint8_t *r
             unit[j] -= reconstruction[j];
             residual_squares += (double)unit[j] * (double)unit[j];
         }
-        store_half(row + layout->qjl_norm_offset, (float)sqrt(residual_squares));
+        const float residual_norm = (float)sqrt(residual_squares);
+        store_half(row + layout->qjl_norm_offset, residual_norm);
         project(codec, unit, projected);
         uint8_t *signs = row + layout->qjl_offset;
         for (size_t i = 0; i < d; i++) {
             signs[i >> 3] |= (uint8_t)((projected[i] >= 0.0f) << (i & 7));
         }
+        if (layout->qjl_bits == 2) {
+            /* u_i = projected_i / ||r|| is N(0, 1) over the draw of the projection, the input
+             * the Gaussian quantizer's threshold is set for. */
+            const float outer_from = codec->qjl_outer_threshold * residual_norm;
+            uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
+            for (size_t i = 0; i < d; i++) {
+                magnitudes[i >> 3] |= (uint8_t)((fabsf(projected[i]) >= outer_from && residual_norm > 0.0f)
+                                                << (i & 7));
+            }
+        }
     }
     return TQ_OK;
 }
 
-tq_status tq_kv_codec_encode(const tq_kv_codec *codec, const float *x, size_t x_stride, size_t n, uint8_t *rows,
-                             size_t row_stride, tq_error *err)
+tq_status tq_kv_codec_encode(const tq_kv_codec *codec, int qjl_bits, const float *x, size_t x_stride, size_t n,
+                             uint8_t *rows, size_t row_stride, tq_error *err)
 {
+    if (qjl_bits < 1 || qjl_bits > codec->max_qjl_bits) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "qjl_bits %d is not supported by this '%s' codec; use 1 to its max_qjl_bits %d", qjl_bits,
+                            codec->spec->name, codec->max_qjl_bits);
+    }
+    const tq_kv_layout *layout = layout_for_bits(codec, qjl_bits);
     for (size_t i = 0; i < n; i++) {
-        tq_status status = encode_row(codec, x + i * x_stride, rows + i * row_stride, i, err);
+        tq_status status = encode_row(codec, layout, x + i * x_stride, rows + i * row_stride, i, err);
         if (status != TQ_OK) {
             return status;
         }
@@ -730,10 +798,10 @@ tq_status tq_kv_codec_encode(const tq_kv_codec *codec, const float *x, size_t x_
     return TQ_OK;
 }
 
-void tq_kv_codec_decode(const tq_kv_codec *codec, const uint8_t *rows, size_t row_stride, size_t n, float *out,
-                        size_t out_stride)
+void tq_kv_codec_decode(const tq_kv_codec *codec, int qjl_bits, const uint8_t *rows, size_t row_stride, size_t n,
+                        float *out, size_t out_stride)
 {
-    const tq_kv_layout *layout = &codec->layout;
+    const tq_kv_layout *layout = layout_for_bits(codec, qjl_bits);
     const size_t d = layout->head_dim;
     for (size_t i = 0; i < n; i++) {
         const uint8_t *row = rows + i * row_stride;
@@ -744,9 +812,15 @@ void tq_kv_codec_decode(const tq_kv_codec *codec, const uint8_t *rows, size_t ro
         }
         if (layout->has_qjl) {
             float signed_weights[TQ_KV_MAX_HEAD_DIM];
-            const float weight = layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
+            const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
             const uint8_t *signs = row + layout->qjl_offset;
+            const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
             for (size_t j = 0; j < d; j++) {
+                float weight = layout->qjl_scale;
+                if (layout->qjl_bits == 2 && ((magnitudes[j >> 3] >> (j & 7)) & 1)) {
+                    weight += layout->qjl_magnitude_scale;
+                }
+                weight *= residual_norm;
                 signed_weights[j] = ((signs[j >> 3] >> (j & 7)) & 1) ? weight : -weight;
             }
             project_transposed_add(codec, signed_weights, x);
@@ -795,16 +869,18 @@ void tq_kv_codec_prepare_query(const tq_kv_codec *codec, const float *q, float *
     }
 }
 
-void tq_kv_codec_scores(const tq_kv_codec *codec, const float *prepared, int n_queries, const uint8_t *rows,
-                        size_t row_stride, size_t n, float *out, size_t out_stride)
+void tq_kv_codec_scores(const tq_kv_codec *codec, int qjl_bits, const float *prepared, int n_queries,
+                        const uint8_t *rows, size_t row_stride, size_t n, float *out, size_t out_stride)
 {
-    codec->kernels->scores(&codec->layout, prepared, n_queries, rows, row_stride, n, out, out_stride);
+    codec->kernels->scores(layout_for_bits(codec, qjl_bits), prepared, n_queries, rows, row_stride, n, out,
+                           out_stride);
 }
 
-void tq_kv_codec_accumulate(const tq_kv_codec *codec, const uint8_t *rows, size_t row_stride, size_t n,
+void tq_kv_codec_accumulate(const tq_kv_codec *codec, int qjl_bits, const uint8_t *rows, size_t row_stride, size_t n,
                             const float *weights, size_t weight_stride, int n_queries, float *acc)
 {
-    codec->kernels->accumulate(&codec->layout, rows, row_stride, n, weights, weight_stride, n_queries, acc);
+    codec->kernels->accumulate(layout_for_bits(codec, qjl_bits), rows, row_stride, n, weights, weight_stride,
+                               n_queries, acc);
 }
 
 void tq_kv_codec_finish(const tq_kv_codec *codec, float *acc, float scale, float *out)
@@ -898,7 +974,7 @@ tq_status tq_kv_attention(const tq_kv_codec *key_codec, const tq_kv_codec *value
             const size_t start = (item % n_blocks) * ATTENTION_BLOCK;
             const size_t count = n - start < ATTENTION_BLOCK ? n - start : ATTENTION_BLOCK;
             float *block_scores = scores + g * group * n + start;
-            tq_kv_codec_scores(key_codec, prepared + g * group * query_floats, (int)group,
+            tq_kv_codec_scores(key_codec, 1, prepared + g * group * query_floats, (int)group,
                                keys + start * key_stride + g * key_row_bytes, key_stride, count, block_scores, n);
             for (size_t h = 0; h < group; h++) {
                 float *s = block_scores + h * n;
@@ -932,7 +1008,7 @@ tq_status tq_kv_attention(const tq_kv_codec *key_codec, const tq_kv_codec *value
                 }
                 block_sum[(g * group + h) * n_blocks + block] = sum;
             }
-            tq_kv_codec_accumulate(value_codec, values + start * value_stride + g * value_row_bytes, value_stride,
+            tq_kv_codec_accumulate(value_codec, 1, values + start * value_stride + g * value_row_bytes, value_stride,
                                    count, scores + g * group * n + start, n, (int)group,
                                    my_accs + g * group * acc_floats);
         }

@@ -12,7 +12,11 @@
  *   tq3+qjl tq4+qjl     TurboQuant inner-product form: the MSE stage at bits - 1, plus a
  *                       1-bit QJL sign sketch of the residual (Gaussian projection with
  *                       head_dim rows) and the residual's f16 norm. Scores are unbiased
- *                       but noisier than the MSE stage alone at the same bits.
+ *                       but noisier than the MSE stage alone at the same bits. A codec
+ *                       created with max_qjl_bits 2 (tq_kv_codec_create_qjl) has rows with
+ *                       room for a 2-bit residual: the 4-level Gaussian quantizer of qjl.h,
+ *                       stored as the sign plane plus a magnitude plane. Each row is
+ *                       written and read at the qjl_bits the caller passes.
  *   polar               coordinate pairs (j, j + head_dim/2) of the rotated unit vector as
  *                       radius (4-bit Lloyd-Max codebook) and angle (3-bit uniform)
  *   polar+qjl           polar plus the QJL residual sketch
@@ -56,9 +60,14 @@ typedef struct tq_kv_codec tq_kv_codec;
  * On success *out owns a new codec; free it with tq_kv_codec_free. */
 tq_status tq_kv_codec_create(const char *name, size_t head_dim, uint64_t seed, tq_isa isa, tq_kv_codec **out,
                              tq_error *err);
+/* tq_kv_codec_create with rows that hold a residual of up to max_qjl_bits (1 or 2) bits per
+ * projected entry. 2 adds head_dim / 8 bytes per row to the +qjl formats; other formats
+ * ignore it. */
+tq_status tq_kv_codec_create_qjl(const char *name, size_t head_dim, uint64_t seed, tq_isa isa, int max_qjl_bits,
+                                 tq_kv_codec **out, tq_error *err);
 void tq_kv_codec_free(tq_kv_codec *codec);
 
-/* Create a codec as tq_kv_codec_create does, with codebook (count strictly increasing entries)
+/* Create a codec as tq_kv_codec_create_qjl does, with codebook (count strictly increasing entries)
  * in place of the default Lloyd-Max centroids. Entries are in units of sqrt(head_dim) times a
  * unit-vector coordinate, the scale at which a rotated coordinate has variance about 1, so one
  * codebook suits every head size. polar and polar+qjl take 16 radius entries >= 0. The tq
@@ -68,12 +77,17 @@ void tq_kv_codec_free(tq_kv_codec *codec);
  * accumulators. Errors: TQ_ERR_INVALID for a size that fits no codebook of the format, f16, or
  * entries that are not finite and strictly increasing. */
 tq_status tq_kv_codec_create_with_codebook(const char *name, size_t head_dim, uint64_t seed, tq_isa isa,
-                                           const float *codebook, size_t count, tq_kv_codec **out, tq_error *err);
+                                           int max_qjl_bits, const float *codebook, size_t count, tq_kv_codec **out,
+                                           tq_error *err);
 
 
 const char *tq_kv_codec_name(const tq_kv_codec *codec);
 size_t tq_kv_codec_head_dim(const tq_kv_codec *codec);
 tq_isa tq_kv_codec_isa(const tq_kv_codec *codec);
+
+/* Largest residual precision the rows hold: 2 for a +qjl codec created with max_qjl_bits 2,
+ * else 1. */
+int tq_kv_codec_max_qjl_bits(const tq_kv_codec *codec);
 
 /* Bytes of one encoded row: codes and norms, everything the cache stores per row. */
 size_t tq_kv_codec_row_bytes(const tq_kv_codec *codec);
@@ -88,16 +102,19 @@ double tq_kv_codec_bits_per_value(const tq_kv_codec *codec);
 const float *tq_kv_codec_centroids(const tq_kv_codec *codec, size_t *count);
 
 /* Encode n rows of head_dim floats (row i at x + i * x_stride floats) into n rows of
- * row_bytes bytes (row i at rows + i * row_stride bytes). Encoding is scalar code shared
+ * row_bytes bytes (row i at rows + i * row_stride bytes), with a qjl_bits residual for
+ * +qjl formats (other formats take qjl_bits 1). Encoding is scalar code shared
  * by every kernel variant, so codes are identical whatever the variant. Fails with
- * TQ_ERR_INVALID for a non-finite value, or when a row norm (for f16 rows, a value)
- * exceeds the f16 maximum 65504. */
-tq_status tq_kv_codec_encode(const tq_kv_codec *codec, const float *x, size_t x_stride, size_t n, uint8_t *rows,
-                             size_t row_stride, tq_error *err);
+ * TQ_ERR_INVALID when qjl_bits is outside 1 .. tq_kv_codec_max_qjl_bits, for a non-finite
+ * value, or when a row norm (for f16 rows, a value) exceeds the f16 maximum 65504. */
+tq_status tq_kv_codec_encode(const tq_kv_codec *codec, int qjl_bits, const float *x, size_t x_stride, size_t n,
+                             uint8_t *rows, size_t row_stride, tq_error *err);
 
-/* Reconstruct n rows to floats. This is the reference for tests: attention reads codes. */
-void tq_kv_codec_decode(const tq_kv_codec *codec, const uint8_t *rows, size_t row_stride, size_t n, float *out,
-                        size_t out_stride);
+/* Reconstruct n rows to floats. This is the reference for tests: attention reads codes.
+ * Here and in scores and accumulate, qjl_bits is the precision the rows were written with.
+ * A value other than 2, or 2 on a codec without room for it, reads them at 1 bit. */
+void tq_kv_codec_decode(const tq_kv_codec *codec, int qjl_bits, const uint8_t *rows, size_t row_stride, size_t n,
+                        float *out, size_t out_stride);
 
 /* Floats of one prepared query and of one value accumulator (both multiples of 16). */
 size_t tq_kv_codec_query_floats(const tq_kv_codec *codec);
@@ -118,12 +135,12 @@ void tq_kv_codec_prepare_query(const tq_kv_codec *codec, const float *q, float *
 
 /* Scores of n_queries prepared queries (query h at prepared + h * query_floats) against
  * n rows: out[h * out_stride + i] = <q_h, decoded row i>. 1 <= n_queries <= TQ_KV_MAX_GROUP. */
-void tq_kv_codec_scores(const tq_kv_codec *codec, const float *prepared, int n_queries, const uint8_t *rows,
-                        size_t row_stride, size_t n, float *out, size_t out_stride);
+void tq_kv_codec_scores(const tq_kv_codec *codec, int qjl_bits, const float *prepared, int n_queries,
+                        const uint8_t *rows, size_t row_stride, size_t n, float *out, size_t out_stride);
 
 /* Add sum_i weights[h * weight_stride + i] * (decoded row i, still rotated) to
  * acc + h * acc_floats for h < n_queries. Zero acc before the first call. */
-void tq_kv_codec_accumulate(const tq_kv_codec *codec, const uint8_t *rows, size_t row_stride, size_t n,
+void tq_kv_codec_accumulate(const tq_kv_codec *codec, int qjl_bits, const uint8_t *rows, size_t row_stride, size_t n,
                             const float *weights, size_t weight_stride, int n_queries, float *acc);
 
 /* Turn one accumulator into the output vector (head_dim floats): scale it, undo the
@@ -139,7 +156,8 @@ void tq_kv_codec_finish(const tq_kv_codec *codec, float *acc, float scale, float
  * value_stride and value_codec.
  * out: n_heads rows of head_dim floats, softmax(scale * q k^T) v with a max-subtracted
  * float32 softmax. n_heads must be a multiple of n_kv_heads, with at most
- * TQ_KV_MAX_GROUP query heads per KV head, and both codecs need the same head_dim.
+ * TQ_KV_MAX_GROUP query heads per KV head, and both codecs need the same head_dim. Rows are
+ * read with a 1-bit residual; mixed per-position precision is read by the KV cache.
  * Threads: OpenMP over KV heads and blocks of positions. */
 tq_status tq_kv_attention(const tq_kv_codec *key_codec, const tq_kv_codec *value_codec, const float *q,
                           size_t n_heads, size_t n_kv_heads, const uint8_t *keys, size_t key_stride,

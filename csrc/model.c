@@ -554,6 +554,18 @@ static tq_status check_context_params(const tq_context_params *params, tq_error 
         return tq_error_set(err, TQ_ERR_INVALID, "kv_f16_layers is NULL but n_kv_f16_layers is %d",
                             params->n_kv_f16_layers);
     }
+    const tq_qjl_precision *precision = &params->qjl_precision;
+    if (precision->qjl_bits < 0 || precision->qjl_bits > 2 || precision->thinking_qjl_bits < 0 ||
+        precision->thinking_qjl_bits > 2) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "qjl_bits %d and thinking_qjl_bits %d must be 1 or 2 (0 selects the default)",
+                            precision->qjl_bits, precision->thinking_qjl_bits);
+    }
+    if (precision->think_token_id < TQ_THINK_TOKEN_NONE || precision->think_token_id > INT32_MAX) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "think_token_id %lld is invalid; use a token id, %d for the model's default or %d for none",
+                            (long long)precision->think_token_id, TQ_THINK_TOKEN_DEFAULT, TQ_THINK_TOKEN_NONE);
+    }
     return TQ_OK;
 }
 
@@ -579,6 +591,9 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         context->n_batch = context->n_ctx;
     }
     status = alloc_buffers(context, err);
+    if (status == TQ_OK) {
+        status = tq_context_set_qjl_precision(context, &params->qjl_precision, gemma4, err);
+    }
     if (status == TQ_OK && gemma4) {
         status = tq_gemma4_prepare(context, err);
     }
@@ -617,6 +632,7 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .layer_kv_source = gemma4 ? tq_gemma4_layer_kv_sources(model->gemma4) : NULL,
             .audio_codebook = model->placeholders.audio_codebook,
             .audio_codebook_count = model->placeholders.audio_codebook_count,
+            .max_qjl_bits = tq_context_max_qjl_bits(context),
         };
         if (status == TQ_OK) {
             status = tq_kv_cache_create(&cache_config, &context->cache, err);
@@ -640,6 +656,7 @@ void tq_context_free(tq_context *context)
     }
     tq_kv_cache_free(context->cache);
     tq_gemma4_context_free(context->gemma4);
+    free(context->thinking_state);
     free_buffers(&context->buffers);
     free(context);
 }
@@ -695,6 +712,7 @@ static tq_status store_context_params(tq_model *model, const tq_model_params *pa
     stored->type_v = params->type_v;
     stored->kv_recent_f16 = params->kv_recent_f16;
     stored->kv_balance_keys = params->kv_balance_keys ? 1 : 0;
+    stored->qjl_precision = params->qjl_precision;
     stored->kv_f16_layers = NULL;
     stored->n_kv_f16_layers = 0;
     if (params->n_kv_f16_layers > 0 && params->kv_f16_layers != NULL) {

@@ -78,6 +78,22 @@ typedef struct {
     const float *audio_codebook;
     size_t audio_codebook_count;
 } tq_placeholder_params;
+/* Values of think_token_id in tq_model_params and tq_context_params. */
+#define TQ_THINK_TOKEN_DEFAULT 0 /* the model's own: <|think|> (98) for Gemma 4, none for Gemma 3 */
+#define TQ_THINK_TOKEN_NONE (-1) /* no think token */
+
+/* Adaptive QJL residual precision of the +qjl cache types (tq3+qjl, tq4+qjl, polar+qjl).
+ * Thinking is on at a position when think_token_id occurs at or before it, or when the
+ * position lies inside a thought channel: from Gemma 4's <|channel> (100) up to, not
+ * including, its <channel|> (101). Positions where thinking is on store their keys and
+ * values with thinking_qjl_bits, the others with qjl_bits. Zero fields take the defaults
+ * qjl_bits 1, thinking_qjl_bits 2 and think_token_id TQ_THINK_TOKEN_DEFAULT; Gemma 3 has no
+ * channel tokens and no think token unless one is given. */
+typedef struct {
+    int qjl_bits;
+    int thinking_qjl_bits;
+    int64_t think_token_id; /* TQ_THINK_TOKEN_DEFAULT, TQ_THINK_TOKEN_NONE or a token id >= 1 */
+} tq_qjl_precision;
 
 typedef struct {
     const char *path;
@@ -91,6 +107,7 @@ typedef struct {
     const int *kv_f16_layers;  /* layers stored in f16, negative indices count from the end */
     int n_kv_f16_layers;
     int kv_balance_keys; /* 1: balance the keys of codec cache types (see key_balance_tables) */
+    tq_qjl_precision qjl_precision;
     int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
                         * comparisons with float references), 0: quantize them as llama.cpp does */
     /* Weights of a Hugging Face model directory (hf_weights.h) to use in place of the GGUF
@@ -115,6 +132,7 @@ typedef struct {
     const int *kv_f16_layers; /* as in tq_model_params; copied by tq_context_create */
     int n_kv_f16_layers;
     int kv_balance_keys; /* as in tq_model_params */
+    tq_qjl_precision qjl_precision; /* as in tq_model_params */
 } tq_context_params;
 
 /* Open path and build the model. A file without tokenizer metadata gives a model

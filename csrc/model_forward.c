@@ -539,7 +539,8 @@ tq_status tq_context_eval_soft(tq_context *context, const int32_t *tokens, int64
     for (int64_t start = 0; start < n; start += context->n_batch) {
         const int64_t m = n - start < context->n_batch ? n - start : context->n_batch;
         const int64_t pos0 = tq_kv_cache_n_past(context->cache);
-        if ((status = tq_kv_cache_reserve(context->cache, m, err)) != TQ_OK) {
+        if ((status = tq_kv_cache_reserve(context->cache, m, err)) != TQ_OK ||
+            (status = tq_context_mark_thinking(context, tokens + start, NULL, pos0, m, err)) != TQ_OK) {
             return status;
         }
         for (int64_t t = 0; t < m; t++) {
@@ -637,7 +638,8 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
     }
     context->tree_nodes = 0;
     const int64_t n_past = tq_kv_cache_n_past(context->cache);
-    if ((status = tq_kv_cache_reserve(context->cache, n, err)) != TQ_OK) {
+    if ((status = tq_kv_cache_reserve(context->cache, n, err)) != TQ_OK ||
+        (status = tq_context_mark_thinking(context, tokens, parents, n_past, n, err)) != TQ_OK) {
         return status;
     }
     const tq_tree tree = {.parent = parents, .depth = depth};
@@ -689,6 +691,7 @@ tq_status tq_context_accept_path(tq_context *context, const int32_t *path, int64
     const int64_t n_past = tq_kv_cache_n_past(context->cache);
     for (int64_t j = 0; j < n_path; j++) {
         tq_kv_cache_move(context->cache, n_past + path[j], n_past + j);
+        tq_context_move_thinking(context, n_past + path[j], n_past + j);
     }
     tq_kv_cache_advance(context->cache, n_path);
     context->tree_nodes = 0;

@@ -98,6 +98,14 @@ struct tq_context {
      * tree_nodes - 1 for tq_context_accept_path; tree_nodes is 0 when none waits. */
     int64_t tree_nodes;
     int32_t tree_parent[TQ_TREE_MAX_NODES];
+    /* Adaptive QJL precision (tq_qjl_precision with the defaults resolved): token ids are -1
+     * when absent. thinking_state has n_ctx bytes, the THINKING_* flags after each position. */
+    int qjl_bits;
+    int thinking_qjl_bits;
+    int32_t think_token_id;
+    int32_t channel_open_id;
+    int32_t channel_close_id;
+    uint8_t *thinking_state;
 };
 
 /* Gemma's pad token id. Gemma 4 looks up its per-layer embedding row at placeholder positions. */
@@ -108,6 +116,24 @@ struct tq_context {
  * as it is. soft_rows must hold a row for every placeholder token among tokens. */
 tq_status tq_embed_tokens(tq_context *context, const int32_t *tokens, int64_t n, const float *soft_rows,
                           tq_error *err);
+/* Resolve the adaptive QJL settings of a context (defaults, the model's think and channel
+ * tokens) and allocate its thinking state of n_ctx bytes. Errors: TQ_ERR_INVALID for a
+ * think_token_id outside the vocabulary, TQ_ERR_NOMEM. */
+tq_status tq_context_set_qjl_precision(tq_context *context, const tq_qjl_precision *precision, int gemma4,
+                                       tq_error *err);
+
+/* Residual bits the cache rows need room for: thinking_qjl_bits counts only when some token
+ * can switch thinking on. */
+int tq_context_max_qjl_bits(const tq_context *context);
+
+/* Choose the QJL residual precision of the n tokens about to be written at pos0 .. pos0 + n - 1
+ * and pass it to the cache. parents is NULL for a sequence (token i follows token i - 1) or
+ * the parent node of each token of a draft tree (-1 for the root, which follows pos0 - 1). */
+tq_status tq_context_mark_thinking(tq_context *context, const int32_t *tokens, const int32_t *parents, int64_t pos0,
+                                   int64_t n, tq_error *err);
+
+/* Copy the thinking state of position src to dst, as tq_kv_cache_move does with its rows. */
+void tq_context_move_thinking(tq_context *context, int64_t src, int64_t dst);
 
 /* Attention of the n tokens at positions pos0.. on layer l (head size hd), from queries
  * (n rows of n_heads * hd floats) into out, threaded over tokens, KV heads and position

@@ -65,38 +65,50 @@ static double second_moment(double lo, double hi)
     return upper - (normal_cdf(lo) - lo * normal_pdf(lo));
 }
 
-static void set_levels(tq_qjl *qjl)
+void tq_qjl_gaussian_levels(int bits, tq_qjl_gaussian_quantizer *out)
 {
-    if (qjl->bits == 1) {
+    memset(out, 0, sizeof(*out));
+    if (bits == 1) {
         /* Q(u) = sign(u) sqrt(2/pi): E[u Q(u)] = E[Q(u)^2] = E[u^2 Q(u)^2] = 2/pi. */
         const double level = sqrt(2.0 / M_PI);
-        qjl->levels[0] = (float)-level;
-        qjl->levels[1] = (float)level;
-        qjl->thresholds[0] = 0.0f;
-        qjl->gain = 2.0 / M_PI;
-        qjl->fourth_moment = 2.0 / M_PI;
-        /* The kernel sums +-z_i, so fold the level into the scale: sqrt(pi/2) / m overall. */
-        qjl->score_scale = (float)(level / (qjl->gain * qjl->sketch_dim));
+        out->levels[0] = (float)-level;
+        out->levels[1] = (float)level;
+        out->thresholds[0] = 0.0f;
+        out->gain = 2.0 / M_PI;
+        out->fourth_moment = 2.0 / M_PI;
         return;
     }
 
     double inner, outer;
     gaussian_lloyd_max_2bit(&inner, &outer);
     const double t = 0.5 * (inner + outer);
-    qjl->levels[0] = (float)-outer;
-    qjl->levels[1] = (float)-inner;
-    qjl->levels[2] = (float)inner;
-    qjl->levels[3] = (float)outer;
-    qjl->thresholds[0] = (float)-t;
-    qjl->thresholds[1] = 0.0f;
-    qjl->thresholds[2] = (float)t;
+    out->levels[0] = (float)-outer;
+    out->levels[1] = (float)-inner;
+    out->levels[2] = (float)inner;
+    out->levels[3] = (float)outer;
+    out->thresholds[0] = (float)-t;
+    out->thresholds[1] = 0.0f;
+    out->thresholds[2] = (float)t;
 
     /* Both sides of 0 contribute equally, hence the factor 2. */
     const double p_inner = normal_cdf(t) - 0.5;
     const double p_outer = 1.0 - normal_cdf(t);
-    qjl->gain = 2.0 * (inner * inner * p_inner + outer * outer * p_outer);
-    qjl->fourth_moment = 2.0 * (inner * inner * second_moment(0.0, t) + outer * outer * second_moment(t, INFINITY));
-    qjl->score_scale = (float)(1.0 / (qjl->gain * qjl->sketch_dim));
+    out->gain = 2.0 * (inner * inner * p_inner + outer * outer * p_outer);
+    out->fourth_moment = 2.0 * (inner * inner * second_moment(0.0, t) + outer * outer * second_moment(t, INFINITY));
+}
+
+static void set_levels(tq_qjl *qjl)
+{
+    tq_qjl_gaussian_quantizer quantizer;
+    tq_qjl_gaussian_levels(qjl->bits, &quantizer);
+    memcpy(qjl->levels, quantizer.levels, sizeof(qjl->levels));
+    memcpy(qjl->thresholds, quantizer.thresholds, sizeof(qjl->thresholds));
+    qjl->gain = quantizer.gain;
+    qjl->fourth_moment = quantizer.fourth_moment;
+    /* At 1 bit the kernel sums +-z_i, so the level is folded into the scale: sqrt(pi/2) / m
+     * overall. At 2 bits the kernel multiplies by the levels themselves. */
+    const double level = qjl->bits == 1 ? (double)quantizer.levels[1] : 1.0;
+    qjl->score_scale = (float)(level / (qjl->gain * qjl->sketch_dim));
 }
 
 tq_status tq_qjl_create(int dim, int sketch_dim, int bits, uint64_t seed, tq_isa isa, tq_qjl **out, tq_error *err)

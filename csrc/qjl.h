@@ -30,6 +30,18 @@
 
 typedef struct tq_qjl tq_qjl;
 
+/* Lloyd-Max quantizer Q of N(0, 1) at 1 or 2 bits and the moments the estimator needs. */
+typedef struct {
+    float levels[4];     /* ascending; 2 used at 1 bit (+-sqrt(2/pi)), 4 at 2 bits */
+    float thresholds[3]; /* decision boundaries between adjacent levels (1 used at 1 bit) */
+    double gain;         /* E[u Q(u)] = E[Q(u)^2] */
+    double fourth_moment; /* E[u^2 Q(u)^2] */
+} tq_qjl_gaussian_quantizer;
+
+/* Fill out with the quantizer of bits 1 or 2 (any other value gives the 2-bit one). Shared
+ * by this sketch and the QJL residual of the KV-cache codecs (kv_codec.h). */
+void tq_qjl_gaussian_levels(int bits, tq_qjl_gaussian_quantizer *out);
+
 /* Largest accepted dim and sketch_dim; a sketch matrix of this size is 1 GiB of floats. */
 #define TQ_QJL_MAX_DIM 16384
 

@@ -152,6 +152,62 @@ ALWAYS_INLINE void load_pair(const tq_kv_layout *layout, const uint8_t *codes, s
     }
 }
 
+/* QJL residual sums of one row: sums[h] = qjl_scale * sum_j s_j z_j over the projected query
+ * z of head h and the signs s_j = +-1. The +-1 sum is twice the sum over set sign bits minus
+ * the projected query's total (stored after it in the prepared query). */
+ALWAYS_INLINE void residual_sums_1bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
+{
+    const size_t d = layout->head_dim;
+    const size_t qf = layout->query_floats;
+    __m256 positive[TQ_KV_MAX_GROUP];
+    for (int h = 0; h < n_queries; h++) {
+        positive[h] = _mm256_setzero_ps();
+    }
+    const uint8_t *signs = row + layout->qjl_offset;
+    for (size_t j = 0; j < d; j += 8) {
+        const __m256 mask = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
+        for (int h = 0; h < n_queries; h++) {
+            positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(mask, _mm256_loadu_ps(prepared + h * qf + d + j)));
+        }
+    }
+    for (int h = 0; h < n_queries; h++) {
+        const float total = prepared[h * qf + 2 * d];
+        sums[h] = layout->qjl_scale * (2.0f * reduce_add(positive[h]) - total);
+    }
+}
+
+/* 2-bit residual sums: sums[h] = sum_j s_j (qjl_scale + m_j qjl_magnitude_scale) z_j for the
+ * magnitude bits m_j. The signed weight of each entry is built once per block for all heads:
+ * a blend on the magnitude bit, then the sign flipped where the sign bit is clear. */
+ALWAYS_INLINE void residual_sums_2bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
+{
+    const size_t d = layout->head_dim;
+    const size_t qf = layout->query_floats;
+    const __m256 inner = _mm256_set1_ps(layout->qjl_scale);
+    const __m256 outer = _mm256_set1_ps(layout->qjl_scale + layout->qjl_magnitude_scale);
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    const uint8_t *signs = row + layout->qjl_offset;
+    const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
+    __m256 residual[TQ_KV_MAX_GROUP];
+    for (int h = 0; h < n_queries; h++) {
+        residual[h] = _mm256_setzero_ps();
+    }
+    for (size_t j = 0; j < d; j += 8) {
+        const __m256 magnitude = _mm256_castsi256_ps(expand_byte(magnitudes[j / 8]));
+        const __m256 positive = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
+        const __m256 weight = _mm256_xor_ps(_mm256_blendv_ps(inner, outer, magnitude),
+                                            _mm256_andnot_ps(positive, sign_bit));
+        for (int h = 0; h < n_queries; h++) {
+            residual[h] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(prepared + h * qf + d + j), residual[h]);
+        }
+    }
+    for (int h = 0; h < n_queries; h++) {
+        sums[h] = reduce_add(residual[h]);
+    }
+}
+
 ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, const int n_queries,
                              const uint8_t *row, float *out, size_t out_stride, size_t i)
 {
@@ -181,24 +237,15 @@ ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, 
         return;
     }
 
-    /* QJL: sum of the projected query over set sign bits; the +-1 sum is twice that
-     * minus the projected query's total (stored after it in the prepared query). */
-    __m256 positive[TQ_KV_MAX_GROUP];
-    for (int h = 0; h < n_queries; h++) {
-        positive[h] = _mm256_setzero_ps();
+    float residual_sums[TQ_KV_MAX_GROUP];
+    if (layout->qjl_bits == 2) {
+        residual_sums_2bit(layout, prepared, n_queries, row, residual_sums);
+    } else {
+        residual_sums_1bit(layout, prepared, n_queries, row, residual_sums);
     }
-    const uint8_t *signs = row + layout->qjl_offset;
-    for (size_t j = 0; j < d; j += 8) {
-        const __m256 mask = _mm256_castsi256_ps(expand_byte(signs[j / 8]));
-        for (int h = 0; h < n_queries; h++) {
-            positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(mask, _mm256_loadu_ps(prepared + h * qf + d + j)));
-        }
-    }
-    const float residual_weight = layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
+    const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
     for (int h = 0; h < n_queries; h++) {
-        const float total = prepared[h * qf + 2 * d];
-        const float signed_sum = 2.0f * reduce_add(positive[h]) - total;
-        out[(size_t)h * out_stride + i] = norm * (reduce_add(acc[h]) + residual_weight * signed_sum);
+        out[(size_t)h * out_stride + i] = norm * (reduce_add(acc[h]) + residual_norm * residual_sums[h]);
     }
 }
 
@@ -292,11 +339,47 @@ ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *r
     }
 }
 
+/* 2-bit QJL residual of one chunk: add sum_r magnitude[h][r] m_rj s_rj to the signed sums of
+ * head h, for the magnitude bits m_rj and signs s_rj = +-1, as 2 * (sum over m_rj and sign
+ * bit set) - (sum over m_rj set). */
+ALWAYS_INLINE void accumulate_magnitudes(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride,
+                                         size_t count, float magnitude[][ACCUMULATE_CHUNK], const int n_queries,
+                                         float *acc)
+{
+    const size_t d = layout->head_dim;
+    const size_t af = layout->acc_floats;
+    for (size_t j = 0; j < d; j += 8) {
+        __m256 positive[TQ_KV_MAX_GROUP], all[TQ_KV_MAX_GROUP];
+        for (int h = 0; h < n_queries; h++) {
+            positive[h] = _mm256_setzero_ps();
+            all[h] = _mm256_setzero_ps();
+        }
+        for (size_t r = 0; r < count; r++) {
+            const uint8_t *row = rows + r * row_stride;
+            const uint8_t outer_bits = row[layout->qjl_magnitude_offset + j / 8];
+            const __m256 outer = _mm256_castsi256_ps(expand_byte(outer_bits));
+            const __m256 outer_positive =
+                _mm256_castsi256_ps(expand_byte((uint8_t)(outer_bits & row[layout->qjl_offset + j / 8])));
+            for (int h = 0; h < n_queries; h++) {
+                const __m256 w = _mm256_broadcast_ss(&magnitude[h][r]);
+                positive[h] = _mm256_add_ps(positive[h], _mm256_and_ps(outer_positive, w));
+                all[h] = _mm256_add_ps(all[h], _mm256_and_ps(outer, w));
+            }
+        }
+        for (int h = 0; h < n_queries; h++) {
+            float *sum = acc + h * af + d + j;
+            const __m256 signed_sum = _mm256_sub_ps(_mm256_add_ps(positive[h], positive[h]), all[h]);
+            _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum), signed_sum));
+        }
+    }
+}
+
 ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                                    const float *weights, size_t weight_stride, const int n_queries, float *acc)
 {
     float weight[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     float residual[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    float magnitude[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     for (size_t start = 0; start < n; start += ACCUMULATE_CHUNK) {
         const size_t count = n - start < ACCUMULATE_CHUNK ? n - start : ACCUMULATE_CHUNK;
         const uint8_t *chunk = rows + start * row_stride;
@@ -305,12 +388,19 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
             const float norm = row_norm(layout, row);
             const float residual_weight =
                 layout->has_qjl ? layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) : 0.0f;
+            const float magnitude_weight =
+                layout->qjl_bits == 2 ? layout->qjl_magnitude_scale * tq_kv_load_half(row + layout->qjl_norm_offset)
+                                      : 0.0f;
             for (int h = 0; h < n_queries; h++) {
                 weight[h][r] = weights[(size_t)h * weight_stride + start + r] * norm;
                 residual[h][r] = weight[h][r] * residual_weight;
+                magnitude[h][r] = weight[h][r] * magnitude_weight;
             }
         }
         accumulate_chunk(layout, chunk, row_stride, count, weight, residual, n_queries, acc);
+        if (layout->qjl_bits == 2) {
+            accumulate_magnitudes(layout, chunk, row_stride, count, magnitude, n_queries, acc);
+        }
     }
 }
 

@@ -64,6 +64,61 @@ ALWAYS_INLINE void load_pair(const tq_kv_layout *layout, const uint8_t *codes, s
     }
 }
 
+/* QJL residual sums of one row: sums[h] = qjl_scale * sum_j s_j z_j over the projected query
+ * z of head h and the signs s_j = +-1. The +-1 sum is twice the sum over set sign bits minus
+ * the projected query's total (stored after it in the prepared query). */
+ALWAYS_INLINE void residual_sums_1bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
+{
+    const size_t d = layout->head_dim;
+    const size_t qf = layout->query_floats;
+    __m512 positive[TQ_KV_MAX_GROUP];
+    for (int h = 0; h < n_queries; h++) {
+        positive[h] = _mm512_setzero_ps();
+    }
+    const uint8_t *signs = row + layout->qjl_offset;
+    for (size_t j = 0; j < d; j += 16) {
+        const __mmask16 mask = load_mask16(signs + j / 8);
+        for (int h = 0; h < n_queries; h++) {
+            positive[h] = _mm512_mask_add_ps(positive[h], mask, positive[h],
+                                             _mm512_loadu_ps(prepared + h * qf + d + j));
+        }
+    }
+    for (int h = 0; h < n_queries; h++) {
+        const float total = prepared[h * qf + 2 * d];
+        sums[h] = layout->qjl_scale * (2.0f * _mm512_reduce_add_ps(positive[h]) - total);
+    }
+}
+
+/* 2-bit residual sums: sums[h] = sum_j s_j (qjl_scale + m_j qjl_magnitude_scale) z_j for the
+ * magnitude bits m_j. The signed weight of each entry is built once per block for all heads:
+ * a blend on the magnitude bits, then negated where the sign bit is clear. */
+ALWAYS_INLINE void residual_sums_2bit(const tq_kv_layout *layout, const float *prepared, const int n_queries,
+                                      const uint8_t *row, float *sums)
+{
+    const size_t d = layout->head_dim;
+    const size_t qf = layout->query_floats;
+    const __m512 inner = _mm512_set1_ps(layout->qjl_scale);
+    const __m512 outer = _mm512_set1_ps(layout->qjl_scale + layout->qjl_magnitude_scale);
+    const uint8_t *signs = row + layout->qjl_offset;
+    const uint8_t *magnitudes = row + layout->qjl_magnitude_offset;
+    __m512 residual[TQ_KV_MAX_GROUP];
+    for (int h = 0; h < n_queries; h++) {
+        residual[h] = _mm512_setzero_ps();
+    }
+    for (size_t j = 0; j < d; j += 16) {
+        const __m512 magnitude_weight = _mm512_mask_blend_ps(load_mask16(magnitudes + j / 8), inner, outer);
+        const __mmask16 negative = (__mmask16)~load_mask16(signs + j / 8);
+        const __m512 weight = _mm512_mask_sub_ps(magnitude_weight, negative, _mm512_setzero_ps(), magnitude_weight);
+        for (int h = 0; h < n_queries; h++) {
+            residual[h] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(prepared + h * qf + d + j), residual[h]);
+        }
+    }
+    for (int h = 0; h < n_queries; h++) {
+        sums[h] = _mm512_reduce_add_ps(residual[h]);
+    }
+}
+
 /* Scores of n_queries (a compile-time constant after inlining) queries against one row. */
 ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, const int n_queries,
                              const uint8_t *row, float *out, size_t out_stride, size_t i)
@@ -94,25 +149,15 @@ ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, 
         return;
     }
 
-    /* QJL: sum of the projected query over set sign bits; the +-1 sum is twice that
-     * minus the projected query's total (stored after it in the prepared query). */
-    __m512 positive[TQ_KV_MAX_GROUP];
-    for (int h = 0; h < n_queries; h++) {
-        positive[h] = _mm512_setzero_ps();
+    float residual_sums[TQ_KV_MAX_GROUP];
+    if (layout->qjl_bits == 2) {
+        residual_sums_2bit(layout, prepared, n_queries, row, residual_sums);
+    } else {
+        residual_sums_1bit(layout, prepared, n_queries, row, residual_sums);
     }
-    const uint8_t *signs = row + layout->qjl_offset;
-    for (size_t j = 0; j < d; j += 16) {
-        const __mmask16 mask = load_mask16(signs + j / 8);
-        for (int h = 0; h < n_queries; h++) {
-            positive[h] = _mm512_mask_add_ps(positive[h], mask, positive[h],
-                                             _mm512_loadu_ps(prepared + h * qf + d + j));
-        }
-    }
-    const float residual_weight = layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
+    const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
     for (int h = 0; h < n_queries; h++) {
-        const float total = prepared[h * qf + 2 * d];
-        const float signed_sum = 2.0f * _mm512_reduce_add_ps(positive[h]) - total;
-        out[(size_t)h * out_stride + i] = norm * (_mm512_reduce_add_ps(acc[h]) + residual_weight * signed_sum);
+        out[(size_t)h * out_stride + i] = norm * (_mm512_reduce_add_ps(acc[h]) + residual_norm * residual_sums[h]);
     }
 }
 
@@ -205,11 +250,45 @@ ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *r
     }
 }
 
+/* 2-bit QJL residual of one chunk: add sum_r magnitude[h][r] m_rj s_rj to the signed sums of
+ * head h, for the magnitude bits m_rj and signs s_rj = +-1, as 2 * (sum over m_rj and sign
+ * bit set) - (sum over m_rj set). */
+ALWAYS_INLINE void accumulate_magnitudes(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride,
+                                         size_t count, float magnitude[][ACCUMULATE_CHUNK], const int n_queries,
+                                         float *acc)
+{
+    const size_t d = layout->head_dim;
+    const size_t af = layout->acc_floats;
+    for (size_t j = 0; j < d; j += 16) {
+        __m512 positive[TQ_KV_MAX_GROUP], all[TQ_KV_MAX_GROUP];
+        for (int h = 0; h < n_queries; h++) {
+            positive[h] = _mm512_setzero_ps();
+            all[h] = _mm512_setzero_ps();
+        }
+        for (size_t r = 0; r < count; r++) {
+            const uint8_t *row = rows + r * row_stride;
+            const __mmask16 outer = load_mask16(row + layout->qjl_magnitude_offset + j / 8);
+            const __mmask16 outer_positive = outer & load_mask16(row + layout->qjl_offset + j / 8);
+            for (int h = 0; h < n_queries; h++) {
+                const __m512 w = _mm512_set1_ps(magnitude[h][r]);
+                positive[h] = _mm512_mask_add_ps(positive[h], outer_positive, positive[h], w);
+                all[h] = _mm512_mask_add_ps(all[h], outer, all[h], w);
+            }
+        }
+        for (int h = 0; h < n_queries; h++) {
+            float *sum = acc + h * af + d + j;
+            const __m512 signed_sum = _mm512_sub_ps(_mm512_add_ps(positive[h], positive[h]), all[h]);
+            _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), signed_sum));
+        }
+    }
+}
+
 ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                                    const float *weights, size_t weight_stride, const int n_queries, float *acc)
 {
     float weight[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     float residual[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    float magnitude[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     for (size_t start = 0; start < n; start += ACCUMULATE_CHUNK) {
         const size_t count = n - start < ACCUMULATE_CHUNK ? n - start : ACCUMULATE_CHUNK;
         const uint8_t *chunk = rows + start * row_stride;
@@ -218,12 +297,19 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
             const float norm = row_norm(layout, row);
             const float residual_weight =
                 layout->has_qjl ? layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) : 0.0f;
+            const float magnitude_weight =
+                layout->qjl_bits == 2 ? layout->qjl_magnitude_scale * tq_kv_load_half(row + layout->qjl_norm_offset)
+                                      : 0.0f;
             for (int h = 0; h < n_queries; h++) {
                 weight[h][r] = weights[(size_t)h * weight_stride + start + r] * norm;
                 residual[h][r] = weight[h][r] * residual_weight;
+                magnitude[h][r] = weight[h][r] * magnitude_weight;
             }
         }
         accumulate_chunk(layout, chunk, row_stride, count, weight, residual, n_queries, acc);
+        if (layout->qjl_bits == 2) {
+            accumulate_magnitudes(layout, chunk, row_stride, count, magnitude, n_queries, acc);
+        }
     }
 }
 

@@ -6,6 +6,10 @@
  *   qjl_norm_offset    f16 norm of the QJL residual (formats with a QJL stage)
  *   codes_offset       codes of the main stage, see below
  *   qjl_offset         head_dim sign bits of the QJL sketch, bit j = sign of projection j
+ *   qjl_magnitude_offset  codecs created with max_qjl_bits 2 only: head_dim magnitude bits,
+ *                      bit j set when |projection j| / residual norm reaches the outer
+ *                      threshold of the 2-bit Gaussian quantizer. A row written at 1 bit
+ *                      leaves them zero, and a 1-bit read ignores them.
  *
  * Main stage by kind (d = head_dim):
  *   TQ_KV_KIND_F16    d f16 values at codes_offset, and no norm.
@@ -44,6 +48,8 @@ typedef struct {
     size_t qjl_norm_offset;
     size_t codes_offset;
     size_t qjl_offset;
+    size_t qjl_magnitude_offset; /* 0 when rows have no magnitude plane */
+    int qjl_bits;                /* residual bits this layout reads and writes: 1 or 2 */
     size_t query_floats;
     size_t acc_floats;
     /* Lookup tables padded to 16 entries (unused entries are 0), in unit-vector units. */
@@ -52,7 +58,13 @@ typedef struct {
     float radius[16];
     float angle_cos[16]; /* 8 angles, already scaled by the in-bin shrink factor */
     float angle_sin[16];
-    float qjl_scale; /* sqrt(pi/2) / head_dim, the unbiased QJL estimator's factor */
+    /* The residual estimate is ||r|| * sum_j z_j s_j (qjl_scale + m_j * qjl_magnitude_scale)
+     * for projected query z, signs s_j = +-1 and magnitude bits m_j: at 1 bit qjl_scale is
+     * sqrt(pi/2) / head_dim and qjl_magnitude_scale 0; at 2 bits they are inner / (head_dim
+     * gain) and (outer - inner) / (head_dim gain) for the levels +-inner, +-outer and
+     * gain E[u Q(u)] of the 2-bit Gaussian quantizer (qjl.h), so both are unbiased. */
+    float qjl_scale;
+    float qjl_magnitude_scale;
 } tq_kv_layout;
 
 /* out[h * out_stride + i] = score of query h against row i, for h < n_queries. */

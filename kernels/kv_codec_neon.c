@@ -157,6 +157,12 @@ ALWAYS_INLINE void score_rows(const tq_kv_layout *layout, const float *prepared,
 static void scores_neon(const tq_kv_layout *layout, const float *prepared, int n_queries, const uint8_t *rows,
                         size_t row_stride, size_t n, float *out, size_t out_stride)
 {
+    /* NOTE: rows with a 2-bit QJL residual are scored by the scalar kernel; only the
+     * 1-bit residual has a NEON path. */
+    if (layout->qjl_bits == 2) {
+        tq_kv_kernels_scalar.scores(layout, prepared, n_queries, rows, row_stride, n, out, out_stride);
+        return;
+    }
     /* One instantiation per group size keeps the accumulators in registers. */
     switch (n_queries) {
     case 1: score_rows(layout, prepared, 1, rows, row_stride, n, out, out_stride); break;
@@ -181,6 +187,11 @@ ALWAYS_INLINE void add_scaled(float *acc, size_t acc_floats, const float *w, int
 static void accumulate_neon(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                             const float *weights, size_t weight_stride, int n_queries, float *acc)
 {
+    /* NOTE: values with a 2-bit QJL residual are summed by the scalar kernel. */
+    if (layout->qjl_bits == 2) {
+        tq_kv_kernels_scalar.accumulate(layout, rows, row_stride, n, weights, weight_stride, n_queries, acc);
+        return;
+    }
     const size_t d = layout->head_dim;
     const size_t half = d / 2;
     const size_t plane_bytes = d / 16;

@@ -43,6 +43,17 @@ static float row_norm(const tq_kv_layout *layout, const uint8_t *row)
     return layout->kind == TQ_KV_KIND_F16 ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
 }
 
+/* Residual weight of projected entry j of row: ||r|| (qjl_scale + m_j qjl_magnitude_scale),
+ * without the sign. */
+static inline float residual_weight(const tq_kv_layout *layout, const uint8_t *row, float residual_norm, size_t j)
+{
+    float weight = layout->qjl_scale;
+    if (layout->qjl_bits == 2 && plane_bit(row + layout->qjl_magnitude_offset, j)) {
+        weight += layout->qjl_magnitude_scale;
+    }
+    return residual_norm * weight;
+}
+
 static void scores_scalar(const tq_kv_layout *layout, const float *prepared, int n_queries, const uint8_t *rows,
                           size_t row_stride, size_t n, float *out, size_t out_stride)
 {
@@ -63,11 +74,13 @@ static void scores_scalar(const tq_kv_layout *layout, const float *prepared, int
             if (layout->has_qjl) {
                 const float *projected = q + d;
                 const uint8_t *signs = row + layout->qjl_offset;
-                float signed_sum = 0.0f;
+                const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
+                float residual = 0.0f;
                 for (size_t j = 0; j < d; j++) {
-                    signed_sum += plane_bit(signs, j) ? projected[j] : -projected[j];
+                    const float term = residual_weight(layout, row, residual_norm, j) * projected[j];
+                    residual += plane_bit(signs, j) ? term : -term;
                 }
-                dot += layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) * signed_sum;
+                dot += residual;
             }
             out[(size_t)h * out_stride + i] = norm * dot;
         }
@@ -93,9 +106,10 @@ static void accumulate_scalar(const tq_kv_layout *layout, const uint8_t *rows, s
             }
             if (layout->has_qjl) {
                 const uint8_t *signs = row + layout->qjl_offset;
-                const float w_signs = w * layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset);
+                const float residual_norm = tq_kv_load_half(row + layout->qjl_norm_offset);
                 for (size_t j = 0; j < d; j++) {
-                    sum[d + j] += plane_bit(signs, j) ? w_signs : -w_signs;
+                    const float term = w * residual_weight(layout, row, residual_norm, j);
+                    sum[d + j] += plane_bit(signs, j) ? term : -term;
                 }
             }
         }

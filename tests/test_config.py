@@ -444,8 +444,9 @@ def test_cli_config_sets_model_options(tmp_path):
     path = write(tmp_path, "cache_type_k: q8_0\ncache_type_v: tq3\nctx: 256\nkv_recent_f16: 64\n"
                            "kv_f16_layers: [0, -1]\nthreads: 1\n")
     options = cli.model_options(_parse(["--config", os.fspath(path)]))
+    # The file leaves the QJL keys at the Gemma 3 defaults, and think_token_id null is -1 (none).
     assert options == dict(cache_type_k="q8_0", cache_type_v="tq3", ctx=256, threads=1, kv_recent_f16=64,
-                           kv_f16_layers=(0, -1))
+                           kv_f16_layers=(0, -1), qjl_bits=1, thinking_qjl_bits=2, think_token_id=-1)
 
 
 def test_cli_flags_override_config(tmp_path):
@@ -461,7 +462,7 @@ def test_cli_defaults_without_config():
     options = cli.model_options(_parse([]))
     # None leaves the cache types and the f16 window to Model.load's measured defaults.
     assert options == dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                           kv_f16_layers=())
+                           kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None, think_token_id=None)
 
 
 def test_cli_bad_config_prints_line(tmp_path, capsys):

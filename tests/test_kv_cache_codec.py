@@ -32,12 +32,19 @@ def stored(x, cache_type):
 
 def reference_attention(keys, values, queries, cache_type_k, cache_type_v, window=0, recent_f16=0):
     """Causal attention where position j is read from f16 when i - j < recent_f16, else as stored."""
+    return attention_over_stored(keys, values, queries, stored(keys, cache_type_k), stored(values, cache_type_v),
+                                 window, recent_f16)
+
+
+def attention_over_stored(keys, values, queries, stored_keys, stored_values, window=0, recent_f16=0):
+    """Causal float64 attention over the stored rows, except that query i reads position j
+    from the f16 copy of keys and values when i - j < recent_f16."""
     n = keys.shape[0]
     i = np.arange(n)[:, None]
     j = np.arange(n)[None, :]
     recent = (i - j < recent_f16)[..., None]
-    k = np.where(recent, stored(keys, "f16")[None], stored(keys, cache_type_k)[None]).astype(np.float64)
-    v = np.where(recent, stored(values, "f16")[None], stored(values, cache_type_v)[None]).astype(np.float64)
+    k = np.where(recent, stored(keys, "f16")[None], stored_keys[None]).astype(np.float64)
+    v = np.where(recent, stored(values, "f16")[None], stored_values[None]).astype(np.float64)
     scores = np.einsum("id,ijd->ij", queries.astype(np.float64), k)
     visible = j <= i
     if window > 0:

@@ -61,20 +61,29 @@ def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--kv-f16-layers", type=_layer_list, metavar="LIST",
                         help="with a TurboQuant cache type: comma-separated layers stored in f16, negative "
                         "from the end, for example 0,-1 (default: none)")
+    parser.add_argument("--qjl-bits", type=int, choices=(1, 2),
+                        help="with a +qjl cache type (tq3+qjl, ...): QJL residual bits of positions outside "
+                        "thinking (default: 1)")
+    parser.add_argument("--thinking-qjl-bits", type=int, choices=(1, 2),
+                        help="with a +qjl cache type: QJL residual bits of positions while thinking (default: 2)")
+    parser.add_argument("--think-token-id", type=int, metavar="ID",
+                        help="token that switches thinking on, -1 for none (default: the model's, 98 for Gemma 4, "
+                        "none for Gemma 3)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all cores)")
     parser.add_argument("--ctx", type=_positive_int, metavar="N", help=default_ctx_help)
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
 
 
 # Model.load options that both a configuration file and the command line set.
-_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_f16_layers")
+_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_f16_layers", "qjl_bits",
+                  "thinking_qjl_bits", "think_token_id")
 
 
 def model_options(args):
     """Return the Model.load options: the --config file's settings, overridden by the flags given."""
     # None leaves the cache types and the f16 window to Model.load's measured defaults.
     options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                   kv_f16_layers=())
+                   kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None, think_token_id=None)
     if args.config is not None:
         from .config import load_config
 
@@ -182,6 +191,9 @@ def cmd_generate(args):
         "threads": model.threads,
         "model": model.path,
     }
+    if "+qjl" in model.cache_type_k or "+qjl" in model.cache_type_v:
+        # Positions stored with each QJL residual precision; JSON keys are the bit counts as text.
+        result["kv_cache_qjl_positions"] = {str(bits): count for bits, count in model.kv_cache_qjl_positions().items()}
     if args.json:
         print(json.dumps(result))
     else:

@@ -400,8 +400,11 @@ class _GemmaConfig:
     def model_load_options(self) -> dict:
         """Return the keyword arguments of ``Model.load`` that this configuration sets."""
         cache_type_k, cache_type_v = self.resolved_cache_types()
+        # think_token_id null in the file means no think token, which Model.load spells -1.
         return dict(cache_type_k=cache_type_k, cache_type_v=cache_type_v, ctx=self.ctx, threads=self.threads,
-                    kv_recent_f16=self.kv_recent_f16, kv_f16_layers=self.kv_f16_layers)
+                    kv_recent_f16=self.kv_recent_f16, kv_f16_layers=self.kv_f16_layers, qjl_bits=self.qjl_bits,
+                    thinking_qjl_bits=self.thinking_qjl_bits,
+                    think_token_id=-1 if self.think_token_id is None else self.think_token_id)
 
 
 # Published Hugging Face configurations (config.json, or its "text_config" for the multimodal

@@ -82,12 +82,15 @@ def kv_cache_memory(
     cache_type_v: str | None = None,
     n_batch: int = 512,
     recent_f16: int = 0,
+    max_qjl_bits: int = 1,
 ) -> int:
     """Return the bytes the runtime's KV cache stores for layout after positions tokens.
 
     The runtime allocator is filled n_batch positions at a time, as a prefill does (rows are
     allocated but not written). Sliding layers keep a ring of window + n_batch positions.
     cache_type_v defaults to cache_type_k. recent_f16 is the f16 window of the codec types.
+    max_qjl_bits=2 counts +qjl rows with room for a 2-bit residual and one precision byte per
+    position, which a model allocates when thinking can switch on (Gemma 4 by default).
     """
     return _core.kv_cache_memory(
         list(layout.head_dims),
@@ -99,4 +102,5 @@ def kv_cache_memory(
         cache_type_v=cache_type_v or cache_type_k,
         n_batch=n_batch,
         recent_f16=recent_f16,
+        max_qjl_bits=max_qjl_bits,
     )

@@ -200,7 +200,8 @@ class Model:
     @classmethod
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
              kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True, audio_token_id=None, image_token_id=None,
-             audio_codebook=None, config=None) -> "Model":
+             audio_codebook=None, qjl_bits=None, thinking_qjl_bits=None, think_token_id=None,
+             config=None) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
         path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
@@ -225,16 +226,29 @@ class Model:
         embeddings (``logits``/``generate`` argument soft_embeddings); None: no such token.
         audio_codebook: strictly increasing centroids for the keys and values at audio positions
         (see ``turboquant.fit_audio_codebook``); None keeps the default codebook there.
-        config: a Gemma3Config or Gemma4Config whose runtime settings (``model_load_options``),
-        token ids and audio_codebook fill the arguments left at None (or ()).
+        qjl_bits, thinking_qjl_bits: bits per projected entry (1 or 2) of the QJL residual that
+        the +qjl cache types ("tq3+qjl", "tq4+qjl", "polar+qjl") store for new keys and values
+        outside and while thinking (None: 1 and 2). Thinking is on from the first
+        think_token_id in the context, and inside Gemma 4's thought channel (from <|channel>
+        up to, not including, <channel|>). think_token_id: None for the model's own (Gemma 4:
+        98, <|think|>; Gemma 3: none), -1 for none, or a token id >= 1. When thinking can switch
+        on and either setting is 2, every +qjl row has room for 2 bits (head_dim / 8 bytes
+        more); ``kv_cache_qjl_positions`` counts the positions stored at each precision.
+        config: a Gemma3Config or Gemma4Config, or the path of a YAML file, whose runtime
+        settings (``model_load_options``: threads, context, cache types, f16 window and layers,
+        QJL bits, think token), placeholder token ids and audio_codebook fill the arguments left
+        at None (or ()).
         Raises FileNotFoundError for a missing file (config.json, a shard), ValueError for a bad
         value, an unsupported configuration or a tensor of the wrong shape.
         """
         if config is not None:
-            from .config import _GemmaConfig
+            from .config import _GemmaConfig, load_config
 
+            if isinstance(config, (str, os.PathLike)):
+                config = load_config(config)
             if not isinstance(config, _GemmaConfig):
-                raise TypeError(f"config must be a Gemma3Config or Gemma4Config, got {type(config).__name__}")
+                raise TypeError("config must be a Gemma3Config, a Gemma4Config or a YAML path, got "
+                                f"{type(config).__name__}")
             options = config.model_load_options()
             threads = threads if threads is not None else options["threads"]
             ctx = ctx if ctx is not None else options["ctx"]
@@ -246,10 +260,21 @@ class Model:
             image_token_id = image_token_id if image_token_id is not None else config.image_token_id
             if audio_codebook is None and config.audio_codebook:
                 audio_codebook = config.audio_codebook
+            qjl_bits = qjl_bits if qjl_bits is not None else options["qjl_bits"]
+            thinking_qjl_bits = thinking_qjl_bits if thinking_qjl_bits is not None else options["thinking_qjl_bits"]
+            think_token_id = think_token_id if think_token_id is not None else options["think_token_id"]
         _check_optional_int("threads", threads, 1)
         _check_optional_int("ctx", ctx, 1)
         _check_optional_int("audio_token_id", audio_token_id, 0)
         _check_optional_int("image_token_id", image_token_id, 0)
+        for name, value in (("qjl_bits", qjl_bits), ("thinking_qjl_bits", thinking_qjl_bits)):
+            _check_optional_int(name, value, 1)
+            if value is not None and value > 2:
+                raise ValueError(f"{name} must be 1 or 2 bits per projected entry, got {value}")
+        _check_optional_int("think_token_id", think_token_id, -1)
+        if think_token_id == 0:
+            raise ValueError("think_token_id must be a token id >= 1, -1 for none or None for the model's own; "
+                             "got 0 (the padding token)")
         for name, value in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str such as 'f16', got {type(value).__name__}")
@@ -287,6 +312,9 @@ class Model:
             audio_token_id=-1 if audio_token_id is None else int(audio_token_id),
             image_token_id=-1 if image_token_id is None else int(image_token_id),
             audio_codebook=None if audio_codebook is None else tuple(float(c) for c in audio_codebook),
+            qjl_bits=qjl_bits or 0,
+            thinking_qjl_bits=thinking_qjl_bits or 0,
+            think_token_id=0 if think_token_id is None else think_token_id,
         )
         return cls(core, path)
 
@@ -412,6 +440,12 @@ class Model:
     def kv_cache_bytes(self) -> int:
         """Return the bytes allocated for the KV cache of every layer, codes, norms and scales included."""
         return self._core.kv_cache_bytes()
+
+    def kv_cache_qjl_positions(self) -> dict:
+        """Return {1: n, 2: m}: stored positions whose +qjl keys and values have a 1-bit and a 2-bit
+        QJL residual (both 0 when neither cache type is +qjl). Counted per position of the
+        sequence; sliding-window layers keep only their window of them."""
+        return self._core.kv_cache_qjl_positions()
 
     def kv_bytes_per_token(self) -> int:
         """Return the KV cache bytes that one more token adds, over every layer."""

@@ -68,8 +68,8 @@ static void rows_release(rows_view *rows)
     }
 }
 
-static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long long seed, const float *codebook,
-                        Py_ssize_t codebook_count, tq_kv_codec **out)
+static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long long seed, int max_qjl_bits,
+                        const float *codebook, Py_ssize_t codebook_count, tq_kv_codec **out)
 {
     tq_error err;
     tq_error_clear(&err);
@@ -81,9 +81,9 @@ static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long lon
     tq_isa isa;
     tq_status status = tq_isa_select(&isa, &err);
     if (status == TQ_OK) {
-        status = codebook != NULL ? tq_kv_codec_create_with_codebook(name, (size_t)head_dim, seed, isa, codebook,
-                                                                     (size_t)codebook_count, out, &err)
-                                  : tq_kv_codec_create(name, (size_t)head_dim, seed, isa, out, &err);
+        status = codebook != NULL ? tq_kv_codec_create_with_codebook(name, (size_t)head_dim, seed, isa, max_qjl_bits,
+                                                                     codebook, (size_t)codebook_count, out, &err)
+                                  : tq_kv_codec_create_qjl(name, (size_t)head_dim, seed, isa, max_qjl_bits, out, &err);
     }
     if (status != TQ_OK) {
         tq_py_raise(&err);
@@ -94,13 +94,14 @@ static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long lon
 
 static int KVCodec_init(KVCodecObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "head_dim", "seed", "codebook", NULL};
+    static char *keywords[] = {"name", "head_dim", "seed", "codebook", "max_qjl_bits", NULL};
     const char *name;
     Py_ssize_t head_dim;
     unsigned long long seed = 0;
     PyObject *codebook_object = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|KO:KVCodec", keywords, &name, &head_dim, &seed,
-                                     &codebook_object)) {
+    int max_qjl_bits = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|KOi:KVCodec", keywords, &name, &head_dim, &seed,
+                                     &codebook_object, &max_qjl_bits)) {
         return -1;
     }
     float *codebook = NULL;
@@ -109,7 +110,7 @@ static int KVCodec_init(KVCodecObject *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     tq_kv_codec *codec;
-    const int failed = create_codec(name, head_dim, seed, codebook, codebook_count, &codec);
+    const int failed = create_codec(name, head_dim, seed, max_qjl_bits, codebook, codebook_count, &codec);
     PyMem_Free(codebook);
     if (failed) {
         return -1;
@@ -135,9 +136,27 @@ static int check_ready(KVCodecObject *self)
     return 0;
 }
 
-static PyObject *KVCodec_encode(KVCodecObject *self, PyObject *arg)
+/* 0 when qjl_bits is 1 or 2 and fits the codec's rows; -1 with ValueError otherwise. */
+static int check_qjl_bits(KVCodecObject *self, int qjl_bits)
 {
-    if (check_ready(self) != 0) {
+    const int max_qjl_bits = tq_kv_codec_max_qjl_bits(self->codec);
+    if (qjl_bits < 1 || qjl_bits > max_qjl_bits) {
+        PyErr_Format(PyExc_ValueError,
+                     "qjl_bits must be 1 to %d for this codec, got %d; create it with max_qjl_bits=2 for 2-bit "
+                     "residuals",
+                     max_qjl_bits, qjl_bits);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *KVCodec_encode(KVCodecObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"x", "qjl_bits", NULL};
+    PyObject *arg;
+    int qjl_bits = 1;
+    if (check_ready(self) != 0 || !PyArg_ParseTupleAndKeywords(args, kwargs, "O|i:encode", keywords, &arg, &qjl_bits) ||
+        check_qjl_bits(self, qjl_bits) != 0) {
         return NULL;
     }
     const size_t d = tq_kv_codec_head_dim(self->codec);
@@ -156,7 +175,7 @@ static PyObject *KVCodec_encode(KVCodecObject *self, PyObject *arg)
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = tq_kv_codec_encode(self->codec, x.data, d, (size_t)x.rows, (uint8_t *)PyArray_DATA(rows), row_bytes,
+    status = tq_kv_codec_encode(self->codec, qjl_bits, x.data, d, (size_t)x.rows, (uint8_t *)PyArray_DATA(rows), row_bytes,
                                 &err);
     Py_END_ALLOW_THREADS
     tq_py_matrix_release(&x);
@@ -167,9 +186,13 @@ static PyObject *KVCodec_encode(KVCodecObject *self, PyObject *arg)
     return (PyObject *)rows;
 }
 
-static PyObject *KVCodec_decode(KVCodecObject *self, PyObject *arg)
+static PyObject *KVCodec_decode(KVCodecObject *self, PyObject *args, PyObject *kwargs)
 {
-    if (check_ready(self) != 0) {
+    static char *keywords[] = {"rows", "qjl_bits", NULL};
+    PyObject *arg;
+    int qjl_bits = 1;
+    if (check_ready(self) != 0 || !PyArg_ParseTupleAndKeywords(args, kwargs, "O|i:decode", keywords, &arg, &qjl_bits) ||
+        check_qjl_bits(self, qjl_bits) != 0) {
         return NULL;
     }
     const size_t d = tq_kv_codec_head_dim(self->codec);
@@ -186,7 +209,7 @@ static PyObject *KVCodec_decode(KVCodecObject *self, PyObject *arg)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    tq_kv_codec_decode(self->codec, rows.data, row_bytes, n, (float *)PyArray_DATA(out), d);
+    tq_kv_codec_decode(self->codec, qjl_bits, rows.data, row_bytes, n, (float *)PyArray_DATA(out), d);
     Py_END_ALLOW_THREADS
     rows_release(&rows);
     return (PyObject *)out;
@@ -234,10 +257,14 @@ static float *prepare_queries(tq_kv_codec *codec, const tq_py_matrix *q)
     return prepared;
 }
 
-static PyObject *KVCodec_scores(KVCodecObject *self, PyObject *args)
+static PyObject *KVCodec_scores(KVCodecObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *keywords[] = {"q", "rows", "qjl_bits", NULL};
     PyObject *q_obj, *rows_obj;
-    if (check_ready(self) != 0 || !PyArg_ParseTuple(args, "OO:scores", &q_obj, &rows_obj)) {
+    int qjl_bits = 1;
+    if (check_ready(self) != 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "OO|i:scores", keywords, &q_obj, &rows_obj, &qjl_bits) ||
+        check_qjl_bits(self, qjl_bits) != 0) {
         return NULL;
     }
     const size_t d = tq_kv_codec_head_dim(self->codec);
@@ -267,7 +294,7 @@ static PyObject *KVCodec_scores(KVCodecObject *self, PyObject *args)
     float *prepared = out != NULL ? prepare_queries(self->codec, &q) : NULL;
     if (prepared != NULL && n > 0) {
         Py_BEGIN_ALLOW_THREADS
-        tq_kv_codec_scores(self->codec, prepared, (int)q.rows, rows.data, row_bytes, n, (float *)PyArray_DATA(out),
+        tq_kv_codec_scores(self->codec, qjl_bits, prepared, (int)q.rows, rows.data, row_bytes, n, (float *)PyArray_DATA(out),
                            n);
         Py_END_ALLOW_THREADS
     }
@@ -281,10 +308,15 @@ static PyObject *KVCodec_scores(KVCodecObject *self, PyObject *args)
     return (PyObject *)out;
 }
 
-static PyObject *KVCodec_weighted_sum(KVCodecObject *self, PyObject *args)
+static PyObject *KVCodec_weighted_sum(KVCodecObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *keywords[] = {"rows", "weights", "qjl_bits", NULL};
     PyObject *rows_obj, *weights_obj;
-    if (check_ready(self) != 0 || !PyArg_ParseTuple(args, "OO:weighted_sum", &rows_obj, &weights_obj)) {
+    int qjl_bits = 1;
+    if (check_ready(self) != 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "OO|i:weighted_sum", keywords, &rows_obj, &weights_obj,
+                                     &qjl_bits) ||
+        check_qjl_bits(self, qjl_bits) != 0) {
         return NULL;
     }
     const size_t d = tq_kv_codec_head_dim(self->codec);
@@ -320,7 +352,7 @@ static PyObject *KVCodec_weighted_sum(KVCodecObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     if (n > 0) {
-        tq_kv_codec_accumulate(self->codec, rows.data, row_bytes, n, weights.data, n, (int)weights.rows, acc);
+        tq_kv_codec_accumulate(self->codec, qjl_bits, rows.data, row_bytes, n, weights.data, n, (int)weights.rows, acc);
     }
     for (Py_ssize_t h = 0; h < weights.rows; h++) {
         tq_kv_codec_finish(self->codec, acc + (size_t)h * acc_floats, 1.0f, (float *)PyArray_DATA(out) + (size_t)h * d);
@@ -368,6 +400,12 @@ static PyObject *KVCodec_get_kernels(KVCodecObject *self, void *closure)
     return check_ready(self) != 0 ? NULL : PyUnicode_FromString(tq_isa_name(tq_kv_codec_isa(self->codec)));
 }
 
+static PyObject *KVCodec_get_max_qjl_bits(KVCodecObject *self, void *closure)
+{
+    (void)closure;
+    return check_ready(self) != 0 ? NULL : PyLong_FromLong(tq_kv_codec_max_qjl_bits(self->codec));
+}
+
 static PyObject *KVCodec_get_centroids(KVCodecObject *self, void *closure)
 {
     (void)closure;
@@ -391,6 +429,8 @@ static PyGetSetDef KVCodec_getset[] = {
     {"row_bytes", (getter)KVCodec_get_row_bytes, NULL, "Bytes per encoded row, norms included.", NULL},
     {"bits_per_value", (getter)KVCodec_get_bits_per_value, NULL, "8 * row_bytes / head_dim.", NULL},
     {"kernels", (getter)KVCodec_get_kernels, NULL, "Kernel variant chosen at creation ('avx512', ...).", NULL},
+    {"max_qjl_bits", (getter)KVCodec_get_max_qjl_bits, NULL,
+     "Largest residual precision the rows hold: 2 for a +qjl codec created with max_qjl_bits=2, else 1.", NULL},
     {"centroids", (getter)KVCodec_get_centroids, NULL,
      "Lloyd-Max centroids of the first coordinate group (tq) or of the pair radius (polar), in units of the "
      "rotated unit vector's coordinates; empty for f16.",
@@ -399,18 +439,20 @@ static PyGetSetDef KVCodec_getset[] = {
 };
 
 static PyMethodDef KVCodec_methods[] = {
-    {"encode", (PyCFunction)KVCodec_encode, METH_O,
-     "encode(x) -> uint8 array (n, row_bytes)\n\nEncode float32 rows of shape (n, head_dim) or (head_dim,)."},
-    {"decode", (PyCFunction)KVCodec_decode, METH_O,
-     "decode(rows) -> float32 array (n, head_dim)\n\nReconstruct rows; attention itself reads the codes."},
+    {"encode", (PyCFunction)(void (*)(void))KVCodec_encode, METH_VARARGS | METH_KEYWORDS,
+     "encode(x, qjl_bits=1) -> uint8 array (n, row_bytes)\n\nEncode float32 rows of shape (n, head_dim) or "
+     "(head_dim,); +qjl formats store a residual of qjl_bits (1 to max_qjl_bits) bits per projected entry."},
+    {"decode", (PyCFunction)(void (*)(void))KVCodec_decode, METH_VARARGS | METH_KEYWORDS,
+     "decode(rows, qjl_bits=1) -> float32 array (n, head_dim)\n\nReconstruct rows encoded with qjl_bits; "
+     "attention itself reads the codes."},
     {"rotate", (PyCFunction)KVCodec_rotate, METH_O,
      "rotate(x) -> float32 array (n, head_dim)\n\nRows divided by their norms and rotated by the codec's "
      "randomized Hadamard transform: the domain where the codebooks quantize (f16 does not rotate)."},
-    {"scores", (PyCFunction)KVCodec_scores, METH_VARARGS,
-     "scores(q, rows) -> float32 array (n_q, n), or (n,) for a 1-D q\n\n"
-     "Dot products of 1 to 8 query rows with the encoded rows, computed on the codes."},
-    {"weighted_sum", (PyCFunction)KVCodec_weighted_sum, METH_VARARGS,
-     "weighted_sum(rows, weights) -> float32 array (n_w, head_dim)\n\n"
+    {"scores", (PyCFunction)(void (*)(void))KVCodec_scores, METH_VARARGS | METH_KEYWORDS,
+     "scores(q, rows, qjl_bits=1) -> float32 array (n_q, n), or (n,) for a 1-D q\n\n"
+     "Dot products of 1 to 8 query rows with rows encoded with qjl_bits, computed on the codes."},
+    {"weighted_sum", (PyCFunction)(void (*)(void))KVCodec_weighted_sum, METH_VARARGS | METH_KEYWORDS,
+     "weighted_sum(rows, weights, qjl_bits=1) -> float32 array (n_w, head_dim)\n\n"
      "sum_i weights[h, i] * row i for 1 to 8 weight rows, accumulated on the codes in the rotated domain."},
     {NULL, NULL, 0, NULL},
 };
@@ -419,11 +461,12 @@ static PyTypeObject KVCodecType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.KVCodec",
     .tp_basicsize = sizeof(KVCodecObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "KVCodec(name, head_dim, seed=0, codebook=None)\n\n"
+    .tp_doc = "KVCodec(name, head_dim, seed=0, codebook=None, max_qjl_bits=1)\n\n"
               "Codec of KV-cache rows: f16, tq4, tq3.5, tq3, tq2.5, tq2, tq3+qjl, tq4+qjl, polar or polar+qjl. "
               "head_dim must be a power of two from 64 to 1024. codebook: strictly increasing centroids that "
               "replace the default Lloyd-Max codebook, in units of sqrt(head_dim) times a rotated unit-vector "
-              "coordinate (16 radii >= 0 for polar, 2^bits entries for a tq format).",
+              "coordinate (16 radii >= 0 for polar, 2^bits entries for a tq format). max_qjl_bits=2 gives +qjl "
+              "rows room for a 2-bit QJL residual.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)KVCodec_init,
     .tp_dealloc = (destructor)KVCodec_dealloc,
@@ -447,7 +490,7 @@ static tq_kv_codec *codec_argument(PyObject *obj, const char *name, Py_ssize_t h
         return NULL;
     }
     const char *format = PyUnicode_AsUTF8(obj);
-    if (format == NULL || create_codec(format, head_dim, seed, NULL, 0, owned) != 0) {
+    if (format == NULL || create_codec(format, head_dim, seed, 1, NULL, 0, owned) != 0) {
         return NULL;
     }
     return *owned;

@@ -141,7 +141,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"path",          "threads",       "cache_type_k", "cache_type_v",    "ctx",
                                "n_batch",       "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys",
                                "hf_weights",    "tokenizer",     "audio_token_id", "image_token_id",
-                               "audio_codebook", NULL};
+                               "audio_codebook", "qjl_bits",     "thinking_qjl_bits", "think_token_id",
+                               NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -157,11 +158,13 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     int audio_token_id = -1;
     int image_token_id = -1;
     PyObject *audio_codebook_object = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiO:Model", keywords, PyUnicode_FSConverter,
+    int qjl_bits = 0, thinking_qjl_bits = 0;
+    long long think_token_id = TQ_THINK_TOKEN_DEFAULT;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiL:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
                                      &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys, &PyTuple_Type,
                                      &hf_weights, &tokenizer, &audio_token_id, &image_token_id,
-                                     &audio_codebook_object)) {
+                                     &audio_codebook_object, &qjl_bits, &thinking_qjl_bits, &think_token_id)) {
         return -1;
     }
     if (kv_recent_f16 < 0) {
@@ -263,6 +266,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .n_kv_f16_layers = n_f16_layers,
         .exact_matmul = exact_matmul,
         .kv_balance_keys = kv_balance_keys,
+        .qjl_precision = {.qjl_bits = qjl_bits, .thinking_qjl_bits = thinking_qjl_bits,
+                          .think_token_id = think_token_id},
         .hf_weights = weights,
         .tokenizer = external_tokenizer,
         .placeholders = &placeholders,
@@ -889,6 +894,19 @@ static PyObject *Model_kv_bytes_per_token(ModelObject *self, PyObject *Py_UNUSED
     return PyLong_FromSize_t(tq_kv_cache_bytes_per_token(tq_model_kv_cache(self->model)));
 }
 
+/* {1: n_1bit, 2: n_2bit}: stored positions per QJL residual precision (tq_kv_cache_qjl_positions). */
+static PyObject *qjl_positions_dict(const tq_kv_cache *cache)
+{
+    int64_t n_1bit, n_2bit;
+    tq_kv_cache_qjl_positions(cache, &n_1bit, &n_2bit);
+    return Py_BuildValue("{i:L,i:L}", 1, (long long)n_1bit, 2, (long long)n_2bit);
+}
+
+static PyObject *Model_kv_cache_qjl_positions(ModelObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return check_ready(self) != 0 ? NULL : qjl_positions_dict(tq_model_kv_cache(self->model));
+}
+
 static PyObject *Model_create_context(ModelObject *self, PyObject *args, PyObject *kwargs);
 
 static PyObject *Model_get_config(ModelObject *self, void *Py_UNUSED(closure))
@@ -966,6 +984,9 @@ static PyMethodDef Model_methods[] = {
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
     {"kv_cache_bytes", (PyCFunction)Model_kv_cache_bytes, METH_NOARGS,
      "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
+    {"kv_cache_qjl_positions", (PyCFunction)Model_kv_cache_qjl_positions, METH_NOARGS,
+     "kv_cache_qjl_positions() -> dict\n\nStored positions whose +qjl rows have a 1-bit and a 2-bit QJL residual,\n"
+     "as {1: count, 2: count}; both 0 when no cache side is a +qjl type."},
     {"kv_bytes_per_token", (PyCFunction)Model_kv_bytes_per_token, METH_NOARGS,
      "kv_bytes_per_token() -> int\n\nBytes one position takes in every layer, K and V."},
     {"create_context", (PyCFunction)(void (*)(void))Model_create_context, METH_VARARGS | METH_KEYWORDS,
@@ -996,7 +1017,8 @@ static PyTypeObject ModelType = {
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0,\n"
-              "      kv_recent_f16=0, kv_f16_layers=(), exact_matmul=False)\n\n"
+              "      kv_recent_f16=0, kv_f16_layers=(), exact_matmul=False, qjl_bits=0, thinking_qjl_bits=0,\n"
+              "      think_token_id=0)\n\n"
               "Gemma 3 model from a GGUF file with a KV cache of ctx positions (0: the model's context length).\n"
               "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0', 'q4_0' or a TurboQuant codec ('tq4', 'tq3.5',\n"
               "'tq3', 'tq2.5', 'tq2', 'tq3+qjl', 'tq4+qjl', 'polar', 'polar+qjl'). With a codec type,\n"
@@ -1004,6 +1026,9 @@ static PyTypeObject ModelType = {
               "kv_f16_layers (negative: from the end) store f16 rows. n_batch: prompt micro-batch\n"
               "size (0: 512). threads: OpenMP threads per call (0: OpenMP default). exact_matmul: keep\n"
               "activations in float32 in weight products (slower; matches float references such as transformers).\n"
+              "qjl_bits, thinking_qjl_bits: QJL residual bits (1 or 2; 0: 1 and 2) of +qjl cache types outside and\n"
+              "while thinking; think_token_id: the token that switches thinking on (0: the model's, <|think|> for\n"
+              "Gemma 4 and none for Gemma 3; -1: none).\n"
               "eval() and truncate() act on the model's default context; create_context() makes more.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
@@ -1073,6 +1098,11 @@ static PyObject *Context_kv_cache_bytes(ContextObject *self, PyObject *Py_UNUSED
 static PyObject *Context_kv_bytes_per_token(ContextObject *self, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromSize_t(tq_kv_cache_bytes_per_token(tq_context_kv_cache(self->context)));
+}
+
+static PyObject *Context_kv_cache_qjl_positions(ContextObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return qjl_positions_dict(tq_context_kv_cache(self->context));
 }
 
 static PyObject *Context_get_config(ContextObject *self, void *Py_UNUSED(closure))
@@ -1173,6 +1203,9 @@ static PyMethodDef Context_methods[] = {
     {"reset", (PyCFunction)Context_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
     {"kv_cache_bytes", (PyCFunction)Context_kv_cache_bytes, METH_NOARGS,
      "kv_cache_bytes() -> int\n\nBytes stored for the positions held: all layers, K and V, codes and scales."},
+    {"kv_cache_qjl_positions", (PyCFunction)Context_kv_cache_qjl_positions, METH_NOARGS,
+     "kv_cache_qjl_positions() -> dict\n\nStored positions whose +qjl rows have a 1-bit and a 2-bit QJL residual,\n"
+     "as {1: count, 2: count}; both 0 when no cache side is a +qjl type."},
     {"kv_bytes_per_token", (PyCFunction)Context_kv_bytes_per_token, METH_NOARGS,
      "kv_bytes_per_token() -> int\n\nBytes one position takes in every layer, K and V."},
     {NULL, NULL, 0, NULL},
@@ -1283,25 +1316,25 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     static char *keywords[] = {"keys",    "values",  "queries",    "cache_type_k", "cache_type_v",
                                "window",  "n_batch", "splits",     "kernels",      "recent_f16",
                                "seed",    "key_scale", "key_center", "audio_positions", "audio_codebook",
-                               "read_rows", NULL};
+                               "read_rows", "qjl_bits", NULL};
     PyObject *keys_object, *values_object, *queries_object;
-    PyObject *key_scale_object = Py_None, *key_center_object = Py_None;
+    PyObject *key_scale_object = Py_None, *key_center_object = Py_None, *qjl_bits_object = Py_None;
     PyObject *audio_positions_object = Py_None, *audio_codebook_object = Py_None;
     PyArrayObject *audio_positions = NULL;
     float *audio_codebook = NULL;
     Py_ssize_t audio_codebook_count = 0;
     int read_rows = 0;
-    PyArrayObject *key_scale = NULL, *key_center = NULL;
+    PyArrayObject *key_scale = NULL, *key_center = NULL, *qjl_bits = NULL;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     long long window = 0, n_batch = 0, recent_f16 = 0;
     unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOp:kv_cache_attention", keywords,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpO:kv_cache_attention", keywords,
                                      &keys_object, &values_object, &queries_object, &cache_type_k, &cache_type_v,
                                      &window, &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
                                      &key_center_object, &audio_positions_object, &audio_codebook_object,
-                                     &read_rows)) {
+                                     &read_rows, &qjl_bits_object)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -1400,6 +1433,18 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         tq_py_float_sequence(audio_codebook_object, "audio_codebook", &audio_codebook, &audio_codebook_count) != 0) {
         goto done;
     }
+    if (qjl_bits_object != Py_None) {
+        qjl_bits = (PyArrayObject *)PyArray_FROMANY(qjl_bits_object, NPY_UINT8, 1, 1,
+                                                    NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (qjl_bits == NULL) {
+            goto done;
+        }
+        if (PyArray_SIZE(qjl_bits) != n) {
+            PyErr_Format(PyExc_ValueError, "qjl_bits must have one entry (1 or 2) per key row (%zd), got %zd", n,
+                         (Py_ssize_t)PyArray_SIZE(qjl_bits));
+            goto done;
+        }
+    }
     int64_t layer_window = window;
     tq_kv_cache_config config = {
         .n_layers = 1,
@@ -1417,6 +1462,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .key_center = key_center != NULL ? (const uint8_t *)PyArray_DATA(key_center) : NULL,
         .audio_codebook = audio_codebook,
         .audio_codebook_count = (size_t)audio_codebook_count,
+        .max_qjl_bits = qjl_bits != NULL ? 2 : 1,
     };
     if (tq_kv_cache_create(&config, &cache, &err) != TQ_OK) {
         tq_py_raise(&err);
@@ -1445,6 +1491,12 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         }
         for (int64_t t = start; audio_positions != NULL && t < start + m; t++) {
             tq_kv_cache_set_audio(cache, t, ((const uint8_t *)PyArray_DATA(audio_positions))[t]);
+        }
+        if (qjl_bits != NULL &&
+            tq_kv_cache_set_qjl_bits(cache, start, m, (const uint8_t *)PyArray_DATA(qjl_bits) + start, &err) != TQ_OK) {
+            Py_CLEAR(result);
+            tq_py_raise(&err);
+            goto done;
         }
         tq_kv_cache_write(cache, 0, start, m, keys.data + start * head_dim, values.data + start * head_dim);
         for (int64_t t = start; t < start + m; t++) {
@@ -1485,6 +1537,7 @@ done:
     Py_XDECREF(key_center);
     Py_XDECREF(audio_positions);
     PyMem_Free(audio_codebook);
+    Py_XDECREF(qjl_bits);
     tq_aligned_free(partials);
     tq_aligned_free(scratch);
     tq_kv_cache_free(cache);
@@ -1536,14 +1589,15 @@ static int int_table_from_sequence(PyObject *object, const char *argument, Py_ss
 static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"head_dims", "windows", "kv_sources", "n_kv_heads", "positions",
-                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", NULL};
+                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", "max_qjl_bits", NULL};
     PyObject *head_dims_object, *windows_object, *sources_object;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     int n_kv_heads;
     long long positions, n_batch = 512, recent_f16 = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLL:kv_cache_memory", keywords, &head_dims_object,
+    int max_qjl_bits = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLLi:kv_cache_memory", keywords, &head_dims_object,
                                      &windows_object, &sources_object, &n_kv_heads, &positions, &cache_type_k,
-                                     &cache_type_v, &n_batch, &recent_f16)) {
+                                     &cache_type_v, &n_batch, &recent_f16, &max_qjl_bits)) {
         return NULL;
     }
     tq_kv_type type_k = TQ_KV_F16, type_v = TQ_KV_F16;
@@ -1597,6 +1651,7 @@ static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *arg
         .recent_f16 = recent_f16,
         .layer_head_dim = head_dims,
         .layer_kv_source = sources,
+        .max_qjl_bits = max_qjl_bits,
     };
     tq_error err;
     tq_error_clear(&err);
@@ -1631,12 +1686,13 @@ done:
 static PyMethodDef model_functions[] = {
     {"kv_cache_memory", (PyCFunction)(void (*)(void))core_kv_cache_memory, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_memory(head_dims, windows, kv_sources, n_kv_heads, positions, cache_type_k='f16',\n"
-     "                cache_type_v='f16', n_batch=512, recent_f16=0) -> int\n\n"
+     "                cache_type_v='f16', n_batch=512, recent_f16=0, max_qjl_bits=1) -> int\n\n"
      "Create a KV cache with one entry per layer in head_dims (values per head), windows (sliding\n"
      "window, 0 for a global layer) and kv_sources (the layer itself, or the earlier layer whose rows\n"
      "it reads), fill positions positions n_batch at a time as the model does (rows are allocated but\n"
      "not written), and return the bytes it then stores: codes, scales, norms and f16 windows of\n"
-     "every layer, K and V."},
+     "every layer, K and V. max_qjl_bits=2 sizes +qjl rows for a 2-bit residual and counts the\n"
+     "precision byte of each position, as a model does when thinking can switch on."},
     {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
      "                   splits=1, kernels='auto') -> float32 array (len(queries), head_dim)\n\n"
@@ -1648,9 +1704,10 @@ static PyMethodDef model_functions[] = {
      "For codec types (tq3, ...), recent_f16 positions are read from an f16 copy and seed fixes the\n"
      "codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
      "balancing of a codec key side (tq_kv_cache_config.key_scale). audio_positions (n flags) marks\n"
-     "positions stored with audio_codebook (tq_kv_cache_config.audio_codebook). read_rows=True returns\n"
-     "(output, keys, values) with the rows decoded from the cache after the last write.\n"
-     "Exposes the cache kernels to tests."},
+     "positions stored with audio_codebook (tq_kv_cache_config.audio_codebook). qjl_bits (one entry of\n"
+     "1 or 2 per position) writes each position of a +qjl type with that residual precision.\n"
+     "read_rows=True returns (output, keys, values) with the rows decoded from the cache after the last\n"
+     "write. Exposes the cache kernels to tests."},
     {NULL, NULL, 0, NULL},
 };
 
