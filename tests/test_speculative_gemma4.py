@@ -198,6 +198,24 @@ def test_gemma4_heads_from_checkpoint_directory(gemma4, tmp_path):
     assert gemma4.last_stats.tree_passes > 0
 
 
+def test_gemma4_speculative_server(vocabulary_path, tmp_path):
+    pytest.importorskip("openai")
+    from test_server import CTX, MODEL_NAME, ServerProcess
+
+    model = turboquant.Model.load(vocabulary_path, threads=2, ctx=CTX)
+    MTPHeads.zeros(model).save(tmp_path / "heads")
+    expected = model.generate("The cat sat on", max_tokens=16)
+    process = ServerProcess(tmp_path / "server.log", "--weights", vocabulary_path, "--mtp-checkpoint",
+                            str(tmp_path / "heads"))
+    try:
+        result = process.client().completions.create(model=MODEL_NAME, prompt="The cat sat on", max_tokens=16,
+                                                     temperature=0)
+        assert result.choices[0].text == expected
+        assert "speculative decoding with the heads of" in process.log()
+    finally:
+        process.stop()
+
+
 def test_gemma4_without_heads_names_the_fix(gemma4):
     with pytest.raises(ValueError, match="no multi-token-prediction heads ship for this model") as raised:
         gemma4.generate("abc", max_tokens=2, speculative=True)
@@ -218,13 +236,21 @@ def placeholder_at_end(model, seed):
 def assert_placeholder_at_end_generates(model, heads):
     ids, soft = placeholder_at_end(model, seed=4)
     tree = DraftTree([(0,), (1,), (0, 0)])
-    for _ in range(2):  # the second call finds the text part of the prompt cached
-        model.reset()
-        plain = model.generate(ids, max_tokens=12, soft_embeddings=soft)
-        fast = model.generate(ids, max_tokens=12, soft_embeddings=soft, speculative=True, mtp_checkpoint=heads,
-                              draft_tree=tree)
-        assert fast == plain
-        assert model.last_stats.tree_passes > 0
+    model.reset()
+    plain = model.generate(ids, max_tokens=12, soft_embeddings=soft)
+
+    # The plain call left the text part of the prompt cached, up to the first placeholder.
+    fast = model.generate(ids, max_tokens=12, soft_embeddings=soft, speculative=True, mtp_checkpoint=heads,
+                          draft_tree=tree)
+    assert fast == plain
+    assert model.last_stats.cached_tokens == ids.index(model.audio_token_id)
+    assert model.last_stats.tree_passes > 0
+
+    model.reset()
+    fresh = model.generate(ids, max_tokens=12, soft_embeddings=soft, speculative=True, mtp_checkpoint=heads,
+                           draft_tree=tree)
+    assert fresh == plain
+    assert model.last_stats.cached_tokens == 0
 
 
 def test_gemma4_placeholder_at_end_speculative(vocabulary_path):
