@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from gemma4_reply_model import _add_vocabulary  # noqa: E402
 from test_gemma4 import SHAPES, gemma4_reference, prompt, write_gemma4_gguf  # noqa: E402
 from test_soft_embeddings import soft_rows  # noqa: E402
-from test_speculative import CACHES, assert_nodes_equal_decoding, decode_path, random_heads  # noqa: E402
+from test_speculative import CACHES, assert_nodes_equal_decoding, decode_path, path_to, random_heads  # noqa: E402
 
 # The per-layer-embedding shape of test_gemma4.py with head sizes 64 (sliding) and 128
 # (global), the smallest that the tq codecs accept. Layers 3 (sliding) and 4 (global) read
@@ -89,6 +89,13 @@ def test_gemma4_tree_equals_decoding(tiny_path, type_k, type_v, recent):
         assert np.abs(logits).max() <= shape["softcap"]
     assert model.n_past == base
     assert_nodes_equal_decoding(model, base, tree_tokens, TREE_PARENTS, logits)
+
+    # The heads read the hidden states, so they must match decoding bit for bit too.
+    for node in range(len(tree_tokens)):
+        model.truncate(base)
+        for j in path_to(TREE_PARENTS, node):
+            _, decoded_hidden = model.eval([tree_tokens[j]], logits="last", hidden=True)
+        np.testing.assert_array_equal(hidden[node], decoded_hidden, err_msg=f"node {node}")
 
 
 @pytest.mark.parametrize("type_k,type_v,recent", CACHES)
