@@ -124,8 +124,8 @@ def test_gemma4_accepted_path_continues(tiny_path, type_k, type_v, recent):
 
 
 def test_gemma4_tree_on_wrapped_rings(tiny_path):
-    # n_batch 16 keeps the rings of the sliding layers and of the f16 window at a few dozen
-    # slots, so after 200 positions the tree's rows overwrite slots that held older positions.
+    # With n_batch 16, the rings of the sliding layers have window + 16 slots (24 or 21) and
+    # the f16 window 8 + 16, so after 200 positions the tree's rows overwrite older ones.
     path, shape = tiny_path
     model = _core.Model(path, threads=2, cache_type_k="tq4", cache_type_v="tq3", kv_recent_f16=8, ctx=256,
                         n_batch=16)
@@ -148,6 +148,31 @@ def test_gemma4_tree_threads_and_exact_matmul(tiny_path):
         model.eval(tokens[:-1], logits="none")
         tree_tokens = [tokens[-1]] + prompt(shape["vocab"], length=12, seed=12)
         assert_tree_equals_decoding(model, model.n_past, tree_tokens, TREE_PARENTS)
+
+
+def test_gemma4_tree_after_audio_prefix(tiny_path):
+    # Audio placeholder positions in the prefix keep their rows in the audio codebook, which
+    # a tree node must read as decoding does, from codes (window of 2) and from the window.
+    from test_kv_cache_audio import AUDIO_TQ4
+
+    path, shape = tiny_path
+    audio_id = shape["vocab"] - 4
+    model = _core.Model(path, threads=2, cache_type_k="tq4", cache_type_v="tq4", kv_recent_f16=2,
+                        audio_token_id=audio_id, audio_codebook=AUDIO_TQ4)
+    text = prompt(shape["vocab"] - 8, length=30, seed=13)
+    tokens = text[:10] + [audio_id] * 12 + text[10:]
+    soft = soft_rows(12, shape["hidden"], seed=14)
+    model.eval(tokens[:-1], logits="none", soft_embeddings=soft)
+    base = model.n_past
+    tree_tokens = [tokens[-1]] + prompt(shape["vocab"] - 8, length=12, seed=15)
+    assert_tree_equals_decoding(model, base, tree_tokens, TREE_PARENTS)
+
+    # The audio codebook is in use: without it the same tokens give other logits.
+    plain = _core.Model(path, threads=2, cache_type_k="tq4", cache_type_v="tq4", kv_recent_f16=2,
+                        audio_token_id=audio_id)
+    plain.eval(tokens[:-1], logits="none", soft_embeddings=soft)
+    model.truncate(base)
+    assert not np.array_equal(plain.eval_tree(tree_tokens[:1], [-1]), model.eval_tree(tree_tokens[:1], [-1]))
 
 
 # ---- generate(speculative=True) -----------------------------------------------------------------
