@@ -17,11 +17,8 @@
 
 #include "model_internal.h"
 
-/* Every weight product of the forward pass: quantized activations (fast, as llama.cpp)
- * unless the model was created with exact_matmul. per_row: each row exactly as decoding
- * computes it alone (draft trees), see tq_matmul_per_row. */
-static tq_status model_matmul(const tq_model *model, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
-                              int per_row, tq_error *err)
+tq_status tq_model_matmul(const tq_model *model, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
+                          int per_row, tq_error *err)
 {
     if (model->exact_matmul) {
         return tq_matmul_exact(w, x, y, n_tokens, err);
@@ -284,8 +281,8 @@ static void attend_decode(tq_context *context, int l, int hd, int64_t pos, const
  * depth[t] attends to the cached prefix and its own ancestors and itself, whose rows were written
  * at pos0 + node index. Its parts are exactly those of decoding that path (see
  * attend_query_parts). One task per node and KV head. */
-static void attend_tree(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const tq_tree *tree,
-                        const float *queries, float *out)
+void tq_attend_tree(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const tq_tree *tree,
+                    const float *queries, float *out)
 {
     const tq_model_config *c = &context->model->config;
     tq_forward_buffers *b = &context->buffers;
@@ -340,9 +337,9 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
 
     /* Attention block. */
     rms_norm_rows(b->x, w->attn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = model_matmul(model, &w->attn_q, b->x_norm, b->q, n, per_row, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->attn_k, b->x_norm, b->k, n, per_row, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->attn_v, b->x_norm, b->v, n, per_row, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->attn_q, b->x_norm, b->q, n, per_row, err)) != TQ_OK ||
+        (status = tq_model_matmul(model, &w->attn_k, b->x_norm, b->k, n, per_row, err)) != TQ_OK ||
+        (status = tq_model_matmul(model, &w->attn_v, b->x_norm, b->v, n, per_row, err)) != TQ_OK) {
         return status;
     }
 
@@ -366,7 +363,7 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
     }
     if (tree != NULL) {
         tq_kv_cache_write(context->cache, l, pos0, n, b->k, b->v);
-        attend_tree(context, l, hd, pos0, n, tree, b->q, b->attention);
+        tq_attend_tree(context, l, hd, pos0, n, tree, b->q, b->attention);
     }
     /* Write and attend TQ_ATTENTION_BATCH positions at a time (see its definition). */
     for (int64_t start = 0; tree == NULL && start < n; start += TQ_ATTENTION_BATCH) {
@@ -375,7 +372,7 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
         tq_attend_layer(context, l, hd, pos0 + start, m, b->q + start * q_dim, b->attention + start * q_dim);
     }
 
-    if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, per_row, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->attn_output, b->attention, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -390,8 +387,8 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
 
     /* Feed-forward block. */
     rms_norm_rows(b->x, w->ffn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, per_row, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, per_row, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, per_row, err)) != TQ_OK ||
+        (status = tq_model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, per_row, err)) != TQ_OK) {
         return status;
     }
     const int64_t ffn_values = n * c->ffn;
@@ -399,7 +396,7 @@ static tq_status forward_layer(tq_context *context, int l, int64_t pos0, int64_t
     for (int64_t i = 0; i < ffn_values; i++) {
         b->gate[i] = gelu_tanh(b->gate[i]) * b->up[i];
     }
-    if ((status = model_matmul(model, &w->ffn_down, b->gate, b->projection, n, per_row, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->ffn_down, b->gate, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -546,7 +543,7 @@ tq_status tq_context_eval_soft(tq_context *context, const int32_t *tokens, int64
         for (int64_t t = 0; t < m; t++) {
             tq_kv_cache_set_audio(context->cache, pos0 + t, tokens[start + t] == model->placeholders.audio_token_id);
         }
-        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens + start, pos0, m, soft_rows, err)
+        status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens + start, pos0, m, soft_rows, NULL, err)
                                        : forward_batch(context, tokens + start, pos0, m, soft_rows, NULL, err);
         if (status != TQ_OK) {
             return status;
@@ -566,12 +563,12 @@ tq_status tq_context_eval_soft(tq_context *context, const int32_t *tokens, int64
             rows = logits + start * (int64_t)c->n_vocab;
             n_rows = m;
             rms_norm_rows(b->x, model->output_norm, m, c->hidden, c->rms_eps, b->x_norm);
-            status = model_matmul(model, &model->lm_head, b->x_norm, rows, m, 0, err);
+            status = tq_model_matmul(model, &model->lm_head, b->x_norm, rows, m, 0, err);
         } else if (mode == TQ_LOGITS_LAST && start + m == n) {
             rows = logits;
             n_rows = 1;
             rms_norm(b->x + (m - 1) * c->hidden, model->output_norm, c->hidden, c->rms_eps, b->x_norm);
-            status = model_matmul(model, &model->lm_head, b->x_norm, logits, 1, 0, err);
+            status = tq_model_matmul(model, &model->lm_head, b->x_norm, logits, 1, 0, err);
             if (hidden != NULL) {
                 memcpy(hidden, b->x_norm, (size_t)c->hidden * sizeof(float));
             }
@@ -591,9 +588,6 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
-    if (model->gemma4 != NULL) {
-        return tq_error_set(err, TQ_ERR_UNSUPPORTED, "tree verification is implemented for Gemma 3 models only");
-    }
     /* A tree's rows share the rings of sliding layers and of the f16 window with the
      * prefix, which have room for TQ_ATTENTION_BATCH new positions (and n_batch). */
     int64_t max_nodes = TQ_TREE_MAX_NODES < context->n_batch ? TQ_TREE_MAX_NODES : context->n_batch;
@@ -646,7 +640,9 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
     for (int64_t i = 0; i < n; i++) {
         tq_kv_cache_set_audio(context->cache, n_past + i, 0); /* node i's rows wait at n_past + i */
     }
-    if ((status = forward_batch(context, tokens, n_past, n, NULL, &tree, err)) != TQ_OK) {
+    status = model->gemma4 != NULL ? tq_gemma4_forward_batch(context, tokens, n_past, n, NULL, &tree, err)
+                                   : forward_batch(context, tokens, n_past, n, NULL, &tree, err);
+    if (status != TQ_OK) {
         return status;
     }
 
@@ -655,7 +651,7 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
     if (hidden != NULL) {
         memcpy(hidden, b->x_norm, (size_t)n * (size_t)c->hidden * sizeof(float));
     }
-    if ((status = model_matmul(model, &model->lm_head, b->x_norm, logits, n, 1, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &model->lm_head, b->x_norm, logits, n, 1, err)) != TQ_OK) {
         return status;
     }
     if (c->final_logit_softcap > 0.0f) {

@@ -1,7 +1,8 @@
 /* Gemma 4 text model (E2B and E4B): configuration and weights from GGUF files
  * in the layout of llama.cpp's converter (general.architecture "gemma4"), and
  * the decoder layers of the forward pass. model_forward.c runs the micro-batch
- * loop, the final norm, the LM head and the logit softcap.
+ * loop, the final norm, the LM head and the logit softcap, for prompts and for the
+ * draft trees of speculative decoding (tq_context_eval_tree).
  *
  * What differs from Gemma 3, following transformers' modeling_gemma4.py (5.x):
  * - Norm weights multiply directly (GGUF files and checkpoints store w, not w - 1).
@@ -663,16 +664,6 @@ void tq_gemma4_free(tq_gemma4 *gemma4)
 
 /* ---- Forward pass ----------------------------------------------------------------- */
 
-/* Same policy as model_forward.c: quantized activations unless exact_matmul is set. */
-static tq_status model_matmul(const tq_model *model, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
-                              tq_error *err)
-{
-    if (model->exact_matmul) {
-        return tq_matmul_exact(w, x, y, n_tokens, err);
-    }
-    return tq_matmul(model->isa, w, x, y, n_tokens, err);
-}
-
 /* out = x / sqrt(mean(x^2) + eps), times weight unless weight is NULL (the V norm). */
 static void rms_norm(const float *x, const float *weight, int n, float eps, float *out)
 {
@@ -741,8 +732,10 @@ static void add_normed(tq_forward_buffers *b, const float *norm, int64_t n, int 
 }
 
 /* Attention block: Q (and K, V unless the layer reads another layer's cache rows),
- * their norms and RoPE, attention over the cache, output projection, residual add. */
-static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64_t n, tq_error *err)
+ * their norms and RoPE, attention over the cache, output projection, residual add.
+ * With a tree, the n rows are draft nodes at positions pos0 + depth (see tq_attend_tree). */
+static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64_t n, const tq_tree *tree,
+                                 tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -757,18 +750,19 @@ static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64
     const int global = model->gemma4->is_global[l];
     const float *rope_cos = global ? b->rope_cos_global : b->rope_cos_local;
     const float *rope_sin = global ? b->rope_sin_global : b->rope_sin_local;
+    const int per_row = tree != NULL;
     tq_status status;
 
     rms_norm_rows(b->x, w->attn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = model_matmul(model, &w->attn_q, b->x_norm, b->q, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->attn_q, b->x_norm, b->q, n, per_row, err)) != TQ_OK) {
         return status;
     }
     if (stores_kv) {
-        if ((status = model_matmul(model, &w->attn_k, b->x_norm, b->k, n, err)) != TQ_OK) {
+        if ((status = tq_model_matmul(model, &w->attn_k, b->x_norm, b->k, n, per_row, err)) != TQ_OK) {
             return status;
         }
         if (gl->has_v) {
-            status = model_matmul(model, &w->attn_v, b->x_norm, b->v, n, err);
+            status = tq_model_matmul(model, &w->attn_v, b->x_norm, b->v, n, per_row, err);
         } else {
             memcpy(b->v, b->k, (size_t)n * (size_t)kv_dim * sizeof(float));
         }
@@ -779,16 +773,18 @@ static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64
 
 #pragma omp parallel for if (n > 1)
     for (int64_t t = 0; t < n; t++) {
+        /* RoPE rows are per position: one per token, or one per tree depth. */
+        const int64_t r = tree != NULL ? tree->depth[t] : t;
         for (int h = 0; h < c->n_heads; h++) {
             float *q = b->q + t * q_dim + h * hd;
             rms_norm(q, w->attn_q_norm, hd, c->rms_eps, q);
-            rope_apply(q, rope_cos + t * half, rope_sin + t * half, half);
+            rope_apply(q, rope_cos + r * half, rope_sin + r * half, half);
         }
         for (int h = 0; stores_kv && h < c->n_kv_heads; h++) {
             float *k = b->k + t * kv_dim + h * hd;
             float *v = b->v + t * kv_dim + h * hd;
             rms_norm(k, w->attn_k_norm, hd, c->rms_eps, k);
-            rope_apply(k, rope_cos + t * half, rope_sin + t * half, half);
+            rope_apply(k, rope_cos + r * half, rope_sin + r * half, half);
             rms_norm(v, NULL, hd, c->rms_eps, v);
         }
     }
@@ -796,16 +792,22 @@ static tq_status attention_block(tq_context *context, int l, int64_t pos0, int64
         tq_kv_cache_write(context->cache, l, pos0, n, b->k, b->v);
     }
 
-    tq_attend_layer(context, l, hd, pos0, n, context->buffers.q, context->buffers.attention);
+    /* A shared-KV layer reads its source layer's rows, including the tree rows that layer
+     * wrote at pos0 + node index in this pass. */
+    if (tree != NULL) {
+        tq_attend_tree(context, l, hd, pos0, n, tree, b->q, b->attention);
+    } else {
+        tq_attend_layer(context, l, hd, pos0, n, b->q, b->attention);
+    }
 
-    if ((status = model_matmul(model, &w->attn_output, b->attention, b->projection, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->attn_output, b->attention, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
     add_normed(b, w->post_attention_norm, n, c->hidden, c->rms_eps);
     return TQ_OK;
 }
 
-static tq_status ffn_block(tq_context *context, int l, int64_t n, tq_error *err)
+static tq_status ffn_block(tq_context *context, int l, int64_t n, int per_row, tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -815,8 +817,8 @@ static tq_status ffn_block(tq_context *context, int l, int64_t n, tq_error *err)
     tq_status status;
 
     rms_norm_rows(b->x, w->ffn_norm, n, c->hidden, c->rms_eps, b->x_norm);
-    if ((status = model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, err)) != TQ_OK ||
-        (status = model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->ffn_gate, b->x_norm, b->gate, n, per_row, err)) != TQ_OK ||
+        (status = tq_model_matmul(model, &w->ffn_up, b->x_norm, b->up, n, per_row, err)) != TQ_OK) {
         return status;
     }
     const int64_t values = n * ffn;
@@ -824,7 +826,7 @@ static tq_status ffn_block(tq_context *context, int l, int64_t n, tq_error *err)
     for (int64_t i = 0; i < values; i++) {
         b->gate[i] = gelu_tanh(b->gate[i]) * b->up[i];
     }
-    if ((status = model_matmul(model, &w->ffn_down, b->gate, b->projection, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &w->ffn_down, b->gate, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
     add_normed(b, w->post_ffw_norm, n, c->hidden, c->rms_eps);
@@ -832,7 +834,7 @@ static tq_status ffn_block(tq_context *context, int l, int64_t n, tq_error *err)
 }
 
 /* x += RMSNorm(W_proj (gelu_tanh(W_gate x) * ple[l])). */
-static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error *err)
+static tq_status per_layer_block(tq_context *context, int l, int64_t n, int per_row, tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -843,7 +845,7 @@ static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error
     const int64_t row = (int64_t)c->n_layers * width;
     tq_status status;
 
-    if ((status = model_matmul(model, &gl->inp_gate, b->x, g->ple_gate, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &gl->inp_gate, b->x, g->ple_gate, n, per_row, err)) != TQ_OK) {
         return status;
     }
 #pragma omp parallel for if (n > 1)
@@ -854,7 +856,7 @@ static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error
             gate[i] = gelu_tanh(gate[i]) * input[i];
         }
     }
-    if ((status = model_matmul(model, &gl->proj, g->ple_gate, b->projection, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &gl->proj, g->ple_gate, b->projection, n, per_row, err)) != TQ_OK) {
         return status;
     }
     add_normed(b, gl->post_norm, n, c->hidden, c->rms_eps);
@@ -866,7 +868,8 @@ static tq_status per_layer_block(tq_context *context, int l, int64_t n, tq_error
  * in b->x (a soft embedding row at a placeholder position). A placeholder position looks up
  * the pad token's table row, as transformers' Gemma4Model does. Scalars are rounded to float32
  * as transformers does. */
-static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, int64_t n, tq_error *err)
+static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, int64_t n, int per_row,
+                                  tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
@@ -880,7 +883,7 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
     const float sum_scale = (float)pow(2.0, -0.5);
     tq_status status;
 
-    if ((status = model_matmul(model, &weights->per_layer_model_proj, b->x, g->ple, n, err)) != TQ_OK) {
+    if ((status = tq_model_matmul(model, &weights->per_layer_model_proj, b->x, g->ple, n, per_row, err)) != TQ_OK) {
         return status;
     }
     for (int64_t t = 0; t < n; t++) {
@@ -908,29 +911,30 @@ static tq_status per_layer_inputs(tq_context *context, const int32_t *tokens, in
 }
 
 tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
-                                  const float *soft_rows, tq_error *err)
+                                  const float *soft_rows, const tq_tree *tree, tq_error *err)
 {
     const tq_model *model = context->model;
     const tq_model_config *c = &model->config;
     const tq_gemma4 *g = model->gemma4;
     tq_forward_buffers *b = &context->buffers;
+    const int per_row = tree != NULL; /* each node's products exactly as decoding computes them */
     tq_status status;
 
     if ((status = tq_embed_tokens(context, tokens, n, soft_rows, err)) != TQ_OK) {
         return status;
     }
-    if (c->per_layer_input > 0 && (status = per_layer_inputs(context, tokens, n, err)) != TQ_OK) {
+    if (c->per_layer_input > 0 && (status = per_layer_inputs(context, tokens, n, per_row, err)) != TQ_OK) {
         return status;
     }
     rope_tables(b->inv_freq_local, c->head_dim_local / 2, pos0, n, b->rope_cos_local, b->rope_sin_local);
     rope_tables(b->inv_freq_global, c->head_dim / 2, pos0, n, b->rope_cos_global, b->rope_sin_global);
 
     for (int l = 0; l < c->n_layers; l++) {
-        if ((status = attention_block(context, l, pos0, n, err)) != TQ_OK ||
-            (status = ffn_block(context, l, n, err)) != TQ_OK) {
+        if ((status = attention_block(context, l, pos0, n, tree, err)) != TQ_OK ||
+            (status = ffn_block(context, l, n, per_row, err)) != TQ_OK) {
             return status;
         }
-        if (c->per_layer_input > 0 && (status = per_layer_block(context, l, n, err)) != TQ_OK) {
+        if (c->per_layer_input > 0 && (status = per_layer_block(context, l, n, per_row, err)) != TQ_OK) {
             return status;
         }
         const float scale = g->layers[l].output_scale;

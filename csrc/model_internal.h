@@ -140,6 +140,18 @@ void tq_context_move_thinking(tq_context *context, int64_t src, int64_t dst);
  * ranges. Shared by the Gemma 3 and Gemma 4 layers (model_forward.c). */
 void tq_attend_layer(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const float *queries, float *out);
 
+/* Tree attention of the n draft nodes of tree on layer l (head size hd). Node t at position
+ * pos0 + depth[t] reads the prefix and its path, whose rows were written at pos0 + node index.
+ * It computes exactly the partial sums of decoding that path (model_forward.c). */
+void tq_attend_tree(tq_context *context, int l, int hd, int64_t pos0, int64_t n, const tq_tree *tree,
+                    const float *queries, float *out);
+
+/* Every weight product of the forward pass: y = W x for n_tokens rows of x, with quantized
+ * activations as llama.cpp unless the model was created with exact_matmul. per_row = 1
+ * computes each row exactly as a one-row call would (draft trees, see tq_matmul_per_row). */
+tq_status tq_model_matmul(const tq_model *model, const tq_weight *w, const float *x, float *y, int64_t n_tokens,
+                          int per_row, tq_error *err);
+
 /* Returns 1 when layer uses full attention and the global RoPE base. */
 int tq_model_layer_is_global(const tq_model_config *config, int layer);
 
@@ -178,9 +190,11 @@ const int *tq_gemma4_layer_head_dims(const tq_gemma4 *gemma4);
 const int *tq_gemma4_layer_kv_sources(const tq_gemma4 *gemma4);
 
 /* Run n tokens at positions pos0 .. pos0 + n - 1 through every layer, as
- * forward_batch in model_forward.c (soft_rows as tq_embed_tokens); b->x then contains the final hidden states. */
+ * forward_batch in model_forward.c (soft_rows as tq_embed_tokens); b->x then contains the final hidden states.
+ * With a tree (tree != NULL, soft_rows NULL), the n tokens are its nodes at positions pos0 + depth,
+ * and their rows are written at pos0 + node index. */
 tq_status tq_gemma4_forward_batch(tq_context *context, const int32_t *tokens, int64_t pos0, int64_t n,
-                                  const float *soft_rows, tq_error *err);
+                                  const float *soft_rows, const tq_tree *tree, tq_error *err);
 
 void tq_gemma4_free(tq_gemma4 *gemma4);
 

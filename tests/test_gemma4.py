@@ -45,8 +45,9 @@ CONTEXT = 128
 def gemma4_reference(shape, seed=0, **config_overrides):
     """transformers' Gemma4ForCausalLM with every parameter drawn from N(0, 0.25^2) (norm
     weights and layer scalars around 1, the embedding at scale 1), float32.
+    shape: a name in SHAPES or a dict with the same keys.
     config_overrides go to Gemma4TextConfig, vocab_size and tie_word_embeddings among them."""
-    s = SHAPES[shape]
+    s = SHAPES[shape] if isinstance(shape, str) else shape
     vocab = config_overrides.pop("vocab_size", s["vocab"])
     tied = config_overrides.pop("tie_word_embeddings", True)
     config = transformers.Gemma4TextConfig(**config_overrides,
@@ -119,11 +120,13 @@ def gguf_tensors(model):
     return tensors
 
 
-def write_gemma4_gguf(path, model, config, weight_type="f32", drop_keys=(), overrides=None):
+def write_gemma4_gguf(path, model, config, weight_type="f32", drop_keys=(), overrides=None, shape=None):
     """Write model as a GGUF file with the metadata keys and tensor names of llama.cpp's
     converter. weight_type: "f32", "f16" or "q8_0" for the matrices (norms stay F32).
+    shape: the dict model was built from, needed when it is not in SHAPES.
     Returns the weights as the runtime reads them (rounded to weight_type), by GGUF name."""
-    shape = [s for s in SHAPES.values() if s["hidden"] == config.hidden_size][0]
+    if shape is None:
+        shape = [s for s in SHAPES.values() if s["hidden"] == config.hidden_size][0]
     n_layers = config.num_hidden_layers
     writer = gguf.GGUFWriter(str(path), "gemma4")
     keys = {

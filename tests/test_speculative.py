@@ -82,6 +82,14 @@ def path_to(parents, node):
     return path[::-1]
 
 
+def assert_nodes_equal_decoding(model, base, tokens, parents, logits):
+    """Assert that each node's row of logits equals, bit for bit, the logits of decoding its
+    path one token at a time from n_past = base (which truncates model to base first)."""
+    for node in range(len(tokens)):
+        reference = decode_path(model, base, [tokens[j] for j in path_to(parents, node)])[-1]
+        np.testing.assert_array_equal(logits[node], reference, err_msg=f"node {node}")
+
+
 @pytest.mark.parametrize("type_k,type_v,recent", CACHES)
 def test_tree_logits_equal_decoding_bit_for_bit(model_path, type_k, type_v, recent):
     model = _core.Model(model_path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent)
@@ -99,9 +107,7 @@ def test_tree_logits_equal_decoding_bit_for_bit(model_path, type_k, type_v, rece
     assert logits.shape == (13, model.n_vocab)
     assert hidden.shape == (13, model.config["hidden"])
     assert model.n_past == base  # rows wait for accept_path
-    for node in range(len(tokens)):
-        reference = decode_path(model, base, [tokens[j] for j in path_to(parents, node)])[-1]
-        np.testing.assert_array_equal(logits[node], reference, err_msg=f"node {node}")
+    assert_nodes_equal_decoding(model, base, tokens, parents, logits)
 
 
 @pytest.mark.parametrize("type_k,type_v,recent", CACHES)
@@ -132,9 +138,7 @@ def test_tree_past_the_sliding_window(model_path):
     tokens = [prompt[-1], 506, 1131, 532, 496]
     parents = [-1, 0, 1, 0, 3]
     logits = model.eval_tree(tokens, parents)
-    for node in range(len(tokens)):
-        reference = decode_path(model, base, [tokens[j] for j in path_to(parents, node)])[-1]
-        np.testing.assert_array_equal(logits[node], reference)
+    assert_nodes_equal_decoding(model, base, tokens, parents, logits)
 
 
 def test_tree_errors_name_the_problem(model_path):

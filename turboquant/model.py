@@ -507,13 +507,9 @@ class Model:
             if len(prompt) - 1 > common:
                 self._core.eval(prompt[common:-1], logits="none", soft_embeddings=body_soft)
                 self._cached.extend(prompt[common:-1])
-            if hidden:
-                # A one-node tree computes what the one-token eval does, plus the hidden state.
-                rows, states = self._core.eval_tree(prompt[-1:], [-1], hidden=True)
-                self._core.accept_path([0])
-                logits = (rows[0], states[0])
-            else:
-                logits = self._core.eval(prompt[-1:], logits="last", soft_embeddings=last_soft)
+            # hidden=True also returns the output-normed hidden state that the draft heads read.
+            # The one-token eval takes the soft row of a placeholder, which a tree pass rejects.
+            logits = self._core.eval(prompt[-1:], logits="last", hidden=hidden, soft_embeddings=last_soft)
         except BaseException:
             self.reset()
             raise
@@ -725,8 +721,10 @@ class Model:
             checkpoint = mtp.default_checkpoint(self)
             if checkpoint is None:
                 raise ValueError(
-                    "no multi-token-prediction heads ship for this model; train some with "
-                    "`turboquant train-mtp` and pass mtp_checkpoint=DIR"
+                    f"no multi-token-prediction heads ship for this model ({self.config['architecture']}, "
+                    f"{self.config['n_layers']} layers, hidden size {self.config['hidden']}): the packaged heads "
+                    "fit only Gemma 3 270M Q4_K_M. Train heads with `turboquant train-mtp --model MODEL.gguf "
+                    "--zim FILE.zim --checkpoint DIR` and pass mtp_checkpoint=DIR (or a turboquant.mtp.MTPHeads)"
                 )
         key = str(checkpoint)
         cached = getattr(self, "_loaded_heads", None)

@@ -84,9 +84,9 @@ class _RequestSession(Model):
         if self._core.threads != threads:
             self._core.threads = threads
 
-    def _prefill(self, prompt, hidden=False):
+    def _prefill(self, prompt, hidden=False, soft=None):
         self._before_step()
-        return super()._prefill(prompt, hidden=hidden)
+        return super()._prefill(prompt, hidden=hidden, soft=soft)
 
     def _eval_one(self, token):
         self._before_step()
