@@ -1265,5 +1265,8 @@ size_t tq_kv_cache_bytes_per_token(const tq_kv_cache *cache)
     for (int l = 0; l < cache->n_layers; l++) {
         total += cache->layers[l].key_slot_bytes + cache->layers[l].value_slot_bytes;
     }
-    return total + (cache->position_qjl_bits != NULL ? 1 : 0);
+    /* The per-position bytes that tq_kv_cache_bytes counts: audio flag and residual precision. */
+    total += cache->audio_flags != NULL ? 1 : 0;
+    total += cache->position_qjl_bits != NULL ? 1 : 0;
+    return total;
 }

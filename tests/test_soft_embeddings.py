@@ -199,7 +199,8 @@ def test_model_soft_embeddings_api(tiny4):
     soft = soft_rows(12, config.hidden_size, seed=2)
     loaded = turboquant.Model.load(path, cache_type_k="f32", cache_type_v="f32", exact_matmul=True,
                                    audio_token_id=AUDIO, image_token_id=IMAGE)
-    assert loaded.audio_token_id == AUDIO and loaded.image_token_id == IMAGE
+    assert loaded.audio_token_id == AUDIO
+    assert loaded.image_token_id == IMAGE
     np.testing.assert_allclose(loaded.logits(tokens, soft_embeddings=soft),
                                gemma4_reference_logits(model, tokens, soft), rtol=0, atol=ATOL)
     with pytest.raises(ValueError, match=r"float32 array of shape \(n_placeholders, \d+\), got float64"):
