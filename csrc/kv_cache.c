@@ -208,6 +208,10 @@ typedef struct {
     uint8_t *key_center;
     float *key_mean;
     int key_mean_set;
+    /* Channel orders of split codec sides (tq_kv_cache_config.channel_order_k and _v), head_dim
+     * entries each, NULL for a side that keeps the natural order. */
+    int *order_k;
+    int *order_v;
     size_t key_row_bytes, value_row_bytes;   /* one KV head */
     size_t key_slot_bytes, value_slot_bytes; /* all KV heads of one position */
 } tq_kv_layer;
@@ -239,6 +243,7 @@ struct tq_kv_cache {
     int64_t recent_f16;
     int64_t recent_slots;
     float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
+    float *ordered_rows;  /* one position's keys, then its values, if any layer orders channels */
     /* Residual precision of the +qjl types: has_qjl is 1 when K or V is a +qjl type, and
      * position_qjl_bits (n_ctx bytes, 1 or 2 each, indexed by position) exists when
      * max_qjl_bits is 2. Without it every +qjl row has a 1-bit residual. */
@@ -283,6 +288,59 @@ static tq_status create_key_balance(tq_kv_cache *cache, tq_kv_layer *layer, cons
         memcpy(layer->key_center, center, (size_t)d);
     }
     return TQ_OK;
+}
+
+/* Copy one layer's channel order (head_dim entries, which must be a permutation of the
+ * channels) into *out, and allocate the cache's buffer of ordered rows once. */
+static tq_status create_channel_order(tq_kv_cache *cache, const tq_kv_layer *layer, const int *order, int l,
+                                      const char *side, int **out, tq_error *err)
+{
+    const int d = layer->head_dim;
+    uint8_t seen[TQ_KV_MAX_HEAD_DIM] = {0};
+    for (int i = 0; i < d; i++) {
+        if (order[i] < 0 || order[i] >= d || seen[order[i]]) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "channel_order_%s[%d][%d] is %d; each layer's order must list every channel "
+                                "0 .. %d once",
+                                side, l, i, order[i], d - 1);
+        }
+        seen[order[i]] = 1;
+    }
+    *out = malloc((size_t)d * sizeof(int));
+    if (cache->ordered_rows == NULL) {
+        /* Sized for the largest head of any layer. */
+        cache->ordered_rows = malloc(2 * (size_t)cache->n_kv_heads * (size_t)cache->head_dim * sizeof(float));
+    }
+    if (*out == NULL || cache->ordered_rows == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the channel order of layer %d", l);
+    }
+    memcpy(*out, order, (size_t)d * sizeof(int));
+    return TQ_OK;
+}
+
+/* out[h][i] = rows[h][order[i]] for n_rows rows of head_dim floats. */
+static void order_channels(const int *order, int n_rows, int head_dim, const float *rows, float *out)
+{
+    for (int r = 0; r < n_rows; r++) {
+        const float *in = rows + (size_t)r * (size_t)head_dim;
+        float *o = out + (size_t)r * (size_t)head_dim;
+        for (int i = 0; i < head_dim; i++) {
+            o[i] = in[order[i]];
+        }
+    }
+}
+
+/* Undo order_channels in place on n_rows rows of head_dim floats. */
+static void restore_channels(const int *order, int n_rows, int head_dim, float *rows)
+{
+    float ordered[TQ_KV_MAX_HEAD_DIM];
+    for (int r = 0; r < n_rows; r++) {
+        float *row = rows + (size_t)r * (size_t)head_dim;
+        memcpy(ordered, row, (size_t)head_dim * sizeof(float));
+        for (int i = 0; i < head_dim; i++) {
+            row[order[i]] = ordered[i];
+        }
+    }
 }
 
 /* Codecs with the audio codebook for the head size at index, on the sides it fits. */
@@ -440,6 +498,21 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
                 return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the recent f16 window of layer %d", l);
             }
         }
+        const size_t order_stride = (size_t)config->head_dim;
+        if (layer->codec_k != NULL && tq_kv_codec_is_split(layer->codec_k) && config->channel_order_k != NULL) {
+            status = create_channel_order(cache, layer, config->channel_order_k + (size_t)l * order_stride, l, "k",
+                                          &layer->order_k, err);
+            if (status != TQ_OK) {
+                return status;
+            }
+        }
+        if (layer->codec_v != NULL && tq_kv_codec_is_split(layer->codec_v) && config->channel_order_v != NULL) {
+            status = create_channel_order(cache, layer, config->channel_order_v + (size_t)l * order_stride, l, "v",
+                                          &layer->order_v, err);
+            if (status != TQ_OK) {
+                return status;
+            }
+        }
         if (layer->codec_k != NULL && config->key_scale != NULL) {
             status = create_key_balance(cache, layer, config->key_scale + (size_t)l * scale_stride,
                                         config->key_center != NULL ? config->key_center + (size_t)l * scale_stride
@@ -591,6 +664,8 @@ void tq_kv_cache_free(tq_kv_cache *cache)
             free(cache->layers[l].key_scale);
             free(cache->layers[l].key_center);
             free(cache->layers[l].key_mean);
+            free(cache->layers[l].order_k);
+            free(cache->layers[l].order_v);
         }
         free(cache->layers);
     }
@@ -602,6 +677,7 @@ void tq_kv_cache_free(tq_kv_cache *cache)
     }
     free(cache->audio_flags);
     free(cache->balanced_keys);
+    free(cache->ordered_rows);
     free(cache->position_qjl_bits);
     free(cache);
 }
@@ -776,9 +852,19 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
         const int audio = tq_kv_cache_is_audio(cache, pos + t);
         /* All heads of one position are contiguous, so one call encodes them. */
         const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, pos + t);
-        write_side(layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, qjl_bits, coded_keys + t * row_floats,
+        const float *key_rows = coded_keys + t * row_floats;
+        const float *value_rows = values + t * row_floats;
+        if (layer->order_k != NULL) {
+            order_channels(layer->order_k, cache->n_kv_heads, head_dim, key_rows, cache->ordered_rows);
+            key_rows = cache->ordered_rows;
+        }
+        if (layer->order_v != NULL) {
+            order_channels(layer->order_v, cache->n_kv_heads, head_dim, value_rows, cache->ordered_rows + row_floats);
+            value_rows = cache->ordered_rows + row_floats;
+        }
+        write_side(layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, qjl_bits, key_rows,
                    cache->n_kv_heads, head_dim, key_slot, layer->key_row_bytes);
-        write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits, values + t * row_floats,
+        write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits, value_rows,
                    cache->n_kv_heads, head_dim, value_slot, layer->value_row_bytes);
         if (layer->recent_keys != NULL) {
             const size_t recent_row = (size_t)row_floats;
@@ -899,6 +985,12 @@ tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer_index, int64_t po
         read_side(cache, layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits,
                   layer->values + (size_t)slot * layer->value_slot_bytes, layer->value_row_bytes, head_dim,
                   values + (size_t)t * row_floats);
+        if (layer->order_k != NULL) {
+            restore_channels(layer->order_k, cache->n_kv_heads, head_dim, key);
+        }
+        if (layer->order_v != NULL) {
+            restore_channels(layer->order_v, cache->n_kv_heads, head_dim, values + (size_t)t * row_floats);
+        }
         if (layer->key_scale != NULL) {
             /* Codes hold (k - mean) * scale. */
             for (size_t r = 0; r < row_floats; r++) {
@@ -988,18 +1080,24 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         part[1] = 0.0f;
         memset(part + 2, 0, (size_t)head_dim * sizeof(float));
         const float *query = queries + (size_t)i * head_dim;
-        if (layer->codec_k != NULL && layer->key_scale != NULL) {
+        if (layer->codec_k != NULL && (layer->key_scale != NULL || layer->order_k != NULL)) {
             /* Balanced codes hold (k - mean) * scale: score them with q / scale and add
-             * q . mean back, so that coded and f16 rows share one softmax. */
-            const float *mean = layer->key_mean + (size_t)kv_head * (size_t)head_dim;
-            float balanced_query[TQ_KV_MAX_HEAD_DIM];
-            float offset = 0.0f;
+             * q . mean back, so that coded and f16 rows share one softmax. Ordered codes
+             * take the query's channels in the same order. */
+            float coded_query[TQ_KV_MAX_HEAD_DIM];
             for (int d = 0; d < head_dim; d++) {
-                balanced_query[d] = query[d] / layer->key_scale[d];
-                offset += query[d] * mean[d];
+                const int channel = layer->order_k != NULL ? layer->order_k[d] : d;
+                coded_query[d] = layer->key_scale != NULL ? query[channel] / layer->key_scale[channel] : query[channel];
             }
-            score_offsets[i] = offset;
-            tq_kv_codec_prepare_query(layer->codec_k, balanced_query, (float *)(states + (size_t)i * state_bytes));
+            if (layer->key_scale != NULL) {
+                const float *mean = layer->key_mean + (size_t)kv_head * (size_t)head_dim;
+                float offset = 0.0f;
+                for (int d = 0; d < head_dim; d++) {
+                    offset += query[d] * mean[d];
+                }
+                score_offsets[i] = offset;
+            }
+            tq_kv_codec_prepare_query(layer->codec_k, coded_query, (float *)(states + (size_t)i * state_bytes));
         } else if (layer->codec_k != NULL) {
             tq_kv_codec_prepare_query(layer->codec_k, query, (float *)(states + (size_t)i * state_bytes));
         } else {
@@ -1129,7 +1227,7 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
             float *values = partial + (size_t)i * partial_floats + 2;
             tq_kv_codec_finish(layer->codec_v, acc, 1.0f, acc);
             for (int d = 0; d < head_dim; d++) {
-                values[d] += acc[d];
+                values[layer->order_v != NULL ? layer->order_v[d] : d] += acc[d];
             }
         }
     }

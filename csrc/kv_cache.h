@@ -128,6 +128,15 @@ typedef struct {
      * whether its rows were written with a 1-bit or a 2-bit residual (set with
      * tq_kv_cache_set_qjl_bits before the write; 1 until then). 0 or 1: 1-bit rows only. */
     int max_qjl_bits;
+
+    /* Channel order of the split codec types (tq3.5, tq2.5; NULL: natural order), for keys and
+     * for values: n_layers rows of head_dim channel indices (a row per layer, shared by its KV
+     * heads), each row a permutation of the layer's channels. Coded channel i holds channel
+     * order[i], so the first head_dim / 2 listed get the wider codes. Keys are ordered after
+     * balancing; queries and attention outputs are ordered to match. Sides whose type does not
+     * split ignore it. */
+    const int *channel_order_k;
+    const int *channel_order_v;
 } tq_kv_cache_config;
 
 /* Positions whose keys set a layer's key mean (see tq_kv_cache_config.key_center). */

@@ -20,14 +20,18 @@ typedef struct {
     int bits_first;
     int bits_second;
     int has_qjl;
+    int split; /* halves of the input coded as two vectors (tq_kv_layout.split) */
 } format_spec;
 
+/* The fractional formats split: a caller that puts the channels carrying the most score or
+ * value energy in the first half gives them the wider codes (TurboQuant's outlier channels),
+ * which one rotation over all channels would spread evenly. */
 static const format_spec format_specs[] = {
-    {"f16", TQ_KV_KIND_F16, 0, 0, 0},      {"tq4", TQ_KV_KIND_MSE, 4, 4, 0},
-    {"tq3.5", TQ_KV_KIND_MSE, 4, 3, 0},    {"tq3", TQ_KV_KIND_MSE, 3, 3, 0},
-    {"tq2.5", TQ_KV_KIND_MSE, 3, 2, 0},    {"tq2", TQ_KV_KIND_MSE, 2, 2, 0},
-    {"tq3+qjl", TQ_KV_KIND_MSE, 2, 2, 1},  {"tq4+qjl", TQ_KV_KIND_MSE, 3, 3, 1},
-    {"polar", TQ_KV_KIND_POLAR, 0, 0, 0},  {"polar+qjl", TQ_KV_KIND_POLAR, 0, 0, 1},
+    {"f16", TQ_KV_KIND_F16, 0, 0, 0, 0},      {"tq4", TQ_KV_KIND_MSE, 4, 4, 0, 0},
+    {"tq3.5", TQ_KV_KIND_MSE, 4, 3, 0, 1},    {"tq3", TQ_KV_KIND_MSE, 3, 3, 0, 0},
+    {"tq2.5", TQ_KV_KIND_MSE, 3, 2, 0, 1},    {"tq2", TQ_KV_KIND_MSE, 2, 2, 0, 0},
+    {"tq3+qjl", TQ_KV_KIND_MSE, 2, 2, 1, 0},  {"tq4+qjl", TQ_KV_KIND_MSE, 3, 3, 1, 0},
+    {"polar", TQ_KV_KIND_POLAR, 0, 0, 0, 0},  {"polar+qjl", TQ_KV_KIND_POLAR, 0, 0, 1, 0},
 };
 
 #define FORMAT_COUNT (sizeof(format_specs) / sizeof(format_specs[0]))
@@ -252,40 +256,80 @@ static void walsh_hadamard(float *x, size_t d)
     }
 }
 
+/* The transform of n coordinates with sign vectors signs1 and signs2. */
+static void hadamard_forward(float *x, size_t n, const float *signs1, const float *signs2)
+{
+    const float inverse_n = 1.0f / (float)n;
+    for (size_t j = 0; j < n; j++) {
+        x[j] *= signs1[j];
+    }
+    walsh_hadamard(x, n);
+    for (size_t j = 0; j < n; j++) {
+        x[j] *= signs2[j];
+    }
+    walsh_hadamard(x, n);
+    for (size_t j = 0; j < n; j++) {
+        x[j] *= inverse_n;
+    }
+}
+
+/* Inverse of hadamard_forward, times scale. */
+static void hadamard_inverse(float *x, size_t n, const float *signs1, const float *signs2, float scale)
+{
+    const float factor = scale / (float)n;
+    walsh_hadamard(x, n);
+    for (size_t j = 0; j < n; j++) {
+        x[j] *= signs2[j];
+    }
+    walsh_hadamard(x, n);
+    for (size_t j = 0; j < n; j++) {
+        x[j] *= signs1[j] * factor;
+    }
+}
+
+/* Rotation of a row: one transform of head_dim coordinates, or for split formats one of
+ * each half (both halves use their own part of the sign vectors). */
 static void rotate_forward(const tq_kv_codec *codec, float *x)
 {
     const size_t d = codec->layout.head_dim;
     const float *signs1 = codec->signs;
     const float *signs2 = codec->signs + d;
-    const float inverse_d = 1.0f / (float)d;
-    for (size_t j = 0; j < d; j++) {
-        x[j] *= signs1[j];
+    if (!codec->layout.split) {
+        hadamard_forward(x, d, signs1, signs2);
+        return;
     }
-    walsh_hadamard(x, d);
-    for (size_t j = 0; j < d; j++) {
-        x[j] *= signs2[j];
+    const size_t half = d / 2;
+    hadamard_forward(x, half, signs1, signs2);
+    hadamard_forward(x + half, half, signs1 + half, signs2 + half);
+}
+
+/* Inverse of rotate_forward, with the first half times scale_first and the second times
+ * scale_second (a single transform takes scale_first for both). */
+static void rotate_inverse_halves(const tq_kv_codec *codec, float *x, float scale_first, float scale_second)
+{
+    const size_t d = codec->layout.head_dim;
+    const float *signs1 = codec->signs;
+    const float *signs2 = codec->signs + d;
+    if (!codec->layout.split) {
+        hadamard_inverse(x, d, signs1, signs2, scale_first);
+        return;
     }
-    walsh_hadamard(x, d);
-    for (size_t j = 0; j < d; j++) {
-        x[j] *= inverse_d;
-    }
+    const size_t half = d / 2;
+    hadamard_inverse(x, half, signs1, signs2, scale_first);
+    hadamard_inverse(x + half, half, signs1 + half, signs2 + half, scale_second);
 }
 
 /* Inverse of rotate_forward, times scale. */
 static void rotate_inverse(const tq_kv_codec *codec, float *x, float scale)
 {
-    const size_t d = codec->layout.head_dim;
-    const float *signs1 = codec->signs;
-    const float *signs2 = codec->signs + d;
-    const float factor = scale / (float)d;
-    walsh_hadamard(x, d);
-    for (size_t j = 0; j < d; j++) {
-        x[j] *= signs2[j];
-    }
-    walsh_hadamard(x, d);
-    for (size_t j = 0; j < d; j++) {
-        x[j] *= signs1[j] * factor;
-    }
+    rotate_inverse_halves(codec, x, scale, scale);
+}
+
+/* Dimension of the vectors a codec's codebooks quantize: head_dim, or half of it for split
+ * formats. */
+static size_t coded_dim(const tq_kv_layout *layout)
+{
+    return layout->split ? layout->head_dim / 2 : layout->head_dim;
 }
 
 /* out = S x (QJL projection of a rotated vector). */
@@ -357,15 +401,20 @@ static tq_status build_layout(tq_kv_codec *codec, size_t d, tq_error *err)
         codec->row_bytes = 2 * d;
         return TQ_OK;
     }
+    layout->split = spec->split;
     layout->norm_offset = offset;
     offset += 2;
+    if (spec->split) {
+        layout->norm_second_offset = offset;
+        offset += 2;
+    }
     if (spec->has_qjl) {
         layout->qjl_norm_offset = offset;
         offset += 2;
     }
     layout->codes_offset = offset;
 
-    const double dim = (double)d;
+    const double dim = (double)coded_dim(layout);
     const double reach = fmin(sqrt(dim), 12.0); /* the density is below exp(-70) beyond 12 sigma */
     if (spec->kind == TQ_KV_KIND_MSE) {
         offset += (size_t)(spec->bits_first + spec->bits_second) * plane_bytes;
@@ -559,7 +608,7 @@ tq_status tq_kv_codec_create_with_codebook(const char *name, size_t head_dim, ui
         return status;
     }
     tq_kv_layout *layout = &codec->layout;
-    const double dim = (double)head_dim;
+    const double dim = (double)coded_dim(layout);
     const int levels = (int)count;
     if (layout->kind == TQ_KV_KIND_POLAR) {
         if (count != (size_t)1 << TQ_KV_POLAR_RADIUS_BITS || !(codebook[0] >= 0.0f)) {
@@ -632,6 +681,11 @@ size_t tq_kv_codec_row_bytes(const tq_kv_codec *codec)
 double tq_kv_codec_bits_per_value(const tq_kv_codec *codec)
 {
     return 8.0 * (double)codec->row_bytes / (double)codec->layout.head_dim;
+}
+
+int tq_kv_codec_is_split(const tq_kv_codec *codec)
+{
+    return codec->layout.split;
 }
 
 const float *tq_kv_codec_centroids(const tq_kv_codec *codec, size_t *count)
@@ -709,17 +763,30 @@ static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout
         return TQ_OK;
     }
 
-    const double norm = sqrt(sum_squares);
-    if (norm > 65504.0) {
-        return tq_error_set(err, TQ_ERR_INVALID, "row %zu has norm %g, above the f16 maximum 65504 used for norms",
-                            row_index, norm);
-    }
-    store_half(row + layout->norm_offset, (float)norm);
-
+    /* One norm per coded vector: the row, or each half of a split row. */
+    const size_t parts = layout->split ? 2 : 1;
+    const size_t part_dim = d / parts;
+    const size_t norm_offsets[2] = {layout->norm_offset, layout->norm_second_offset};
     float unit[TQ_KV_MAX_HEAD_DIM];
-    const float inverse_norm = norm > 0.0 ? (float)(1.0 / norm) : 0.0f;
-    for (size_t j = 0; j < d; j++) {
-        unit[j] = x[j] * inverse_norm;
+    for (size_t part = 0; part < parts; part++) {
+        const float *in = x + part * part_dim;
+        double part_squares = sum_squares;
+        if (parts > 1) {
+            part_squares = 0.0;
+            for (size_t j = 0; j < part_dim; j++) {
+                part_squares += (double)in[j] * (double)in[j];
+            }
+        }
+        const double norm = sqrt(part_squares);
+        if (norm > 65504.0) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "row %zu has norm %g, above the f16 maximum 65504 used for norms", row_index, norm);
+        }
+        store_half(row + norm_offsets[part], (float)norm);
+        const float inverse_norm = norm > 0.0 ? (float)(1.0 / norm) : 0.0f;
+        for (size_t j = 0; j < part_dim; j++) {
+            unit[part * part_dim + j] = in[j] * inverse_norm;
+        }
     }
     rotate_forward(codec, unit);
 
@@ -825,23 +892,40 @@ void tq_kv_codec_decode(const tq_kv_codec *codec, int qjl_bits, const uint8_t *r
             }
             project_transposed_add(codec, signed_weights, x);
         }
-        rotate_inverse(codec, x, tq_kv_load_half(row + layout->norm_offset));
+        if (layout->split) {
+            float first, second;
+            tq_kv_half_norms(layout, row, &first, &second);
+            rotate_inverse_halves(codec, x, first, second);
+        } else {
+            rotate_inverse(codec, x, tq_kv_load_half(row + layout->norm_offset));
+        }
     }
 }
 
 /* ---------------------------------------------------------------------------------- */
 /* Attention on codes.                                                                  */
 
-void tq_kv_codec_rotate(const tq_kv_codec *codec, const float *x, float *out)
+/* out[0 .. n) = x / ||x|| over n coordinates (a zero vector stays zero). */
+static void normalize(const float *x, size_t n, float *out)
 {
-    const size_t d = codec->layout.head_dim;
     double sum_squares = 0.0;
-    for (size_t j = 0; j < d; j++) {
+    for (size_t j = 0; j < n; j++) {
         sum_squares += (double)x[j] * (double)x[j];
     }
     const float inverse_norm = sum_squares > 0.0 ? (float)(1.0 / sqrt(sum_squares)) : 0.0f;
-    for (size_t j = 0; j < d; j++) {
+    for (size_t j = 0; j < n; j++) {
         out[j] = x[j] * inverse_norm;
+    }
+}
+
+void tq_kv_codec_rotate(const tq_kv_codec *codec, const float *x, float *out)
+{
+    const size_t d = codec->layout.head_dim;
+    if (codec->layout.split) {
+        normalize(x, d / 2, out);
+        normalize(x + d / 2, d / 2, out + d / 2);
+    } else {
+        normalize(x, d, out);
     }
     if (codec->layout.kind != TQ_KV_KIND_F16) {
         rotate_forward(codec, out);

@@ -7,8 +7,11 @@
  *   tq4 tq3 tq2         TurboQuant MSE: an f16 norm, then the unit vector rotated by a
  *                       randomized Hadamard transform, each coordinate coded with the
  *                       Lloyd-Max codebook of the coordinate density on the sphere
- *   tq3.5 tq2.5         the same, first half of the rotated coordinates at ceil(bits),
- *                       second half at floor(bits)
+ *   tq3.5 tq2.5         the same for each half of the channels as a vector of its own
+ *                       (its own f16 norm and rotation): channels [0, head_dim/2) at
+ *                       ceil(bits), [head_dim/2, head_dim) at floor(bits). TurboQuant's
+ *                       outlier split: a caller that orders the channels with the most
+ *                       energy first gives them the wider codes.
  *   tq3+qjl tq4+qjl     TurboQuant inner-product form: the MSE stage at bits - 1, plus a
  *                       1-bit QJL sign sketch of the residual (Gaussian projection with
  *                       head_dim rows) and the residual's f16 norm. Scores are unbiased
@@ -94,6 +97,11 @@ size_t tq_kv_codec_row_bytes(const tq_kv_codec *codec);
 
 /* Stored bits per value: 8 * row_bytes / head_dim. */
 double tq_kv_codec_bits_per_value(const tq_kv_codec *codec);
+
+/* 1 for the split formats (tq3.5, tq2.5). They code channels [0, head_dim/2) and
+ * [head_dim/2, head_dim) as two vectors with their own norms and rotations, the first at the
+ * wider width, so the caller's channel order decides which channels get the wider codes. */
+int tq_kv_codec_is_split(const tq_kv_codec *codec);
 
 /* Codebook of the MSE stage in units of the unit vector's coordinates: for tq formats
  * the centroids of the first half of the coordinates (*count = 2^bits), for polar the

@@ -534,6 +534,113 @@ static tq_status key_balance_tables(const tq_model *model, float **scale_out, ui
     return TQ_OK;
 }
 
+/* Index order of n scores, largest first (ties keep the lower index first). */
+static void rank_descending(const double *score, int n, int *order)
+{
+    for (int i = 0; i < n; i++) {
+        int j = i;
+        while (j > 0 && score[order[j - 1]] < score[i]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+}
+
+/* Channel order of one layer for a split codec side (tq_kv_cache_config.channel_order_k and
+ * _v): the d / 2 channels flagged in first, in increasing order, then the others. */
+static void order_from_flags(const uint8_t *first, int d, int *order)
+{
+    int next = 0;
+    for (int pass = 1; pass >= 0; pass--) {
+        for (int i = 0; i < d; i++) {
+            if (first[i] == pass) {
+                order[next++] = i;
+            }
+        }
+    }
+}
+
+/* Channel orders of every layer for the split cache types (tq3.5, tq2.5), derived from the
+ * weights alone: the half of the channels with the most expected energy goes first and gets
+ * the wider codes.
+ *
+ * Keys: channel i of q . k carries wq[i] * wk[i] of the score (see key_balance_tables), and
+ * RoPE mixes channel i with i + head_dim/2, so whole pairs are ranked by the product of their
+ * RMS query and key norm weights. Values: channel c of head g is the dot product of the normed
+ * input (unit RMS per channel on average) with row g * head_dim + c of the V projection, so
+ * its energy is taken as sum_i (W_v[row][i] * attn_norm[i])^2, summed over KV heads. */
+static tq_status channel_order_tables(const tq_model *model, int **order_k_out, int **order_v_out, tq_error *err)
+{
+    const tq_model_config *c = &model->config;
+    const int d = c->head_dim;
+    const int half = d / 2;
+    int *order_k = malloc((size_t)c->n_layers * (size_t)d * sizeof(int));
+    int *order_v = malloc((size_t)c->n_layers * (size_t)d * sizeof(int));
+    double *score = malloc((size_t)d * sizeof(double));
+    int *rank = malloc((size_t)d * sizeof(int));
+    uint8_t *first = malloc((size_t)d);
+    float *row = malloc((size_t)c->hidden * sizeof(float));
+    tq_status status = TQ_OK;
+    if (order_k == NULL || order_v == NULL || score == NULL || rank == NULL || first == NULL || row == NULL) {
+        status = tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the KV channel order tables");
+    }
+    for (int l = 0; status == TQ_OK && l < c->n_layers; l++) {
+        const tq_layer_weights *w = &model->layers[l];
+
+        for (int j = 0; j < half; j++) {
+            const double pair_q = sqrt(0.5 * ((double)w->attn_q_norm[j] * w->attn_q_norm[j] +
+                                              (double)w->attn_q_norm[j + half] * w->attn_q_norm[j + half]));
+            const double pair_k = sqrt(0.5 * ((double)w->attn_k_norm[j] * w->attn_k_norm[j] +
+                                              (double)w->attn_k_norm[j + half] * w->attn_k_norm[j + half]));
+            score[j] = pair_q * pair_k;
+        }
+        rank_descending(score, half, rank);
+        memset(first, 0, (size_t)d);
+        for (int r = 0; r < half / 2; r++) {
+            first[rank[r]] = 1;
+            first[rank[r] + half] = 1;
+        }
+        order_from_flags(first, d, order_k + (size_t)l * (size_t)d);
+
+        for (int i = 0; i < d; i++) {
+            score[i] = 0.0;
+        }
+        for (int g = 0; status == TQ_OK && g < c->n_kv_heads; g++) {
+            for (int i = 0; i < d; i++) {
+                status = tq_weight_get_row(&w->attn_v, (int64_t)g * d + i, row, err);
+                if (status != TQ_OK) {
+                    break;
+                }
+                double energy = 0.0;
+                for (int k = 0; k < c->hidden; k++) {
+                    const double x = (double)row[k] * (double)w->attn_norm[k];
+                    energy += x * x;
+                }
+                score[i] += energy;
+            }
+        }
+        rank_descending(score, d, rank);
+        memset(first, 0, (size_t)d);
+        for (int r = 0; r < half; r++) {
+            first[rank[r]] = 1;
+        }
+        order_from_flags(first, d, order_v + (size_t)l * (size_t)d);
+    }
+    free(score);
+    free(rank);
+    free(first);
+    free(row);
+    if (status != TQ_OK) {
+        free(order_k);
+        free(order_v);
+        return status;
+    }
+    *order_k_out = order_k;
+    *order_v_out = order_v;
+    return TQ_OK;
+}
+
 static tq_status check_context_params(const tq_context_params *params, tq_error *err)
 {
     if (params->threads < 0) {
@@ -607,6 +714,13 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         if (status == TQ_OK && params->kv_balance_keys && !gemma4) {
             status = key_balance_tables(model, &key_scale, &key_center, err);
         }
+        /* TODO: channel orders for Gemma 4 (per-layer head sizes); its split types keep the
+         * natural channel order for now. */
+        int *order_k = NULL;
+        int *order_v = NULL;
+        if (status == TQ_OK && !gemma4) {
+            status = channel_order_tables(model, &order_k, &order_v, err);
+        }
         /* Gemma 3 writes and attends TQ_ATTENTION_BATCH positions at a time. Gemma 4 writes
          * a whole micro-batch first, because its shared-KV layers attend over the rows of an
          * earlier layer after that layer has written all of them. */
@@ -633,6 +747,8 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .audio_codebook = model->placeholders.audio_codebook,
             .audio_codebook_count = model->placeholders.audio_codebook_count,
             .max_qjl_bits = tq_context_max_qjl_bits(context),
+            .channel_order_k = order_k,
+            .channel_order_v = order_v,
         };
         if (status == TQ_OK) {
             status = tq_kv_cache_create(&cache_config, &context->cache, err);
@@ -640,6 +756,8 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         free(layer_f16);
         free(key_scale);
         free(key_center);
+        free(order_k);
+        free(order_v);
     }
     if (status != TQ_OK) {
         tq_context_free(context);

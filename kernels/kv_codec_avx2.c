@@ -122,7 +122,7 @@ ALWAYS_INLINE float reduce_add(__m256 x)
 
 ALWAYS_INLINE float row_norm(const tq_kv_layout *layout, const uint8_t *row)
 {
-    return layout->kind == TQ_KV_KIND_F16 ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
+    return tq_kv_row_norm(layout, row);
 }
 
 /* Main-stage values of one row at coordinates j .. j+7 (*first) and half+j .. half+j+7
@@ -219,9 +219,19 @@ ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, 
     for (int h = 0; h < n_queries; h++) {
         acc[h] = _mm256_setzero_ps();
     }
+    float first_norm = 1.0f, second_norm = 1.0f;
+    if (layout->split) {
+        tq_kv_half_norms(layout, row, &first_norm, &second_norm);
+    }
+    const __m256 first_scale = _mm256_set1_ps(first_norm);
+    const __m256 second_scale = _mm256_set1_ps(second_norm);
     for (size_t j = 0; j < half; j += 8) {
         __m256 x, y;
         load_pair(layout, codes, j, &x, &y);
+        if (layout->split) {
+            x = _mm256_mul_ps(x, first_scale);
+            y = _mm256_mul_ps(y, second_scale);
+        }
         for (int h = 0; h < n_queries; h++) {
             const float *q = prepared + h * qf;
             acc[h] = _mm256_fmadd_ps(x, _mm256_loadu_ps(q + j), acc[h]);
@@ -282,7 +292,8 @@ static void scores_avx2(const tq_kv_layout *layout, const float *prepared, int n
  * heads that takes all 16 registers, and the compiler spills the rest. */
 ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride,
                                     size_t count, float weight[][ACCUMULATE_CHUNK],
-                                    float residual[][ACCUMULATE_CHUNK], const int n_queries, float *acc)
+                                    float residual[][ACCUMULATE_CHUNK], const float half_norms[][2],
+                                    const int n_queries, float *acc)
 {
     const size_t d = layout->head_dim;
     const size_t half = d / 2;
@@ -297,6 +308,10 @@ ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *r
         for (size_t r = 0; r < count; r++) {
             __m256 x, y;
             load_pair(layout, rows + r * row_stride + layout->codes_offset, j, &x, &y);
+            if (layout->split) {
+                x = _mm256_mul_ps(x, _mm256_broadcast_ss(&half_norms[r][0]));
+                y = _mm256_mul_ps(y, _mm256_broadcast_ss(&half_norms[r][1]));
+            }
             for (int h = 0; h < n_queries; h++) {
                 const __m256 w = _mm256_broadcast_ss(&weight[h][r]);
                 first[h] = _mm256_fmadd_ps(x, w, first[h]);
@@ -380,12 +395,16 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
     float weight[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     float residual[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     float magnitude[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    float half_norms[ACCUMULATE_CHUNK][2];
     for (size_t start = 0; start < n; start += ACCUMULATE_CHUNK) {
         const size_t count = n - start < ACCUMULATE_CHUNK ? n - start : ACCUMULATE_CHUNK;
         const uint8_t *chunk = rows + start * row_stride;
         for (size_t r = 0; r < count; r++) {
             const uint8_t *row = chunk + r * row_stride;
             const float norm = row_norm(layout, row);
+            if (layout->split) {
+                tq_kv_half_norms(layout, row, &half_norms[r][0], &half_norms[r][1]);
+            }
             const float residual_weight =
                 layout->has_qjl ? layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) : 0.0f;
             const float magnitude_weight =
@@ -397,7 +416,7 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
                 magnitude[h][r] = weight[h][r] * magnitude_weight;
             }
         }
-        accumulate_chunk(layout, chunk, row_stride, count, weight, residual, n_queries, acc);
+        accumulate_chunk(layout, chunk, row_stride, count, weight, residual, half_norms, n_queries, acc);
         if (layout->qjl_bits == 2) {
             accumulate_magnitudes(layout, chunk, row_stride, count, magnitude, n_queries, acc);
         }

@@ -35,7 +35,7 @@ ALWAYS_INLINE __m512i load_codes16(const uint8_t *planes, size_t plane_bytes, in
 
 ALWAYS_INLINE float row_norm(const tq_kv_layout *layout, const uint8_t *row)
 {
-    return layout->kind == TQ_KV_KIND_F16 ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
+    return tq_kv_row_norm(layout, row);
 }
 
 /* Main-stage values of one row at coordinates j .. j+15 (*first) and half+j .. half+j+15
@@ -131,9 +131,19 @@ ALWAYS_INLINE void score_row(const tq_kv_layout *layout, const float *prepared, 
     for (int h = 0; h < n_queries; h++) {
         acc[h] = _mm512_setzero_ps();
     }
+    float first_norm = 1.0f, second_norm = 1.0f;
+    if (layout->split) {
+        tq_kv_half_norms(layout, row, &first_norm, &second_norm);
+    }
+    const __m512 first_scale = _mm512_set1_ps(first_norm);
+    const __m512 second_scale = _mm512_set1_ps(second_norm);
     for (size_t j = 0; j < half; j += 16) {
         __m512 x, y;
         load_pair(layout, codes, j, &x, &y);
+        if (layout->split) {
+            x = _mm512_mul_ps(x, first_scale);
+            y = _mm512_mul_ps(y, second_scale);
+        }
         for (int h = 0; h < n_queries; h++) {
             const float *q = prepared + h * qf;
             acc[h] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + j), acc[h]);
@@ -193,7 +203,8 @@ static void scores_avx512(const tq_kv_layout *layout, const float *prepared, int
  * loop, so each head's partial sums for a block stay in registers across the rows. */
 ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride,
                                     size_t count, float weight[][ACCUMULATE_CHUNK],
-                                    float residual[][ACCUMULATE_CHUNK], const int n_queries, float *acc)
+                                    float residual[][ACCUMULATE_CHUNK], const float half_norms[][2],
+                                    const int n_queries, float *acc)
 {
     const size_t d = layout->head_dim;
     const size_t half = d / 2;
@@ -208,6 +219,10 @@ ALWAYS_INLINE void accumulate_chunk(const tq_kv_layout *layout, const uint8_t *r
         for (size_t r = 0; r < count; r++) {
             __m512 x, y;
             load_pair(layout, rows + r * row_stride + layout->codes_offset, j, &x, &y);
+            if (layout->split) {
+                x = _mm512_mul_ps(x, _mm512_set1_ps(half_norms[r][0]));
+                y = _mm512_mul_ps(y, _mm512_set1_ps(half_norms[r][1]));
+            }
             for (int h = 0; h < n_queries; h++) {
                 const __m512 w = _mm512_set1_ps(weight[h][r]);
                 first[h] = _mm512_fmadd_ps(x, w, first[h]);
@@ -289,12 +304,16 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
     float weight[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     float residual[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
     float magnitude[TQ_KV_MAX_GROUP][ACCUMULATE_CHUNK];
+    float half_norms[ACCUMULATE_CHUNK][2];
     for (size_t start = 0; start < n; start += ACCUMULATE_CHUNK) {
         const size_t count = n - start < ACCUMULATE_CHUNK ? n - start : ACCUMULATE_CHUNK;
         const uint8_t *chunk = rows + start * row_stride;
         for (size_t r = 0; r < count; r++) {
             const uint8_t *row = chunk + r * row_stride;
             const float norm = row_norm(layout, row);
+            if (layout->split) {
+                tq_kv_half_norms(layout, row, &half_norms[r][0], &half_norms[r][1]);
+            }
             const float residual_weight =
                 layout->has_qjl ? layout->qjl_scale * tq_kv_load_half(row + layout->qjl_norm_offset) : 0.0f;
             const float magnitude_weight =
@@ -306,7 +325,7 @@ ALWAYS_INLINE void accumulate_rows(const tq_kv_layout *layout, const uint8_t *ro
                 magnitude[h][r] = weight[h][r] * magnitude_weight;
             }
         }
-        accumulate_chunk(layout, chunk, row_stride, count, weight, residual, n_queries, acc);
+        accumulate_chunk(layout, chunk, row_stride, count, weight, residual, half_norms, n_queries, acc);
         if (layout->qjl_bits == 2) {
             accumulate_magnitudes(layout, chunk, row_stride, count, magnitude, n_queries, acc);
         }

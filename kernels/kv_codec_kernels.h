@@ -2,7 +2,8 @@
  * read and one table of function pointers per instruction set.
  *
  * Row layout (offsets in bytes, all fields little-endian):
- *   norm_offset        f16 norm of the row
+ *   norm_offset        f16 norm of the row; for split rows, of coordinates [0, d/2)
+ *   norm_second_offset split rows only: f16 norm of coordinates [d/2, d)
  *   qjl_norm_offset    f16 norm of the QJL residual (formats with a QJL stage)
  *   codes_offset       codes of the main stage, see below
  *   qjl_offset         head_dim sign bits of the QJL sketch, bit j = sign of projection j
@@ -14,7 +15,12 @@
  * Main stage by kind (d = head_dim):
  *   TQ_KV_KIND_F16    d f16 values at codes_offset, and no norm.
  *   TQ_KV_KIND_MSE    a group of the codes of coordinates [0, d/2) at bits_first bits,
- *                     then a group of [d/2, d) at bits_second bits.
+ *                     then a group of [d/2, d) at bits_second bits. Split rows (the
+ *                     fractional formats) code the two halves of the input as two vectors
+ *                     of d/2 channels: each half has its own norm and its own rotation, so
+ *                     a half of coordinates in the rotated domain is a half of channels in
+ *                     the input. Kernels scale each half by its norm and take 1 as the row
+ *                     norm.
  *   TQ_KV_KIND_POLAR  a group of 4-bit radius codes, then a group of 3-bit angle codes,
  *                     one code of each per pair (j, j + d/2).
  * A group of 4-bit codes is nibble-packed, because one byte load then feeds 32 lanes: in
@@ -44,7 +50,9 @@ typedef struct {
     size_t head_dim;
     int bits_first;  /* MSE: bits of coordinates [0, d/2) */
     int bits_second; /* MSE: bits of coordinates [d/2, d) */
+    int split;       /* MSE: 1 when the halves have their own norms and rotations */
     size_t norm_offset;
+    size_t norm_second_offset; /* split rows only */
     size_t qjl_norm_offset;
     size_t codes_offset;
     size_t qjl_offset;
@@ -146,6 +154,21 @@ static inline float tq_kv_half_to_float(uint16_t h)
 static inline float tq_kv_load_half(const uint8_t *p)
 {
     return tq_kv_half_to_float((uint16_t)(p[0] | (p[1] << 8)));
+}
+
+/* Norm a kernel multiplies a whole row by: 1 for f16 rows and for split rows, whose halves
+ * carry their own norms (tq_kv_half_norms), else the stored row norm. */
+static inline float tq_kv_row_norm(const tq_kv_layout *layout, const uint8_t *row)
+{
+    return layout->kind == TQ_KV_KIND_F16 || layout->split ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
+}
+
+/* Norms of the two halves of a split row, by which kernels scale coordinates [0, d/2) and
+ * [d/2, d). */
+static inline void tq_kv_half_norms(const tq_kv_layout *layout, const uint8_t *row, float *first, float *second)
+{
+    *first = tq_kv_load_half(row + layout->norm_offset);
+    *second = tq_kv_load_half(row + layout->norm_second_offset);
 }
 
 #endif /* TQ_KV_CODEC_KERNELS_H */

@@ -157,9 +157,9 @@ ALWAYS_INLINE void score_rows(const tq_kv_layout *layout, const float *prepared,
 static void scores_neon(const tq_kv_layout *layout, const float *prepared, int n_queries, const uint8_t *rows,
                         size_t row_stride, size_t n, float *out, size_t out_stride)
 {
-    /* NOTE: rows with a 2-bit QJL residual are scored by the scalar kernel; only the
-     * 1-bit residual has a NEON path. */
-    if (layout->qjl_bits == 2) {
+    /* NOTE: rows with a 2-bit QJL residual and split rows (tq3.5, tq2.5) are scored by the
+     * scalar kernel; the other rows have a NEON path. */
+    if (layout->qjl_bits == 2 || layout->split) {
         tq_kv_kernels_scalar.scores(layout, prepared, n_queries, rows, row_stride, n, out, out_stride);
         return;
     }
@@ -187,8 +187,8 @@ ALWAYS_INLINE void add_scaled(float *acc, size_t acc_floats, const float *w, int
 static void accumulate_neon(const tq_kv_layout *layout, const uint8_t *rows, size_t row_stride, size_t n,
                             const float *weights, size_t weight_stride, int n_queries, float *acc)
 {
-    /* NOTE: values with a 2-bit QJL residual are summed by the scalar kernel. */
-    if (layout->qjl_bits == 2) {
+    /* NOTE: values with a 2-bit QJL residual and split rows are summed by the scalar kernel. */
+    if (layout->qjl_bits == 2 || layout->split) {
         tq_kv_kernels_scalar.accumulate(layout, rows, row_stride, n, weights, weight_stride, n_queries, acc);
         return;
     }

@@ -38,9 +38,19 @@ void tq_kv_decode_main_scalar(const tq_kv_layout *layout, const uint8_t *row, fl
     }
 }
 
-static float row_norm(const tq_kv_layout *layout, const uint8_t *row)
+/* Main-stage row with the norms of split rows applied to their halves. */
+static void decode_row(const tq_kv_layout *layout, const uint8_t *row, float *unit)
 {
-    return layout->kind == TQ_KV_KIND_F16 ? 1.0f : tq_kv_load_half(row + layout->norm_offset);
+    tq_kv_decode_main_scalar(layout, row, unit);
+    if (layout->split) {
+        const size_t half = layout->head_dim / 2;
+        float first, second;
+        tq_kv_half_norms(layout, row, &first, &second);
+        for (size_t j = 0; j < half; j++) {
+            unit[j] *= first;
+            unit[half + j] *= second;
+        }
+    }
 }
 
 /* Residual weight of projected entry j of row: ||r|| (qjl_scale + m_j qjl_magnitude_scale),
@@ -62,8 +72,8 @@ static void scores_scalar(const tq_kv_layout *layout, const float *prepared, int
 
     for (size_t i = 0; i < n; i++) {
         const uint8_t *row = rows + i * row_stride;
-        tq_kv_decode_main_scalar(layout, row, unit);
-        const float norm = row_norm(layout, row);
+        decode_row(layout, row, unit);
+        const float norm = tq_kv_row_norm(layout, row);
 
         for (int h = 0; h < n_queries; h++) {
             const float *q = prepared + (size_t)h * layout->query_floats;
@@ -95,8 +105,8 @@ static void accumulate_scalar(const tq_kv_layout *layout, const uint8_t *rows, s
 
     for (size_t i = 0; i < n; i++) {
         const uint8_t *row = rows + i * row_stride;
-        tq_kv_decode_main_scalar(layout, row, unit);
-        const float norm = row_norm(layout, row);
+        decode_row(layout, row, unit);
+        const float norm = tq_kv_row_norm(layout, row);
 
         for (int h = 0; h < n_queries; h++) {
             float *sum = acc + (size_t)h * layout->acc_floats;

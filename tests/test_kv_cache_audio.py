@@ -188,14 +188,17 @@ def test_audio_codebook_size_checked():
 
 def test_codec_codebook_argument():
     codec = _core.KVCodec("tq3.5", HEAD_DIM, SEED, codebook=AUDIO_TQ3)
-    # tq3.5 codes its first half at 4 bits (default codebook) and its second half at 3 bits.
+    # tq3.5 codes its first half of channels at 4 bits (default codebook) and its second half,
+    # a vector of HEAD_DIM / 2 channels with its own norm and rotation, at 3 bits. Codebooks
+    # are in units of sqrt(HEAD_DIM / 2) there.
     np.testing.assert_allclose(codec.centroids, _core.KVCodec("tq3.5", HEAD_DIM, SEED).centroids)
+    half = HEAD_DIM // 2
     rows = random_rows(seed=7, n=8)[0]
     rotation = rotation_matrix(codec)
     decoded_rotated = codec.decode(codec.encode(rows)).astype(np.float64) @ rotation.T
-    unit = decoded_rotated / np.linalg.norm(rows, axis=1).astype(np.float16).astype(np.float64)[:, None]
-    np.testing.assert_allclose(unit[:, HEAD_DIM // 2:], nearest(codec.rotate(rows)[:, HEAD_DIM // 2:],
-                                                                 np.asarray(AUDIO_TQ3) / math.sqrt(HEAD_DIM)),
+    second_norm = np.linalg.norm(rows[:, half:], axis=1).astype(np.float16).astype(np.float64)
+    unit = decoded_rotated[:, half:] / second_norm[:, None]
+    np.testing.assert_allclose(unit, nearest(codec.rotate(rows)[:, half:], np.asarray(AUDIO_TQ3) / math.sqrt(half)),
                                rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="codebook of 4 entries does not fit format 'tq3'"):
         _core.KVCodec("tq3", HEAD_DIM, SEED, codebook=(-1.0, -0.3, 0.3, 1.0))

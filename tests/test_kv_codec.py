@@ -14,6 +14,8 @@ from scipy import special, stats
 from turboquant import _core
 
 MSE_FORMATS = {"tq4": (4, 4), "tq3.5": (4, 3), "tq3": (3, 3), "tq2.5": (3, 2), "tq2": (2, 2)}
+# Fractional formats code each half of the channels as its own vector, with its own norm.
+SPLIT_FORMATS = {"tq3.5", "tq2.5"}
 QJL_FORMATS = {"tq3+qjl": (2, 2), "tq4+qjl": (3, 3)}
 ALL_FORMATS = ["f16", *MSE_FORMATS, *QJL_FORMATS, "polar", "polar+qjl"]
 CODE_FORMATS = [name for name in ALL_FORMATS if name != "f16"]
@@ -36,7 +38,8 @@ def expected_row_bytes(name, d):
         return 2 * d
     if name in MSE_FORMATS:
         first, second = MSE_FORMATS[name]
-        return 2 + (first + second) * (d // 2) // 8
+        norms = 2 if name in SPLIT_FORMATS else 1
+        return 2 * norms + (first + second) * (d // 2) // 8
     if name in QJL_FORMATS:
         first, second = QJL_FORMATS[name]
         return 2 + 2 + (first + second) * (d // 2) // 8 + d // 8
@@ -109,8 +112,9 @@ def test_row_bytes_counted_honestly(name, d):
 
 
 def test_bits_per_value_gemma_head():
-    # head_dim 256: 16 bits of norm per row add 1/16 bit per value, QJL adds a second norm.
-    expected = {"tq4": 4.0625, "tq3.5": 3.5625, "tq3": 3.0625, "tq2.5": 2.5625, "tq2": 2.0625,
+    # head_dim 256: 16 bits of norm per row add 1/16 bit per value; QJL and the split of the
+    # fractional formats add a second norm.
+    expected = {"tq4": 4.0625, "tq3.5": 3.625, "tq3": 3.0625, "tq2.5": 2.625, "tq2": 2.0625,
                 "tq3+qjl": 3.125, "tq4+qjl": 4.125, "polar": 3.5625, "polar+qjl": 4.625, "f16": 16.0}
     for name, bits in expected.items():
         assert _core.KVCodec(name, 256).bits_per_value == bits, name
@@ -147,6 +151,32 @@ def test_fractional_widths_between_neighbours():
     # Half the coordinates at each width: the error is the mean of the two neighbours' errors.
     assert mse("tq3.5") == pytest.approx((mse("tq4") + mse("tq3")) / 2, rel=0.03)
     assert mse("tq2.5") == pytest.approx((mse("tq3") + mse("tq2")) / 2, rel=0.03)
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_FORMATS))
+@pytest.mark.parametrize("d", [64, 256])
+def test_split_formats_code_each_half_as_a_vector(name, d):
+    # tq3.5 and tq2.5 code channels [0, d/2) and [d/2, d) as two vectors of d/2 channels, each
+    # with its own f16 norm, rotation and Lloyd-Max codebook for a unit vector in d/2 dimensions.
+    codec = _core.KVCodec(name, d, seed=8)
+    half = d // 2
+    first_bits, second_bits = MSE_FORMATS[name]
+    np.testing.assert_allclose(codec.centroids, sphere_lloyd_max(half, 2**first_bits), rtol=2.5e-7, atol=0)
+    rotation = codec.rotate(np.eye(d, dtype=np.float32)).T.astype(np.float64)
+    assert np.abs(rotation[:half, half:]).max() == 0 and np.abs(rotation[half:, :half]).max() == 0
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((50, d)) * np.r_[np.full(half, 3.0), np.ones(half)]).astype(np.float32)
+    expected = np.empty((50, d))
+    for part, bits in ((slice(0, half), first_bits), (slice(half, d), second_bits)):
+        centroids = sphere_lloyd_max(half, 2**bits)
+        block = rotation[part, part]
+        norm = np.linalg.norm(x[:, part].astype(np.float64), axis=1, keepdims=True)
+        y = (x[:, part] / norm) @ block.T
+        nearest = centroids[np.abs(y[..., None] - centroids).argmin(axis=-1)]
+        expected[:, part] = (nearest @ block) * norm.astype(np.float16).astype(np.float64)
+    # float32 rotation and centroids against float64: relative error about 1e-6.
+    np.testing.assert_allclose(codec.decode(codec.encode(x)), expected, rtol=0, atol=1e-5 * np.abs(x).max())
 
 
 def test_polar_mse_matches_radius_and_angle_error():

@@ -90,16 +90,19 @@ def audio_kv_rows(model, token_ids, soft_embeddings) -> list:
 def codebook_samples(rows, cache_type: str) -> np.ndarray:
     """Return the values the codebook of cache_type quantizes for rows (n, head_dim): the
     rotated unit-vector coordinates (tq formats) or coordinate-pair radii (polar), times
-    sqrt(head_dim), the scale of ``tq_kv_codec_create_with_codebook``. Rows of zero norm are
-    skipped."""
+    sqrt(dim), the scale of ``tq_kv_codec_create_with_codebook``. dim is head_dim, or
+    head_dim / 2 for the split formats (tq3.5, tq2.5), which code each half of the channels
+    as a unit vector of its own. Rows of zero norm are skipped."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     head_dim = rows.shape[1]
     rows = rows[np.linalg.norm(rows, axis=1) > 0]
-    rotated = _core.KVCodec(cache_type, head_dim, CACHE_CODEC_SEED).rotate(rows).astype(np.float64)
+    codec = _core.KVCodec(cache_type, head_dim, CACHE_CODEC_SEED)
+    rotated = codec.rotate(rows).astype(np.float64)
     if cache_type.startswith("polar"):
         half = head_dim // 2
         rotated = np.hypot(rotated[:, :half], rotated[:, half:])
-    return (rotated * math.sqrt(head_dim)).reshape(-1)
+    coded_dim = head_dim // 2 if codec.split else head_dim
+    return (rotated * math.sqrt(coded_dim)).reshape(-1)
 
 
 def fit_audio_codebook(model, token_ids, soft_embeddings, cache_type: str | None = None,

@@ -394,6 +394,12 @@ static PyObject *KVCodec_get_bits_per_value(KVCodecObject *self, void *closure)
     return check_ready(self) != 0 ? NULL : PyFloat_FromDouble(tq_kv_codec_bits_per_value(self->codec));
 }
 
+static PyObject *KVCodec_get_split(KVCodecObject *self, void *closure)
+{
+    (void)closure;
+    return check_ready(self) != 0 ? NULL : PyBool_FromLong(tq_kv_codec_is_split(self->codec));
+}
+
 static PyObject *KVCodec_get_kernels(KVCodecObject *self, void *closure)
 {
     (void)closure;
@@ -428,12 +434,16 @@ static PyGetSetDef KVCodec_getset[] = {
     {"seed", (getter)KVCodec_get_seed, NULL, "Seed of the rotation and the QJL projection.", NULL},
     {"row_bytes", (getter)KVCodec_get_row_bytes, NULL, "Bytes per encoded row, norms included.", NULL},
     {"bits_per_value", (getter)KVCodec_get_bits_per_value, NULL, "8 * row_bytes / head_dim.", NULL},
+    {"split", (getter)KVCodec_get_split, NULL,
+     "True for tq3.5 and tq2.5: channels [0, head_dim/2) and [head_dim/2, head_dim) are coded as two vectors, "
+     "each with its own norm and rotation, the first at the wider width.",
+     NULL},
     {"kernels", (getter)KVCodec_get_kernels, NULL, "Kernel variant chosen at creation ('avx512', ...).", NULL},
     {"max_qjl_bits", (getter)KVCodec_get_max_qjl_bits, NULL,
      "Largest residual precision the rows hold: 2 for a +qjl codec created with max_qjl_bits=2, else 1.", NULL},
     {"centroids", (getter)KVCodec_get_centroids, NULL,
      "Lloyd-Max centroids of the first coordinate group (tq) or of the pair radius (polar), in units of the "
-     "rotated unit vector's coordinates; empty for f16.",
+     "rotated unit vector's coordinates (for split formats, of each half's unit vector); empty for f16.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

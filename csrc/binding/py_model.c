@@ -1316,7 +1316,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     static char *keywords[] = {"keys",    "values",  "queries",    "cache_type_k", "cache_type_v",
                                "window",  "n_batch", "splits",     "kernels",      "recent_f16",
                                "seed",    "key_scale", "key_center", "audio_positions", "audio_codebook",
-                               "read_rows", "qjl_bits", NULL};
+                               "read_rows", "qjl_bits", "channel_order_k", "channel_order_v", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *key_scale_object = Py_None, *key_center_object = Py_None, *qjl_bits_object = Py_None;
     PyObject *audio_positions_object = Py_None, *audio_codebook_object = Py_None;
@@ -1325,16 +1325,18 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     Py_ssize_t audio_codebook_count = 0;
     int read_rows = 0;
     PyArrayObject *key_scale = NULL, *key_center = NULL, *qjl_bits = NULL;
+    PyObject *order_objects[2] = {Py_None, Py_None};
+    PyArrayObject *orders[2] = {NULL, NULL};
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     long long window = 0, n_batch = 0, recent_f16 = 0;
     unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpO:kv_cache_attention", keywords,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOO:kv_cache_attention", keywords,
                                      &keys_object, &values_object, &queries_object, &cache_type_k, &cache_type_v,
                                      &window, &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
                                      &key_center_object, &audio_positions_object, &audio_codebook_object,
-                                     &read_rows, &qjl_bits_object)) {
+                                     &read_rows, &qjl_bits_object, &order_objects[0], &order_objects[1])) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -1445,6 +1447,21 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
             goto done;
         }
     }
+    for (int side = 0; side < 2; side++) {
+        if (order_objects[side] == Py_None) {
+            continue;
+        }
+        orders[side] = (PyArrayObject *)PyArray_FROMANY(order_objects[side], NPY_INT, 1, 1,
+                                                        NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (orders[side] == NULL) {
+            goto done;
+        }
+        if (PyArray_SIZE(orders[side]) != head_dim) {
+            PyErr_Format(PyExc_ValueError, "channel_order_%s must have head_dim=%d entries, got %zd",
+                         side == 0 ? "k" : "v", head_dim, (Py_ssize_t)PyArray_SIZE(orders[side]));
+            goto done;
+        }
+    }
     int64_t layer_window = window;
     tq_kv_cache_config config = {
         .n_layers = 1,
@@ -1463,6 +1480,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .audio_codebook = audio_codebook,
         .audio_codebook_count = (size_t)audio_codebook_count,
         .max_qjl_bits = qjl_bits != NULL ? 2 : 1,
+        .channel_order_k = orders[0] != NULL ? (const int *)PyArray_DATA(orders[0]) : NULL,
+        .channel_order_v = orders[1] != NULL ? (const int *)PyArray_DATA(orders[1]) : NULL,
     };
     if (tq_kv_cache_create(&config, &cache, &err) != TQ_OK) {
         tq_py_raise(&err);
@@ -1535,6 +1554,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
 done:
     Py_XDECREF(key_scale);
     Py_XDECREF(key_center);
+    Py_XDECREF(orders[0]);
+    Py_XDECREF(orders[1]);
     Py_XDECREF(audio_positions);
     PyMem_Free(audio_codebook);
     Py_XDECREF(qjl_bits);
