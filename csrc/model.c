@@ -575,6 +575,9 @@ static tq_status channel_order_tables(const tq_model *model, int **order_k_out, 
     const tq_model_config *c = &model->config;
     const int d = c->head_dim;
     const int half = d / 2;
+    if (d < 2 || d % 2 != 0) {
+        return tq_error_set(err, TQ_ERR_INVALID, "head_dim %d must be even for the KV channel order tables", d);
+    }
     int *order_k = malloc((size_t)c->n_layers * (size_t)d * sizeof(int));
     int *order_v = malloc((size_t)c->n_layers * (size_t)d * sizeof(int));
     double *score = malloc((size_t)d * sizeof(double));
