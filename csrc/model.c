@@ -568,8 +568,8 @@ static void order_from_flags(const uint8_t *first, int d, int *order)
  * Keys: channel i of q . k carries wq[i] * wk[i] of the score (see key_balance_tables), and
  * RoPE mixes channel i with i + head_dim/2, so whole pairs are ranked by the product of their
  * RMS query and key norm weights. Values: channel c of head g is the dot product of the normed
- * input (unit RMS per channel on average) with row g * head_dim + c of the V projection, so
- * its energy is taken as sum_i (W_v[row][i] * attn_norm[i])^2, summed over KV heads. */
+ * input (unit RMS per channel on average) with row g * head_dim + c of the V projection. Its
+ * energy is therefore taken as sum_i (W_v[row][i] * attn_norm[i])^2, summed over KV heads. */
 static tq_status channel_order_tables(const tq_model *model, int **order_k_out, int **order_v_out, tq_error *err)
 {
     const tq_model_config *c = &model->config;
@@ -717,13 +717,7 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         if (status == TQ_OK && params->kv_balance_keys && !gemma4) {
             status = key_balance_tables(model, &key_scale, &key_center, err);
         }
-        /* TODO: channel orders for Gemma 4 (per-layer head sizes); its split types keep the
-         * natural channel order for now. */
-        int *order_k = NULL;
-        int *order_v = NULL;
-        if (status == TQ_OK && !gemma4) {
-            status = channel_order_tables(model, &order_k, &order_v, err);
-        }
+
         /* Gemma 3 writes and attends TQ_ATTENTION_BATCH positions at a time. Gemma 4 writes
          * a whole micro-batch first, because its shared-KV layers attend over the rows of an
          * earlier layer after that layer has written all of them. */
@@ -750,8 +744,8 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .audio_codebook = model->placeholders.audio_codebook,
             .audio_codebook_count = model->placeholders.audio_codebook_count,
             .max_qjl_bits = tq_context_max_qjl_bits(context),
-            .channel_order_k = order_k,
-            .channel_order_v = order_v,
+            .channel_order_k = model->kv_channel_order_k,
+            .channel_order_v = model->kv_channel_order_v,
         };
         if (status == TQ_OK) {
             status = tq_kv_cache_create(&cache_config, &context->cache, err);
@@ -759,8 +753,6 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
         free(layer_f16);
         free(key_scale);
         free(key_center);
-        free(order_k);
-        free(order_v);
     }
     if (status != TQ_OK) {
         tq_context_free(context);
@@ -910,6 +902,11 @@ tq_status tq_model_create(const tq_model_params *params, tq_model **out, tq_erro
     if (status == TQ_OK) {
         status = store_placeholders(model, params->placeholders, err);
     }
+    /* TODO: channel orders for Gemma 4 (per-layer head sizes); its split types keep the natural
+     * channel order for now. */
+    if (status == TQ_OK && !gemma4) {
+        status = channel_order_tables(model, &model->kv_channel_order_k, &model->kv_channel_order_v, err);
+    }
     if (status == TQ_OK) {
         status = tq_context_create(model, &model->context_params, &model->context, err);
     }
@@ -930,6 +927,8 @@ void tq_model_free(tq_model *model)
     tq_gemma4_free(model->gemma4);
     free(model->kv_f16_layers);
     free(model->audio_codebook);
+    free(model->kv_channel_order_k);
+    free(model->kv_channel_order_v);
     free(model->layer_window);
     free(model->layers);
     if (model->owns_tokenizer) {

@@ -83,6 +83,10 @@ struct tq_model {
     struct tq_gemma4 *gemma4;         /* Gemma 4 weights and tables; NULL for Gemma 3 */
     tq_placeholder_params placeholders; /* audio_codebook points to the model's own copy */
     float *audio_codebook;              /* owned copy behind placeholders.audio_codebook */
+    /* Channel orders of the split KV types (tq_kv_cache_config.channel_order_k and _v), derived
+     * from the weights once at load and shared by every context; NULL for Gemma 4. */
+    int *kv_channel_order_k;
+    int *kv_channel_order_v;
 };
 
 /* State of one sequence; see model.h. */
