@@ -131,7 +131,7 @@ typedef struct {
 
     /* Channel order of the split codec types (tq3.5, tq2.5; NULL: natural order), for keys and
      * for values: n_layers rows of head_dim channel indices (a row per layer, shared by its KV
-     * heads), each row a permutation of the layer's channels. Coded channel i holds channel
+     * heads), each row a permutation of the layer's channels. Coded channel i is channel
      * order[i], so the first head_dim / 2 listed get the wider codes. Keys are ordered after
      * balancing; queries and attention outputs are ordered to match. Sides whose type does not
      * split ignore it. */

@@ -17,9 +17,9 @@
  *   TQ_KV_KIND_MSE    a group of the codes of coordinates [0, d/2) at bits_first bits,
  *                     then a group of [d/2, d) at bits_second bits. Split rows (the
  *                     fractional formats) code the two halves of the input as two vectors
- *                     of d/2 channels: each half has its own norm and its own rotation, so
- *                     a half of coordinates in the rotated domain is a half of channels in
- *                     the input. Kernels scale each half by its norm and take 1 as the row
+ *                     of d/2 channels, each with its own norm and rotation. So a half of
+ *                     coordinates in the rotated domain is a half of channels in the
+ *                     input. Kernels scale each half by its norm and take 1 as the row
  *                     norm.
  *   TQ_KV_KIND_POLAR  a group of 4-bit radius codes, then a group of 3-bit angle codes,
  *                     one code of each per pair (j, j + d/2).

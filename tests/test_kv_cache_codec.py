@@ -192,8 +192,8 @@ def test_balanced_keys_checked():
 
 
 def ordered_stored(x, cache_type, order):
-    """Rows as a cache with a channel order stores them: coded channel i holds channel
-    order[i], decoded and put back in place."""
+    """Rows as a cache with a channel order stores them. Coded channel i is channel order[i],
+    decoded and put back in place."""
     coded = stored(np.ascontiguousarray(x[:, order]), cache_type)
     out = np.empty_like(coded)
     out[:, order] = coded
