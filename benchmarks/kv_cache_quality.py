@@ -9,9 +9,10 @@ once for all of them.
     OMP_NUM_THREADS=2 python benchmarks/kv_cache_quality.py --ctx 2048 --windows 1 \\
         --config f16/f16 --config tq3.5/tq2.5 --config tq4/tq3:128:0,-1
 
-A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:raw]]], for example tq3/tq3:128:0,-1
-keeps the newest 128 positions and layers 0 and 17 in f16; a final ":raw" turns key balancing
-off (Model.load(kv_balance_keys=False)).
+A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]], for example tq3/tq3:128:0,-1
+keeps the newest 128 positions and layers 0 and 17 in f16. Flags after them: "raw" turns key
+balancing off (Model.load(kv_balance_keys=False)), "sinkN" keeps the first N positions in f16
+(Model.load(kv_sink_f16=N)); for example tq2.5/tq2.5:128::sink4.
 """
 
 import argparse
@@ -32,9 +33,17 @@ def parse_config(text):
     keys, values = parts[0].split("/")
     recent = int(parts[1]) if len(parts) > 1 and parts[1] else 0
     layers = tuple(int(x) for x in parts[2].split(",")) if len(parts) > 2 and parts[2] else ()
-    balance = not (len(parts) > 3 and parts[3] == "raw")
+    balance = True
+    sink = 0
+    for flag in parts[3:]:
+        if flag == "raw":
+            balance = False
+        elif flag.startswith("sink") and flag[4:].isdigit():
+            sink = int(flag[4:])
+        else:
+            raise SystemExit(f"unknown flag {flag!r} in configuration {text!r}; use raw or sinkN")
     return {"text": text, "cache_type_k": keys, "cache_type_v": values, "kv_recent_f16": recent,
-            "kv_f16_layers": layers, "kv_balance_keys": balance}
+            "kv_f16_layers": layers, "kv_balance_keys": balance, "kv_sink_f16": sink}
 
 
 def log_softmax(logits):
@@ -59,7 +68,8 @@ def main(argv=None):
     reference = Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k="f16", cache_type_v="f16")
     models = [Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k=c["cache_type_k"],
                          cache_type_v=c["cache_type_v"], kv_recent_f16=c["kv_recent_f16"],
-                         kv_f16_layers=c["kv_f16_layers"], kv_balance_keys=c["kv_balance_keys"]) for c in configs]
+                         kv_f16_layers=c["kv_f16_layers"], kv_balance_keys=c["kv_balance_keys"],
+                         kv_sink_f16=c["kv_sink_f16"]) for c in configs]
     with open(path, encoding="utf-8") as f:
         tokens = reference.tokenize(f.read(), add_bos=False, special=False)
     windows = perplexity_windows(tokens, args.ctx, int(reference.tokenizer.bos_id))[: args.windows]
@@ -92,9 +102,9 @@ def main(argv=None):
     base = math.exp(np.mean(reference_nll))
     print(f"text {args.text}, ctx {args.ctx}, {len(windows)} window(s), {len(reference_nll)} scored tokens, "
           f"{time.time() - start_time:.0f} s")
-    print(f"{'keys/values':>12} {'recent f16':>10} {'f16 layers':>10} {'bits/value':>10} {'memory':>7} "
-          f"{'perplexity':>10} {'vs f16':>8} {'KL':>8} {'top-1':>7}")
-    print(f"{'f16/f16':>12} {0:>10} {'-':>10} {16.0:>10.3f} {1.0:>7.3f} {base:>10.4f} {'':>8} {'':>8} {'':>7}")
+    print(f"{'keys/values':>12} {'recent f16':>10} {'sink f16':>8} {'f16 layers':>10} {'bits/value':>10} "
+          f"{'memory':>7} {'perplexity':>10} {'vs f16':>8} {'KL':>8} {'top-1':>7}")
+    print(f"{'f16/f16':>12} {0:>10} {0:>8} {'-':>10} {16.0:>10.3f} {1.0:>7.3f} {base:>10.4f} {'':>8} {'':>8} {'':>7}")
     for i, (config, model) in enumerate(zip(configs, models)):
         ppl = math.exp(np.mean(nll[i]))
         # bits/value: stored bits per cached value of one position (codes and norms, f16 layers
@@ -103,7 +113,7 @@ def main(argv=None):
         memory = model.kv_cache_bytes() / reference.kv_cache_bytes()
         layers = ",".join(str(x) for x in config["kv_f16_layers"]) or "-"
         print(f"{config['cache_type_k'] + '/' + config['cache_type_v']:>12} {config['kv_recent_f16']:>10} "
-              f"{layers:>10} {bits:>10.3f} {memory:>7.3f} {ppl:>10.4f} {100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} "
+              f"{config['kv_sink_f16']:>8} {layers:>10} {bits:>10.3f} {memory:>7.3f} {ppl:>10.4f} {100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} "
               f"{100 * np.mean(top1[i]):>6.1f}%")
 
 

@@ -85,6 +85,7 @@ const tq_config_key_spec tq_config_keys[TQ_CFG_KEY_COUNT] = {
     STRING_KEY(TQ_CFG_CACHE_TYPE_K, "cache_type_k", ANY, 0, NULL, 1, cache_type_k),
     STRING_KEY(TQ_CFG_CACHE_TYPE_V, "cache_type_v", ANY, 0, NULL, 1, cache_type_v),
     INT_KEY(TQ_CFG_KV_RECENT_F16, "kv_recent_f16", ANY, 0, 0, MAX_POSITIONS, kv_recent_f16),
+    INT_KEY(TQ_CFG_KV_SINK_F16, "kv_sink_f16", ANY, 0, 0, MAX_POSITIONS, kv_sink_f16),
     INT_LIST_KEY(TQ_CFG_KV_F16_LAYERS, "kv_f16_layers", ANY, -TQ_CONFIG_MAX_LAYERS, TQ_CONFIG_MAX_LAYERS - 1, 0,
                  kv_f16_layers),
     INT_KEY(TQ_CFG_QJL_BITS, "qjl_bits", ANY, 0, 1, 2, qjl_bits),

@@ -201,6 +201,10 @@ typedef struct {
     const tq_kv_type_ops *ops_v;
     uint16_t *recent_keys;
     uint16_t *recent_values;
+    /* f16 copies of the first sink_slots positions of the sequence (position p in slot p), each
+     * of n_kv_heads f16 rows; NULL without sink positions. */
+    uint16_t *sink_keys;
+    uint16_t *sink_values;
     /* Key balancing of a codec key side, NULL without it (see tq_kv_cache_config).
      * key_scale and key_center have head_dim entries. key_mean has n_kv_heads rows of
      * head_dim floats, set by the first write after creation or after a reset. */
@@ -242,6 +246,13 @@ struct tq_kv_cache {
     uint8_t *audio_flags;
     int64_t recent_f16;
     int64_t recent_slots;
+    /* sink_f16: first positions of the sequence read from f16 copies, 0 for none. sink_slots:
+     * positions with an f16 copy in the sink arrays. Without a recent ring it adds n_batch
+     * positions, so that tq_kv_cache_move into a sink position finds the f16 rows of any
+     * position written in the same batch (a draft tree's nodes). */
+    int64_t sink_f16;
+    int64_t sink_slots;
+    float *sink_rows; /* one position's keys and values, for tq_kv_cache_move into the sink */
     float *balanced_keys; /* room for n_batch positions of balanced keys, if any layer balances */
     float *ordered_rows;  /* one position's keys, then its values, if any layer orders channels */
     /* Residual precision of the +qjl types: has_qjl is 1 when K or V is a +qjl type, and
@@ -430,9 +441,26 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
     return TQ_OK;
 }
 
+/* Allocate the f16 copies of keys and values for slots positions of slot_bytes each (the recent
+ * window or the sink of layer l); what names them in errors. */
+static tq_status allocate_f16_copies(int64_t slots, size_t slot_bytes, const char *what, int l, uint16_t **keys,
+                                     uint16_t **values, tq_error *err)
+{
+    size_t bytes;
+    if (!tq_mul_size((size_t)slots, slot_bytes, &bytes)) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "%s of %lld positions overflows size_t", what, (long long)slots);
+    }
+    *keys = tq_aligned_alloc(bytes);
+    *values = tq_aligned_alloc(bytes);
+    if (*keys == NULL || *values == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the %s of layer %d", what, l);
+    }
+    return TQ_OK;
+}
+
 /* Per-layer storage of every layer: row sizes, baseline ops or codecs, and for codec
- * layers the f16 ring of the recent window. Layers flagged in config->layer_f16 store f16
- * rows with the baseline f16 type. */
+ * layers the f16 ring of the recent window and the f16 sink. Layers flagged in
+ * config->layer_f16 store f16 rows with the baseline f16 type. */
 static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *config, tq_error *err)
 {
     const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
@@ -447,6 +475,15 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         if (cache->recent_f16 > 0) {
             cache->recent_slots = cache->recent_f16 + cache->n_batch;
             cache->recent_slots = cache->recent_slots < cache->n_ctx ? cache->recent_slots : cache->n_ctx;
+        }
+        if (config->sink_f16 < 0) {
+            return tq_error_set(err, TQ_ERR_INVALID, "sink_f16 must be >= 0 positions, got %lld",
+                                (long long)config->sink_f16);
+        }
+        cache->sink_f16 = config->sink_f16 < cache->n_ctx ? config->sink_f16 : cache->n_ctx;
+        if (cache->sink_f16 > 0) {
+            cache->sink_slots = cache->sink_f16 + (cache->recent_slots > 0 ? 0 : cache->n_batch);
+            cache->sink_slots = cache->sink_slots < cache->n_ctx ? cache->sink_slots : cache->n_ctx;
         }
     }
 
@@ -487,15 +524,17 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         layer->value_slot_bytes = layer->value_row_bytes * (size_t)cache->n_kv_heads;
 
         if ((layer->codec_k != NULL || layer->codec_v != NULL) && cache->recent_slots > 0) {
-            size_t bytes;
-            if (!tq_mul_size((size_t)cache->recent_slots * (size_t)cache->n_kv_heads, f16_row, &bytes)) {
-                return tq_error_set(err, TQ_ERR_NOMEM, "recent f16 window of %lld positions overflows size_t",
-                                    (long long)cache->recent_slots);
+            status = allocate_f16_copies(cache->recent_slots, (size_t)cache->n_kv_heads * f16_row, "recent f16 window",
+                                         l, &layer->recent_keys, &layer->recent_values, err);
+            if (status != TQ_OK) {
+                return status;
             }
-            layer->recent_keys = tq_aligned_alloc(bytes);
-            layer->recent_values = tq_aligned_alloc(bytes);
-            if (layer->recent_keys == NULL || layer->recent_values == NULL) {
-                return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the recent f16 window of layer %d", l);
+        }
+        if ((layer->codec_k != NULL || layer->codec_v != NULL) && cache->sink_f16 > 0) {
+            status = allocate_f16_copies(cache->sink_slots, (size_t)cache->n_kv_heads * f16_row, "f16 sink", l,
+                                         &layer->sink_keys, &layer->sink_values, err);
+            if (status != TQ_OK) {
+                return status;
             }
         }
         const size_t order_stride = (size_t)config->head_dim;
@@ -521,6 +560,12 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
             if (status != TQ_OK) {
                 return status;
             }
+        }
+    }
+    if (cache->sink_f16 > 0) {
+        cache->sink_rows = malloc(2 * (size_t)cache->n_kv_heads * (size_t)config->head_dim * sizeof(float));
+        if (cache->sink_rows == NULL) {
+            return tq_error_set(err, TQ_ERR_NOMEM, "out of memory for the f16 sink");
         }
     }
     /* The cache-wide sizes describe the first layer (which always stores its rows); code
@@ -661,6 +706,8 @@ void tq_kv_cache_free(tq_kv_cache *cache)
             tq_aligned_free(cache->layers[l].values);
             tq_aligned_free(cache->layers[l].recent_keys);
             tq_aligned_free(cache->layers[l].recent_values);
+            tq_aligned_free(cache->layers[l].sink_keys);
+            tq_aligned_free(cache->layers[l].sink_values);
             free(cache->layers[l].key_scale);
             free(cache->layers[l].key_center);
             free(cache->layers[l].key_mean);
@@ -678,6 +725,7 @@ void tq_kv_cache_free(tq_kv_cache *cache)
     free(cache->audio_flags);
     free(cache->balanced_keys);
     free(cache->ordered_rows);
+    free(cache->sink_rows);
     free(cache->position_qjl_bits);
     free(cache);
 }
@@ -837,7 +885,7 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
     }
     const int head_dim = layer->head_dim;
     const int row_floats = cache->n_kv_heads * head_dim;
-    /* Codes take balanced keys; the f16 window below keeps the keys as they are. */
+    /* Codes take balanced keys; the f16 copies below keep the keys as they are. */
     const float *coded_keys = keys;
     if (layer->key_scale != NULL) {
         if (!layer->key_mean_set) {
@@ -866,14 +914,21 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
                    cache->n_kv_heads, head_dim, key_slot, layer->key_row_bytes);
         write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits, value_rows,
                    cache->n_kv_heads, head_dim, value_slot, layer->value_row_bytes);
+        const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
+        const size_t f16_slot = (size_t)row_floats;
         if (layer->recent_keys != NULL) {
-            const size_t recent_row = (size_t)row_floats;
             const int64_t recent_slot = (pos + t) % cache->recent_slots;
-            const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
-            f16_ops->write_rows(keys + t * row_floats, 1, row_floats, layer->recent_keys + recent_slot * recent_row,
-                                recent_row * sizeof(uint16_t));
-            f16_ops->write_rows(values + t * row_floats, 1, row_floats,
-                                layer->recent_values + recent_slot * recent_row, recent_row * sizeof(uint16_t));
+            f16_ops->write_rows(keys + t * row_floats, 1, row_floats, layer->recent_keys + recent_slot * f16_slot,
+                                f16_slot * sizeof(uint16_t));
+            f16_ops->write_rows(values + t * row_floats, 1, row_floats, layer->recent_values + recent_slot * f16_slot,
+                                f16_slot * sizeof(uint16_t));
+        }
+        if (layer->sink_keys != NULL && pos + t < cache->sink_slots) {
+            const size_t sink_slot = (size_t)(pos + t);
+            f16_ops->write_rows(keys + t * row_floats, 1, row_floats, layer->sink_keys + sink_slot * f16_slot,
+                                f16_slot * sizeof(uint16_t));
+            f16_ops->write_rows(values + t * row_floats, 1, row_floats, layer->sink_values + sink_slot * f16_slot,
+                                f16_slot * sizeof(uint16_t));
         }
     }
 }
@@ -957,6 +1012,36 @@ static void read_side(const tq_kv_cache *cache, const tq_kv_type_ops *ops, const
     }
 }
 
+/* Decode the stored rows of position pos of a layer that stores its own rows into keys and
+ * values (n_kv_heads rows of head_dim floats each), undoing channel order and key balancing. */
+static void decode_position(const tq_kv_cache *cache, const tq_kv_layer *layer, int64_t pos, float *keys,
+                            float *values)
+{
+    const int head_dim = layer->head_dim;
+    const size_t row_floats = (size_t)cache->n_kv_heads * (size_t)head_dim;
+    const int64_t slot = pos % layer->max_slots;
+    const int audio = tq_kv_cache_is_audio(cache, pos);
+    const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, pos);
+    read_side(cache, layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, qjl_bits,
+              layer->keys + (size_t)slot * layer->key_slot_bytes, layer->key_row_bytes, head_dim, keys);
+    read_side(cache, layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits,
+              layer->values + (size_t)slot * layer->value_slot_bytes, layer->value_row_bytes, head_dim, values);
+    if (layer->order_k != NULL) {
+        restore_channels(layer->order_k, cache->n_kv_heads, head_dim, keys);
+    }
+    if (layer->order_v != NULL) {
+        restore_channels(layer->order_v, cache->n_kv_heads, head_dim, values);
+    }
+    if (layer->key_scale != NULL) {
+        /* Codes hold (k - mean) * scale. */
+        for (size_t r = 0; r < row_floats; r++) {
+            const size_t channel = r % (size_t)head_dim;
+            const float *mean = layer->key_mean + (r / (size_t)head_dim) * (size_t)head_dim;
+            keys[r] = keys[r] / layer->key_scale[channel] + mean[channel];
+        }
+    }
+}
+
 tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer_index, int64_t pos, int64_t n, float *keys,
                            float *values, tq_error *err)
 {
@@ -973,32 +1058,9 @@ tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer_index, int64_t po
                             (long long)pos, (long long)(pos + n - 1), layer_index, (long long)oldest_held,
                             (long long)(cache->n_past - 1));
     }
-    const int head_dim = layer->head_dim;
-    const size_t row_floats = (size_t)cache->n_kv_heads * (size_t)head_dim;
+    const size_t row_floats = (size_t)cache->n_kv_heads * (size_t)layer->head_dim;
     for (int64_t t = 0; t < n; t++) {
-        const int64_t slot = (pos + t) % layer->max_slots;
-        const int audio = tq_kv_cache_is_audio(cache, pos + t);
-        const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, pos + t);
-        float *key = keys + (size_t)t * row_floats;
-        read_side(cache, layer->ops_k, audio ? layer->audio_codec_k : layer->codec_k, qjl_bits,
-                  layer->keys + (size_t)slot * layer->key_slot_bytes, layer->key_row_bytes, head_dim, key);
-        read_side(cache, layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits,
-                  layer->values + (size_t)slot * layer->value_slot_bytes, layer->value_row_bytes, head_dim,
-                  values + (size_t)t * row_floats);
-        if (layer->order_k != NULL) {
-            restore_channels(layer->order_k, cache->n_kv_heads, head_dim, key);
-        }
-        if (layer->order_v != NULL) {
-            restore_channels(layer->order_v, cache->n_kv_heads, head_dim, values + (size_t)t * row_floats);
-        }
-        if (layer->key_scale != NULL) {
-            /* Codes hold (k - mean) * scale. */
-            for (size_t r = 0; r < row_floats; r++) {
-                const size_t channel = r % (size_t)head_dim;
-                const float *mean = layer->key_mean + (r / (size_t)head_dim) * (size_t)head_dim;
-                key[r] = key[r] / layer->key_scale[channel] + mean[channel];
-            }
-        }
+        decode_position(cache, layer, pos + t, keys + (size_t)t * row_floats, values + (size_t)t * row_floats);
     }
     return TQ_OK;
 }
@@ -1049,8 +1111,11 @@ int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t p
     return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
 }
 
-void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t pos, int64_t begin,
-                              int64_t end, int n_queries, const float *queries, void *scratch, float *partial)
+/* tq_kv_cache_attend_range with the f16 sink read for the positions below sink_limit (at most
+ * the cache's sink_slots) instead of below sink_f16. */
+static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t pos, int64_t begin,
+                         int64_t end, int64_t sink_limit, int n_queries, const float *queries, void *scratch,
+                         float *partial)
 {
     /* A layer without rows of its own reads its source layer, which has the same window. */
     layer_index = cache->layers[layer_index].source;
@@ -1067,10 +1132,15 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
     int64_t first = tq_kv_cache_first_visible(cache, layer_index, pos);
     first = begin > first ? begin : first;
     const int64_t last = end - 1 < pos ? end - 1 : pos;
-    /* Positions from recent_first on are read from the f16 ring of a codec layer. */
+    /* A codec layer reads positions from recent_first on from its f16 ring and positions
+     * before sink_end from its f16 sink; the codes cover the rest. */
     int64_t recent_first = last + 1;
     if (layer->recent_keys != NULL) {
         recent_first = pos - cache->recent_f16 + 1 > first ? pos - cache->recent_f16 + 1 : first;
+    }
+    int64_t sink_end = first;
+    if (layer->sink_keys != NULL && sink_limit > first) {
+        sink_end = sink_limit < recent_first ? sink_limit : recent_first;
     }
 
     float score_offsets[TQ_KV_MAX_GROUP] = {0.0f};
@@ -1113,22 +1183,32 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
     int64_t chunk_start = first;
     while (chunk_start <= last) {
         /* A chunk is a run of consecutive slots of one ring: it ends at TQ_KV_CHUNK
-         * positions, at the last visible one, where the ring wraps, or where the f16
-         * window starts. */
+         * positions, at the last visible one, where the ring wraps, or where the f16 sink
+         * ends or the f16 window starts. */
         const int recent = chunk_start >= recent_first;
-        const int64_t ring = recent ? cache->recent_slots : layer->max_slots;
+        const int sink = chunk_start < sink_end;
+        const int exact = recent || sink; /* read from f16 copies, not from codes */
+        int64_t ring = layer->max_slots;
+        if (recent) {
+            ring = cache->recent_slots;
+        } else if (sink) {
+            ring = cache->sink_slots;
+        }
         const int64_t slot = chunk_start % ring;
         int64_t length = last - chunk_start + 1;
         length = length < TQ_KV_CHUNK ? length : TQ_KV_CHUNK;
         length = length < ring - slot ? length : ring - slot;
-        if (!recent && recent_first - chunk_start < length) {
+        if (sink && sink_end - chunk_start < length) {
+            length = sink_end - chunk_start;
+        }
+        if (!exact && recent_first - chunk_start < length) {
             length = recent_first - chunk_start;
         }
         /* Coded rows of one chunk share one codebook and one residual precision: a chunk also
          * ends where the audio flag or the precision of its positions changes. */
-        const int audio = !recent && tq_kv_cache_is_audio(cache, chunk_start);
+        const int audio = !exact && tq_kv_cache_is_audio(cache, chunk_start);
         const int qjl_bits = tq_kv_cache_qjl_bits_at(cache, chunk_start);
-        if (!recent && (cache->audio_flags != NULL || cache->position_qjl_bits != NULL)) {
+        if (!exact && (cache->audio_flags != NULL || cache->position_qjl_bits != NULL)) {
             int64_t same = 1;
             while (same < length && tq_kv_cache_is_audio(cache, chunk_start + same) == audio &&
                    tq_kv_cache_qjl_bits_at(cache, chunk_start + same) == qjl_bits) {
@@ -1140,10 +1220,11 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         const tq_kv_codec *value_codec = audio ? layer->audio_codec_v : layer->codec_v;
         const uint8_t *key_rows, *value_rows;
         size_t key_stride, value_stride;
-        if (recent) {
-            key_rows = (const uint8_t *)layer->recent_keys + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
-            value_rows =
-                (const uint8_t *)layer->recent_values + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
+        if (exact) {
+            const uint16_t *f16_keys = recent ? layer->recent_keys : layer->sink_keys;
+            const uint16_t *f16_values = recent ? layer->recent_values : layer->sink_values;
+            key_rows = (const uint8_t *)f16_keys + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
+            value_rows = (const uint8_t *)f16_values + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
             key_stride = value_stride = recent_stride;
         } else {
             key_rows = layer->keys + (size_t)slot * layer->key_slot_bytes + (size_t)kv_head * layer->key_row_bytes;
@@ -1154,8 +1235,8 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         }
 
         /* Scores: a codec scores every query in one pass over the codes; the f16 rows of
-         * the window are scored with the query itself. */
-        if (!recent && layer->codec_k != NULL) {
+         * the sink and the window are scored with the query itself. */
+        if (!exact && layer->codec_k != NULL) {
             tq_kv_codec_scores(key_codec, qjl_bits, (const float *)states, n_queries, key_rows, key_stride,
                                (size_t)length, scores, TQ_KV_CHUNK);
             if (layer->key_scale != NULL) {
@@ -1167,9 +1248,9 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
             }
         } else {
             for (int i = 0; i < n_queries; i++) {
-                const void *state = recent ? (const void *)(queries + (size_t)i * head_dim)
-                                           : (const void *)(states + (size_t)i * state_bytes);
-                const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_k;
+                const void *state = exact ? (const void *)(queries + (size_t)i * head_dim)
+                                          : (const void *)(states + (size_t)i * state_bytes);
+                const tq_kv_type_ops *ops = exact ? f16_ops : layer->ops_k;
                 ops->scores(cache->kernels, state, key_rows, key_stride, length, head_dim,
                             scores + (size_t)i * TQ_KV_CHUNK);
             }
@@ -1207,11 +1288,11 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
 
         /* Values: a codec sums in its rotated domain (finished once below), the others
          * straight into the partial result. */
-        if (!recent && layer->codec_v != NULL) {
+        if (!exact && layer->codec_v != NULL) {
             tq_kv_codec_accumulate(value_codec, qjl_bits, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
                                    n_queries, accs);
         } else {
-            const tq_kv_type_ops *ops = recent ? f16_ops : layer->ops_v;
+            const tq_kv_type_ops *ops = exact ? f16_ops : layer->ops_v;
             for (int i = 0; i < n_queries; i++) {
                 ops->accumulate(cache->kernels, scores + (size_t)i * TQ_KV_CHUNK, value_rows, value_stride, length,
                                 head_dim, partial + (size_t)i * partial_floats + 2);
@@ -1220,7 +1301,7 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
         chunk_start += length;
     }
 
-    if (layer->codec_v != NULL && recent_first > first) {
+    if (layer->codec_v != NULL && recent_first > sink_end) {
         /* One inverse rotation per query and range; finish works in place. */
         for (int i = 0; i < n_queries; i++) {
             float *acc = accs + (size_t)i * acc_floats;
@@ -1230,6 +1311,32 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_
                 values[layer->order_v != NULL ? layer->order_v[d] : d] += acc[d];
             }
         }
+    }
+}
+
+void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t pos, int64_t begin,
+                              int64_t end, int n_queries, const float *queries, void *scratch, float *partial)
+{
+    attend_range(cache, layer_index, kv_head, pos, begin, end, cache->sink_f16, n_queries, queries, scratch, partial);
+}
+
+void tq_kv_cache_attend_path_row(const tq_kv_cache *cache, int layer_index, int kv_head, int64_t row_pos, int64_t slot,
+                                 int64_t distance, int n_queries, const float *queries, void *scratch,
+                                 float *partial)
+{
+    if (row_pos >= cache->sink_f16 || slot == row_pos) {
+        /* Inside the recent window by distance, in the sink by its own slot, or coded. */
+        attend_range(cache, layer_index, kv_head, slot + distance, slot, slot + 1, cache->sink_f16, n_queries,
+                     queries, scratch, partial);
+    } else if (slot < cache->sink_slots) {
+        /* A sink position written past the sink: its f16 copy is in the sink's room for a batch. */
+        attend_range(cache, layer_index, kv_head, slot + distance, slot, slot + 1, slot + 1, n_queries, queries,
+                     scratch, partial);
+    } else {
+        /* Past the sink's room there is a recent ring, and it contains every row of the batch,
+         * so read the row as the newest position. */
+        attend_range(cache, layer_index, kv_head, slot, slot, slot + 1, cache->sink_f16, n_queries, queries, scratch,
+                     partial);
     }
 }
 
@@ -1263,6 +1370,33 @@ void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *p
     }
 }
 
+/* Fill the f16 sink slot of position dst (< sink_f16) with the rows of position src: its own
+ * f16 copy, which the sink or the recent ring holds for every position written in the same
+ * batch as dst; for an older src, its codes decoded, which is what attention read for it.
+ * Called after src's codes moved to dst. */
+static void move_to_sink(tq_kv_cache *cache, tq_kv_layer *layer, int64_t src, int64_t dst)
+{
+    const size_t row = (size_t)cache->n_kv_heads * (size_t)layer->head_dim;
+    const uint16_t *from_keys = NULL, *from_values = NULL;
+    if (src < cache->sink_slots) {
+        from_keys = layer->sink_keys + (size_t)src * row;
+        from_values = layer->sink_values + (size_t)src * row;
+    } else if (layer->recent_keys != NULL) {
+        from_keys = layer->recent_keys + (size_t)(src % cache->recent_slots) * row;
+        from_values = layer->recent_values + (size_t)(src % cache->recent_slots) * row;
+    }
+    if (from_keys != NULL) {
+        memcpy(layer->sink_keys + (size_t)dst * row, from_keys, row * sizeof(uint16_t));
+        memcpy(layer->sink_values + (size_t)dst * row, from_values, row * sizeof(uint16_t));
+        return;
+    }
+    const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
+    decode_position(cache, layer, dst, cache->sink_rows, cache->sink_rows + row);
+    f16_ops->write_rows(cache->sink_rows, 1, (int)row, layer->sink_keys + (size_t)dst * row, row * sizeof(uint16_t));
+    f16_ops->write_rows(cache->sink_rows + row, 1, (int)row, layer->sink_values + (size_t)dst * row,
+                        row * sizeof(uint16_t));
+}
+
 void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
 {
     if (src == dst) {
@@ -1291,6 +1425,9 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
             const size_t recent_to = (size_t)(dst % cache->recent_slots) * row;
             memcpy(layer->recent_keys + recent_to, layer->recent_keys + recent_from, row * sizeof(uint16_t));
             memcpy(layer->recent_values + recent_to, layer->recent_values + recent_from, row * sizeof(uint16_t));
+        }
+        if (layer->sink_keys != NULL && dst < cache->sink_f16) {
+            move_to_sink(cache, layer, src, dst);
         }
     }
 }
@@ -1342,6 +1479,11 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
             /* The f16 copies of the newest positions, keys and values. */
             const int64_t recent_held = cache->n_past < cache->recent_slots ? cache->n_past : cache->recent_slots;
             total += 2 * (size_t)recent_held * (size_t)cache->n_kv_heads * (size_t)layer->head_dim * sizeof(uint16_t);
+        }
+        if (layer->sink_keys != NULL) {
+            /* The f16 copies of the first positions, keys and values. */
+            const int64_t sink_held = cache->n_past < cache->sink_slots ? cache->n_past : cache->sink_slots;
+            total += 2 * (size_t)sink_held * (size_t)cache->n_kv_heads * (size_t)layer->head_dim * sizeof(uint16_t);
         }
         if (layer->key_scale != NULL) {
             /* Scale and flags per channel, mean per KV head and channel. */

@@ -102,6 +102,14 @@ typedef struct {
      * select the channels where a mean is stable over positions (slow RoPE pairs). */
     int64_t recent_f16;
     const uint8_t *layer_f16;
+
+    /* sink_f16: a query reads the first sink_f16 positions of the sequence from f16 copies
+     * instead of their codes (0: codes only). The first positions (BOS and the tokens after
+     * it) draw a large share of attention in many heads. An error in their scores therefore
+     * moves weight between them and all other positions. The copies cost sink_f16 positions
+     * of f16 per layer, or sink_f16 + n_batch without a recent window (see
+     * tq_kv_cache_move), counted by tq_kv_cache_bytes. */
+    int64_t sink_f16;
     uint64_t codec_seed;
     const float *key_scale;
     const uint8_t *key_center;
@@ -177,7 +185,7 @@ int tq_kv_cache_is_audio(const tq_kv_cache *cache, int64_t pos);
 
 /* Decode the stored rows of positions pos .. pos + n - 1 of one layer (a layer without rows of
  * its own reads its source layer) into keys and values, [n][n_kv_heads * head_dim] floats with
- * the layer's head_dim. These are the coded rows that attention reads outside the recent f16
+ * the layer's head_dim. These are the coded rows that attention reads outside the f16 sink and recent
  * window, with key balancing undone. Errors: TQ_ERR_INVALID for a layer outside the cache or
  * positions that are not stored or no longer held by a sliding layer's ring. */
 tq_status tq_kv_cache_read(const tq_kv_cache *cache, int layer, int64_t pos, int64_t n, float *keys, float *values,
@@ -224,6 +232,16 @@ size_t tq_kv_cache_scratch_bytes(const tq_kv_cache *cache, int n_queries);
 void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer, int kv_head, int64_t pos, int64_t begin,
                               int64_t end, int n_queries, const float *queries, void *scratch, float *partial);
 
+/* Partial attention, as tq_kv_cache_attend_range, over one row of a draft path: the row written
+ * at slot is position row_pos of the path, and the query is distance positions after it. The
+ * row is read as tq_kv_cache_attend_range reads position row_pos for a query at row_pos +
+ * distance: from f16 when distance < recent_f16 or row_pos < sink_f16, else from its codes.
+ * slot >= row_pos, and slot must have been written in the current batch (so that its f16 copy
+ * is still held). */
+void tq_kv_cache_attend_path_row(const tq_kv_cache *cache, int layer, int kv_head, int64_t row_pos, int64_t slot,
+                                 int64_t distance, int n_queries, const float *queries, void *scratch,
+                                 float *partial);
+
 /* First visible position of a query at pos on layer (0 on a global layer). */
 int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t pos);
 
@@ -233,8 +251,10 @@ int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t p
 void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *partials, float *out);
 
 /* Copy the rows stored for position src to position dst in every layer (codes, the f16
- * window copy and the residual precision). Both positions must be reserved and src written; dst's rows are replaced.
- * Used to move an accepted draft path of a speculative pass to the end of the prefix. */
+ * window and sink copies and the residual precision). Both positions must be reserved and src written; dst's rows are replaced.
+ * Used to move an accepted draft path of a speculative pass to the end of the prefix. A sink
+ * position dst receives src's exact f16 rows when src was written in the same batch as dst;
+ * otherwise it receives src's decoded codes. */
 void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst);
 
 /* Forget positions >= n_past. Fails with TQ_ERR_INVALID when n_past is negative

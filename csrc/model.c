@@ -736,6 +736,7 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .type_v = params->type_v,
             .isa = model->isa,
             .recent_f16 = params->kv_recent_f16,
+            .sink_f16 = params->kv_sink_f16,
             .layer_f16 = layer_f16,
             .key_scale = key_scale,
             .key_center = key_center,
@@ -824,6 +825,7 @@ static tq_status store_context_params(tq_model *model, const tq_model_params *pa
     stored->type_k = params->type_k;
     stored->type_v = params->type_v;
     stored->kv_recent_f16 = params->kv_recent_f16;
+    stored->kv_sink_f16 = params->kv_sink_f16;
     stored->kv_balance_keys = params->kv_balance_keys ? 1 : 0;
     stored->qjl_precision = params->qjl_precision;
     stored->kv_f16_layers = NULL;

@@ -104,6 +104,7 @@ typedef struct {
     tq_kv_type type_v;
     /* Quality controls of the codec cache types (tq3, ...; see kv_cache.h). */
     int64_t kv_recent_f16;     /* newest positions read from an f16 copy; 0 for none */
+    int64_t kv_sink_f16;       /* first positions of the sequence read from an f16 copy; 0 for none */
     const int *kv_f16_layers;  /* layers stored in f16, negative indices count from the end */
     int n_kv_f16_layers;
     int kv_balance_keys; /* 1: balance the keys of codec cache types (see key_balance_tables) */
@@ -129,6 +130,7 @@ typedef struct {
     tq_kv_type type_k;
     tq_kv_type type_v;
     int64_t kv_recent_f16;    /* as in tq_model_params */
+    int64_t kv_sink_f16;      /* as in tq_model_params */
     const int *kv_f16_layers; /* as in tq_model_params; copied by tq_context_create */
     int n_kv_f16_layers;
     int kv_balance_keys; /* as in tq_model_params */

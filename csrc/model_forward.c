@@ -233,16 +233,20 @@ static int attend_query_parts(tq_context *context, int l, int g, int64_t pos, co
                                  first + span * (part + 1) / splits, group, query, scratch,
                                  parts + (size_t)n_parts * part_floats);
     }
-    /* Oldest row first. A row at distance j is read as a query at pos reads it (from the
-     * f16 window when j is inside it): passing slot + j as the query position does that. */
+    /* Oldest row first. Each row is read as a query at pos reads position q: from the f16
+     * window when pos - q is inside it, and from the f16 sink when q is inside it. This also
+     * holds for a draft path's rows, which are stored at other slots. */
     for (int64_t q = rows_first; q <= pos; q++, n_parts++) {
         if (n_parts < part_begin || n_parts >= part_end) {
             continue;
         }
-        const int64_t j = pos - q;
-        const int64_t slot = row_slot != NULL ? row_slot[j] : q;
-        tq_kv_cache_attend_range(context->cache, l, g, slot + j, slot, slot + 1, group, query, scratch,
-                                 parts + (size_t)n_parts * part_floats);
+        float *part = parts + (size_t)n_parts * part_floats;
+        if (row_slot != NULL) {
+            tq_kv_cache_attend_path_row(context->cache, l, g, q, row_slot[pos - q], pos - q, group, query, scratch,
+                                        part);
+        } else {
+            tq_kv_cache_attend_range(context->cache, l, g, pos, q, q + 1, group, query, scratch, part);
+        }
     }
     return n_parts;
 }

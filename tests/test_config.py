@@ -242,7 +242,7 @@ def test_round_trip_of_every_field_changed(tmp_path):
     changed = dataclasses.replace(
         config, num_layers=6, num_kv_shared_layers=2, sliding_pattern=3, ffn_sizes=(64, 64, 96, 96, 128, 128),
         double_wide_ffn=False, use_swa=False, include_mtp=True, include_turbo=False, cache_type_k="tq3+qjl",
-        cache_type_v="q8_0", kv_recent_f16=128, kv_f16_layers=(0, -1), qjl_bits=2, thinking_qjl_bits=2,
+        cache_type_v="q8_0", kv_recent_f16=128, kv_sink_f16=4, kv_f16_layers=(0, -1), qjl_bits=2, thinking_qjl_bits=2,
         audio_codebook=(0.1, 0.7, 1.9), threads=3, ctx=4096, speculative="mtp",
         mtp_checkpoint="heads/\u6a21\u578b \"draft\".bin", tree_branching=(4, 2, 1), final_logit_softcap=None,
         think_token_id=None, rms_norm_eps=1e-5,
@@ -442,27 +442,31 @@ def _parse(argv):
 
 def test_cli_config_sets_model_options(tmp_path):
     path = write(tmp_path, "cache_type_k: q8_0\ncache_type_v: tq3\nctx: 256\nkv_recent_f16: 64\n"
-                           "kv_f16_layers: [0, -1]\nthreads: 1\n")
+                           "kv_sink_f16: 2\nkv_f16_layers: [0, -1]\nthreads: 1\n")
     options = cli.model_options(_parse(["--config", os.fspath(path)]))
     # The file leaves the QJL keys at the Gemma 3 defaults, and think_token_id null is -1 (none).
     assert options == dict(cache_type_k="q8_0", cache_type_v="tq3", ctx=256, threads=1, kv_recent_f16=64,
-                           kv_f16_layers=(0, -1), qjl_bits=1, thinking_qjl_bits=2, think_token_id=-1)
+                           kv_sink_f16=2, kv_f16_layers=(0, -1), qjl_bits=1, thinking_qjl_bits=2,
+                           think_token_id=-1)
 
 
 def test_cli_flags_override_config(tmp_path):
     path = write(tmp_path, "cache_type_k: q8_0\nctx: 256\nkv_recent_f16: 64\n")
-    args = _parse(["--config", os.fspath(path), "--ctx", "128", "--cache-type-k", "f16", "--kv-recent-f16", "0"])
+    args = _parse(["--config", os.fspath(path), "--ctx", "128", "--cache-type-k", "f16", "--kv-recent-f16", "0",
+                   "--kv-sink-f16", "1"])
     options = cli.model_options(args)
     assert options["ctx"] == 128
     assert options["cache_type_k"] == "f16"
     assert options["kv_recent_f16"] == 0
+    assert options["kv_sink_f16"] == 1
 
 
 def test_cli_defaults_without_config():
     options = cli.model_options(_parse([]))
     # None leaves the cache types and the f16 window to Model.load's measured defaults.
     assert options == dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                           kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None, think_token_id=None)
+                           kv_sink_f16=None, kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None,
+                           think_token_id=None)
 
 
 def test_cli_bad_config_prints_line(tmp_path, capsys):

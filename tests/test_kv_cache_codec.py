@@ -1,5 +1,5 @@
 """TurboQuant codec types inside the KV cache: attention over codes, sliding windows, the
-recent f16 window, and mixes of codec and baseline types for keys and values.
+recent f16 window, the f16 sink of the first positions, and mixes of codec and baseline types for keys and values.
 
 The reference decodes the same rows with `KVCodec` (same seed), rounds recent rows with
 NumPy's float16 and baseline rows with the `gguf` package's quantizers, then runs causal
@@ -30,19 +30,20 @@ def stored(x, cache_type):
     return codec.decode(codec.encode(x))
 
 
-def reference_attention(keys, values, queries, cache_type_k, cache_type_v, window=0, recent_f16=0):
-    """Causal attention where position j is read from f16 when i - j < recent_f16, else as stored."""
+def reference_attention(keys, values, queries, cache_type_k, cache_type_v, window=0, recent_f16=0, sink_f16=0):
+    """Causal attention where position j is read from f16 when i - j < recent_f16 or j < sink_f16,
+    else as stored."""
     return attention_over_stored(keys, values, queries, stored(keys, cache_type_k), stored(values, cache_type_v),
-                                 window, recent_f16)
+                                 window, recent_f16, sink_f16)
 
 
-def attention_over_stored(keys, values, queries, stored_keys, stored_values, window=0, recent_f16=0):
+def attention_over_stored(keys, values, queries, stored_keys, stored_values, window=0, recent_f16=0, sink_f16=0):
     """Causal float64 attention over the stored rows, except that query i reads position j
-    from the f16 copy of keys and values when i - j < recent_f16."""
+    from the f16 copy of keys and values when i - j < recent_f16 or j < sink_f16."""
     n = keys.shape[0]
     i = np.arange(n)[:, None]
     j = np.arange(n)[None, :]
-    recent = (i - j < recent_f16)[..., None]
+    recent = ((i - j < recent_f16) | (j < sink_f16))[..., None]
     k = np.where(recent, stored(keys, "f16")[None], stored_keys[None]).astype(np.float64)
     v = np.where(recent, stored(values, "f16")[None], stored_values[None]).astype(np.float64)
     scores = np.einsum("id,ijd->ij", queries.astype(np.float64), k)
@@ -96,6 +97,35 @@ def test_sliding_window_and_recent_f16(window, n_batch, recent_f16):
                                    n_batch=n_batch, recent_f16=recent_f16, seed=SEED)
     expected = reference_attention(keys, values, queries, "tq3", "tq2.5", window=window, recent_f16=recent_f16)
     np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("window,n_batch,recent_f16,sink_f16", [(0, 0, 0, 1), (0, 5, 8, 4), (12, 4, 5, 3),
+                                                                (7, 3, 0, 9), (0, 1, 1, 2), (0, 300, 0, 3),
+                                                                (0, 4, 0, 100)])
+def test_sink_f16(window, n_batch, recent_f16, sink_f16):
+    # Every query reads the first sink_f16 positions from f16 while they are visible to it. The
+    # cases include a recent window beside the sink, a sliding window that moves past the sink,
+    # and a sink_f16 above the sequence length, which covers every position.
+    keys, values, queries = random_rows(seed=6)
+    out = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq2.5", cache_type_v="tq3", window=window,
+                                   n_batch=n_batch, recent_f16=recent_f16, sink_f16=sink_f16, seed=SEED)
+    expected = reference_attention(keys, values, queries, "tq2.5", "tq3", window=window, recent_f16=recent_f16,
+                                   sink_f16=sink_f16)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_sink_f16_changes_output():
+    # A sink that draws a large share of attention (a key aligned with every query) moves the
+    # output when it is coded, and the f16 sink removes that error.
+    keys, values, queries = random_rows(seed=7)
+    keys[0] = 4.0 * queries.mean(axis=0) / np.linalg.norm(queries.mean(axis=0)) * np.sqrt(keys.shape[1])
+    exact = reference_attention(keys, values, queries, "f32", "f32")
+    errors = {}
+    for sink in (0, 1):
+        out = _core.kv_cache_attention(keys, values, queries, cache_type_k="tq2", cache_type_v="tq2", sink_f16=sink,
+                                       seed=SEED)
+        errors[sink] = np.abs(out - exact).mean()
+    assert errors[1] < 0.9 * errors[0]
 
 
 def test_recent_f16_changes_output():

@@ -21,8 +21,8 @@ def test_f16_config_equals_reference(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     reference, same, compressed = rows
     assert reference[0] == same[0] == "f16/f16"
-    assert same[3] == "16.000"
-    assert same[5] == reference[5]
-    assert same[6] == "+0.00%"
-    assert float(same[7]) == 0.0
-    assert float(compressed[7]) > 0.0
+    assert same[4] == "16.000"
+    assert same[6] == reference[6]
+    assert same[7] == "+0.00%"
+    assert float(same[8]) == 0.0
+    assert float(compressed[8]) > 0.0

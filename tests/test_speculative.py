@@ -110,22 +110,47 @@ def test_tree_logits_equal_decoding_bit_for_bit(model_path, type_k, type_v, rece
     assert_nodes_equal_decoding(model, base, tokens, parents, logits)
 
 
+def check_accepted_path(model, prompt_text, continuation_text, check_nodes=False):
+    """Evaluate a draft tree of 8 nodes after prompt_text, accept the path of nodes 0, 2, 5 and 6,
+    and assert that the next token's logits equal, bit for bit, those of decoding that path.
+    check_nodes also compares every node's logits with decoding its path."""
+    tok = model.tokenizer
+    prompt = tok.encode(prompt_text)
+    model.eval(prompt[:-1], logits="none")
+    base = model.n_past
+    words = tok.encode(continuation_text, add_bos=False)
+    tokens = [prompt[-1]] + words[:7]
+    parents = [-1, 0, 0, 2, 3, 2, 5, 6]
+    if check_nodes:
+        logits = model.eval_tree(tokens, parents)
+        assert_nodes_equal_decoding(model, base, tokens, parents, logits)
+        model.truncate(base)
+
+    model.eval_tree(tokens, parents)
+    model.accept_path([0, 2, 5, 6])  # node 5 at position base + 5 moves to base + 2
+    assert model.n_past == base + 4
+    after = model.eval([words[7]], logits="last")
+    reference = decode_path(model, base, [tokens[0], tokens[2], tokens[5], tokens[6], words[7]])[-1]
+    np.testing.assert_array_equal(after, reference)
+
+
 @pytest.mark.parametrize("type_k,type_v,recent", CACHES)
 def test_accepted_path_continues_like_decoding(model_path, type_k, type_v, recent):
     model = _core.Model(model_path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent)
-    tok = model.tokenizer
-    prompt = tok.encode("Photosynthesis is the process by which green plants")
-    model.eval(prompt[:-1], logits="none")
-    base = model.n_past
-    words = tok.encode(" use sunlight to make food from water and air", add_bos=False)
-    tokens = [prompt[-1]] + words[:7]
-    parents = [-1, 0, 0, 2, 3, 2, 5, 6]
-    model.eval_tree(tokens, parents)
-    model.accept_path([0, 2, 5, 6])
-    assert model.n_past == base + 4
-    after = model.eval([words[8]], logits="last")
-    reference = decode_path(model, base, [tokens[0], tokens[2], tokens[5], tokens[6], words[8]])[-1]
-    np.testing.assert_array_equal(after, reference)
+    check_accepted_path(model, "Photosynthesis is the process by which green plants",
+                        " use sunlight to make food from water and air")
+
+
+@pytest.mark.parametrize("recent", [0, 2, 128])
+def test_tree_into_f16_sink(model_path, recent):
+    # A tree right after BOS writes nodes both inside and past the four sink positions, and the
+    # accepted path moves rows from past the sink into it. Nodes must read their sink ancestors
+    # from f16 although their slots lie past the sink. After the move, the sink must contain the
+    # moved rows' exact f16 copies, taken from the recent ring or, without one, from the sink's
+    # own room for a batch. Decoding then continues bit for bit as if the path had been decoded.
+    model = _core.Model(model_path, threads=2, cache_type_k="tq3", cache_type_v="tq2.5", kv_recent_f16=recent,
+                        kv_sink_f16=4)
+    check_accepted_path(model, "Rivers", " flow from the mountains down to the sea", check_nodes=True)
 
 
 def test_tree_past_the_sliding_window(model_path):

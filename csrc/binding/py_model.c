@@ -142,7 +142,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
                                "n_batch",       "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys",
                                "hf_weights",    "tokenizer",     "audio_token_id", "image_token_id",
                                "audio_codebook", "qjl_bits",     "thinking_qjl_bits", "think_token_id",
-                               NULL};
+                               "kv_sink_f16",   NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -160,16 +160,19 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     PyObject *audio_codebook_object = Py_None;
     int qjl_bits = 0, thinking_qjl_bits = 0;
     long long think_token_id = TQ_THINK_TOKEN_DEFAULT;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiL:Model", keywords, PyUnicode_FSConverter,
+    long long kv_sink_f16 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiLL:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
                                      &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys, &PyTuple_Type,
                                      &hf_weights, &tokenizer, &audio_token_id, &image_token_id,
-                                     &audio_codebook_object, &qjl_bits, &thinking_qjl_bits, &think_token_id)) {
+                                     &audio_codebook_object, &qjl_bits, &thinking_qjl_bits, &think_token_id,
+                                     &kv_sink_f16)) {
         return -1;
     }
-    if (kv_recent_f16 < 0) {
+    if (kv_recent_f16 < 0 || kv_sink_f16 < 0) {
         Py_DECREF(path_bytes);
-        PyErr_Format(PyExc_ValueError, "kv_recent_f16 must be >= 0 positions, got %lld", kv_recent_f16);
+        PyErr_Format(PyExc_ValueError, "kv_recent_f16 (%lld) and kv_sink_f16 (%lld) must be >= 0 positions",
+                     kv_recent_f16, kv_sink_f16);
         return -1;
     }
     /* Layer indices kept in f16: a sequence of ints, at most 4096 of them. */
@@ -262,6 +265,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .type_k = type_k,
         .type_v = type_v,
         .kv_recent_f16 = kv_recent_f16,
+        .kv_sink_f16 = kv_sink_f16,
         .kv_f16_layers = f16_layers,
         .n_kv_f16_layers = n_f16_layers,
         .exact_matmul = exact_matmul,
@@ -1316,7 +1320,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     static char *keywords[] = {"keys",    "values",  "queries",    "cache_type_k", "cache_type_v",
                                "window",  "n_batch", "splits",     "kernels",      "recent_f16",
                                "seed",    "key_scale", "key_center", "audio_positions", "audio_codebook",
-                               "read_rows", "qjl_bits", "channel_order_k", "channel_order_v", NULL};
+                               "read_rows", "qjl_bits", "channel_order_k", "channel_order_v", "sink_f16", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *key_scale_object = Py_None, *key_center_object = Py_None, *qjl_bits_object = Py_None;
     PyObject *audio_positions_object = Py_None, *audio_codebook_object = Py_None;
@@ -1328,15 +1332,16 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     PyObject *order_objects[2] = {Py_None, Py_None};
     PyArrayObject *orders[2] = {NULL, NULL};
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
-    long long window = 0, n_batch = 0, recent_f16 = 0;
+    long long window = 0, n_batch = 0, recent_f16 = 0, sink_f16 = 0;
     unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOO:kv_cache_attention", keywords,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOOL:kv_cache_attention", keywords,
                                      &keys_object, &values_object, &queries_object, &cache_type_k, &cache_type_v,
                                      &window, &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
                                      &key_center_object, &audio_positions_object, &audio_codebook_object,
-                                     &read_rows, &qjl_bits_object, &order_objects[0], &order_objects[1])) {
+                                     &read_rows, &qjl_bits_object, &order_objects[0], &order_objects[1],
+                                     &sink_f16)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -1354,9 +1359,10 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     if (tq_isa_parse(kernels, &isa, &err) != TQ_OK) {
         return tq_py_raise(&err);
     }
-    if (window < 0 || n_batch < 0 || recent_f16 < 0) {
-        PyErr_Format(PyExc_ValueError, "window (%lld), n_batch (%lld) and recent_f16 (%lld) must be >= 0", window,
-                     n_batch, recent_f16);
+    if (window < 0 || n_batch < 0 || recent_f16 < 0 || sink_f16 < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "window (%lld), n_batch (%lld), recent_f16 (%lld) and sink_f16 (%lld) must be >= 0", window,
+                     n_batch, recent_f16, sink_f16);
         return NULL;
     }
 
@@ -1474,6 +1480,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .type_v = type_v,
         .isa = isa,
         .recent_f16 = recent_f16,
+        .sink_f16 = sink_f16,
         .codec_seed = seed,
         .key_scale = key_scale != NULL ? (const float *)PyArray_DATA(key_scale) : NULL,
         .key_center = key_center != NULL ? (const uint8_t *)PyArray_DATA(key_center) : NULL,
@@ -1722,8 +1729,8 @@ static PyMethodDef model_functions[] = {
      "softmax(q . k_j) weighted values over positions j <= i (and i - j < window when window > 0).\n"
      "Positions are written n_batch at a time as in the model (0: all at once), so a sliding window\n"
      "exercises the ring buffer; splits > 1 attends over that many position ranges and merges them.\n"
-     "For codec types (tq3, ...), recent_f16 positions are read from an f16 copy and seed fixes the\n"
-     "codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
+     "For codec types (tq3, ...), the newest recent_f16 positions and the first sink_f16 positions are\n"
+     "read from an f16 copy, and seed fixes the codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
      "balancing of a codec key side (tq_kv_cache_config.key_scale). audio_positions (n flags) marks\n"
      "positions stored with audio_codebook (tq_kv_cache_config.audio_codebook). qjl_bits (one entry of\n"
      "1 or 2 per position) writes each position of a +qjl type with that residual precision.\n"

@@ -128,7 +128,7 @@ def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A --config file supplies the model options and the speculative settings that flags leave unset.
     options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                   kv_f16_layers=())
+                   kv_sink_f16=None, kv_f16_layers=())
     mtp_checkpoint = args.mtp_checkpoint
     draft_tree = None
     if args.config is not None:
