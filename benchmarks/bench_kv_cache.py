@@ -18,8 +18,9 @@ whose rows then stay in the CPU caches. "cold" visits --layers separate copies i
 a decode step does with the 18 layers of Gemma 3 270M.
 
 A configuration is NAME (keys and values of one type) or KEYS/VALUES, optionally followed by
-:RECENT, the newest positions also kept in f16 (kv_recent_f16). RECENT defaults to 128 when
-either side is a TurboQuant codec and is 0 otherwise.
+:RECENT, the newest positions also kept in f16 (kv_recent_f16), and :SINK, the first positions
+also kept in f16 (kv_sink_f16). When either side is a TurboQuant codec they default to
+Model.load's defaults (DEFAULT_KV_RECENT_F16, DEFAULT_KV_SINK_F16); otherwise both are 0.
 
     python benchmarks/bench_kv_cache.py --threads 2 --contexts 2048 8192 16384 --decode 32 \\
         --config tq3.5/tq3:128 --config q8_0/tq3 --write docs/benchmarks.md
@@ -50,8 +51,6 @@ sys.path.insert(0, ROOT)
 # Cache types stored as plain ggml-style blocks. Every other name is a TurboQuant codec.
 BLOCK_TYPES = ("f32", "f16", "q8_0", "q4_0")
 DEFAULT_CONFIGS = ["f16", "q8_0", "q4_0", "tq4", "tq3.5", "tq3", "tq2.5", "tq2", "tq3+qjl", "tq4+qjl", "polar"]
-# The f16 window that gives the codecs their measured quality (kv_recent_f16).
-DEFAULT_RECENT_F16 = 128
 ATTENTION_FORMATS = ["f16", "tq4", "tq3.5", "tq3", "tq2.5", "tq2", "tq3+qjl", "tq4+qjl", "polar", "polar+qjl"]
 N_HEADS = 4
 HEAD_DIM = 256
@@ -80,25 +79,38 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def parse_positions(name, value, text):
+    """Return the integer of a :RECENT or :SINK field. Raises ValueError unless it is >= 0."""
+    try:
+        positions = int(value)
+    except ValueError:
+        raise ValueError(f"invalid {name} {value!r} in configuration {text!r}; expected positions >= 0") from None
+    if positions < 0:
+        raise ValueError(f"invalid {name} {positions} in configuration {text!r}; expected positions >= 0")
+    return positions
+
+
 def parse_config(text):
-    """Parse NAME, KEYS/VALUES or either with :RECENT into a dict. Raises ValueError for invalid text."""
-    spec, _, recent_text = text.partition(":")
+    """Parse NAME or KEYS/VALUES, optionally with :RECENT and :SINK, into a dict. Raises ValueError
+    for invalid text."""
+    from turboquant.model import DEFAULT_KV_RECENT_F16, DEFAULT_KV_SINK_F16
+
+    spec, *fields = text.split(":")
     names = spec.split("/")
     if len(names) == 1:
         names = names * 2
-    if len(names) != 2 or not all(names):
-        raise ValueError(f"invalid configuration {text!r}; expected NAME or KEYS/VALUES[:RECENT], e.g. tq3.5/tq3:128")
+    if len(names) != 2 or not all(names) or len(fields) > 2:
+        raise ValueError(f"invalid configuration {text!r}; expected NAME or KEYS/VALUES[:RECENT[:SINK]], "
+                         "e.g. tq3.5/tq3:32:4")
     is_codec = any(name not in BLOCK_TYPES for name in names)
-    if recent_text:
-        try:
-            recent = int(recent_text)
-        except ValueError:
-            raise ValueError(f"invalid RECENT {recent_text!r} in configuration {text!r}; expected positions >= 0") from None
-        if recent < 0:
-            raise ValueError(f"invalid RECENT {recent} in configuration {text!r}; expected positions >= 0")
-    else:
-        recent = DEFAULT_RECENT_F16 if is_codec else 0
-    return {"cache_type_k": names[0], "cache_type_v": names[1], "kv_recent_f16": recent if is_codec else 0}
+    recent = DEFAULT_KV_RECENT_F16 if is_codec else 0
+    sink = DEFAULT_KV_SINK_F16 if is_codec else 0
+    if len(fields) > 0 and fields[0]:
+        recent = parse_positions("RECENT", fields[0], text)
+    if len(fields) > 1 and fields[1]:
+        sink = parse_positions("SINK", fields[1], text)
+    return {"cache_type_k": names[0], "cache_type_v": names[1], "kv_recent_f16": recent if is_codec else 0,
+            "kv_sink_f16": sink if is_codec else 0}
 
 
 def config_label(config):
@@ -184,7 +196,7 @@ def decode_turboquant(job, tokens):
     model = _core.Model(
         job["model"], threads=job["threads"], ctx=job["context"] + job["decode"] + CTX_MARGIN,
         cache_type_k=config["cache_type_k"], cache_type_v=config["cache_type_v"],
-        kv_recent_f16=config["kv_recent_f16"],
+        kv_recent_f16=config["kv_recent_f16"], kv_sink_f16=config["kv_sink_f16"],
     )
     model.eval(tokens[:8], logits="last")  # warm-up: page in the weights
     model.reset()
@@ -355,6 +367,7 @@ def run_decode_row(kind, config, context, args, tokens_file):
         "engine": "turboquant" if kind == "turboquant" else "llama.cpp",
         "label": config_label(config),
         "recent": config.get("kv_recent_f16", 0),
+        "sink": config.get("kv_sink_f16", 0),
         "flash_attn": config.get("flash_attn"),
         "prefill": context / result["prefill_s"],
         "decode": args.decode / result["decode_s"],
@@ -382,9 +395,9 @@ def format_ratio(numerator, denominator):
 
 def format_decode_table(rows, contexts):
     lines = [
-        "| context | engine | keys/values | recent f16 | prefill tok/s | decode tok/s | vs f16 | vs llama.cpp f16 "
-        "| KV bytes/token | token f16/row | KV MiB | total f16/row | peak RSS MiB |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| context | engine | keys/values | recent f16 | sink f16 | prefill tok/s | decode tok/s | vs f16 "
+        "| vs llama.cpp f16 | KV bytes/token | token f16/row | KV MiB | total f16/row | peak RSS MiB |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for context in contexts:
         block = [r for r in rows if r["context"] == context]
@@ -394,7 +407,8 @@ def format_decode_table(rows, contexts):
             engine = r["engine"] + (" (flash attn)" if r["flash_attn"] else "")
             cache_mib = f"{r['cache_bytes'] / 2**20:.2f}" if r["cache_bytes"] is not None else "n/a"
             lines.append(
-                f"| {context} | {engine} | {r['label']} | {r['recent']} | {r['prefill']:.1f} | {r['decode']:.1f} "
+                f"| {context} | {engine} | {r['label']} | {r['recent']} | {r['sink']} | {r['prefill']:.1f} "
+                f"| {r['decode']:.1f} "
                 f"| {format_ratio(r['decode'], ours_f16 and ours_f16['decode'])} "
                 f"| {format_ratio(r['decode'], llama_f16 and llama_f16['decode'])} "
                 f"| {r['per_token']} | {format_ratio(ours_f16 and ours_f16['per_token'], r['per_token'])} "
@@ -410,17 +424,18 @@ def format_targets(rows, contexts):
     if not long_contexts:
         return "Targets are checked at contexts of 8192 and more; this run has none."
     lines = ["Targets at contexts of 8192 and more (decode at least as fast as our f16 cache and as the faster "
-             "llama.cpp row, KV bytes per token at least 4x below our f16 cache):", ""]
-    labels = []
+             "llama.cpp row, KV bytes per token and the whole cache at least 4x below our f16 cache):", ""]
+    keys = []
     for r in rows:
-        key = (r["label"], r["recent"])
-        if r["engine"] == "turboquant" and r["label"] != "f16/f16" and key not in labels:
-            labels.append(key)
-    for label, recent in labels:
+        key = (r["label"], r["recent"], r["sink"])
+        if r["engine"] == "turboquant" and r["label"] != "f16/f16" and key not in keys:
+            keys.append(key)
+    for key in keys:
+        label, recent, sink = key
         checks = []
         for context in long_contexts:
             block = [r for r in rows if r["context"] == context]
-            row = next((r for r in block if r["engine"] == "turboquant" and (r["label"], r["recent"]) == (label, recent)),
+            row = next((r for r in block if r["engine"] == "turboquant" and (r["label"], r["recent"], r["sink"]) == key),
                        None)
             ours_f16 = next((r for r in block if r["engine"] == "turboquant" and r["label"] == "f16/f16"), None)
             llama = [r["decode"] for r in block if r["engine"] == "llama.cpp"]
@@ -429,14 +444,17 @@ def format_targets(rows, contexts):
             verdict = [f"vs f16 {'met' if row['decode'] >= ours_f16['decode'] else 'missed'}"]
             if llama:
                 verdict.append(f"vs llama.cpp {'met' if row['decode'] >= max(llama) else 'missed'}")
+            if row["cache_bytes"] and ours_f16["cache_bytes"]:
+                whole = ours_f16["cache_bytes"] / row["cache_bytes"]
+                verdict.append(f"whole cache {whole:.2f}x smaller {'met' if whole >= 4 else 'missed'}")
             checks.append(f"{context}: " + ", ".join(verdict))
         if not checks:
             continue
         f16_row = next(r for r in rows if r["engine"] == "turboquant" and r["label"] == "f16/f16")
         row_per_token = next(r["per_token"] for r in rows
-                             if r["engine"] == "turboquant" and (r["label"], r["recent"]) == (label, recent))
+                             if r["engine"] == "turboquant" and (r["label"], r["recent"], r["sink"]) == key)
         ratio = f16_row["per_token"] / row_per_token
-        lines.append(f"- {label} (recent f16 {recent}): " + "; ".join(checks)
+        lines.append(f"- {label} (recent f16 {recent}, sink f16 {sink}): " + "; ".join(checks)
                      + f"; KV {ratio:.2f}x smaller {'met' if ratio >= 4 else 'missed'}")
     return "\n".join(lines)
 
@@ -481,10 +499,10 @@ def build_parser():
                         help="context lengths in tokens (positions in the cache); default: 2048 8192 16384")
     parser.add_argument("--decode", type=int, default=32, help="greedy tokens decoded after each prefill (default: 32)")
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
-                        help="turboquant configurations NAME or KEYS/VALUES[:RECENT] (default: f16, q8_0, q4_0 "
+                        help="turboquant configurations NAME or KEYS/VALUES[:RECENT[:SINK]] (default: f16, q8_0, q4_0 "
                              "and every codec)")
-    parser.add_argument("--config", action="append", default=[], metavar="KEYS/VALUES[:RECENT]",
-                        help="add one turboquant configuration, e.g. tq3.5/tq3:128 or q8_0/tq3; repeatable")
+    parser.add_argument("--config", action="append", default=[], metavar="KEYS/VALUES[:RECENT[:SINK]]",
+                        help="add one turboquant configuration, e.g. tq3.5/tq3:32:4 or q8_0/tq3; repeatable")
     parser.add_argument("--llama-configs", nargs="*", default=["f16", "q8_0"], choices=["f16", "q8_0", "q4_0"],
                         help="llama.cpp cache types, keys and values alike (default: f16 q8_0; none to skip)")
     parser.add_argument("--llama-flash-attn", action="store_true",
@@ -534,7 +552,8 @@ def describe_decode(args, have_llama):
         "by that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide "
         "our f16 cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() "
         "and kv_cache_bytes() after the run. kv_cache_bytes() counts the positions held and, for codec types, "
-        "an f16 ring of \"recent f16\" positions plus one 128-position attention group per layer."
+        "an f16 ring of \"recent f16\" positions plus one 32-position attention group per layer, and f16 "
+        "copies of the first \"sink f16\" positions."
     )
     if not have_llama:
         return text

@@ -206,7 +206,7 @@ tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err
  * node. hidden (optional, NULL to skip) gets the output-normed final hidden states, n rows of
  * n_embd floats. The nodes' K/V rows are stored past n_past but not counted: call
  * tq_context_accept_path to keep a path, or any eval or truncate to drop them all.
- * n <= 64 nodes, depth <= 4, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */
+ * n <= 32 nodes, depth <= 4, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */
 tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const int32_t *parents, int64_t n,
                                float *logits, float *hidden, tq_error *err);
 

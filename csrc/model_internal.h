@@ -41,14 +41,18 @@ typedef struct {
 /* Positions a Gemma 3 layer writes into the KV cache before their queries attend. Prefill
  * runs its weight products on micro-batches of n_batch tokens but writes and attends in
  * groups of at most this many. The rings of sliding-window layers and of the recent f16
- * window then need room for only this many new positions beside the ones they keep. Gemma 4
- * layers write the whole micro-batch (see tq_context_create). */
-#define TQ_ATTENTION_BATCH 128
+ * window then need room for only this many new positions beside the ones they keep, so a
+ * smaller group makes the cache smaller: with 32, a sliding layer of Gemma 3 keeps 544
+ * positions and a 32-position f16 window a ring of 64. Attention costs the same per query in
+ * any group size. Gemma 4 layers write the whole micro-batch (see tq_context_create). */
+#define TQ_ATTENTION_BATCH 32
 
 /* Limits of a draft tree verified by tq_context_eval_tree: nodes per pass and depth below
- * the root. Medusa-style trees for CPUs have tens of nodes and one level per head. */
-#define TQ_TREE_MAX_NODES 64
+ * the root. A tree's rows share the rings above, so it has at most TQ_ATTENTION_BATCH nodes.
+ * Medusa-style trees for CPUs have a few to tens of nodes and one level per head. */
+#define TQ_TREE_MAX_NODES 32
 #define TQ_TREE_MAX_DEPTH 4
+_Static_assert(TQ_TREE_MAX_NODES <= TQ_ATTENTION_BATCH, "a draft tree must fit in the rings of one attention group");
 
 /* A decoding query scores its newest TQ_ATTENTION_ROW_PARTS positions one at a time, each
  * as its own partial softmax, and the older ones in ranges. A draft node reads its ancestors

@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+from turboquant.model import DEFAULT_KV_RECENT_F16, DEFAULT_KV_SINK_F16
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_kv_cache", ROOT / "benchmarks" / "bench_kv_cache.py")
 bench = importlib.util.module_from_spec(_spec)
@@ -26,29 +28,39 @@ def test_config_single_name_codec():
     config = bench.parse_config("tq3")
     assert config["cache_type_k"] == "tq3"
     assert config["cache_type_v"] == "tq3"
-    # Without :RECENT, codec configurations get the f16 window of the quality setting.
-    assert config["kv_recent_f16"] == 128
+    # Without :RECENT and :SINK, codec configurations get Model.load's f16 window and sink.
+    assert config["kv_recent_f16"] == DEFAULT_KV_RECENT_F16
+    assert config["kv_sink_f16"] == DEFAULT_KV_SINK_F16
 
 
 def test_config_block_type_has_no_window():
     config = bench.parse_config("q8_0")
     assert (config["cache_type_k"], config["cache_type_v"]) == ("q8_0", "q8_0")
     assert config["kv_recent_f16"] == 0
+    assert config["kv_sink_f16"] == 0
 
 
 def test_config_pair_with_recent():
     config = bench.parse_config("tq3.5/tq3:64")
     assert (config["cache_type_k"], config["cache_type_v"]) == ("tq3.5", "tq3")
     assert config["kv_recent_f16"] == 64
+    assert config["kv_sink_f16"] == DEFAULT_KV_SINK_F16
+
+
+def test_config_pair_with_recent_and_sink():
+    config = bench.parse_config("tq3.5/tq3:32:8")
+    assert config["kv_recent_f16"] == 32
+    assert config["kv_sink_f16"] == 8
 
 
 def test_config_mixed_pair_default_recent():
     config = bench.parse_config("q8_0/tq3")
     assert (config["cache_type_k"], config["cache_type_v"]) == ("q8_0", "tq3")
-    assert config["kv_recent_f16"] == 128
+    assert config["kv_recent_f16"] == DEFAULT_KV_RECENT_F16
 
 
-@pytest.mark.parametrize("text", ["", "tq3/", "/tq3", "a/b/c", "tq3:x", "tq3:-1"])
+@pytest.mark.parametrize("text", ["", "tq3/", "/tq3", "a/b/c", "tq3:x", "tq3:-1", "tq3:32:x", "tq3:32:-1",
+                                  "tq3:32:4:1"])
 def test_config_invalid_text(text):
     with pytest.raises(ValueError, match="configuration"):
         bench.parse_config(text)

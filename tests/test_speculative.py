@@ -180,7 +180,7 @@ def test_tree_errors_name_the_problem(model_path):
     with pytest.raises(ValueError, match="levels deep"):
         model.eval_tree([1] * 6, [-1, 0, 1, 2, 3, 4])
     with pytest.raises(ValueError, match="nodes"):
-        model.eval_tree([1] * 65, [-1] + [0] * 64)
+        model.eval_tree([1] * 33, [-1] + [0] * 32)
     with pytest.raises(ValueError, match="no draft tree"):
         model.accept_path([0])
     model.eval_tree([1, 2, 3], [-1, 0, 0])

@@ -41,8 +41,8 @@ class DraftTree:
                 raise ValueError(f"draft path {p} must be a non-empty tuple of candidate ranks >= 0")
             if len(p) > 1 and p[:-1] not in cleaned:
                 raise ValueError(f"draft path {p} lacks its prefix {p[:-1]}; add it to the tree")
-        if len(cleaned) + 1 > 64:
-            raise ValueError(f"a draft tree has at most 63 paths (64 nodes with the root), got {len(cleaned)}")
+        if len(cleaned) + 1 > 32:
+            raise ValueError(f"a draft tree has at most 31 paths (32 nodes with the root), got {len(cleaned)}")
         if cleaned and max(len(p) for p in cleaned) > 4:
             raise ValueError("draft paths are at most 4 long (one level per head, at most 4 heads)")
         object.__setattr__(self, "paths", tuple(cleaned))
