@@ -247,9 +247,9 @@ struct tq_kv_cache {
     int64_t recent_f16;
     int64_t recent_slots;
     /* sink_f16: first positions of the sequence read from f16 copies, 0 for none. sink_slots:
-     * positions with an f16 copy in the sink arrays. Without a recent ring it adds n_batch
-     * positions, so that tq_kv_cache_move into a sink position finds the f16 rows of any
-     * position written in the same batch (a draft tree's nodes). */
+     * positions with an f16 copy in the sink arrays. Without a recent ring it adds
+     * TQ_KV_SINK_MOVE_ROOM positions (at most n_batch), so that tq_kv_cache_move into a sink
+     * position finds the f16 rows of a draft tree's nodes. */
     int64_t sink_f16;
     int64_t sink_slots;
     float *sink_rows; /* one position's keys and values, for tq_kv_cache_move into the sink */
@@ -441,8 +441,8 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
     return TQ_OK;
 }
 
-/* Allocate the f16 copies of keys and values for slots positions of slot_bytes each (the recent
- * window or the sink of layer l); what names them in errors. */
+/* Allocate the f16 copies of keys and values of layer l for slots positions of slot_bytes each.
+ * They are the recent window or the sink, which what names in errors. */
 static tq_status allocate_f16_copies(int64_t slots, size_t slot_bytes, const char *what, int l, uint16_t **keys,
                                      uint16_t **values, tq_error *err)
 {
@@ -482,7 +482,8 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         }
         cache->sink_f16 = config->sink_f16 < cache->n_ctx ? config->sink_f16 : cache->n_ctx;
         if (cache->sink_f16 > 0) {
-            cache->sink_slots = cache->sink_f16 + (cache->recent_slots > 0 ? 0 : cache->n_batch);
+            const int64_t room = cache->n_batch < TQ_KV_SINK_MOVE_ROOM ? cache->n_batch : TQ_KV_SINK_MOVE_ROOM;
+            cache->sink_slots = cache->sink_f16 + (cache->recent_slots > 0 ? 0 : room);
             cache->sink_slots = cache->sink_slots < cache->n_ctx ? cache->sink_slots : cache->n_ctx;
         }
     }
@@ -1329,7 +1330,7 @@ void tq_kv_cache_attend_path_row(const tq_kv_cache *cache, int layer_index, int 
         attend_range(cache, layer_index, kv_head, slot + distance, slot, slot + 1, cache->sink_f16, n_queries,
                      queries, scratch, partial);
     } else if (slot < cache->sink_slots) {
-        /* A sink position written past the sink: its f16 copy is in the sink's room for a batch. */
+        /* A sink position written past the sink: its f16 copy is in the room past the sink. */
         attend_range(cache, layer_index, kv_head, slot + distance, slot, slot + 1, slot + 1, n_queries, queries,
                      scratch, partial);
     } else {
@@ -1370,10 +1371,10 @@ void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *p
     }
 }
 
-/* Fill the f16 sink slot of position dst (< sink_f16) with the rows of position src: its own
- * f16 copy, which the sink or the recent ring holds for every position written in the same
- * batch as dst; for an older src, its codes decoded, which is what attention read for it.
- * Called after src's codes moved to dst. */
+/* Fill the f16 sink slot of position dst (< sink_f16) with the rows of position src. The sink or
+ * the recent ring contains an f16 copy of every row of a draft tree, so src's own copy is used.
+ * For an older src, its codes are decoded, which is what attention read for it. Called after
+ * src's codes moved to dst. */
 static void move_to_sink(tq_kv_cache *cache, tq_kv_layer *layer, int64_t src, int64_t dst)
 {
     const size_t row = (size_t)cache->n_kv_heads * (size_t)layer->head_dim;

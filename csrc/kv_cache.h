@@ -107,7 +107,7 @@ typedef struct {
      * instead of their codes (0: codes only). The first positions (BOS and the tokens after
      * it) draw a large share of attention in many heads. An error in their scores therefore
      * moves weight between them and all other positions. The copies cost sink_f16 positions
-     * of f16 per layer, or sink_f16 + n_batch without a recent window (see
+     * of f16 per layer, or up to TQ_KV_SINK_MOVE_ROOM more without a recent window (see
      * tq_kv_cache_move), counted by tq_kv_cache_bytes. */
     int64_t sink_f16;
     uint64_t codec_seed;
@@ -146,6 +146,11 @@ typedef struct {
     const int *channel_order_k;
     const int *channel_order_v;
 } tq_kv_cache_config;
+
+/* Positions past the sink whose f16 copies a cache without a recent window keeps, so that
+ * tq_kv_cache_move can move a row written there into the sink exactly (at most n_batch). Draft
+ * trees move rows at most this far, because they have at most this many nodes. */
+#define TQ_KV_SINK_MOVE_ROOM 32
 
 /* Positions whose keys set a layer's key mean (see tq_kv_cache_config.key_center). */
 #define TQ_KV_MEAN_POSITIONS 128

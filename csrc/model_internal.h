@@ -41,9 +41,9 @@ typedef struct {
 /* Positions a Gemma 3 layer writes into the KV cache before their queries attend. Prefill
  * runs its weight products on micro-batches of n_batch tokens but writes and attends in
  * groups of at most this many. The rings of sliding-window layers and of the recent f16
- * window then need room for only this many new positions beside the ones they keep, so a
- * smaller group makes the cache smaller: with 32, a sliding layer of Gemma 3 keeps 544
- * positions and a 32-position f16 window a ring of 64. Attention costs the same per query in
+ * window then need room for only this many new positions beside the ones they keep. A
+ * smaller group therefore makes the cache smaller. With 32, a sliding layer of Gemma 3 keeps
+ * 544 positions, and a 32-position f16 window a ring of 64. Attention costs the same per query in
  * any group size. Gemma 4 layers write the whole micro-batch (see tq_context_create). */
 #define TQ_ATTENTION_BATCH 32
 
@@ -53,6 +53,7 @@ typedef struct {
 #define TQ_TREE_MAX_NODES 32
 #define TQ_TREE_MAX_DEPTH 4
 _Static_assert(TQ_TREE_MAX_NODES <= TQ_ATTENTION_BATCH, "a draft tree must fit in the rings of one attention group");
+_Static_assert(TQ_TREE_MAX_NODES <= TQ_KV_SINK_MOVE_ROOM, "an accepted path must find its f16 rows for the sink");
 
 /* A decoding query scores its newest TQ_ATTENTION_ROW_PARTS positions one at a time, each
  * as its own partial softmax, and the older ones in ranges. A draft node reads its ancestors

@@ -227,6 +227,26 @@ def test_context_overflow(model_path):
     assert model.n_past == 8
 
 
+@pytest.mark.parametrize("option", ["kv_recent_f16", "kv_sink_f16"])
+def test_negative_f16_positions_rejected(model_path, option):
+    with pytest.raises(ValueError, match=f"{option} must be >= 0 positions, got -1"):
+        _core.Model(model_path, ctx=16, cache_type_k="tq3", cache_type_v="tq3", **{option: -1})
+
+
+@pytest.mark.parametrize("recent,room", [(128, 0), (0, 32)])
+def test_f16_sink_bytes_counted(model_path, recent, room):
+    # The sink adds f16 copies of its 4 positions to each of the 18 layers, keys and values (one
+    # KV head of 256 values, 2 bytes each). Without a recent window it also keeps room for a
+    # draft tree's 32 rows.
+    sizes = {}
+    for sink in (0, 4):
+        model = _core.Model(model_path, ctx=256, cache_type_k="tq3", cache_type_v="tq3", kv_recent_f16=recent,
+                            kv_sink_f16=sink)
+        model.eval(list(range(1000, 1100)), logits="none")
+        sizes[sink] = model.kv_cache_bytes()
+    assert sizes[4] - sizes[0] == 18 * 2 * (4 + room) * 256 * 2
+
+
 def test_bad_eval_arguments(model_path):
     model = _core.Model(model_path, ctx=16)
     with pytest.raises(ValueError, match="empty"):

@@ -171,8 +171,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     }
     if (kv_recent_f16 < 0 || kv_sink_f16 < 0) {
         Py_DECREF(path_bytes);
-        PyErr_Format(PyExc_ValueError, "kv_recent_f16 (%lld) and kv_sink_f16 (%lld) must be >= 0 positions",
-                     kv_recent_f16, kv_sink_f16);
+        PyErr_Format(PyExc_ValueError, "%s must be >= 0 positions, got %lld",
+                     kv_recent_f16 < 0 ? "kv_recent_f16" : "kv_sink_f16", kv_recent_f16 < 0 ? kv_recent_f16 : kv_sink_f16);
         return -1;
     }
     /* Layer indices kept in f16: a sequence of ints, at most 4096 of them. */
@@ -1617,15 +1617,16 @@ static int int_table_from_sequence(PyObject *object, const char *argument, Py_ss
 static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"head_dims", "windows", "kv_sources", "n_kv_heads", "positions",
-                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", "max_qjl_bits", NULL};
+                               "cache_type_k", "cache_type_v", "n_batch", "recent_f16", "max_qjl_bits",
+                               "sink_f16",     NULL};
     PyObject *head_dims_object, *windows_object, *sources_object;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     int n_kv_heads;
-    long long positions, n_batch = 512, recent_f16 = 0;
+    long long positions, n_batch = 512, recent_f16 = 0, sink_f16 = 0;
     int max_qjl_bits = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLLi:kv_cache_memory", keywords, &head_dims_object,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLLiL:kv_cache_memory", keywords, &head_dims_object,
                                      &windows_object, &sources_object, &n_kv_heads, &positions, &cache_type_k,
-                                     &cache_type_v, &n_batch, &recent_f16, &max_qjl_bits)) {
+                                     &cache_type_v, &n_batch, &recent_f16, &max_qjl_bits, &sink_f16)) {
         return NULL;
     }
     tq_kv_type type_k = TQ_KV_F16, type_v = TQ_KV_F16;
@@ -1633,10 +1634,11 @@ static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *arg
         (cache_type_v != NULL && parse_cache_type(cache_type_v, "cache_type_v", &type_v) != 0)) {
         return NULL;
     }
-    if (positions < 1 || n_batch < 1 || n_kv_heads < 1 || recent_f16 < 0) {
+    if (positions < 1 || n_batch < 1 || n_kv_heads < 1 || recent_f16 < 0 || sink_f16 < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "positions (%lld), n_batch (%lld) and n_kv_heads (%d) must be >= 1, recent_f16 (%lld) >= 0",
-                     positions, n_batch, n_kv_heads, recent_f16);
+                     "positions (%lld), n_batch (%lld) and n_kv_heads (%d) must be >= 1, recent_f16 (%lld) and "
+                     "sink_f16 (%lld) >= 0",
+                     positions, n_batch, n_kv_heads, recent_f16, sink_f16);
         return NULL;
     }
     const Py_ssize_t n_layers = PySequence_Length(head_dims_object);
@@ -1677,6 +1679,7 @@ static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *arg
         .type_v = type_v,
         .isa = TQ_ISA_SCALAR,
         .recent_f16 = recent_f16,
+        .sink_f16 = sink_f16,
         .layer_head_dim = head_dims,
         .layer_kv_source = sources,
         .max_qjl_bits = max_qjl_bits,
@@ -1714,12 +1717,12 @@ done:
 static PyMethodDef model_functions[] = {
     {"kv_cache_memory", (PyCFunction)(void (*)(void))core_kv_cache_memory, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_memory(head_dims, windows, kv_sources, n_kv_heads, positions, cache_type_k='f16',\n"
-     "                cache_type_v='f16', n_batch=512, recent_f16=0, max_qjl_bits=1) -> int\n\n"
+     "                cache_type_v='f16', n_batch=512, recent_f16=0, max_qjl_bits=1, sink_f16=0) -> int\n\n"
      "Create a KV cache with one entry per layer in head_dims (values per head), windows (sliding\n"
      "window, 0 for a global layer) and kv_sources (the layer itself, or the earlier layer whose rows\n"
      "it reads), fill positions positions n_batch at a time as the model does (rows are allocated but\n"
-     "not written), and return the bytes it then stores: codes, scales, norms and f16 windows of\n"
-     "every layer, K and V. max_qjl_bits=2 sizes +qjl rows for a 2-bit residual and counts the\n"
+     "not written), and return the bytes it then stores: codes, scales, norms, f16 windows and f16\n"
+     "sinks of every layer, K and V. max_qjl_bits=2 sizes +qjl rows for a 2-bit residual and counts the\n"
      "precision byte of each position, as a model does when thinking can switch on."},
     {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
