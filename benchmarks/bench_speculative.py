@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mtp-checkpoint", help="heads to draft with (default: the shipped ones)")
     parser.add_argument("--nodes", default="4,6,8,12,16", help="sizes of the accuracy-shaped trees")
     parser.add_argument("--cache", choices=["default", "f16"], default="default",
-                        help="KV cache: the default (tq4 keys, tq3 values, 128 f16 positions) or f16")
+                        help="KV cache: the default (tq3.5 keys, tq3 values, 128 recent and 4 sink f16 positions) or f16")
     parser.add_argument("--temperatures", default="0,0.7")
     args = parser.parse_args(argv)
 

@@ -52,7 +52,7 @@ def _add_model_options(parser, default_ctx_help):
                         help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16 "
                         "and kv_f16_layers apply unless given on the command line")
     parser.add_argument("--cache-type-k", metavar="TYPE",
-                        help="KV cache type of keys (default: tq4, or f16 for head sizes tq types do not support)")
+                        help="KV cache type of keys (default: tq3.5, or f16 for head sizes tq types do not support)")
     parser.add_argument("--cache-type-v", metavar="TYPE",
                         help="KV cache type of values (default: tq3, or f16 as for keys)")
     parser.add_argument("--kv-recent-f16", type=int, metavar="N",

@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free port)")
     parser.add_argument("--cache-type-k", metavar="TYPE", help="KV cache type of keys, for example "
-                        "f16, q8_0, q4_0, tq3 (default: Model.load's, tq4 with the newest 128 positions in f16)")
+                        "f16, q8_0, q4_0, tq3 (default: Model.load's, tq3.5 with the newest 128 and first 4 positions in f16)")
     parser.add_argument("--cache-type-v", metavar="TYPE", help="KV cache type of values "
                         "(default: Model.load's, tq3)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads shared by the running "
