@@ -442,7 +442,7 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
 }
 
 /* Allocate the f16 copies of keys and values of layer l for slots positions of slot_bytes each.
- * They are the recent window or the sink, which what names in errors. */
+ * what names them in errors ("recent f16 window" or "f16 sink"). */
 static tq_status allocate_f16_copies(int64_t slots, size_t slot_bytes, const char *what, int l, uint16_t **keys,
                                      uint16_t **values, tq_error *err)
 {
@@ -877,6 +877,17 @@ static const float *balance_keys(tq_kv_cache *cache, const tq_kv_layer *layer, i
     return cache->balanced_keys;
 }
 
+/* Round one position's keys and values (row_floats each) to the f16 copies at keys_f16 and
+ * values_f16. */
+static void write_f16_copy(const float *keys, const float *values, int row_floats, uint16_t *keys_f16,
+                           uint16_t *values_f16)
+{
+    const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
+    const size_t row_bytes = (size_t)row_floats * sizeof(uint16_t);
+    f16_ops->write_rows(keys, 1, row_floats, keys_f16, row_bytes);
+    f16_ops->write_rows(values, 1, row_floats, values_f16, row_bytes);
+}
+
 void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t n, const float *keys,
                        const float *values)
 {
@@ -915,21 +926,16 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
                    cache->n_kv_heads, head_dim, key_slot, layer->key_row_bytes);
         write_side(layer->ops_v, audio ? layer->audio_codec_v : layer->codec_v, qjl_bits, value_rows,
                    cache->n_kv_heads, head_dim, value_slot, layer->value_row_bytes);
-        const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
         const size_t f16_slot = (size_t)row_floats;
         if (layer->recent_keys != NULL) {
-            const int64_t recent_slot = (pos + t) % cache->recent_slots;
-            f16_ops->write_rows(keys + t * row_floats, 1, row_floats, layer->recent_keys + recent_slot * f16_slot,
-                                f16_slot * sizeof(uint16_t));
-            f16_ops->write_rows(values + t * row_floats, 1, row_floats, layer->recent_values + recent_slot * f16_slot,
-                                f16_slot * sizeof(uint16_t));
+            const size_t recent_slot = (size_t)((pos + t) % cache->recent_slots);
+            write_f16_copy(keys + t * row_floats, values + t * row_floats, row_floats,
+                           layer->recent_keys + recent_slot * f16_slot, layer->recent_values + recent_slot * f16_slot);
         }
         if (layer->sink_keys != NULL && pos + t < cache->sink_slots) {
             const size_t sink_slot = (size_t)(pos + t);
-            f16_ops->write_rows(keys + t * row_floats, 1, row_floats, layer->sink_keys + sink_slot * f16_slot,
-                                f16_slot * sizeof(uint16_t));
-            f16_ops->write_rows(values + t * row_floats, 1, row_floats, layer->sink_values + sink_slot * f16_slot,
-                                f16_slot * sizeof(uint16_t));
+            write_f16_copy(keys + t * row_floats, values + t * row_floats, row_floats,
+                           layer->sink_keys + sink_slot * f16_slot, layer->sink_values + sink_slot * f16_slot);
         }
     }
 }
@@ -1179,8 +1185,8 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
         memset(accs, 0, (size_t)n_queries * acc_floats * sizeof(float));
     }
 
-    const size_t recent_row = (size_t)head_dim * sizeof(uint16_t);
-    const size_t recent_stride = recent_row * (size_t)cache->n_kv_heads;
+    const size_t f16_row = (size_t)head_dim * sizeof(uint16_t);
+    const size_t f16_stride = f16_row * (size_t)cache->n_kv_heads;
     int64_t chunk_start = first;
     while (chunk_start <= last) {
         /* A chunk is a run of consecutive slots of one ring: it ends at TQ_KV_CHUNK
@@ -1224,9 +1230,9 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
         if (exact) {
             const uint16_t *f16_keys = recent ? layer->recent_keys : layer->sink_keys;
             const uint16_t *f16_values = recent ? layer->recent_values : layer->sink_values;
-            key_rows = (const uint8_t *)f16_keys + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
-            value_rows = (const uint8_t *)f16_values + (size_t)slot * recent_stride + (size_t)kv_head * recent_row;
-            key_stride = value_stride = recent_stride;
+            key_rows = (const uint8_t *)f16_keys + (size_t)slot * f16_stride + (size_t)kv_head * f16_row;
+            value_rows = (const uint8_t *)f16_values + (size_t)slot * f16_stride + (size_t)kv_head * f16_row;
+            key_stride = value_stride = f16_stride;
         } else {
             key_rows = layer->keys + (size_t)slot * layer->key_slot_bytes + (size_t)kv_head * layer->key_row_bytes;
             value_rows =
@@ -1391,11 +1397,9 @@ static void move_to_sink(tq_kv_cache *cache, tq_kv_layer *layer, int64_t src, in
         memcpy(layer->sink_values + (size_t)dst * row, from_values, row * sizeof(uint16_t));
         return;
     }
-    const tq_kv_type_ops *f16_ops = tq_kv_type_get(TQ_KV_F16);
     decode_position(cache, layer, dst, cache->sink_rows, cache->sink_rows + row);
-    f16_ops->write_rows(cache->sink_rows, 1, (int)row, layer->sink_keys + (size_t)dst * row, row * sizeof(uint16_t));
-    f16_ops->write_rows(cache->sink_rows + row, 1, (int)row, layer->sink_values + (size_t)dst * row,
-                        row * sizeof(uint16_t));
+    write_f16_copy(cache->sink_rows, cache->sink_rows + row, (int)row, layer->sink_keys + (size_t)dst * row,
+                   layer->sink_values + (size_t)dst * row);
 }
 
 void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
