@@ -30,7 +30,11 @@ ROWS_PER_CALL = 32
 
 def parse_config(text):
     parts = text.split(":")
-    keys, values = parts[0].split("/")
+    names = parts[0].split("/")
+    if len(names) != 2 or not all(names):
+        raise SystemExit(f"invalid configuration {text!r}; expected KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]], "
+                         "e.g. tq4/tq3:128::sink4")
+    keys, values = names
     recent = int(parts[1]) if len(parts) > 1 and parts[1] else 0
     layers = tuple(int(x) for x in parts[2].split(",")) if len(parts) > 2 and parts[2] else ()
     balance = True
@@ -41,7 +45,7 @@ def parse_config(text):
         elif flag.startswith("sink") and flag[4:].isdigit():
             sink = int(flag[4:])
         else:
-            raise SystemExit(f"unknown flag {flag!r} in configuration {text!r}; use raw or sinkN")
+            raise SystemExit(f"invalid flag {flag!r} in configuration {text!r}; expected raw or sinkN, e.g. sink4")
     return {"text": text, "cache_type_k": keys, "cache_type_v": values, "kv_recent_f16": recent,
             "kv_f16_layers": layers, "kv_balance_keys": balance, "kv_sink_f16": sink}
 

@@ -442,7 +442,7 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
 }
 
 /* Allocate the f16 copies of keys and values of layer l for slots positions of slot_bytes each.
- * what names them in errors ("recent f16 window" or "f16 sink"). */
+ * The argument what ("recent f16 window" or "f16 sink") names them in errors. */
 static tq_status allocate_f16_copies(int64_t slots, size_t slot_bytes, const char *what, int l, uint16_t **keys,
                                      uint16_t **values, tq_error *err)
 {

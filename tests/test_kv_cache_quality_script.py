@@ -26,3 +26,10 @@ def test_f16_config_equals_reference(capsys):
     assert same[7] == "+0.00%"
     assert float(same[8]) == 0.0
     assert float(compressed[8]) > 0.0
+
+
+@pytest.mark.parametrize("text,message", [("tq3:128", "invalid configuration"), ("tq3/:128", "invalid configuration"),
+                                          ("tq3/tq3:128::sinkx", "invalid flag")])
+def test_invalid_config_text(text, message):
+    with pytest.raises(SystemExit, match=message):
+        quality.parse_config(text)
