@@ -45,6 +45,9 @@ typedef struct {
  * smaller group therefore makes the cache smaller. With 32, a sliding layer of Gemma 3 keeps
  * 544 positions, and a 32-position f16 window a ring of 64. Attention costs the same per query in
  * any group size. Gemma 4 layers write the whole micro-batch (see tq_context_create). */
+/* NOTE: key balancing takes a layer's key mean from its first write, so a Gemma 3 prefill now
+ * sets it from at most 32 positions, not TQ_KV_MEAN_POSITIONS. The quality tables in
+ * docs/benchmarks.md were measured that way, but a longer mean was not compared. */
 #define TQ_ATTENTION_BATCH 32
 
 /* Limits of a draft tree verified by tq_context_eval_tree: nodes per pass and depth below
