@@ -46,8 +46,8 @@ typedef struct {
  * 544 positions, and a 32-position f16 window a ring of 64. Attention costs the same per query in
  * any group size. Gemma 4 layers write the whole micro-batch (see tq_context_create). */
 /* NOTE: key balancing takes a layer's key mean from its first write, so a Gemma 3 prefill now
- * sets it from at most 32 positions, not TQ_KV_MEAN_POSITIONS. The quality tables in
- * docs/benchmarks.md were measured that way, but a longer mean was not compared. */
+ * sets it from at most 32 positions, not TQ_KV_MEAN_POSITIONS. The current default's quality
+ * in docs/benchmarks.md was measured that way, but a longer mean was not compared with it. */
 #define TQ_ATTENTION_BATCH 32
 
 /* Limits of a draft tree verified by tq_context_eval_tree: nodes per pass and depth below
