@@ -11,7 +11,8 @@ once for all of them.
 
 A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]], for example tq3/tq3:128:0,-1
 keeps the newest 128 positions and layers 0 and 17 in f16. Flags after them: "raw" turns key
-balancing off (Model.load(kv_balance_keys=False)), "sinkN" keeps the first N positions in f16
+balancing off (Model.load(kv_balance_keys=False)), "plainnorm" stores the plain norms of the
+MSE types (Model.load(kv_norm_correction=False)), "sinkN" keeps the first N positions in f16
 (Model.load(kv_sink_f16=N)); for example tq2.5/tq2.5:128::sink4.
 """
 
@@ -26,6 +27,8 @@ from turboquant.model import Model
 from turboquant.perplexity import perplexity_windows
 
 ROWS_PER_CALL = 32
+# Cache types whose norms kv_norm_correction changes.
+MSE_TYPES = ("tq4", "tq3.5", "tq3", "tq2.5", "tq2")
 
 
 def parse_config(text):
@@ -38,16 +41,21 @@ def parse_config(text):
     recent = int(parts[1]) if len(parts) > 1 and parts[1] else 0
     layers = tuple(int(x) for x in parts[2].split(",")) if len(parts) > 2 and parts[2] else ()
     balance = True
+    norm_correction = True
     sink = 0
     for flag in parts[3:]:
         if flag == "raw":
             balance = False
+        elif flag == "plainnorm":
+            norm_correction = False
         elif flag.startswith("sink") and flag[4:].isdigit():
             sink = int(flag[4:])
         else:
-            raise SystemExit(f"invalid flag {flag!r} in configuration {text!r}; expected raw or sinkN, e.g. sink4")
+            raise SystemExit(f"invalid flag {flag!r} in configuration {text!r}; expected raw, plainnorm or sinkN, "
+                             "e.g. sink4")
     return {"text": text, "cache_type_k": keys, "cache_type_v": values, "kv_recent_f16": recent,
-            "kv_f16_layers": layers, "kv_balance_keys": balance, "kv_sink_f16": sink}
+            "kv_f16_layers": layers, "kv_balance_keys": balance, "kv_sink_f16": sink,
+            "kv_norm_correction": norm_correction}
 
 
 def log_softmax(logits):
@@ -62,7 +70,7 @@ def main(argv=None):
     parser.add_argument("--ctx", type=int, default=2048, help="window length in tokens")
     parser.add_argument("--windows", type=int, default=1, help="number of windows to score")
     parser.add_argument("--text", default="alice29", help="name of the English text (turboquant.datasets)")
-    parser.add_argument("--config", action="append", required=True, help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:raw]]]")
+    parser.add_argument("--config", action="append", required=True, help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]], flags raw, plainnorm, sinkN")
     parser.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: default)")
     args = parser.parse_args(argv)
 
@@ -73,7 +81,8 @@ def main(argv=None):
     models = [Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k=c["cache_type_k"],
                          cache_type_v=c["cache_type_v"], kv_recent_f16=c["kv_recent_f16"],
                          kv_f16_layers=c["kv_f16_layers"], kv_balance_keys=c["kv_balance_keys"],
-                         kv_sink_f16=c["kv_sink_f16"]) for c in configs]
+                         kv_sink_f16=c["kv_sink_f16"], kv_norm_correction=c["kv_norm_correction"])
+              for c in configs]
     with open(path, encoding="utf-8") as f:
         tokens = reference.tokenize(f.read(), add_bos=False, special=False)
     windows = perplexity_windows(tokens, args.ctx, int(reference.tokenizer.bos_id))[: args.windows]
@@ -107,8 +116,9 @@ def main(argv=None):
     print(f"text {args.text}, ctx {args.ctx}, {len(windows)} window(s), {len(reference_nll)} scored tokens, "
           f"{time.time() - start_time:.0f} s")
     print(f"{'keys/values':>12} {'recent f16':>10} {'sink f16':>8} {'f16 layers':>10} {'bits/value':>10} "
-          f"{'memory':>7} {'perplexity':>10} {'vs f16':>8} {'KL':>8} {'top-1':>7}")
-    print(f"{'f16/f16':>12} {0:>10} {0:>8} {'-':>10} {16.0:>10.3f} {1.0:>7.3f} {base:>10.4f} {'':>8} {'':>8} {'':>7}")
+          f"{'norms':>9} {'memory':>7} {'perplexity':>10} {'vs f16':>8} {'KL':>8} {'top-1':>7}")
+    print(f"{'f16/f16':>12} {0:>10} {0:>8} {'-':>10} {16.0:>10.3f} {'-':>9} {1.0:>7.3f} {base:>10.4f} {'':>8} "
+          f"{'':>8} {'':>7}")
     for i, (config, model) in enumerate(zip(configs, models)):
         ppl = math.exp(np.mean(nll[i]))
         # bits/value: stored bits per cached value of one position (codes and norms, f16 layers
@@ -116,9 +126,12 @@ def main(argv=None):
         bits = 16.0 * model.kv_bytes_per_token() / reference.kv_bytes_per_token()
         memory = model.kv_cache_bytes() / reference.kv_cache_bytes()
         layers = ",".join(str(x) for x in config["kv_f16_layers"]) or "-"
+        # norms: how the MSE types (tq4 .. tq2) store row norms; "-" when neither side is one.
+        mse = any(config[side] in MSE_TYPES for side in ("cache_type_k", "cache_type_v"))
+        norms = ("corrected" if config["kv_norm_correction"] else "plain") if mse else "-"
         print(f"{config['cache_type_k'] + '/' + config['cache_type_v']:>12} {config['kv_recent_f16']:>10} "
-              f"{config['kv_sink_f16']:>8} {layers:>10} {bits:>10.3f} {memory:>7.3f} {ppl:>10.4f} {100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} "
-              f"{100 * np.mean(top1[i]):>6.1f}%")
+              f"{config['kv_sink_f16']:>8} {layers:>10} {bits:>10.3f} {norms:>9} {memory:>7.3f} {ppl:>10.4f} "
+              f"{100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} {100 * np.mean(top1[i]):>6.1f}%")
 
 
 if __name__ == "__main__":

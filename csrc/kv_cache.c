@@ -428,6 +428,14 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
             status = tq_kv_codec_create_qjl(cache->ops_v->name, (size_t)head_dim, config->codec_seed, config->isa,
                                             cache->max_qjl_bits, &cache->codecs_v[index], err);
         }
+        if (status == TQ_OK && config->norm_correction) {
+            if (cache->codecs_k[index] != NULL) {
+                tq_kv_codec_set_norm_correction(cache->codecs_k[index], 1);
+            }
+            if (cache->codecs_v[index] != NULL) {
+                tq_kv_codec_set_norm_correction(cache->codecs_v[index], 1);
+            }
+        }
         if (status == TQ_OK && cache->audio_flags != NULL) {
             status = create_audio_codecs(cache, config, index, head_dim, err);
         }

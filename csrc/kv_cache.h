@@ -145,6 +145,11 @@ typedef struct {
      * split ignore it. */
     const int *channel_order_k;
     const int *channel_order_v;
+
+    /* 1: the MSE codec types (tq4 .. tq2) store each row's norm corrected for the length of
+     * its centroids, so coded keys and values keep their length (tq_kv_codec_set_norm_correction).
+     * The audio codebook's codecs and other types are unaffected. */
+    int norm_correction;
 } tq_kv_cache_config;
 
 /* Positions past the sink whose f16 copies a cache without a recent window keeps, so that

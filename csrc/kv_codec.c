@@ -45,6 +45,7 @@ struct tq_kv_codec {
     int max_qjl_bits;         /* 1, or 2 when rows have room for the magnitude plane */
     float qjl_outer_threshold; /* |u| from which the 2-bit quantizer picks the outer level */
     size_t row_bytes;
+    int norm_correction; /* 1: MSE rows store ||x|| / ||centroids|| (tq_kv_codec_set_norm_correction) */
     /* Decision thresholds between consecutive centroids (levels - 1 of them). */
     float thresholds_first[15];
     float thresholds_second[15];
@@ -703,6 +704,16 @@ const float *tq_kv_codec_centroids(const tq_kv_codec *codec, size_t *count)
     }
 }
 
+void tq_kv_codec_set_norm_correction(tq_kv_codec *codec, int enabled)
+{
+    codec->norm_correction = enabled ? 1 : 0;
+}
+
+int tq_kv_codec_norm_correction(const tq_kv_codec *codec)
+{
+    return codec->norm_correction;
+}
+
 size_t tq_kv_codec_query_floats(const tq_kv_codec *codec)
 {
     return codec->layout.query_floats;
@@ -768,6 +779,7 @@ static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout
     const size_t part_dim = d / parts;
     const size_t norm_offsets[2] = {layout->norm_offset, layout->norm_second_offset};
     float unit[TQ_KV_MAX_HEAD_DIM];
+    double norms[2];
     for (size_t part = 0; part < parts; part++) {
         const float *in = x + part * part_dim;
         double part_squares = sum_squares;
@@ -777,13 +789,8 @@ static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout
                 part_squares += (double)in[j] * (double)in[j];
             }
         }
-        const double norm = sqrt(part_squares);
-        if (norm > 65504.0) {
-            return tq_error_set(err, TQ_ERR_INVALID,
-                                "row %zu has norm %g, above the f16 maximum 65504 used for norms", row_index, norm);
-        }
-        store_half(row + norm_offsets[part], (float)norm);
-        const float inverse_norm = norm > 0.0 ? (float)(1.0 / norm) : 0.0f;
+        norms[part] = sqrt(part_squares);
+        const float inverse_norm = norms[part] > 0.0 ? (float)(1.0 / norms[part]) : 0.0f;
         for (size_t j = 0; j < part_dim; j++) {
             unit[part * part_dim + j] = in[j] * inverse_norm;
         }
@@ -795,11 +802,28 @@ static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout
         uint8_t *second = codes + (size_t)layout->bits_first * plane_bytes;
         const int levels_first = 1 << layout->bits_first;
         const int levels_second = 1 << layout->bits_second;
+        /* Squared length of each coded vector's centroids: below 1 by about the codebook's MSE. */
+        double code_squares[2] = {0.0, 0.0};
         for (size_t j = 0; j < half; j++) {
-            tq_kv_code_write(codes, plane_bytes, layout->bits_first, j,
-                       quantize(unit[j], codec->thresholds_first, levels_first));
-            tq_kv_code_write(second, plane_bytes, layout->bits_second, j,
-                       quantize(unit[half + j], codec->thresholds_second, levels_second));
+            const unsigned code_first = quantize(unit[j], codec->thresholds_first, levels_first);
+            const unsigned code_second = quantize(unit[half + j], codec->thresholds_second, levels_second);
+            tq_kv_code_write(codes, plane_bytes, layout->bits_first, j, code_first);
+            tq_kv_code_write(second, plane_bytes, layout->bits_second, j, code_second);
+            code_squares[0] += (double)layout->centroids_first[code_first] * layout->centroids_first[code_first];
+            code_squares[parts - 1] +=
+                (double)layout->centroids_second[code_second] * layout->centroids_second[code_second];
+        }
+        /* Norm correction: store ||x|| / ||centroids|| so the decoded vector has x's length.
+         * Lloyd-Max centroids are conditional means, which shrink every decoded vector by
+         * about 1 - MSE along x; in attention that scales coded scores down against the f16
+         * window's and pulls averaged values towards zero. QJL formats keep the plain norm,
+         * which their unbiased residual term needs. */
+        if (codec->norm_correction && !layout->has_qjl) {
+            for (size_t part = 0; part < parts; part++) {
+                if (code_squares[part] > 0.0) {
+                    norms[part] /= sqrt(code_squares[part]);
+                }
+            }
         }
     } else {
         uint8_t *angles = codes + (size_t)TQ_KV_POLAR_RADIUS_BITS * plane_bytes;
@@ -815,6 +839,13 @@ static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout
             bin = bin < 0 ? 0 : (bin >= angle_bins ? angle_bins - 1 : bin);
             tq_kv_code_write(angles, plane_bytes, TQ_KV_POLAR_ANGLE_BITS, j, (unsigned)bin);
         }
+    }
+    for (size_t part = 0; part < parts; part++) {
+        if (norms[part] > 65504.0) {
+            return tq_error_set(err, TQ_ERR_INVALID, "row %zu has norm %g, above the f16 maximum 65504 used for norms",
+                                row_index, norms[part]);
+        }
+        store_half(row + norm_offsets[part], (float)norms[part]);
     }
 
     if (layout->has_qjl) {

@@ -109,6 +109,14 @@ int tq_kv_codec_is_split(const tq_kv_codec *codec);
  * the codec. */
 const float *tq_kv_codec_centroids(const tq_kv_codec *codec, size_t *count);
 
+/* Norm correction of the MSE formats (tq4 .. tq2; not +qjl, polar or f16), off at creation:
+ * each coded vector then stores ||x|| / ||c|| instead of ||x||, where c is the vector of its
+ * centroids in the rotated domain, so decoded rows keep the input's length. Lloyd-Max
+ * centroids alone decode to about (1 - MSE) of x along x, which minimizes the MSE but scales
+ * attention scores and averaged values down. Affects rows encoded after the call. */
+void tq_kv_codec_set_norm_correction(tq_kv_codec *codec, int enabled);
+int tq_kv_codec_norm_correction(const tq_kv_codec *codec);
+
 /* Encode n rows of head_dim floats (row i at x + i * x_stride floats) into n rows of
  * row_bytes bytes (row i at rows + i * row_stride bytes), with a qjl_bits residual for
  * +qjl formats (other formats take qjl_bits 1). Encoding is scalar code shared

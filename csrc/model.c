@@ -747,6 +747,7 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .max_qjl_bits = tq_context_max_qjl_bits(context),
             .channel_order_k = model->kv_channel_order_k,
             .channel_order_v = model->kv_channel_order_v,
+            .norm_correction = params->kv_norm_correction,
         };
         if (status == TQ_OK) {
             status = tq_kv_cache_create(&cache_config, &context->cache, err);
@@ -827,6 +828,7 @@ static tq_status store_context_params(tq_model *model, const tq_model_params *pa
     stored->kv_recent_f16 = params->kv_recent_f16;
     stored->kv_sink_f16 = params->kv_sink_f16;
     stored->kv_balance_keys = params->kv_balance_keys ? 1 : 0;
+    stored->kv_norm_correction = params->kv_norm_correction ? 1 : 0;
     stored->qjl_precision = params->qjl_precision;
     stored->kv_f16_layers = NULL;
     stored->n_kv_f16_layers = 0;

@@ -108,6 +108,7 @@ typedef struct {
     const int *kv_f16_layers;  /* layers stored in f16, negative indices count from the end */
     int n_kv_f16_layers;
     int kv_balance_keys; /* 1: balance the keys of codec cache types (see key_balance_tables) */
+    int kv_norm_correction; /* 1: MSE codec types store corrected norms (tq_kv_cache_config.norm_correction) */
     tq_qjl_precision qjl_precision;
     int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
                         * comparisons with float references), 0: quantize them as llama.cpp does */
@@ -134,6 +135,7 @@ typedef struct {
     const int *kv_f16_layers; /* as in tq_model_params; copied by tq_context_create */
     int n_kv_f16_layers;
     int kv_balance_keys; /* as in tq_model_params */
+    int kv_norm_correction; /* as in tq_model_params */
     tq_qjl_precision qjl_precision; /* as in tq_model_params */
 } tq_context_params;
 

@@ -22,10 +22,22 @@ def test_f16_config_equals_reference(capsys):
     reference, same, compressed = rows
     assert reference[0] == same[0] == "f16/f16"
     assert same[4] == "16.000"
-    assert same[6] == reference[6]
-    assert same[7] == "+0.00%"
-    assert float(same[8]) == 0.0
-    assert float(compressed[8]) > 0.0
+    assert same[5] == "-"
+    assert compressed[5] == "corrected"
+    assert same[7] == reference[7]
+    assert same[8] == "+0.00%"
+    assert float(same[9]) == 0.0
+    assert float(compressed[9]) > 0.0
+
+
+def test_flags_parsed():
+    config = quality.parse_config("tq2.5/tq3:128:0,-1:raw:plainnorm:sink4")
+    assert (config["kv_recent_f16"], config["kv_f16_layers"], config["kv_sink_f16"]) == (128, (0, -1), 4)
+    assert config["kv_balance_keys"] is False
+    assert config["kv_norm_correction"] is False
+    default = quality.parse_config("tq2.5/tq3")
+    assert default["kv_balance_keys"] is True
+    assert default["kv_norm_correction"] is True
 
 
 @pytest.mark.parametrize("text,message", [("tq3:128", "invalid configuration"), ("tq3/:128", "invalid configuration"),

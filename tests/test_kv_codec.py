@@ -180,6 +180,45 @@ def test_split_formats_code_each_half_as_a_vector(name, d):
     np.testing.assert_allclose(codec.decode(codec.encode(x)), expected, rtol=0, atol=1e-5 * np.abs(x).max())
 
 
+@pytest.mark.parametrize("name", sorted(MSE_FORMATS))
+@pytest.mark.parametrize("d", [64, 256])
+def test_norm_correction_matches_numpy(name, d):
+    # With norm correction each coded vector stores ||x|| / ||c||, c being its nearest
+    # centroids in the rotated domain: the reference rebuilds c from the codec's rotation and
+    # the SciPy codebook, and the decoded rows then have the input's length.
+    codec = _core.KVCodec(name, d, seed=11, norm_correction=True)
+    assert codec.norm_correction and not _core.KVCodec(name, d).norm_correction
+    parts = 2 if name in SPLIT_FORMATS else 1
+    size = d // parts
+    rotation = codec.rotate(np.eye(d, dtype=np.float32)).T.astype(np.float64)
+
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((40, d)) * rng.uniform(0.1, 20, (40, 1))).astype(np.float32)
+    expected = np.empty((40, d))
+    for p, bits in enumerate(MSE_FORMATS[name][:parts]):
+        part = slice(p * size, (p + 1) * size)
+        centroids = sphere_lloyd_max(size, 2**bits)
+        norm = np.linalg.norm(x[:, part].astype(np.float64), axis=1, keepdims=True)
+        y = (x[:, part] / norm) @ rotation[part, part].T
+        nearest = centroids[np.abs(y[..., None] - centroids).argmin(axis=-1)]
+        stored = (norm / np.linalg.norm(nearest, axis=1, keepdims=True)).astype(np.float16).astype(np.float64)
+        expected[:, part] = (nearest @ rotation[part, part]) * stored
+        decoded = codec.decode(codec.encode(x))[:, part].astype(np.float64)
+        # The f16 norm rounds by at most 2^-11 relative.
+        np.testing.assert_allclose(np.linalg.norm(decoded, axis=1), norm[:, 0], rtol=2**-11 + 1e-6)
+    np.testing.assert_allclose(codec.decode(codec.encode(x)), expected, rtol=0, atol=1e-5 * np.abs(x).max())
+
+
+@pytest.mark.parametrize("name", ["tq3+qjl", "tq4+qjl", "polar", "polar+qjl", "f16"])
+def test_norm_correction_leaves_other_formats(name):
+    # The QJL residual needs the plain norm to stay unbiased, and polar and f16 rows do not
+    # decode to Lloyd-Max conditional means, so their rows are unchanged.
+    x = np.random.default_rng(13).standard_normal((20, 128)).astype(np.float32)
+    plain = _core.KVCodec(name, 128, seed=2).encode(x)
+    corrected = _core.KVCodec(name, 128, seed=2, norm_correction=True).encode(x)
+    np.testing.assert_array_equal(corrected, plain)
+
+
 def test_polar_mse_matches_radius_and_angle_error():
     d = 256
     codec = _core.KVCodec("polar", d, seed=7)

@@ -203,7 +203,7 @@ class Model:
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
              kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True, audio_token_id=None, image_token_id=None,
              audio_codebook=None, qjl_bits=None, thinking_qjl_bits=None, think_token_id=None,
-             config=None, kv_sink_f16=None) -> "Model":
+             config=None, kv_sink_f16=None, kv_norm_correction=True) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
         path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
@@ -225,6 +225,11 @@ class Model:
         layer's first keys on the slow RoPE channels and weigh each channel by
         sqrt(query norm weight / key norm weight), scoring queries with the inverse weights;
         scores keep their value and their quantization error drops several-fold on Gemma 3.
+        kv_norm_correction: the MSE cache types ("tq4", "tq3.5", "tq3", "tq2.5", "tq2") store each
+        row's norm divided by the length of its coded centroids, so decoded keys and values keep
+        their length instead of shrinking by about the codebook's error; coded scores then
+        stay on the scale of the f16 window's. False stores the plain norm, as the TurboQuant
+        paper (arXiv 2504.19874) does.
         exact_matmul: keep activations in float32 in every weight product (several times slower);
         the default rounds them to 8 bits per block as llama.cpp does.
         audio_token_id, image_token_id: the placeholder tokens whose positions take soft-token
@@ -318,6 +323,7 @@ class Model:
             kv_f16_layers=tuple(kv_f16_layers),
             exact_matmul=bool(exact_matmul),
             kv_balance_keys=bool(kv_balance_keys),
+            kv_norm_correction=bool(kv_norm_correction),
             audio_token_id=-1 if audio_token_id is None else int(audio_token_id),
             image_token_id=-1 if image_token_id is None else int(image_token_id),
             audio_codebook=None if audio_codebook is None else tuple(float(c) for c in audio_codebook),
@@ -334,7 +340,7 @@ class Model:
         Different sessions may generate at the same time from different threads, because the
         forward pass releases the GIL; one session still serves one thread at a time.
         Arguments left at None take the values this Model was loaded with; kv_recent_f16,
-        kv_sink_f16, kv_f16_layers and kv_balance_keys are always inherited.
+        kv_sink_f16, kv_f16_layers, kv_balance_keys and kv_norm_correction are always inherited.
         """
         _check_optional_int("threads", threads, 1)
         _check_optional_int("ctx", ctx, 1)

@@ -94,14 +94,15 @@ static int create_codec(const char *name, Py_ssize_t head_dim, unsigned long lon
 
 static int KVCodec_init(KVCodecObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "head_dim", "seed", "codebook", "max_qjl_bits", NULL};
+    static char *keywords[] = {"name", "head_dim", "seed", "codebook", "max_qjl_bits", "norm_correction", NULL};
     const char *name;
     Py_ssize_t head_dim;
     unsigned long long seed = 0;
     PyObject *codebook_object = Py_None;
     int max_qjl_bits = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|KOi:KVCodec", keywords, &name, &head_dim, &seed,
-                                     &codebook_object, &max_qjl_bits)) {
+    int norm_correction = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sn|KOip:KVCodec", keywords, &name, &head_dim, &seed,
+                                     &codebook_object, &max_qjl_bits, &norm_correction)) {
         return -1;
     }
     float *codebook = NULL;
@@ -115,6 +116,7 @@ static int KVCodec_init(KVCodecObject *self, PyObject *args, PyObject *kwargs)
     if (failed) {
         return -1;
     }
+    tq_kv_codec_set_norm_correction(codec, norm_correction);
     tq_kv_codec_free(self->codec);
     self->codec = codec;
     self->seed = seed;
@@ -412,6 +414,12 @@ static PyObject *KVCodec_get_max_qjl_bits(KVCodecObject *self, void *closure)
     return check_ready(self) != 0 ? NULL : PyLong_FromLong(tq_kv_codec_max_qjl_bits(self->codec));
 }
 
+static PyObject *KVCodec_get_norm_correction(KVCodecObject *self, void *closure)
+{
+    (void)closure;
+    return check_ready(self) != 0 ? NULL : PyBool_FromLong(tq_kv_codec_norm_correction(self->codec));
+}
+
 static PyObject *KVCodec_get_centroids(KVCodecObject *self, void *closure)
 {
     (void)closure;
@@ -441,6 +449,10 @@ static PyGetSetDef KVCodec_getset[] = {
     {"kernels", (getter)KVCodec_get_kernels, NULL, "Kernel variant chosen at creation ('avx512', ...).", NULL},
     {"max_qjl_bits", (getter)KVCodec_get_max_qjl_bits, NULL,
      "Largest residual precision the rows hold: 2 for a +qjl codec created with max_qjl_bits=2, else 1.", NULL},
+    {"norm_correction", (getter)KVCodec_get_norm_correction, NULL,
+     "True when the MSE formats (tq4 .. tq2) store ||x|| / ||c|| (c: the row's centroids in the rotated domain) "
+     "instead of ||x||, so decoded rows keep the input's length; other formats ignore it.",
+     NULL},
     {"centroids", (getter)KVCodec_get_centroids, NULL,
      "Lloyd-Max centroids of the first coordinate group (tq) or of the pair radius (polar), in units of the "
      "rotated unit vector's coordinates (for split formats, of each half's unit vector); empty for f16.",
@@ -471,12 +483,13 @@ static PyTypeObject KVCodecType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "turboquant._core.KVCodec",
     .tp_basicsize = sizeof(KVCodecObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "KVCodec(name, head_dim, seed=0, codebook=None, max_qjl_bits=1)\n\n"
+    .tp_doc = "KVCodec(name, head_dim, seed=0, codebook=None, max_qjl_bits=1, norm_correction=False)\n\n"
               "Codec of KV-cache rows: f16, tq4, tq3.5, tq3, tq2.5, tq2, tq3+qjl, tq4+qjl, polar or polar+qjl. "
               "head_dim must be a power of two from 64 to 1024. codebook: strictly increasing centroids that "
               "replace the default Lloyd-Max codebook, in units of sqrt(head_dim) times a rotated unit-vector "
               "coordinate (16 radii >= 0 for polar, 2^bits entries for a tq format). max_qjl_bits=2 gives +qjl "
-              "rows room for a 2-bit QJL residual.",
+              "rows room for a 2-bit QJL residual. norm_correction=True makes the MSE formats store norms that "
+              "keep the decoded rows' length (see the norm_correction attribute).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)KVCodec_init,
     .tp_dealloc = (destructor)KVCodec_dealloc,

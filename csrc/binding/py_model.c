@@ -142,7 +142,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
                                "n_batch",       "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys",
                                "hf_weights",    "tokenizer",     "audio_token_id", "image_token_id",
                                "audio_codebook", "qjl_bits",     "thinking_qjl_bits", "think_token_id",
-                               "kv_sink_f16",   NULL};
+                               "kv_sink_f16",   "kv_norm_correction", NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -161,12 +161,13 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     int qjl_bits = 0, thinking_qjl_bits = 0;
     long long think_token_id = TQ_THINK_TOKEN_DEFAULT;
     long long kv_sink_f16 = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiLL:Model", keywords, PyUnicode_FSConverter,
+    int kv_norm_correction = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiLLp:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
                                      &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys, &PyTuple_Type,
                                      &hf_weights, &tokenizer, &audio_token_id, &image_token_id,
                                      &audio_codebook_object, &qjl_bits, &thinking_qjl_bits, &think_token_id,
-                                     &kv_sink_f16)) {
+                                     &kv_sink_f16, &kv_norm_correction)) {
         return -1;
     }
     if (kv_recent_f16 < 0 || kv_sink_f16 < 0) {
@@ -270,6 +271,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .n_kv_f16_layers = n_f16_layers,
         .exact_matmul = exact_matmul,
         .kv_balance_keys = kv_balance_keys,
+        .kv_norm_correction = kv_norm_correction,
         .qjl_precision = {.qjl_bits = qjl_bits, .thinking_qjl_bits = thinking_qjl_bits,
                           .think_token_id = think_token_id},
         .hf_weights = weights,
@@ -997,8 +999,8 @@ static PyMethodDef Model_methods[] = {
      "create_context(threads=None, ctx=None, cache_type_k=None, cache_type_v=None) -> Context\n\n"
      "Create a Context: a KV cache and forward buffers of its own that share this model's weights.\n"
      "Arguments left at None take the value the Model was created with (threads 0: OpenMP default,\n"
-     "ctx 0: the model's context length); kv_recent_f16, kv_f16_layers and kv_balance_keys are always\n"
-     "inherited.\n"
+     "ctx 0: the model's context length); kv_recent_f16, kv_sink_f16, kv_f16_layers, kv_balance_keys and\n"
+     "kv_norm_correction are always inherited.\n"
      "Different contexts may run eval() at the same time from different threads."},
     {NULL, NULL, 0, NULL},
 };
@@ -1022,12 +1024,14 @@ static PyTypeObject ModelType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0,\n"
               "      kv_recent_f16=0, kv_f16_layers=(), exact_matmul=False, qjl_bits=0, thinking_qjl_bits=0,\n"
-              "      think_token_id=0, kv_sink_f16=0)\n\n"
+              "      think_token_id=0, kv_sink_f16=0, kv_norm_correction=False)\n\n"
               "Gemma 3 model from a GGUF file with a KV cache of ctx positions (0: the model's context length).\n"
               "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0', 'q4_0' or a TurboQuant codec ('tq4', 'tq3.5',\n"
               "'tq3', 'tq2.5', 'tq2', 'tq3+qjl', 'tq4+qjl', 'polar', 'polar+qjl'). With a codec type,\n"
               "kv_recent_f16 newest positions and kv_sink_f16 first positions are also kept in f16 and read from\n"
-              "there, and the layers listed in kv_f16_layers (negative: from the end) store f16 rows. n_batch: prompt micro-batch\n"
+              "there, and the layers listed in kv_f16_layers (negative: from the end) store f16 rows.\n"
+              "kv_norm_correction: the MSE codec types (tq4 .. tq2) store norms that keep the decoded rows'\n"
+              "length. kv_balance_keys: code keys balanced per channel (Gemma 3). n_batch: prompt micro-batch\n"
               "size (0: 512). threads: OpenMP threads per call (0: OpenMP default). exact_matmul: keep\n"
               "activations in float32 in weight products (slower; matches float references such as transformers).\n"
               "qjl_bits, thinking_qjl_bits: QJL residual bits (1 or 2; 0: 1 and 2) of +qjl cache types outside and\n"
@@ -1320,7 +1324,8 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     static char *keywords[] = {"keys",    "values",  "queries",    "cache_type_k", "cache_type_v",
                                "window",  "n_batch", "splits",     "kernels",      "recent_f16",
                                "seed",    "key_scale", "key_center", "audio_positions", "audio_codebook",
-                               "read_rows", "qjl_bits", "channel_order_k", "channel_order_v", "sink_f16", NULL};
+                               "read_rows", "qjl_bits", "channel_order_k", "channel_order_v", "sink_f16",
+                               "norm_correction", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *key_scale_object = Py_None, *key_center_object = Py_None, *qjl_bits_object = Py_None;
     PyObject *audio_positions_object = Py_None, *audio_codebook_object = Py_None;
@@ -1336,12 +1341,13 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     unsigned long long seed = 0;
     int splits = 1;
     const char *kernels = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOOL:kv_cache_attention", keywords,
+    int norm_correction = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOOLp:kv_cache_attention", keywords,
                                      &keys_object, &values_object, &queries_object, &cache_type_k, &cache_type_v,
                                      &window, &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
                                      &key_center_object, &audio_positions_object, &audio_codebook_object,
                                      &read_rows, &qjl_bits_object, &order_objects[0], &order_objects[1],
-                                     &sink_f16)) {
+                                     &sink_f16, &norm_correction)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -1481,6 +1487,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .isa = isa,
         .recent_f16 = recent_f16,
         .sink_f16 = sink_f16,
+        .norm_correction = norm_correction,
         .codec_seed = seed,
         .key_scale = key_scale != NULL ? (const float *)PyArray_DATA(key_scale) : NULL,
         .key_center = key_center != NULL ? (const uint8_t *)PyArray_DATA(key_center) : NULL,
@@ -1737,6 +1744,7 @@ static PyMethodDef model_functions[] = {
      "balancing of a codec key side (tq_kv_cache_config.key_scale). audio_positions (n flags) marks\n"
      "positions stored with audio_codebook (tq_kv_cache_config.audio_codebook). qjl_bits (one entry of\n"
      "1 or 2 per position) writes each position of a +qjl type with that residual precision.\n"
+     "norm_correction=True stores the norms of MSE codec types corrected (KVCodec.norm_correction).\n"
      "read_rows=True returns (output, keys, values) with the rows decoded from the cache after the last\n"
      "write. Exposes the cache kernels to tests."},
     {NULL, NULL, 0, NULL},
