@@ -70,7 +70,8 @@ def main(argv=None):
     parser.add_argument("--ctx", type=int, default=2048, help="window length in tokens")
     parser.add_argument("--windows", type=int, default=1, help="number of windows to score")
     parser.add_argument("--text", default="alice29", help="name of the English text (turboquant.datasets)")
-    parser.add_argument("--config", action="append", required=True, help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]], flags raw, plainnorm, sinkN")
+    parser.add_argument("--config", action="append", required=True,
+                        help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]] with flags raw, plainnorm, sinkN")
     parser.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: default)")
     args = parser.parse_args(argv)
 
@@ -127,8 +128,9 @@ def main(argv=None):
         memory = model.kv_cache_bytes() / reference.kv_cache_bytes()
         layers = ",".join(str(x) for x in config["kv_f16_layers"]) or "-"
         # norms: how the MSE types (tq4 .. tq2) store row norms; "-" when neither side is one.
-        mse = any(config[side] in MSE_TYPES for side in ("cache_type_k", "cache_type_v"))
-        norms = ("corrected" if config["kv_norm_correction"] else "plain") if mse else "-"
+        norms = "-"
+        if any(config[side] in MSE_TYPES for side in ("cache_type_k", "cache_type_v")):
+            norms = "corrected" if config["kv_norm_correction"] else "plain"
         print(f"{config['cache_type_k'] + '/' + config['cache_type_v']:>12} {config['kv_recent_f16']:>10} "
               f"{config['kv_sink_f16']:>8} {layers:>10} {bits:>10.3f} {norms:>9} {memory:>7.3f} {ppl:>10.4f} "
               f"{100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} {100 * np.mean(top1[i]):>6.1f}%")

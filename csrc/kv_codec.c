@@ -814,10 +814,10 @@ static tq_status encode_row(const tq_kv_codec *codec, const tq_kv_layout *layout
                 (double)layout->centroids_second[code_second] * layout->centroids_second[code_second];
         }
         /* Norm correction: store ||x|| / ||centroids|| so the decoded vector has x's length.
-         * Lloyd-Max centroids are conditional means, which shrink every decoded vector by
-         * about 1 - MSE along x; in attention that scales coded scores down against the f16
-         * window's and pulls averaged values towards zero. QJL formats keep the plain norm,
-         * which their unbiased residual term needs. */
+         * Lloyd-Max centroids are conditional means, so every decoded vector is shorter than x
+         * by about the codebook's MSE. In attention that scales coded scores down against the
+         * f16 window's and pulls averaged values towards zero. QJL formats keep the plain
+         * norm, which their unbiased residual term needs. */
         if (codec->norm_correction && !layout->has_qjl) {
             for (size_t part = 0; part < parts; part++) {
                 if (code_squares[part] > 0.0) {

@@ -25,7 +25,7 @@ fi
 
 # llama-cpp-python (the bench extra) compiles ggml with -march=native. Some VMs list AMX among
 # the CPU flags without enabling its tile registers, and ggml's AMX kernels then die with
-# SIGILL, so one tile instruction is tried first and ggml is built without AMX if it fails.
+# SIGILL. So one tile instruction is tried first, and ggml is built without AMX if it fails.
 if [[ ",$extras," == *",bench,"* ]] && [ -z "${CMAKE_ARGS:-}" ] && [ "$(uname -m)" = x86_64 ] &&
     grep -q amx_tile /proc/cpuinfo 2>/dev/null; then
     probe_dir="$(mktemp -d)"

@@ -398,8 +398,8 @@ def log_softmax(logits):
 
 
 def test_model_norm_correction_closer_to_f16(model_path):
-    # Lloyd-Max centroids shrink every decoded key and value by about the codebook's error;
-    # norm correction restores their length. On 512 tokens of English text with tq2.5 codes
+    # Lloyd-Max centroids shrink every decoded key and value by about the codebook's error,
+    # and norm correction restores their length. On 512 tokens of English text with tq2.5 codes
     # and the default 4-position f16 sink, without the f16 window, the KL divergence from
     # the f16 cache's next-token distributions must drop (from 0.209 to 0.148 when this test
     # was written).

@@ -183,17 +183,19 @@ def test_split_formats_code_each_half_as_a_vector(name, d):
 @pytest.mark.parametrize("name", sorted(MSE_FORMATS))
 @pytest.mark.parametrize("d", [64, 256])
 def test_norm_correction_matches_numpy(name, d):
-    # With norm correction each coded vector stores ||x|| / ||c||, c being its nearest
-    # centroids in the rotated domain: the reference rebuilds c from the codec's rotation and
-    # the SciPy codebook, and the decoded rows then have the input's length.
+    # With norm correction each coded vector stores ||x|| / ||c||, where c is its nearest
+    # centroids in the rotated domain. The reference rebuilds c from the codec's rotation and
+    # the SciPy codebook, and the decoded rows must have the input's length.
     codec = _core.KVCodec(name, d, seed=11, norm_correction=True)
-    assert codec.norm_correction and not _core.KVCodec(name, d).norm_correction
+    assert codec.norm_correction
+    assert not _core.KVCodec(name, d).norm_correction
     parts = 2 if name in SPLIT_FORMATS else 1
     size = d // parts
     rotation = codec.rotate(np.eye(d, dtype=np.float32)).T.astype(np.float64)
 
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((40, d)) * rng.uniform(0.1, 20, (40, 1))).astype(np.float32)
+    decoded = codec.decode(codec.encode(x))
     expected = np.empty((40, d))
     for p, bits in enumerate(MSE_FORMATS[name][:parts]):
         part = slice(p * size, (p + 1) * size)
@@ -203,10 +205,10 @@ def test_norm_correction_matches_numpy(name, d):
         nearest = centroids[np.abs(y[..., None] - centroids).argmin(axis=-1)]
         stored = (norm / np.linalg.norm(nearest, axis=1, keepdims=True)).astype(np.float16).astype(np.float64)
         expected[:, part] = (nearest @ rotation[part, part]) * stored
-        decoded = codec.decode(codec.encode(x))[:, part].astype(np.float64)
         # The f16 norm rounds by at most 2^-11 relative.
-        np.testing.assert_allclose(np.linalg.norm(decoded, axis=1), norm[:, 0], rtol=2**-11 + 1e-6)
-    np.testing.assert_allclose(codec.decode(codec.encode(x)), expected, rtol=0, atol=1e-5 * np.abs(x).max())
+        lengths = np.linalg.norm(decoded[:, part].astype(np.float64), axis=1)
+        np.testing.assert_allclose(lengths, norm[:, 0], rtol=2**-11 + 1e-6)
+    np.testing.assert_allclose(decoded, expected, rtol=0, atol=1e-5 * np.abs(x).max())
 
 
 @pytest.mark.parametrize("name", ["tq3+qjl", "tq4+qjl", "polar", "polar+qjl", "f16"])
