@@ -186,9 +186,10 @@ typedef struct {
     uint8_t *keys;     /* n_slots * key_slot_bytes */
     uint8_t *values;   /* n_slots * value_slot_bytes */
     /* Codec layers only (NULL otherwise): the codecs that encode and read this layer's rows,
-     * owned by the cache. recent_keys and recent_values are the f16 copies of the newest
+     * owned by the cache. recent_keys and recent_values are the copies of the newest
      * positions: a ring of recent_slots positions (position p in slot p mod recent_slots),
-     * each of n_kv_heads f16 rows. */
+     * each of n_kv_heads rows of the cache's recent_ops type (f16 or q8_0), recent_slot_bytes
+     * per position. */
     const tq_kv_codec *codec_k;
     const tq_kv_codec *codec_v;
     /* Codecs of the audio positions: codec_k and codec_v with the audio codebook, or the same
@@ -199,8 +200,9 @@ typedef struct {
     const tq_kv_codec *audio_codec_v;
     const tq_kv_type_ops *ops_k; /* baseline type of the keys, NULL when codec_k is set */
     const tq_kv_type_ops *ops_v;
-    uint16_t *recent_keys;
-    uint16_t *recent_values;
+    uint8_t *recent_keys;
+    uint8_t *recent_values;
+    size_t recent_slot_bytes;
     /* f16 copies of the first sink_slots positions of the sequence (position p in slot p), each
      * of n_kv_heads f16 rows; NULL without sink positions. */
     uint16_t *sink_keys;
@@ -246,6 +248,7 @@ struct tq_kv_cache {
     uint8_t *audio_flags;
     int64_t recent_f16;
     int64_t recent_slots;
+    const tq_kv_type_ops *recent_ops; /* row type of the recent copies: f16, or q8_0 (recent_q8_0) */
     /* sink_f16: first positions of the sequence read from f16 copies, 0 for none. sink_slots:
      * positions with an f16 copy in the sink arrays. Without a recent ring it adds
      * TQ_KV_SINK_MOVE_ROOM positions (at most n_batch), so that tq_kv_cache_move into a sink
@@ -449,10 +452,10 @@ static tq_status codecs_for_head_dim(tq_kv_cache *cache, const tq_kv_cache_confi
     return TQ_OK;
 }
 
-/* Allocate the f16 copies of keys and values of layer l for slots positions of slot_bytes each.
- * The argument what ("recent f16 window" or "f16 sink") names them in errors. */
-static tq_status allocate_f16_copies(int64_t slots, size_t slot_bytes, const char *what, int l, uint16_t **keys,
-                                     uint16_t **values, tq_error *err)
+/* Allocate the copies of keys and values of layer l for slots positions of slot_bytes each.
+ * The argument what ("recent window" or "f16 sink") names them in errors. */
+static tq_status allocate_copies(int64_t slots, size_t slot_bytes, const char *what, int l, void **keys,
+                                 void **values, tq_error *err)
 {
     size_t bytes;
     if (!tq_mul_size((size_t)slots, slot_bytes, &bytes)) {
@@ -467,7 +470,7 @@ static tq_status allocate_f16_copies(int64_t slots, size_t slot_bytes, const cha
 }
 
 /* Per-layer storage of every layer: row sizes, baseline ops or codecs, and for codec
- * layers the f16 ring of the recent window and the f16 sink. Layers flagged in
+ * layers the ring of the recent window (f16 or q8_0) and the f16 sink. Layers flagged in
  * config->layer_f16 store f16 rows with the baseline f16 type. */
 static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *config, tq_error *err)
 {
@@ -480,6 +483,7 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
                                 (long long)config->recent_f16);
         }
         cache->recent_f16 = config->recent_f16 < cache->n_ctx ? config->recent_f16 : cache->n_ctx;
+        cache->recent_ops = tq_kv_type_get(config->recent_q8_0 ? TQ_KV_Q8_0 : TQ_KV_F16);
         if (cache->recent_f16 > 0) {
             cache->recent_slots = cache->recent_f16 + cache->n_batch;
             cache->recent_slots = cache->recent_slots < cache->n_ctx ? cache->recent_slots : cache->n_ctx;
@@ -533,15 +537,16 @@ static tq_status create_codecs(tq_kv_cache *cache, const tq_kv_cache_config *con
         layer->value_slot_bytes = layer->value_row_bytes * (size_t)cache->n_kv_heads;
 
         if ((layer->codec_k != NULL || layer->codec_v != NULL) && cache->recent_slots > 0) {
-            status = allocate_f16_copies(cache->recent_slots, (size_t)cache->n_kv_heads * f16_row, "recent f16 window",
-                                         l, &layer->recent_keys, &layer->recent_values, err);
+            layer->recent_slot_bytes = (size_t)cache->n_kv_heads * cache->recent_ops->row_bytes(layer->head_dim);
+            status = allocate_copies(cache->recent_slots, layer->recent_slot_bytes, "recent window", l,
+                                     (void **)&layer->recent_keys, (void **)&layer->recent_values, err);
             if (status != TQ_OK) {
                 return status;
             }
         }
         if ((layer->codec_k != NULL || layer->codec_v != NULL) && cache->sink_f16 > 0) {
-            status = allocate_f16_copies(cache->sink_slots, (size_t)cache->n_kv_heads * f16_row, "f16 sink", l,
-                                         &layer->sink_keys, &layer->sink_values, err);
+            status = allocate_copies(cache->sink_slots, (size_t)cache->n_kv_heads * f16_row, "f16 sink", l,
+                                     (void **)&layer->sink_keys, (void **)&layer->sink_values, err);
             if (status != TQ_OK) {
                 return status;
             }
@@ -936,9 +941,13 @@ void tq_kv_cache_write(tq_kv_cache *cache, int layer_index, int64_t pos, int64_t
                    cache->n_kv_heads, head_dim, value_slot, layer->value_row_bytes);
         const size_t f16_slot = (size_t)row_floats;
         if (layer->recent_keys != NULL) {
-            const size_t recent_slot = (size_t)((pos + t) % cache->recent_slots);
-            write_f16_copy(keys + t * row_floats, values + t * row_floats, row_floats,
-                           layer->recent_keys + recent_slot * f16_slot, layer->recent_values + recent_slot * f16_slot);
+            /* One row per KV head, as the attention loop reads them. */
+            const size_t recent_offset = (size_t)((pos + t) % cache->recent_slots) * layer->recent_slot_bytes;
+            const size_t recent_row = layer->recent_slot_bytes / (size_t)cache->n_kv_heads;
+            cache->recent_ops->write_rows(keys + t * row_floats, cache->n_kv_heads, head_dim,
+                                          layer->recent_keys + recent_offset, recent_row);
+            cache->recent_ops->write_rows(values + t * row_floats, cache->n_kv_heads, head_dim,
+                                          layer->recent_values + recent_offset, recent_row);
         }
         if (layer->sink_keys != NULL && pos + t < cache->sink_slots) {
             const size_t sink_slot = (size_t)(pos + t);
@@ -1147,7 +1156,7 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
     int64_t first = tq_kv_cache_first_visible(cache, layer_index, pos);
     first = begin > first ? begin : first;
     const int64_t last = end - 1 < pos ? end - 1 : pos;
-    /* A codec layer reads positions from recent_first on from its f16 ring and positions
+    /* A codec layer reads positions from recent_first on from its recent ring and positions
      * before sink_end from its f16 sink; the codes cover the rest. */
     int64_t recent_first = last + 1;
     if (layer->recent_keys != NULL) {
@@ -1202,7 +1211,7 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
          * ends or the f16 window starts. */
         const int recent = chunk_start >= recent_first;
         const int sink = chunk_start < sink_end;
-        const int exact = recent || sink; /* read from f16 copies, not from codes */
+        const int exact = recent || sink; /* read from f16 or q8_0 copies, not from codes */
         int64_t ring = layer->max_slots;
         if (recent) {
             ring = cache->recent_slots;
@@ -1235,11 +1244,15 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
         const tq_kv_codec *value_codec = audio ? layer->audio_codec_v : layer->codec_v;
         const uint8_t *key_rows, *value_rows;
         size_t key_stride, value_stride;
-        if (exact) {
-            const uint16_t *f16_keys = recent ? layer->recent_keys : layer->sink_keys;
-            const uint16_t *f16_values = recent ? layer->recent_values : layer->sink_values;
-            key_rows = (const uint8_t *)f16_keys + (size_t)slot * f16_stride + (size_t)kv_head * f16_row;
-            value_rows = (const uint8_t *)f16_values + (size_t)slot * f16_stride + (size_t)kv_head * f16_row;
+        const tq_kv_type_ops *copy_ops = recent ? cache->recent_ops : f16_ops; /* type of exact rows */
+        if (recent) {
+            const size_t recent_row = layer->recent_slot_bytes / (size_t)cache->n_kv_heads;
+            key_rows = layer->recent_keys + (size_t)slot * layer->recent_slot_bytes + (size_t)kv_head * recent_row;
+            value_rows = layer->recent_values + (size_t)slot * layer->recent_slot_bytes + (size_t)kv_head * recent_row;
+            key_stride = value_stride = layer->recent_slot_bytes;
+        } else if (sink) {
+            key_rows = (const uint8_t *)layer->sink_keys + (size_t)slot * f16_stride + (size_t)kv_head * f16_row;
+            value_rows = (const uint8_t *)layer->sink_values + (size_t)slot * f16_stride + (size_t)kv_head * f16_row;
             key_stride = value_stride = f16_stride;
         } else {
             key_rows = layer->keys + (size_t)slot * layer->key_slot_bytes + (size_t)kv_head * layer->key_row_bytes;
@@ -1249,8 +1262,8 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
             value_stride = layer->value_slot_bytes;
         }
 
-        /* Scores: a codec scores every query in one pass over the codes; the f16 rows of
-         * the sink and the window are scored with the query itself. */
+        /* Scores: a codec scores every query in one pass over the codes. The rows of the
+         * sink and the window are scored with the query itself. */
         if (!exact && layer->codec_k != NULL) {
             tq_kv_codec_scores(key_codec, qjl_bits, (const float *)states, n_queries, key_rows, key_stride,
                                (size_t)length, scores, TQ_KV_CHUNK);
@@ -1265,7 +1278,7 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
             for (int i = 0; i < n_queries; i++) {
                 const void *state = exact ? (const void *)(queries + (size_t)i * head_dim)
                                           : (const void *)(states + (size_t)i * state_bytes);
-                const tq_kv_type_ops *ops = exact ? f16_ops : layer->ops_k;
+                const tq_kv_type_ops *ops = exact ? copy_ops : layer->ops_k;
                 ops->scores(cache->kernels, state, key_rows, key_stride, length, head_dim,
                             scores + (size_t)i * TQ_KV_CHUNK);
             }
@@ -1307,7 +1320,7 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
             tq_kv_codec_accumulate(value_codec, qjl_bits, value_rows, value_stride, (size_t)length, scores, TQ_KV_CHUNK,
                                    n_queries, accs);
         } else {
-            const tq_kv_type_ops *ops = exact ? f16_ops : layer->ops_v;
+            const tq_kv_type_ops *ops = exact ? copy_ops : layer->ops_v;
             for (int i = 0; i < n_queries; i++) {
                 ops->accumulate(cache->kernels, scores + (size_t)i * TQ_KV_CHUNK, value_rows, value_stride, length,
                                 head_dim, partial + (size_t)i * partial_floats + 2);
@@ -1385,27 +1398,49 @@ void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *p
     }
 }
 
+/* Decode n rows of Q8_0 blocks (head_dim values each, rows stride bytes apart) into floats. */
+static void dequantize_rows_q8_0(const uint8_t *rows, size_t stride, int64_t n, int head_dim, float *out)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const tq_block_q8_0 *blocks = (const tq_block_q8_0 *)(rows + (size_t)j * stride);
+        for (int b = 0; b < head_dim / TQ_KV_BLOCK; b++) {
+            const float d = tq_fp16_to_fp32(blocks[b].d);
+            for (int i = 0; i < TQ_KV_BLOCK; i++) {
+                out[j * head_dim + b * TQ_KV_BLOCK + i] = d * (float)blocks[b].qs[i];
+            }
+        }
+    }
+}
+
 /* Fill the f16 sink slot of position dst (< sink_f16) with the rows of position src. The sink or
- * the recent ring contains an f16 copy of every row of a draft tree, so src's own copy is used.
- * For an older src, its codes are decoded, which is what attention read for it. Called after
- * src's codes moved to dst. */
+ * the recent ring contains a copy of every row of a draft tree, so src's own copy is used (a q8_0
+ * copy is decoded and rounded to f16). For an older src, its codes are decoded, which is what
+ * attention read for it. Called after src's codes moved to dst. */
 static void move_to_sink(tq_kv_cache *cache, tq_kv_layer *layer, int64_t src, int64_t dst)
 {
     const size_t row = (size_t)cache->n_kv_heads * (size_t)layer->head_dim;
-    const uint16_t *from_keys = NULL, *from_values = NULL;
     if (src < cache->sink_slots) {
-        from_keys = layer->sink_keys + (size_t)src * row;
-        from_values = layer->sink_values + (size_t)src * row;
-    } else if (layer->recent_keys != NULL) {
-        from_keys = layer->recent_keys + (size_t)(src % cache->recent_slots) * row;
-        from_values = layer->recent_values + (size_t)(src % cache->recent_slots) * row;
-    }
-    if (from_keys != NULL) {
-        memcpy(layer->sink_keys + (size_t)dst * row, from_keys, row * sizeof(uint16_t));
-        memcpy(layer->sink_values + (size_t)dst * row, from_values, row * sizeof(uint16_t));
+        memcpy(layer->sink_keys + (size_t)dst * row, layer->sink_keys + (size_t)src * row, row * sizeof(uint16_t));
+        memcpy(layer->sink_values + (size_t)dst * row, layer->sink_values + (size_t)src * row,
+               row * sizeof(uint16_t));
         return;
     }
-    decode_position(cache, layer, dst, cache->sink_rows, cache->sink_rows + row);
+    if (layer->recent_keys != NULL && cache->recent_ops->type == TQ_KV_F16) {
+        const size_t offset = (size_t)(src % cache->recent_slots) * layer->recent_slot_bytes;
+        memcpy(layer->sink_keys + (size_t)dst * row, layer->recent_keys + offset, layer->recent_slot_bytes);
+        memcpy(layer->sink_values + (size_t)dst * row, layer->recent_values + offset, layer->recent_slot_bytes);
+        return;
+    }
+    if (layer->recent_keys != NULL) {
+        const size_t offset = (size_t)(src % cache->recent_slots) * layer->recent_slot_bytes;
+        const size_t recent_row = layer->recent_slot_bytes / (size_t)cache->n_kv_heads;
+        dequantize_rows_q8_0(layer->recent_keys + offset, recent_row, cache->n_kv_heads, layer->head_dim,
+                             cache->sink_rows);
+        dequantize_rows_q8_0(layer->recent_values + offset, recent_row, cache->n_kv_heads, layer->head_dim,
+                             cache->sink_rows + row);
+    } else {
+        decode_position(cache, layer, dst, cache->sink_rows, cache->sink_rows + row);
+    }
     write_f16_copy(cache->sink_rows, cache->sink_rows + row, (int)row, layer->sink_keys + (size_t)dst * row,
                    layer->sink_values + (size_t)dst * row);
 }
@@ -1433,16 +1468,20 @@ void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst)
         memcpy(layer->values + (size_t)to * layer->value_slot_bytes,
                layer->values + (size_t)from * layer->value_slot_bytes, layer->value_slot_bytes);
         if (layer->recent_keys != NULL) {
-            const size_t row = (size_t)cache->n_kv_heads * (size_t)layer->head_dim;
-            const size_t recent_from = (size_t)(src % cache->recent_slots) * row;
-            const size_t recent_to = (size_t)(dst % cache->recent_slots) * row;
-            memcpy(layer->recent_keys + recent_to, layer->recent_keys + recent_from, row * sizeof(uint16_t));
-            memcpy(layer->recent_values + recent_to, layer->recent_values + recent_from, row * sizeof(uint16_t));
+            const size_t recent_from = (size_t)(src % cache->recent_slots) * layer->recent_slot_bytes;
+            const size_t recent_to = (size_t)(dst % cache->recent_slots) * layer->recent_slot_bytes;
+            memcpy(layer->recent_keys + recent_to, layer->recent_keys + recent_from, layer->recent_slot_bytes);
+            memcpy(layer->recent_values + recent_to, layer->recent_values + recent_from, layer->recent_slot_bytes);
         }
         if (layer->sink_keys != NULL && dst < cache->sink_f16) {
             move_to_sink(cache, layer, src, dst);
         }
     }
+}
+
+int64_t tq_kv_cache_exact_moves_from(const tq_kv_cache *cache)
+{
+    return cache->recent_slots > 0 && cache->recent_ops->type == TQ_KV_Q8_0 ? cache->sink_f16 : 0;
 }
 
 tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err)
@@ -1468,6 +1507,18 @@ tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err
             }
         }
     }
+    if (n_past > 0 && cache->recent_slots > 0) {
+        /* The recent ring must still hold the window of a query at n_past. */
+        const int64_t oldest_held = cache->n_past - cache->recent_slots;
+        const int64_t oldest_needed = n_past - cache->recent_f16 + 1;
+        if (oldest_held > 0 && oldest_needed < oldest_held) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "cannot truncate the KV cache from %lld to %lld positions: the recent window keeps "
+                                "copies of only the last %lld positions, so truncate to at least %lld or reset",
+                                (long long)cache->n_past, (long long)n_past, (long long)cache->recent_slots,
+                                (long long)(oldest_held + cache->recent_f16 - 1));
+        }
+    }
     if (cache->audio_flags != NULL) {
         memset(cache->audio_flags + n_past, 0, (size_t)(cache->n_past - n_past));
     }
@@ -1489,9 +1540,9 @@ size_t tq_kv_cache_bytes(const tq_kv_cache *cache)
         int64_t held = cache->n_past < layer->max_slots ? cache->n_past : layer->max_slots;
         total += (size_t)held * (layer->key_slot_bytes + layer->value_slot_bytes);
         if (layer->recent_keys != NULL) {
-            /* The f16 copies of the newest positions, keys and values. */
+            /* The f16 or q8_0 copies of the newest positions, keys and values. */
             const int64_t recent_held = cache->n_past < cache->recent_slots ? cache->n_past : cache->recent_slots;
-            total += 2 * (size_t)recent_held * (size_t)cache->n_kv_heads * (size_t)layer->head_dim * sizeof(uint16_t);
+            total += 2 * (size_t)recent_held * layer->recent_slot_bytes;
         }
         if (layer->sink_keys != NULL) {
             /* The f16 copies of the first positions, keys and values. */

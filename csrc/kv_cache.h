@@ -88,8 +88,10 @@ typedef struct {
 
     /* Quality controls of the codec types (ignored when neither type is a codec):
      * recent_f16: a query also reads the keys and values of its newest recent_f16
-     * positions from an f16 copy instead of their codes (0: codes only). The copy is a
-     * ring of recent_f16 + n_batch positions per layer, counted by tq_kv_cache_bytes.
+     * positions from a copy instead of their codes (0: codes only). The copy is a ring of
+     * recent_f16 + n_batch positions per layer, counted by tq_kv_cache_bytes. Its rows are f16,
+     * or q8_0 when recent_q8_0 is 1. Q8_0 is ggml's block format: 34 bytes per 32 values instead
+     * of 64, with an error of at most 0.4% of the block's largest value.
      * layer_f16: NULL, or n_layers flags; a layer whose flag is set stores f16 rows.
      * codec_seed: seed of the codecs' rotation and QJL projection.
      * key_scale, key_center: key balancing of a codec key side (NULL: none). Both hold
@@ -101,6 +103,7 @@ typedef struct {
      * get q . mean added back, so any fixed mean leaves softmax(q k) exact. The flags
      * select the channels where a mean is stable over positions (slow RoPE pairs). */
     int64_t recent_f16;
+    int recent_q8_0;
     const uint8_t *layer_f16;
 
     /* sink_f16: a query reads the first sink_f16 positions of the sequence from f16 copies
@@ -245,7 +248,10 @@ void tq_kv_cache_attend_range(const tq_kv_cache *cache, int layer, int kv_head, 
 /* Partial attention, as tq_kv_cache_attend_range, over one row of a draft path: the row written
  * at slot is position row_pos of the path, and the query is distance positions after it. The
  * row is read as tq_kv_cache_attend_range reads position row_pos for a query at row_pos +
- * distance: from f16 when distance < recent_f16 or row_pos < sink_f16, else from its codes.
+ * distance: from the recent copy when distance < recent_f16, else from f16 when row_pos <
+ * sink_f16, else from its codes. With a q8_0 recent window, a row of a sink position is read
+ * from its q8_0 copy at any distance, so such paths are exact only from
+ * tq_kv_cache_exact_moves_from on.
  * slot >= row_pos, and slot must have been written in the current batch (so that its f16 copy
  * is still held). */
 void tq_kv_cache_attend_path_row(const tq_kv_cache *cache, int layer, int kv_head, int64_t row_pos, int64_t slot,
@@ -260,16 +266,22 @@ int64_t tq_kv_cache_first_visible(const tq_kv_cache *cache, int layer, int64_t p
  * softmax-weighted values out[n_queries][head_dim]. */
 void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *partials, float *out);
 
-/* Copy the rows stored for position src to position dst in every layer (codes, the f16
- * window and sink copies and the residual precision). Both positions must be reserved and src written; dst's rows are replaced.
- * Used to move an accepted draft path of a speculative pass to the end of the prefix. A sink
- * position dst receives src's exact f16 rows when src was written in the same batch as dst;
- * otherwise it receives src's decoded codes. */
+/* Copy the rows stored for position src to position dst in every layer (codes, the recent
+ * window and sink copies and the residual precision). Both positions must be reserved and src
+ * written; dst's rows are replaced. Used to move an accepted draft path of a speculative pass to
+ * the end of the prefix. A sink position dst receives src's exact f16 rows when src was written
+ * in the same batch as dst and the recent window is f16 or absent. With a q8_0 window it receives
+ * src's q8_0 copy decoded, and otherwise src's decoded codes. Those rows differ from the ones a
+ * plain write of dst would store, so exact speculative decoding drafts no row into the sink. */
 void tq_kv_cache_move(tq_kv_cache *cache, int64_t src, int64_t dst);
 
+/* First position dst from which tq_kv_cache_move stores exactly the rows a plain write of dst
+ * would: sink_f16 when the recent window is q8_0 and there is an f16 sink, else 0. */
+int64_t tq_kv_cache_exact_moves_from(const tq_kv_cache *cache);
+
 /* Forget positions >= n_past. Fails with TQ_ERR_INVALID when n_past is negative
- * or above the stored count, or when a sliding layer has already overwritten a
- * position that queries from n_past on would need (rolling back more than
+ * or above the stored count, or when a sliding layer or the recent ring has already
+ * overwritten a position that queries from n_past on would need (rolling back more than
  * n_batch positions on a long sequence); reset with n_past = 0 always works. */
 tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err);
 

@@ -736,6 +736,7 @@ tq_status tq_context_create(const tq_model *model, const tq_context_params *para
             .type_v = params->type_v,
             .isa = model->isa,
             .recent_f16 = params->kv_recent_f16,
+            .recent_q8_0 = params->kv_recent_q8_0,
             .sink_f16 = params->kv_sink_f16,
             .layer_f16 = layer_f16,
             .key_scale = key_scale,
@@ -829,6 +830,7 @@ static tq_status store_context_params(tq_model *model, const tq_model_params *pa
     stored->kv_sink_f16 = params->kv_sink_f16;
     stored->kv_balance_keys = params->kv_balance_keys ? 1 : 0;
     stored->kv_norm_correction = params->kv_norm_correction ? 1 : 0;
+    stored->kv_recent_q8_0 = params->kv_recent_q8_0 ? 1 : 0;
     stored->qjl_precision = params->qjl_precision;
     stored->kv_f16_layers = NULL;
     stored->n_kv_f16_layers = 0;

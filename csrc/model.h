@@ -109,6 +109,7 @@ typedef struct {
     int n_kv_f16_layers;
     int kv_balance_keys; /* 1: balance the keys of codec cache types (see key_balance_tables) */
     int kv_norm_correction; /* 1: MSE codec types store corrected norms (tq_kv_cache_config.norm_correction) */
+    int kv_recent_q8_0; /* 1: the kv_recent_f16 copies are q8_0 rows (tq_kv_cache_config.recent_q8_0) */
     tq_qjl_precision qjl_precision;
     int exact_matmul;  /* 1: keep activations in float32 in every weight product (slower; for
                         * comparisons with float references), 0: quantize them as llama.cpp does */
@@ -136,6 +137,7 @@ typedef struct {
     int n_kv_f16_layers;
     int kv_balance_keys; /* as in tq_model_params */
     int kv_norm_correction; /* as in tq_model_params */
+    int kv_recent_q8_0;     /* as in tq_model_params */
     tq_qjl_precision qjl_precision; /* as in tq_model_params */
 } tq_context_params;
 
@@ -208,7 +210,9 @@ tq_status tq_context_truncate(tq_context *context, int64_t n_past, tq_error *err
  * node. hidden (optional, NULL to skip) gets the output-normed final hidden states, n rows of
  * n_embd floats. The nodes' K/V rows are stored past n_past but not counted: call
  * tq_context_accept_path to keep a path, or any eval or truncate to drop them all.
- * n <= 32 nodes, depth <= 4, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). */
+ * n <= 32 nodes, depth <= 4, n_past + n <= n_ctx. Gemma 3 only (TQ_ERR_UNSUPPORTED else). With a
+ * q8_0 recent window (kv_recent_q8_0) and an f16 sink, a tree of more than one node needs
+ * n_past + 1 >= kv_sink_f16 (TQ_ERR_INVALID else; see tq_kv_cache_exact_moves_from). */
 tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const int32_t *parents, int64_t n,
                                float *logits, float *hidden, tq_error *err);
 

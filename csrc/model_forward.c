@@ -627,6 +627,17 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
         }
     }
 
+    /* Nodes past the root sit at n_past + 1 on; before exact_from their rows could not be
+     * moved exactly on acceptance (tq_kv_cache_exact_moves_from). */
+    const int64_t n_past = tq_kv_cache_n_past(context->cache);
+    const int64_t exact_from = tq_kv_cache_exact_moves_from(context->cache);
+    if (n > 1 && n_past + 1 < exact_from) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "draft nodes at position %lld fall inside the f16 sink of %lld positions, which a q8_0 "
+                            "recent window cannot fill exactly; evaluate single tokens until %lld are cached",
+                            (long long)(n_past + 1), (long long)exact_from, (long long)(exact_from - 1));
+    }
+
     if (context->threads > 0) {
         omp_set_num_threads(context->threads);
     }
@@ -635,7 +646,6 @@ tq_status tq_context_eval_tree(tq_context *context, const int32_t *tokens, const
         return status;
     }
     context->tree_nodes = 0;
-    const int64_t n_past = tq_kv_cache_n_past(context->cache);
     if ((status = tq_kv_cache_reserve(context->cache, n, err)) != TQ_OK ||
         (status = tq_context_mark_thinking(context, tokens, parents, n_past, n, err)) != TQ_OK) {
         return status;

@@ -31,22 +31,28 @@ def stored(x, cache_type, norm_correction=False):
 
 
 def reference_attention(keys, values, queries, cache_type_k, cache_type_v, window=0, recent_f16=0, sink_f16=0,
-                        norm_correction=False):
-    """Causal attention where position j is read from f16 when i - j < recent_f16 or j < sink_f16,
-    else as stored."""
+                        norm_correction=False, recent_type="f16"):
+    """Causal attention where position j is read from its recent_type copy when i - j < recent_f16,
+    else from f16 when j < sink_f16, else as stored."""
     return attention_over_stored(keys, values, queries, stored(keys, cache_type_k, norm_correction),
-                                 stored(values, cache_type_v, norm_correction), window, recent_f16, sink_f16)
+                                 stored(values, cache_type_v, norm_correction), window, recent_f16, sink_f16,
+                                 recent_type)
 
 
-def attention_over_stored(keys, values, queries, stored_keys, stored_values, window=0, recent_f16=0, sink_f16=0):
-    """Causal float64 attention over the stored rows, except that query i reads position j
-    from the f16 copy of keys and values when i - j < recent_f16 or j < sink_f16."""
+def attention_over_stored(keys, values, queries, stored_keys, stored_values, window=0, recent_f16=0, sink_f16=0,
+                          recent_type="f16"):
+    """Causal float64 attention over the stored rows, except that query i reads position j from
+    the recent_type copy of keys and values when i - j < recent_f16, and else from their f16
+    copy when j < sink_f16."""
     n = keys.shape[0]
     i = np.arange(n)[:, None]
     j = np.arange(n)[None, :]
-    recent = ((i - j < recent_f16) | (j < sink_f16))[..., None]
-    k = np.where(recent, stored(keys, "f16")[None], stored_keys[None]).astype(np.float64)
-    v = np.where(recent, stored(values, "f16")[None], stored_values[None]).astype(np.float64)
+    recent = (i - j < recent_f16)[..., None]
+    sink = (j < sink_f16)[..., None]
+    k = np.where(sink, stored(keys, "f16")[None], stored_keys[None])
+    v = np.where(sink, stored(values, "f16")[None], stored_values[None])
+    k = np.where(recent, stored(keys, recent_type)[None], k).astype(np.float64)
+    v = np.where(recent, stored(values, recent_type)[None], v).astype(np.float64)
     scores = np.einsum("id,ijd->ij", queries.astype(np.float64), k)
     visible = j <= i
     if window > 0:
@@ -146,6 +152,26 @@ def test_norm_correction_matches_reference(cache_type_k, cache_type_v, window, n
                                      window=window, n_batch=n_batch, recent_f16=recent_f16, sink_f16=sink_f16,
                                      seed=SEED)
     assert np.abs(out - plain).max() > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("cache_type_k,cache_type_v,window,n_batch,recent_f16,sink_f16",
+                         [("tq3.5", "tq2.5", 0, 0, 8, 0), ("tq3.5", "tq2.5", 12, 4, 5, 3), ("tq2", "tq3+qjl", 0, 5, 8, 4),
+                          ("polar", "tq4", 7, 3, 20, 2), ("tq3", "tq3", 0, 1, 1, 0)])
+def test_recent_q8_0_matches_reference(cache_type_k, cache_type_v, window, n_batch, recent_f16, sink_f16):
+    # With recent_q8_0 the recent window is read from Q8_0 rows (the gguf package's quantizer
+    # in the reference), the sink still from f16, the rest from codes.
+    keys, values, queries = random_rows(seed=12)
+    out = _core.kv_cache_attention(keys, values, queries, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                                   window=window, n_batch=n_batch, recent_f16=recent_f16, sink_f16=sink_f16,
+                                   seed=SEED, norm_correction=True, recent_q8_0=True)
+    expected = reference_attention(keys, values, queries, cache_type_k, cache_type_v, window=window,
+                                   recent_f16=recent_f16, sink_f16=sink_f16, norm_correction=True, recent_type="q8_0")
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+    # Guard against a flag that is accepted but not used: the f16 window gives other outputs.
+    f16_window = _core.kv_cache_attention(keys, values, queries, cache_type_k=cache_type_k,
+                                          cache_type_v=cache_type_v, window=window, n_batch=n_batch,
+                                          recent_f16=recent_f16, sink_f16=sink_f16, seed=SEED, norm_correction=True)
+    assert np.abs(out - f16_window).max() > 10 * TOLERANCE
 
 
 def test_recent_f16_changes_output():
@@ -371,6 +397,50 @@ def test_model_bytes_count_recent_window(model_path):
                              kv_balance_keys=False)
     unbalanced.eval(PROMPT, logits="none")
     assert unbalanced.kv_cache_bytes() == codes + ring
+
+
+def test_model_bytes_count_q8_0_window(model_path):
+    model = _core.Model(model_path, cache_type_k="tq3.5", cache_type_v="tq2.5", ctx=64, kv_recent_f16=4,
+                        kv_recent_q8_0=True, kv_sink_f16=2, kv_balance_keys=False)
+    model.eval(PROMPT, logits="none")
+    codes = len(PROMPT) * 18 * (_core.KVCodec("tq3.5", 256).row_bytes + _core.KVCodec("tq2.5", 256).row_bytes)
+    # Q8_0 rows of 256 values: 8 blocks of 32 int8 codes and an f16 scale, 272 bytes. The ring
+    # of recent_f16 + n_batch slots still contains every position, and the sink two f16 positions.
+    ring = len(PROMPT) * 18 * 2 * 8 * (32 + 2)
+    sink = 2 * 18 * 2 * 512
+    assert model.kv_cache_bytes() == codes + ring + sink
+
+
+def test_model_q8_0_window_reads_q8_0(model_path):
+    # With every position inside a q8_0 window, attention reads only Q8_0 rows through the
+    # same kernels as a q8_0 cache, so the logits match a q8_0 cache.
+    q8_0 = _core.Model(model_path, cache_type_k="q8_0", cache_type_v="q8_0", ctx=64).eval(PROMPT, logits="all")
+    windowed = _core.Model(model_path, cache_type_k="tq2", cache_type_v="tq2", ctx=64, kv_recent_f16=64,
+                           kv_recent_q8_0=True)
+    np.testing.assert_allclose(windowed.eval(PROMPT, logits="all"), q8_0, rtol=0, atol=1e-4)
+    f16 = _core.Model(model_path, ctx=64).eval(PROMPT, logits="all")
+    assert np.abs(q8_0 - f16).max() > 1e-3
+
+
+@pytest.mark.parametrize("recent_q8_0", [False, True])
+def test_model_truncate_keeps_recent_window(model_path, recent_q8_0):
+    # The recent ring holds recent_f16 + 32 positions (the model's attention batch). Rolling
+    # back further than it holds would leave the next query reading overwritten copies, so
+    # truncate refuses; a rollback the ring covers continues exactly like a fresh evaluation.
+    tokens = (PROMPT * 5)[:50]
+    model = _core.Model(model_path, cache_type_k="tq3.5", cache_type_v="tq2.5", ctx=128, kv_recent_f16=8,
+                        kv_recent_q8_0=recent_q8_0)
+    # The first call sets the keys' mean (kv_balance_keys), so both models start with the same one.
+    model.eval(tokens[:17], logits="none")
+    model.eval(tokens[17:], logits="none")
+    with pytest.raises(ValueError, match="recent window keeps copies of only the last 40 positions.*at least 17"):
+        model.truncate(5)
+    model.truncate(17)
+    after = model.eval(tokens[17:20], logits="all")
+    fresh = _core.Model(model_path, cache_type_k="tq3.5", cache_type_v="tq2.5", ctx=128, kv_recent_f16=8,
+                        kv_recent_q8_0=recent_q8_0)
+    fresh.eval(tokens[:17], logits="none")
+    np.testing.assert_array_equal(after, fresh.eval(tokens[17:20], logits="all"))
 
 
 def test_model_recent_window_reads_f16(model_path):

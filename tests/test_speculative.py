@@ -19,15 +19,18 @@ from turboquant.speculative import DEFAULT_TREE, DraftTree, speculative_tokens
 
 from test_model import TINY, tiny_weights, write_tiny_gguf
 
-# Every kind of KV storage a tree must handle: plain f16, the default codecs with the f16
-# window, codes only (no window), a window of 2 positions (ancestors partly in codes), and
-# llama.cpp's block types.
+# Every kind of KV storage a tree must handle. They are plain f16, codecs with an f16 window,
+# codes only (no window), and a window of 2 positions (ancestors partly in codes). Then come
+# the default codecs with a q8_0 window beside the f16 sink, and llama.cpp's block types.
+# Each entry: key type, value type, recent window, q8_0 window.
 CACHES = [
-    ("f16", "f16", 0),
-    ("tq4", "tq3", 128),
-    ("tq3.5", "tq2.5", 0),
-    ("tq3", "tq3", 2),
-    ("q8_0", "q4_0", 0),
+    ("f16", "f16", 0, False),
+    ("tq4", "tq3", 128, False),
+    ("tq3.5", "tq2.5", 0, False),
+    ("tq3", "tq3", 2, False),
+    ("tq3.5", "tq2.5", 128, True),
+    ("tq3", "tq2.5", 2, True),
+    ("q8_0", "q4_0", 0, False),
 ]
 
 PROMPTS = [
@@ -90,9 +93,10 @@ def assert_nodes_equal_decoding(model, base, tokens, parents, logits):
         np.testing.assert_array_equal(logits[node], reference, err_msg=f"node {node}")
 
 
-@pytest.mark.parametrize("type_k,type_v,recent", CACHES)
-def test_tree_logits_equal_decoding_bit_for_bit(model_path, type_k, type_v, recent):
-    model = _core.Model(model_path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent)
+@pytest.mark.parametrize("type_k,type_v,recent,recent_q8_0", CACHES)
+def test_tree_logits_equal_decoding_bit_for_bit(model_path, type_k, type_v, recent, recent_q8_0):
+    model = _core.Model(model_path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent,
+                        kv_recent_q8_0=recent_q8_0, kv_sink_f16=4)
     tok = model.tokenizer
     prompt = tok.encode("The quick brown fox jumps over the lazy dog. Then the fox")
     model.eval(prompt[:-1], logits="none")
@@ -134,9 +138,10 @@ def check_accepted_path(model, prompt_text, continuation_text, check_nodes=False
     np.testing.assert_array_equal(after, reference)
 
 
-@pytest.mark.parametrize("type_k,type_v,recent", CACHES)
-def test_accepted_path_continues_like_decoding(model_path, type_k, type_v, recent):
-    model = _core.Model(model_path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent)
+@pytest.mark.parametrize("type_k,type_v,recent,recent_q8_0", CACHES)
+def test_accepted_path_continues_like_decoding(model_path, type_k, type_v, recent, recent_q8_0):
+    model = _core.Model(model_path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent,
+                        kv_recent_q8_0=recent_q8_0, kv_sink_f16=4)
     check_accepted_path(model, "Photosynthesis is the process by which green plants",
                         " use sunlight to make food from water and air")
 
@@ -151,6 +156,25 @@ def test_tree_into_f16_sink(model_path, recent):
     model = _core.Model(model_path, threads=2, cache_type_k="tq3", cache_type_v="tq2.5", kv_recent_f16=recent,
                         kv_sink_f16=4)
     check_accepted_path(model, "Rivers", " flow from the mountains down to the sea", check_nodes=True)
+
+
+def test_tree_into_sink_refused_with_q8_0_window(model_path):
+    # A q8_0 window cannot give a node moved into the sink its exact f16 rows. So a tree whose
+    # nodes fall inside the sink is refused with the position to wait for. A single node, and a
+    # tree from position 3 on (nodes at 4 and later), are accepted.
+    model = _core.Model(model_path, threads=2, cache_type_k="tq3.5", cache_type_v="tq2.5", kv_recent_f16=128,
+                        kv_recent_q8_0=True, kv_sink_f16=4)
+    tok = model.tokenizer
+    prompt = tok.encode("Rivers flow")
+    model.eval(prompt[:1], logits="none")
+    with pytest.raises(ValueError, match="f16 sink of 4 positions.*until 3 are cached"):
+        model.eval_tree([prompt[1], 100, 200], [-1, 0, 0])
+    model.eval_tree([prompt[1]], [-1])
+    model.accept_path([0])
+    model.eval(tok.encode(" down to", add_bos=False), logits="none")
+    assert model.n_past >= 3
+    model.eval_tree([tok.encode(" the", add_bos=False)[0], 100, 200], [-1, 0, 0])
+    model.accept_path([0, 1])
 
 
 def test_tree_past_the_sliding_window(model_path):
@@ -235,7 +259,8 @@ def gemma(model_path):
 
 @pytest.fixture(scope="module")
 def gemma_default(model_path):
-    return Model.load(model_path, threads=2)  # tq4 keys, tq3 values, 128 f16 positions
+    # tq3.5 keys, tq2.5 values, 128 recent positions in q8_0, 4 sink positions in f16.
+    return Model.load(model_path, threads=2)
 
 
 @pytest.mark.parametrize("which", ["gemma", "gemma_default"])
@@ -252,6 +277,21 @@ def test_greedy_speculation_equals_plain_greedy(request, which):
         tokens += model.last_stats.completion_tokens
     # Some drafts were accepted, so accepted paths were exercised, not only roots.
     assert passes < tokens
+
+
+def test_short_prompt_speculation_equals_plain_greedy(gemma_default):
+    # After a prompt of one or two tokens the first draft nodes would fall inside the f16 sink.
+    # The default q8_0 window cannot fill it exactly, so the generator decodes single tokens
+    # there. After 160 tokens the first positions have left the 128-position window, so later
+    # tokens read them from the sink.
+    heads = random_heads(gemma_default.config["hidden"], scale=0.0)
+    tree = DraftTree.chain(3)
+    for prompt in ["Hi", "The"]:
+        plain = gemma_default.generate(prompt, max_tokens=160)
+        fast = gemma_default.generate(prompt, max_tokens=160, speculative=True, mtp_checkpoint=heads,
+                                      draft_tree=tree)
+        assert fast == plain, prompt
+        assert gemma_default.last_stats.completion_tokens == 160
 
 
 def test_stop_string_and_eos_inside_an_accepted_block(gemma):

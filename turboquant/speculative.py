@@ -142,7 +142,11 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
         room = model.n_ctx - len(model._cached)
         if room < 1:
             return
-        if tree.depth == 0 or room < tree.n_nodes:
+        # A draft node at a position of the f16 sink would have to be moved there on acceptance.
+        # With a q8_0 recent window that move cannot restore its exact f16 rows
+        # (tq_kv_cache_move), so the first steps after a very short prompt decode one token.
+        in_sink = len(model._cached) + 1 < core.kv_sink_f16
+        if tree.depth == 0 or room < tree.n_nodes or in_sink:
             tokens, node_parents, node_children = [pending], [-1], [[]]
         else:
             ids, _ = model._heads_topk(weight, bias, hidden, tree.top_k())

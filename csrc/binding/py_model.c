@@ -142,7 +142,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
                                "n_batch",       "kv_recent_f16", "kv_f16_layers", "exact_matmul", "kv_balance_keys",
                                "hf_weights",    "tokenizer",     "audio_token_id", "image_token_id",
                                "audio_codebook", "qjl_bits",     "thinking_qjl_bits", "think_token_id",
-                               "kv_sink_f16",   "kv_norm_correction", NULL};
+                               "kv_sink_f16",   "kv_norm_correction", "kv_recent_q8_0", NULL};
     PyObject *path_bytes = NULL;
     int threads = 0;
     PyObject *cache_type_k = NULL;
@@ -162,12 +162,13 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
     long long think_token_id = TQ_THINK_TOKEN_DEFAULT;
     long long kv_sink_f16 = 0;
     int kv_norm_correction = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiLLp:Model", keywords, PyUnicode_FSConverter,
+    int kv_recent_q8_0 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|iOOLLLOppO!OiiOiiLLpp:Model", keywords, PyUnicode_FSConverter,
                                      &path_bytes, &threads, &cache_type_k, &cache_type_v, &ctx, &n_batch,
                                      &kv_recent_f16, &kv_f16_layers, &exact_matmul, &kv_balance_keys, &PyTuple_Type,
                                      &hf_weights, &tokenizer, &audio_token_id, &image_token_id,
                                      &audio_codebook_object, &qjl_bits, &thinking_qjl_bits, &think_token_id,
-                                     &kv_sink_f16, &kv_norm_correction)) {
+                                     &kv_sink_f16, &kv_norm_correction, &kv_recent_q8_0)) {
         return -1;
     }
     if (kv_recent_f16 < 0 || kv_sink_f16 < 0) {
@@ -272,6 +273,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs)
         .exact_matmul = exact_matmul,
         .kv_balance_keys = kv_balance_keys,
         .kv_norm_correction = kv_norm_correction,
+        .kv_recent_q8_0 = kv_recent_q8_0,
         .qjl_precision = {.qjl_bits = qjl_bits, .thinking_qjl_bits = thinking_qjl_bits,
                           .think_token_id = think_token_id},
         .hf_weights = weights,
@@ -945,6 +947,11 @@ static PyObject *Model_get_threads(ModelObject *self, void *Py_UNUSED(closure))
     return check_ready(self) != 0 ? NULL : PyLong_FromLong(tq_model_threads(self->model));
 }
 
+static PyObject *Model_get_kv_sink_f16(ModelObject *self, void *Py_UNUSED(closure))
+{
+    return check_ready(self) != 0 ? NULL : PyLong_FromLongLong(tq_model_context_params(self->model).kv_sink_f16);
+}
+
 static PyObject *Model_get_cache_type_k(ModelObject *self, void *Py_UNUSED(closure))
 {
     return check_ready(self) != 0 ? NULL : PyUnicode_FromString(tq_kv_type_get(self->type_k)->name);
@@ -999,8 +1006,8 @@ static PyMethodDef Model_methods[] = {
      "create_context(threads=None, ctx=None, cache_type_k=None, cache_type_v=None) -> Context\n\n"
      "Create a Context: a KV cache and forward buffers of its own that share this model's weights.\n"
      "Arguments left at None take the value the Model was created with (threads 0: OpenMP default,\n"
-     "ctx 0: the model's context length); kv_recent_f16, kv_sink_f16, kv_f16_layers, kv_balance_keys and\n"
-     "kv_norm_correction are always inherited.\n"
+     "ctx 0: the model's context length); kv_recent_f16, kv_recent_q8_0, kv_sink_f16, kv_f16_layers,\n"
+     "kv_balance_keys and kv_norm_correction are always inherited.\n"
      "Different contexts may run eval() at the same time from different threads."},
     {NULL, NULL, 0, NULL},
 };
@@ -1013,6 +1020,7 @@ static PyGetSetDef Model_getset[] = {
     {"n_past", (getter)Model_get_n_past, NULL, "Positions stored in the KV cache.", NULL},
     {"n_vocab", (getter)Model_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},
     {"threads", (getter)Model_get_threads, NULL, "OpenMP threads per call (0: OpenMP default).", NULL},
+    {"kv_sink_f16", (getter)Model_get_kv_sink_f16, NULL, "First positions a codec cache keeps in f16.", NULL},
     {"cache_type_k", (getter)Model_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
     {"cache_type_v", (getter)Model_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1024,12 +1032,13 @@ static PyTypeObject ModelType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Model(path, threads=0, cache_type_k='f16', cache_type_v='f16', ctx=0, n_batch=0,\n"
               "      kv_recent_f16=0, kv_f16_layers=(), exact_matmul=False, qjl_bits=0, thinking_qjl_bits=0,\n"
-              "      think_token_id=0, kv_sink_f16=0, kv_norm_correction=False)\n\n"
+              "      think_token_id=0, kv_sink_f16=0, kv_norm_correction=False, kv_recent_q8_0=False)\n\n"
               "Gemma 3 model from a GGUF file with a KV cache of ctx positions (0: the model's context length).\n"
               "cache_type_k and cache_type_v: 'f32', 'f16', 'q8_0', 'q4_0' or a TurboQuant codec ('tq4', 'tq3.5',\n"
               "'tq3', 'tq2.5', 'tq2', 'tq3+qjl', 'tq4+qjl', 'polar', 'polar+qjl'). With a codec type,\n"
               "kv_recent_f16 newest positions and kv_sink_f16 first positions are also kept in f16 and read from\n"
               "there, and the layers listed in kv_f16_layers (negative: from the end) store f16 rows.\n"
+              "kv_recent_q8_0: keep the kv_recent_f16 copies as q8_0 rows instead (about half the bytes).\n"
               "kv_norm_correction: the MSE codec types (tq4 .. tq2) store norms that keep the decoded rows'\n"
               "length. kv_balance_keys: code keys balanced per channel (Gemma 3). n_batch: prompt micro-batch\n"
               "size (0: 512). threads: OpenMP threads per call (0: OpenMP default). exact_matmul: keep\n"
@@ -1149,6 +1158,11 @@ static PyObject *Context_get_threads(ContextObject *self, void *Py_UNUSED(closur
     return PyLong_FromLong(tq_context_threads(self->context));
 }
 
+static PyObject *Context_get_kv_sink_f16(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(tq_model_context_params(tq_context_model(self->context)).kv_sink_f16);
+}
+
 static int Context_set_threads(ContextObject *self, PyObject *value, void *Py_UNUSED(closure))
 {
     if (value == NULL) {
@@ -1228,6 +1242,7 @@ static PyGetSetDef Context_getset[] = {
     {"n_vocab", (getter)Context_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},
     {"threads", (getter)Context_get_threads, (setter)Context_set_threads,
      "OpenMP threads per call (0: OpenMP default); settable between calls.", NULL},
+    {"kv_sink_f16", (getter)Context_get_kv_sink_f16, NULL, "First positions a codec cache keeps in f16.", NULL},
     {"cache_type_k", (getter)Context_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
     {"cache_type_v", (getter)Context_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1325,7 +1340,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
                                "window",  "n_batch", "splits",     "kernels",      "recent_f16",
                                "seed",    "key_scale", "key_center", "audio_positions", "audio_codebook",
                                "read_rows", "qjl_bits", "channel_order_k", "channel_order_v", "sink_f16",
-                               "norm_correction", NULL};
+                               "norm_correction", "recent_q8_0", NULL};
     PyObject *keys_object, *values_object, *queries_object;
     PyObject *key_scale_object = Py_None, *key_center_object = Py_None, *qjl_bits_object = Py_None;
     PyObject *audio_positions_object = Py_None, *audio_codebook_object = Py_None;
@@ -1342,12 +1357,13 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
     int splits = 1;
     const char *kernels = "auto";
     int norm_correction = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOOLp:kv_cache_attention", keywords,
+    int recent_q8_0 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOLLisLKOOOOpOOOLpp:kv_cache_attention", keywords,
                                      &keys_object, &values_object, &queries_object, &cache_type_k, &cache_type_v,
                                      &window, &n_batch, &splits, &kernels, &recent_f16, &seed, &key_scale_object,
                                      &key_center_object, &audio_positions_object, &audio_codebook_object,
                                      &read_rows, &qjl_bits_object, &order_objects[0], &order_objects[1],
-                                     &sink_f16, &norm_correction)) {
+                                     &sink_f16, &norm_correction, &recent_q8_0)) {
         return NULL;
     }
     if (splits < 1 || splits > 64) {
@@ -1486,6 +1502,7 @@ static PyObject *core_kv_cache_attention(PyObject *Py_UNUSED(module), PyObject *
         .type_v = type_v,
         .isa = isa,
         .recent_f16 = recent_f16,
+        .recent_q8_0 = recent_q8_0,
         .sink_f16 = sink_f16,
         .norm_correction = norm_correction,
         .codec_seed = seed,
@@ -1625,15 +1642,17 @@ static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *arg
 {
     static char *keywords[] = {"head_dims", "windows", "kv_sources", "n_kv_heads", "positions",
                                "cache_type_k", "cache_type_v", "n_batch", "recent_f16", "max_qjl_bits",
-                               "sink_f16",     NULL};
+                               "sink_f16",     "recent_q8_0", NULL};
     PyObject *head_dims_object, *windows_object, *sources_object;
     PyObject *cache_type_k = NULL, *cache_type_v = NULL;
     int n_kv_heads;
     long long positions, n_batch = 512, recent_f16 = 0, sink_f16 = 0;
     int max_qjl_bits = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLLiL:kv_cache_memory", keywords, &head_dims_object,
+    int recent_q8_0 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOiL|OOLLiLp:kv_cache_memory", keywords, &head_dims_object,
                                      &windows_object, &sources_object, &n_kv_heads, &positions, &cache_type_k,
-                                     &cache_type_v, &n_batch, &recent_f16, &max_qjl_bits, &sink_f16)) {
+                                     &cache_type_v, &n_batch, &recent_f16, &max_qjl_bits, &sink_f16,
+                                     &recent_q8_0)) {
         return NULL;
     }
     tq_kv_type type_k = TQ_KV_F16, type_v = TQ_KV_F16;
@@ -1686,6 +1705,7 @@ static PyObject *core_kv_cache_memory(PyObject *Py_UNUSED(module), PyObject *arg
         .type_v = type_v,
         .isa = TQ_ISA_SCALAR,
         .recent_f16 = recent_f16,
+        .recent_q8_0 = recent_q8_0,
         .sink_f16 = sink_f16,
         .layer_head_dim = head_dims,
         .layer_kv_source = sources,
@@ -1724,12 +1744,13 @@ done:
 static PyMethodDef model_functions[] = {
     {"kv_cache_memory", (PyCFunction)(void (*)(void))core_kv_cache_memory, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_memory(head_dims, windows, kv_sources, n_kv_heads, positions, cache_type_k='f16',\n"
-     "                cache_type_v='f16', n_batch=512, recent_f16=0, max_qjl_bits=1, sink_f16=0) -> int\n\n"
+     "                cache_type_v='f16', n_batch=512, recent_f16=0, max_qjl_bits=1, sink_f16=0,\n"
+     "                recent_q8_0=False) -> int\n\n"
      "Create a KV cache with one entry per layer in head_dims (values per head), windows (sliding\n"
      "window, 0 for a global layer) and kv_sources (the layer itself, or the earlier layer whose rows\n"
      "it reads), fill positions positions n_batch at a time as the model does (rows are allocated but\n"
-     "not written), and return the bytes it then stores: codes, scales, norms, f16 windows and f16\n"
-     "sinks of every layer, K and V. max_qjl_bits=2 sizes +qjl rows for a 2-bit residual and counts the\n"
+     "not written), and return the bytes it then stores: codes, scales, norms, recent windows (f16, or\n"
+     "q8_0 with recent_q8_0=True) and f16 sinks of every layer, K and V. max_qjl_bits=2 sizes +qjl rows for a 2-bit residual and counts the\n"
      "precision byte of each position, as a model does when thinking can switch on."},
     {"kv_cache_attention", (PyCFunction)(void (*)(void))core_kv_cache_attention, METH_VARARGS | METH_KEYWORDS,
      "kv_cache_attention(keys, values, queries, cache_type_k='f32', cache_type_v='f32', window=0, n_batch=0,\n"
@@ -1740,7 +1761,8 @@ static PyMethodDef model_functions[] = {
      "Positions are written n_batch at a time as in the model (0: all at once), so a sliding window\n"
      "exercises the ring buffer; splits > 1 attends over that many position ranges and merges them.\n"
      "For codec types (tq3, ...), the newest recent_f16 positions and the first sink_f16 positions are\n"
-     "read from an f16 copy, and seed fixes the codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
+     "read from an f16 copy (recent_q8_0=True: the recent positions from a q8_0 copy), and seed fixes\n"
+     "the codec's rotation. key_scale (head_dim floats) and key_center (head_dim flags) turn on key\n"
      "balancing of a codec key side (tq_kv_cache_config.key_scale). audio_positions (n flags) marks\n"
      "positions stored with audio_codebook (tq_kv_cache_config.audio_codebook). qjl_bits (one entry of\n"
      "1 or 2 per position) writes each position of a +qjl type with that residual precision.\n"
