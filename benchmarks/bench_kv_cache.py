@@ -18,9 +18,11 @@ whose rows then stay in the CPU caches. "cold" visits --layers separate copies i
 a decode step does with the 18 layers of Gemma 3 270M.
 
 A configuration is NAME (keys and values of one type) or KEYS/VALUES, optionally followed by
-:RECENT, the newest positions also kept in f16 (kv_recent_f16), and :SINK, the first positions
-also kept in f16 (kv_sink_f16). When either side is a TurboQuant codec they default to
-Model.load's defaults (DEFAULT_KV_RECENT_F16, DEFAULT_KV_SINK_F16); otherwise both are 0.
+:RECENT, the newest positions also kept uncompressed (kv_recent_f16), :SINK, the first positions
+also kept in f16 (kv_sink_f16), and :TYPE, the row type of the recent copies, f16 or q8_0
+(kv_recent_type). When either side is a TurboQuant codec they default to Model.load's defaults
+(DEFAULT_KV_RECENT_F16, DEFAULT_KV_SINK_F16, DEFAULT_KV_RECENT_TYPE); otherwise RECENT and SINK
+are 0.
 
     python benchmarks/bench_kv_cache.py --threads 2 --contexts 2048 8192 16384 --decode 32 \\
         --config tq3.5/tq3:128 --config q8_0/tq3 --write docs/benchmarks.md
@@ -91,17 +93,17 @@ def parse_positions(name, value, text):
 
 
 def parse_config(text):
-    """Parse NAME or KEYS/VALUES, optionally with :RECENT and :SINK, into a dict. Raises ValueError
-    for invalid text."""
-    from turboquant.model import DEFAULT_KV_RECENT_F16, DEFAULT_KV_SINK_F16
+    """Parse NAME or KEYS/VALUES, optionally with :RECENT, :SINK and :TYPE, into a dict. Raises
+    ValueError for invalid text."""
+    from turboquant.model import DEFAULT_KV_RECENT_F16, DEFAULT_KV_RECENT_TYPE, DEFAULT_KV_SINK_F16, KV_RECENT_TYPES
 
     spec, *fields = text.split(":")
     names = spec.split("/")
     if len(names) == 1:
         names = names * 2
-    if len(names) != 2 or not all(names) or len(fields) > 2:
-        raise ValueError(f"invalid configuration {text!r}; expected NAME or KEYS/VALUES[:RECENT[:SINK]], "
-                         "e.g. tq3.5/tq3:32:4")
+    if len(names) != 2 or not all(names) or len(fields) > 3:
+        raise ValueError(f"invalid configuration {text!r}; expected NAME or KEYS/VALUES[:RECENT[:SINK[:TYPE]]], "
+                         "e.g. tq3.5/tq3:32:4:q8_0")
     is_codec = any(name not in BLOCK_TYPES for name in names)
     recent = DEFAULT_KV_RECENT_F16 if is_codec else 0
     sink = DEFAULT_KV_SINK_F16 if is_codec else 0
@@ -109,8 +111,14 @@ def parse_config(text):
         recent = parse_positions("RECENT", fields[0], text)
     if len(fields) > 1 and fields[1]:
         sink = parse_positions("SINK", fields[1], text)
+    recent_type = DEFAULT_KV_RECENT_TYPE
+    if len(fields) > 2 and fields[2]:
+        recent_type = fields[2]
+        if recent_type not in KV_RECENT_TYPES:
+            raise ValueError(f"invalid TYPE {recent_type!r} in configuration {text!r}; expected one of "
+                             f"{', '.join(KV_RECENT_TYPES)}")
     return {"cache_type_k": names[0], "cache_type_v": names[1], "kv_recent_f16": recent if is_codec else 0,
-            "kv_sink_f16": sink if is_codec else 0}
+            "kv_sink_f16": sink if is_codec else 0, "kv_recent_type": recent_type if is_codec else "f16"}
 
 
 def config_label(config):
@@ -197,6 +205,7 @@ def decode_turboquant(job, tokens):
         job["model"], threads=job["threads"], ctx=job["context"] + job["decode"] + CTX_MARGIN,
         cache_type_k=config["cache_type_k"], cache_type_v=config["cache_type_v"],
         kv_recent_f16=config["kv_recent_f16"], kv_sink_f16=config["kv_sink_f16"],
+        kv_recent_q8_0=config.get("kv_recent_type") == "q8_0",
     )
     model.eval(tokens[:8], logits="last")  # warm-up: page in the weights
     model.reset()
@@ -366,7 +375,7 @@ def run_decode_row(kind, config, context, args, tokens_file):
         "context": context,
         "engine": "turboquant" if kind == "turboquant" else "llama.cpp",
         "label": config_label(config),
-        "recent": config.get("kv_recent_f16", 0),
+        "recent": recent_label(config),
         "sink": config.get("kv_sink_f16", 0),
         "flash_attn": config.get("flash_attn"),
         "prefill": context / result["prefill_s"],
@@ -387,6 +396,13 @@ def run_decode_row(kind, config, context, args, tokens_file):
     return row
 
 
+def recent_label(config):
+    """Return the recent window of a configuration in positions, with its row type when not f16: "128 q8_0"."""
+    recent = config.get("kv_recent_f16", 0)
+    recent_type = config.get("kv_recent_type", "f16")
+    return f"{recent} {recent_type}" if recent and recent_type != "f16" else str(recent)
+
+
 def format_ratio(numerator, denominator):
     if numerator is None or not denominator:
         return ""
@@ -395,7 +411,7 @@ def format_ratio(numerator, denominator):
 
 def format_decode_table(rows, contexts):
     lines = [
-        "| context | engine | keys/values | recent f16 | sink f16 | prefill tok/s | decode tok/s | vs f16 "
+        "| context | engine | keys/values | recent | sink f16 | prefill tok/s | decode tok/s | vs f16 "
         "| vs llama.cpp f16 | KV bytes/token | token f16/row | KV MiB | total f16/row | peak RSS MiB |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -454,7 +470,7 @@ def format_targets(rows, contexts):
         row_per_token = next(r["per_token"] for r in rows
                              if r["engine"] == "turboquant" and (r["label"], r["recent"], r["sink"]) == key)
         ratio = f16_row["per_token"] / row_per_token
-        lines.append(f"- {label} (recent f16 {recent}, sink f16 {sink}): " + "; ".join(checks)
+        lines.append(f"- {label} (recent {recent}, sink f16 {sink}): " + "; ".join(checks)
                      + f"; KV {ratio:.2f}x smaller {'met' if ratio >= 4 else 'missed'}")
     return "\n".join(lines)
 
@@ -499,9 +515,9 @@ def build_parser():
                         help="context lengths in tokens (positions in the cache); default: 2048 8192 16384")
     parser.add_argument("--decode", type=int, default=32, help="greedy tokens decoded after each prefill (default: 32)")
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
-                        help="turboquant configurations NAME or KEYS/VALUES[:RECENT[:SINK]] (default: f16, q8_0, q4_0 "
-                             "and every codec)")
-    parser.add_argument("--config", action="append", default=[], metavar="KEYS/VALUES[:RECENT[:SINK]]",
+                        help="turboquant configurations NAME or KEYS/VALUES[:RECENT[:SINK[:TYPE]]] (default: f16, "
+                             "q8_0, q4_0 and every codec)")
+    parser.add_argument("--config", action="append", default=[], metavar="KEYS/VALUES[:RECENT[:SINK[:TYPE]]]",
                         help="add one turboquant configuration, e.g. tq3.5/tq3:32:4 or q8_0/tq3; repeatable")
     parser.add_argument("--llama-configs", nargs="*", default=["f16", "q8_0"], choices=["f16", "q8_0", "q4_0"],
                         help="llama.cpp cache types, keys and values alike (default: f16 q8_0; none to skip)")
@@ -552,8 +568,8 @@ def describe_decode(args, have_llama):
         "by that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide "
         "our f16 cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() "
         "and kv_cache_bytes() after the run. kv_cache_bytes() counts the positions held and, for codec types, "
-        "an f16 ring of \"recent f16\" positions plus one 32-position attention group per layer, and f16 "
-        "copies of the first \"sink f16\" positions."
+        "a ring of \"recent\" positions plus one 32-position attention group per layer (f16 rows, or q8_0 "
+        "rows where the column says q8_0), and f16 copies of the first \"sink f16\" positions."
     )
     if not have_llama:
         return text

@@ -13,7 +13,9 @@ A configuration is KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]], for example 
 keeps the newest 128 positions and layers 0 and 17 in f16. Flags after them: "raw" turns key
 balancing off (Model.load(kv_balance_keys=False)), "plainnorm" stores the plain norms of the
 MSE types (Model.load(kv_norm_correction=False)), "sinkN" keeps the first N positions in f16
-(Model.load(kv_sink_f16=N)); for example tq2.5/tq2.5:128::sink4.
+(Model.load(kv_sink_f16=N)), "q8recent" keeps the recent window in q8_0 rows instead of f16
+(Model.load(kv_recent_type="q8_0")); for example tq2.5/tq2.5:128::sink4:q8recent. Without that
+flag the window is f16, as in the runs recorded before Model.load's default became q8_0.
 """
 
 import argparse
@@ -43,6 +45,7 @@ def parse_config(text):
     balance = True
     norm_correction = True
     sink = 0
+    recent_type = "f16"
     for flag in parts[3:]:
         if flag == "raw":
             balance = False
@@ -50,12 +53,14 @@ def parse_config(text):
             norm_correction = False
         elif flag.startswith("sink") and flag[4:].isdigit():
             sink = int(flag[4:])
+        elif flag == "q8recent":
+            recent_type = "q8_0"
         else:
-            raise SystemExit(f"invalid flag {flag!r} in configuration {text!r}; expected raw, plainnorm or sinkN, "
-                             "e.g. sink4")
+            raise SystemExit(f"invalid flag {flag!r} in configuration {text!r}; expected raw, plainnorm, sinkN or "
+                             "q8recent, e.g. sink4")
     return {"text": text, "cache_type_k": keys, "cache_type_v": values, "kv_recent_f16": recent,
             "kv_f16_layers": layers, "kv_balance_keys": balance, "kv_sink_f16": sink,
-            "kv_norm_correction": norm_correction}
+            "kv_norm_correction": norm_correction, "kv_recent_type": recent_type}
 
 
 def log_softmax(logits):
@@ -71,7 +76,8 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=1, help="number of windows to score")
     parser.add_argument("--text", default="alice29", help="name of the English text (turboquant.datasets)")
     parser.add_argument("--config", action="append", required=True,
-                        help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]] with flags raw, plainnorm, sinkN")
+                        help="KEYS/VALUES[:RECENT_F16[:F16_LAYERS[:FLAG...]]] with flags raw, plainnorm, sinkN, "
+                             "q8recent")
     parser.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: default)")
     args = parser.parse_args(argv)
 
@@ -82,7 +88,8 @@ def main(argv=None):
     models = [Model.load(threads=args.threads or None, ctx=args.ctx, cache_type_k=c["cache_type_k"],
                          cache_type_v=c["cache_type_v"], kv_recent_f16=c["kv_recent_f16"],
                          kv_f16_layers=c["kv_f16_layers"], kv_balance_keys=c["kv_balance_keys"],
-                         kv_sink_f16=c["kv_sink_f16"], kv_norm_correction=c["kv_norm_correction"])
+                         kv_sink_f16=c["kv_sink_f16"], kv_norm_correction=c["kv_norm_correction"],
+                         kv_recent_type=c["kv_recent_type"])
               for c in configs]
     with open(path, encoding="utf-8") as f:
         tokens = reference.tokenize(f.read(), add_bos=False, special=False)
@@ -116,7 +123,7 @@ def main(argv=None):
     base = math.exp(np.mean(reference_nll))
     print(f"text {args.text}, ctx {args.ctx}, {len(windows)} window(s), {len(reference_nll)} scored tokens, "
           f"{time.time() - start_time:.0f} s")
-    print(f"{'keys/values':>12} {'recent f16':>10} {'sink f16':>8} {'f16 layers':>10} {'bits/value':>10} "
+    print(f"{'keys/values':>12} {'recent':>10} {'sink f16':>8} {'f16 layers':>10} {'bits/value':>10} "
           f"{'norms':>9} {'memory':>7} {'perplexity':>10} {'vs f16':>8} {'KL':>8} {'top-1':>7}")
     print(f"{'f16/f16':>12} {0:>10} {0:>8} {'-':>10} {16.0:>10.3f} {'-':>9} {1.0:>7.3f} {base:>10.4f} {'':>8} "
           f"{'':>8} {'':>7}")
@@ -131,7 +138,11 @@ def main(argv=None):
         norms = "-"
         if any(config[side] in MSE_TYPES for side in ("cache_type_k", "cache_type_v")):
             norms = "corrected" if config["kv_norm_correction"] else "plain"
-        print(f"{config['cache_type_k'] + '/' + config['cache_type_v']:>12} {config['kv_recent_f16']:>10} "
+        # recent: the window in positions, and its row type when it is not f16 ("128q8_0").
+        recent = str(config["kv_recent_f16"])
+        if config["kv_recent_f16"] and config["kv_recent_type"] != "f16":
+            recent += config["kv_recent_type"]
+        print(f"{config['cache_type_k'] + '/' + config['cache_type_v']:>12} {recent:>10} "
               f"{config['kv_sink_f16']:>8} {layers:>10} {bits:>10.3f} {norms:>9} {memory:>7.3f} {ppl:>10.4f} "
               f"{100 * (ppl / base - 1):>+7.2f}% {np.mean(kl[i]):>8.4f} {100 * np.mean(top1[i]):>6.1f}%")
 

@@ -70,6 +70,7 @@ typedef enum {
     TQ_CFG_CACHE_TYPE_K,
     TQ_CFG_CACHE_TYPE_V,
     TQ_CFG_KV_RECENT_F16,
+    TQ_CFG_KV_RECENT_TYPE,
     TQ_CFG_KV_SINK_F16,
     TQ_CFG_KV_F16_LAYERS,
     TQ_CFG_QJL_BITS,
@@ -141,6 +142,7 @@ typedef struct {
     char cache_type_k[TQ_CONFIG_NAME_SIZE]; /* a name accepted by tq_kv_type_parse */
     char cache_type_v[TQ_CONFIG_NAME_SIZE];
     int64_t kv_recent_f16;
+    char kv_recent_type[TQ_CONFIG_NAME_SIZE]; /* row type of the kv_recent_f16 copies: "f16" or "q8_0" */
     int64_t kv_sink_f16;
     int64_t kv_f16_layers[TQ_CONFIG_MAX_LAYERS]; /* negative counts from the end */
     size_t kv_f16_layers_count;

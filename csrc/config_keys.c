@@ -16,6 +16,8 @@ static const char *const FAMILY_CHOICES[] = {"gemma3", "gemma4", NULL};
 static const char *const PRESET_CHOICES[] = {"gemma3-270m", "gemma3-1b",  "gemma3-4b",  "gemma3-12b",
                                              "gemma3-27b",  "gemma4-e2b", "gemma4-e4b", NULL};
 static const char *const SPECULATIVE_CHOICES[] = {"none", "mtp", "medusa", NULL};
+/* Row types of the recent window's copies. Model.load's KV_RECENT_TYPES lists the same names. */
+static const char *const KV_RECENT_TYPE_CHOICES[] = {"f16", "q8_0", NULL};
 
 /* Bounds for sizes: generous enough for any published Gemma model, tight enough
  * that products of two of them fit comfortably in 64 bits. */
@@ -85,6 +87,7 @@ const tq_config_key_spec tq_config_keys[TQ_CFG_KEY_COUNT] = {
     STRING_KEY(TQ_CFG_CACHE_TYPE_K, "cache_type_k", ANY, 0, NULL, 1, cache_type_k),
     STRING_KEY(TQ_CFG_CACHE_TYPE_V, "cache_type_v", ANY, 0, NULL, 1, cache_type_v),
     INT_KEY(TQ_CFG_KV_RECENT_F16, "kv_recent_f16", ANY, 0, 0, MAX_POSITIONS, kv_recent_f16),
+    STRING_KEY(TQ_CFG_KV_RECENT_TYPE, "kv_recent_type", ANY, 0, KV_RECENT_TYPE_CHOICES, 0, kv_recent_type),
     INT_KEY(TQ_CFG_KV_SINK_F16, "kv_sink_f16", ANY, 0, 0, MAX_POSITIONS, kv_sink_f16),
     INT_LIST_KEY(TQ_CFG_KV_F16_LAYERS, "kv_f16_layers", ANY, -TQ_CONFIG_MAX_LAYERS, TQ_CONFIG_MAX_LAYERS - 1, 0,
                  kv_f16_layers),

