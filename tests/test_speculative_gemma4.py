@@ -73,11 +73,12 @@ def assert_tree_equals_decoding(model, base, tokens, parents):
 
 # ---- Tree pass -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("type_k,type_v,recent", CACHES)
-def test_gemma4_tree_equals_decoding(tiny_path, type_k, type_v, recent):
+@pytest.mark.parametrize("type_k,type_v,recent,recent_q8_0", CACHES)
+def test_gemma4_tree_equals_decoding(tiny_path, type_k, type_v, recent, recent_q8_0):
     # The 39 cached positions exceed the sliding windows (8 and 5).
     path, shape = tiny_path
-    model = _core.Model(path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent)
+    model = _core.Model(path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent,
+                        kv_recent_q8_0=recent_q8_0, kv_sink_f16=4)
     tokens = prompt(shape["vocab"], length=40)
     model.eval(tokens[:-1], logits="none")
     base = model.n_past
@@ -98,12 +99,13 @@ def test_gemma4_tree_equals_decoding(tiny_path, type_k, type_v, recent):
         np.testing.assert_array_equal(hidden[node], decoded_hidden, err_msg=f"node {node}")
 
 
-@pytest.mark.parametrize("type_k,type_v,recent", CACHES)
-def test_gemma4_accepted_path_continues(tiny_path, type_k, type_v, recent):
+@pytest.mark.parametrize("type_k,type_v,recent,recent_q8_0", CACHES)
+def test_gemma4_accepted_path_continues(tiny_path, type_k, type_v, recent, recent_q8_0):
     # accept_path moves the rows of the layers that store K/V; the shared-KV layers must
     # then read the moved rows, in the next tree and in the next decoding step.
     path, shape = tiny_path
-    model = _core.Model(path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent)
+    model = _core.Model(path, threads=2, cache_type_k=type_k, cache_type_v=type_v, kv_recent_f16=recent,
+                        kv_recent_q8_0=recent_q8_0, kv_sink_f16=4)
     tokens = prompt(shape["vocab"], length=30, seed=7)
     model.eval(tokens[:-1], logits="none")
     base = model.n_past
