@@ -481,7 +481,8 @@ static tq_status matmul_blocked(const tq_gemm_kernels *gemm, tq_quantize_row_fn 
 /* Computes the rows of chunk c (chunk_rows rows from row c * chunk_rows) for every token,
  * through the quantized activation rows acts. */
 static void matmul_chunk(const tq_weight *w, const uint8_t *acts, size_t act_row_bytes, float *y, int64_t n_tokens,
-                         int64_t chunk_rows, int64_t c, tq_vec_dot_fn vec_dot, tq_vec_dot_x4_fn vec_dot_x4)
+                         int64_t chunk_rows, int64_t c, tq_vec_dot_fn vec_dot, tq_vec_dot_x4_fn vec_dot_x4,
+                         tq_vec_dot_rows_fn vec_dot_rows)
 {
     const uint8_t *weights = (const uint8_t *)w->data;
     const size_t row_bytes = w->row_bytes;
@@ -507,6 +508,11 @@ static void matmul_chunk(const tq_weight *w, const uint8_t *acts, size_t act_row
         }
         for (; t < tokens; t++) {
             const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
+            if (vec_dot_rows != NULL) {
+                vec_dot_rows(n_in, &tile[t * rows], weights + (size_t)r0 * row_bytes, row_bytes, rows,
+                             n_out - r0 - rows, a);
+                continue;
+            }
             for (int64_t r = 0; r < rows; r++) {
                 vec_dot(n_in, &tile[t * rows + r], weights + (size_t)(r0 + r) * row_bytes, a);
             }
@@ -544,6 +550,7 @@ static tq_status matmul(tq_isa isa, const tq_weight *w, const float *x, float *y
     }
     const tq_vec_dot_fn vec_dot = kernels->vec_dot[w->type];
     const tq_vec_dot_x4_fn vec_dot_x4 = kernels->vec_dot_x4[w->type];
+    const tq_vec_dot_rows_fn vec_dot_rows = kernels->vec_dot_rows[w->type];
     if (vec_dot == NULL) {
         return tq_error_set(err, TQ_ERR_UNSUPPORTED, "no %s kernel for %s weights", tq_isa_name(isa),
                             tq_type_name(w->type));
@@ -600,12 +607,12 @@ static tq_status matmul(tq_isa isa, const tq_weight *w, const float *x, float *y
     if (n_tokens == 1) {
 #pragma omp parallel for schedule(static)
         for (int64_t c = 0; c < n_chunks; c++) {
-            matmul_chunk(w, acts, act_row_bytes, y, n_tokens, chunk_rows, c, vec_dot, vec_dot_x4);
+            matmul_chunk(w, acts, act_row_bytes, y, n_tokens, chunk_rows, c, vec_dot, vec_dot_x4, vec_dot_rows);
         }
     } else {
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t c = 0; c < n_chunks; c++) {
-            matmul_chunk(w, acts, act_row_bytes, y, n_tokens, chunk_rows, c, vec_dot, vec_dot_x4);
+            matmul_chunk(w, acts, act_row_bytes, y, n_tokens, chunk_rows, c, vec_dot, vec_dot_x4, vec_dot_rows);
         }
     }
 
