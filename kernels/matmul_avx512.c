@@ -248,11 +248,12 @@ static void vec_dot_q5_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, co
 
 /* ---- many weight rows per token ----
  * The Q8_0 LM head of Gemma 3 270M (262,144 rows of 640 values) takes about half of a decode
- * step. This kernel prepares the activation once per call, its block pairs as 512-bit values
- * and its scales as floats, instead of once per row. It also prefetches the row
- * ROWS_PREFETCH_AHEAD rows ahead, which the hardware prefetchers do not do early enough for
- * rows of 680 bytes. Each row then goes through the arithmetic of vec_dot_q8_0_q8_0_avx512
- * operation for operation, so its result is bit for bit the same. */
+ * step, and the Q5_0 projections most of the rest. These kernels prepare the activation once
+ * per call, its block pairs as 512-bit values and its scales as floats, instead of once per
+ * row. They also prefetch the row ROWS_PREFETCH_AHEAD rows ahead, which the hardware
+ * prefetchers do not do early enough for rows of 680 bytes. Each row then goes through the
+ * arithmetic of the one-row kernel operation for operation, so its result is bit for bit the
+ * same. */
 
 /* Activation rows of up to 8192 values are prepared on the stack (8 KiB of block pairs); longer
  * rows take the one-row kernel. */
@@ -262,56 +263,65 @@ static void vec_dot_q5_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, co
  * prefetch, 7.1 ms with 8 rows ahead and 7.0 ms with 16 (13.1 ms with the one-row kernel). */
 #define ROWS_PREFETCH_AHEAD 16
 
+/* The rows body shared by Q8_0 and Q5_0, with the codes functions of the x4 body. A row's
+ * operations are those of vec_dot_q8_0_q8_0_avx512 and vec_dot_q5_0_q8_0_avx512. */
+#define VEC_DOT_ROWS_AVX512(block_type, CODES_2, CODES_1, one_row)                                                 \
+    const tq_block_q8_0 *xb = (const tq_block_q8_0 *)x;                                                             \
+    const int64_t nb = n / 32;                                                                                      \
+    if (nb > ROWS_MAX_BLOCKS) {                                                                                     \
+        for (int64_t r = 0; r < n_rows; r++) {                                                                      \
+            one_row(n, &s[r], (const uint8_t *)w + (size_t)r * row_bytes, x);                                      \
+        }                                                                                                           \
+        return;                                                                                                     \
+    }                                                                                                               \
+    /* The activation: pairs of blocks for the groups of four, and every block's scale. */                          \
+    __m512i pairs[ROWS_MAX_BLOCKS / 2];                                                                             \
+    float xd[ROWS_MAX_BLOCKS];                                                                                      \
+    const int64_t grouped = nb / 4 * 4;                                                                             \
+    for (int64_t b = 0; b < grouped; b += 2) {                                                                      \
+        pairs[b / 2] = load_2x256(xb[b].qs, xb[b + 1].qs);                                                          \
+    }                                                                                                               \
+    for (int64_t b = 0; b < nb; b++) {                                                                              \
+        xd[b] = _cvtsh_ss(xb[b].d);                                                                                 \
+    }                                                                                                               \
+    for (int64_t r = 0; r < n_rows; r++) {                                                                          \
+        const block_type *wb = (const block_type *)((const uint8_t *)w + (size_t)r * row_bytes);                    \
+        if (r + ROWS_PREFETCH_AHEAD < n_rows + rows_after) {                                                        \
+            const char *ahead = (const char *)w + (size_t)(r + ROWS_PREFETCH_AHEAD) * row_bytes;                    \
+            for (size_t offset = 0; offset < row_bytes; offset += 64) {                                             \
+                _mm_prefetch(ahead + offset, _MM_HINT_T0);                                                          \
+            }                                                                                                       \
+        }                                                                                                           \
+        __m512 acc0 = _mm512_setzero_ps();                                                                          \
+        __m512 acc1 = _mm512_setzero_ps();                                                                          \
+        for (int64_t b = 0; b < grouped; b += 4) {                                                                  \
+            const __m512i w01 = CODES_2(&wb[b], &wb[b + 1]);                                                        \
+            const __m512i w23 = CODES_2(&wb[b + 2], &wb[b + 3]);                                                    \
+            const __m512 d01 = scales_2x8(_cvtsh_ss(wb[b].d) * xd[b], _cvtsh_ss(wb[b + 1].d) * xd[b + 1]);         \
+            const __m512 d23 = scales_2x8(_cvtsh_ss(wb[b + 2].d) * xd[b + 2], _cvtsh_ss(wb[b + 3].d) * xd[b + 3]); \
+            acc0 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_i8_avx512(w01, pairs[b / 2])), acc0);               \
+            acc1 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_i8_avx512(w23, pairs[b / 2 + 1])), acc1);           \
+        }                                                                                                           \
+        __m256 tail = _mm256_setzero_ps();                                                                          \
+        for (int64_t b = grouped; b < nb; b++) {                                                                    \
+            const __m256i w0 = CODES_1(&wb[b]);                                                                     \
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[b].qs);                                       \
+            const __m256 d0 = _mm256_set1_ps(_cvtsh_ss(wb[b].d) * xd[b]);                                           \
+            tail = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(w0, a0)), tail);                              \
+        }                                                                                                           \
+        s[r] = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);                                      \
+    }
+
 static void vec_dot_q8_0_q8_0_rows_avx512(int64_t n, float *s, const void *w, size_t row_bytes, int64_t n_rows,
                                           int64_t rows_after, const void *x)
 {
-    const tq_block_q8_0 *xb = (const tq_block_q8_0 *)x;
-    const int64_t nb = n / TQ_QK8_0;
-    if (nb > ROWS_MAX_BLOCKS) {
-        for (int64_t r = 0; r < n_rows; r++) {
-            vec_dot_q8_0_q8_0_avx512(n, &s[r], (const uint8_t *)w + (size_t)r * row_bytes, x);
-        }
-        return;
-    }
+    VEC_DOT_ROWS_AVX512(tq_block_q8_0, q8_0_codes_2, q8_0_codes_1, vec_dot_q8_0_q8_0_avx512)
+}
 
-    /* The activation: pairs of blocks for the groups of four, and every block's scale. */
-    __m512i pairs[ROWS_MAX_BLOCKS / 2];
-    float xd[ROWS_MAX_BLOCKS];
-    const int64_t grouped = nb / 4 * 4;
-    for (int64_t b = 0; b < grouped; b += 2) {
-        pairs[b / 2] = load_2x256(xb[b].qs, xb[b + 1].qs);
-    }
-    for (int64_t b = 0; b < nb; b++) {
-        xd[b] = _cvtsh_ss(xb[b].d);
-    }
-
-    for (int64_t r = 0; r < n_rows; r++) {
-        const tq_block_q8_0 *wb = (const tq_block_q8_0 *)((const uint8_t *)w + (size_t)r * row_bytes);
-        if (r + ROWS_PREFETCH_AHEAD < n_rows + rows_after) {
-            const char *ahead = (const char *)w + (size_t)(r + ROWS_PREFETCH_AHEAD) * row_bytes;
-            for (size_t offset = 0; offset < row_bytes; offset += 64) {
-                _mm_prefetch(ahead + offset, _MM_HINT_T0);
-            }
-        }
-        __m512 acc0 = _mm512_setzero_ps();
-        __m512 acc1 = _mm512_setzero_ps();
-        for (int64_t b = 0; b < grouped; b += 4) {
-            const __m512i w01 = load_2x256(wb[b].qs, wb[b + 1].qs);
-            const __m512i w23 = load_2x256(wb[b + 2].qs, wb[b + 3].qs);
-            const __m512 d01 = scales_2x8(_cvtsh_ss(wb[b].d) * xd[b], _cvtsh_ss(wb[b + 1].d) * xd[b + 1]);
-            const __m512 d23 = scales_2x8(_cvtsh_ss(wb[b + 2].d) * xd[b + 2], _cvtsh_ss(wb[b + 3].d) * xd[b + 3]);
-            acc0 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_i8_avx512(w01, pairs[b / 2])), acc0);
-            acc1 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_i8_avx512(w23, pairs[b / 2 + 1])), acc1);
-        }
-        __m256 tail = _mm256_setzero_ps();
-        for (int64_t b = grouped; b < nb; b++) {
-            const __m256i w0 = _mm256_loadu_si256((const __m256i *)wb[b].qs);
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[b].qs);
-            const __m256 d0 = _mm256_set1_ps(_cvtsh_ss(wb[b].d) * xd[b]);
-            tail = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(w0, a0)), tail);
-        }
-        s[r] = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);
-    }
+static void vec_dot_q5_0_q8_0_rows_avx512(int64_t n, float *s, const void *w, size_t row_bytes, int64_t n_rows,
+                                          int64_t rows_after, const void *x)
+{
+    VEC_DOT_ROWS_AVX512(tq_block_q5_0, q5_0_codes_2, q5_0_codes_1, vec_dot_q5_0_q8_0_avx512)
 }
 
 const tq_matmul_kernels tq_matmul_kernels_avx512 = {
@@ -340,6 +350,7 @@ const tq_matmul_kernels tq_matmul_kernels_avx512 = {
         },
     .vec_dot_rows =
         {
+            [TQ_TYPE_Q5_0] = vec_dot_q5_0_q8_0_rows_avx512,
             [TQ_TYPE_Q8_0] = vec_dot_q8_0_q8_0_rows_avx512,
         },
 };
