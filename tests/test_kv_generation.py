@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 CTX = 1024
 NEW_TOKENS = 300
 
-# (keys, values, recent f16 positions): every type with the 128-position f16 window it is
-# used with, the codes alone for the two fractional types, and asymmetric pairs.
+# (keys, values, recent positions): every type with the 128-position window it is used with
+# (Model.load's default q8_0 rows), the codes alone for the two fractional types, and
+# asymmetric pairs, the default pair among them.
 CONFIGS = [
     ("f16", "f16", 0),
     ("q8_0", "q8_0", 0),
@@ -37,6 +38,7 @@ CONFIGS = [
     ("tq2.5", "tq2.5", 0),
     ("q8_0", "tq3", 0),
     ("tq4", "tq3", 128),
+    ("tq3.5", "tq2.5", 128),
     ("f16", "tq2", 0),
 ]
 

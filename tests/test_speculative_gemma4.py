@@ -189,7 +189,7 @@ def vocabulary_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gemma4(vocabulary_path):
-    # Default cache: tq4 keys, tq3 values, 128 f16 positions.
+    # Default cache: tq3.5 keys, tq2.5 values, 128 recent positions in q8_0, 4 in the f16 sink.
     return turboquant.Model.load(vocabulary_path, threads=2)
 
 
