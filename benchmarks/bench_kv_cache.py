@@ -40,6 +40,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -519,6 +520,8 @@ def build_parser():
                              "q8_0, q4_0 and every codec)")
     parser.add_argument("--config", action="append", default=[], metavar="KEYS/VALUES[:RECENT[:SINK[:TYPE]]]",
                         help="add one turboquant configuration, e.g. tq3.5/tq3:32:4 or q8_0/tq3; repeatable")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every decode row this many times, interleaved, and report medians (default: 1)")
     parser.add_argument("--llama-configs", nargs="*", default=["f16", "q8_0"], choices=["f16", "q8_0", "q4_0"],
                         help="llama.cpp cache types, keys and values alike (default: f16 q8_0; none to skip)")
     parser.add_argument("--llama-flash-attn", action="store_true",
@@ -544,12 +547,26 @@ def run_decode_part(args, configs, llama_configs):
     try:
         for context in args.contexts:
             jobs = [("turboquant", c) for c in configs] + [("llama.cpp", c) for c in llama_configs]
-            for kind, config in jobs:
-                print(f"context {context}: {kind} {config_label(config)}...", file=sys.stderr)
-                rows.append(run_decode_row(kind, config, context, args, tokens_file))
+            # Rounds run every job once in turn, so that a slow minute of the machine hits every
+            # row alike. Each row then reports its median over the rounds.
+            runs = [[] for _ in jobs]
+            for round_index in range(args.rounds):
+                for j, (kind, config) in enumerate(jobs):
+                    print(f"context {context}, round {round_index + 1}: {kind} {config_label(config)}...",
+                          file=sys.stderr)
+                    runs[j].append(run_decode_row(kind, config, context, args, tokens_file))
+            rows.extend(median_row(r) for r in runs)
     finally:
         os.unlink(tokens_file)
     return rows
+
+
+def median_row(runs):
+    """Return the first run of a row with its prefill and decode speeds replaced by their medians."""
+    row = dict(runs[0])
+    for key in ("prefill", "decode"):
+        row[key] = float(statistics.median(r[key] for r in runs))
+    return row
 
 
 def run_attention_part(args):
@@ -564,7 +581,8 @@ def run_attention_part(args):
 def describe_decode(args, have_llama):
     text = (
         f"Decode: prefill of `context` tokens in one call, then {args.decode} greedy tokens one call each, "
-        "in a fresh worker process per row. \"vs f16\" and \"vs llama.cpp f16\" divide the row's decode speed "
+        f"in a fresh worker process per row; each row ran {args.rounds} time(s), the rows of a context in turn, "
+        "and shows its median prefill and decode speeds. \"vs f16\" and \"vs llama.cpp f16\" divide the row's decode speed "
         "by that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide "
         "our f16 cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() "
         "and kv_cache_bytes() after the run. kv_cache_bytes() counts the positions held and, for codec types, "
@@ -599,6 +617,8 @@ def describe_attention(args, peak_rss):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.worker_job:
         worker(args.worker_job)
         return 0

@@ -64,6 +64,19 @@ def test_config_recent_type():
     assert bench.recent_label(bench.parse_config("f16")) == "0"
 
 
+def test_median_row_takes_median_speeds():
+    runs = [{"label": "f16/f16", "prefill": 100.0, "decode": 50.0, "rss": 1.0},
+            {"label": "f16/f16", "prefill": 300.0, "decode": 40.0, "rss": 2.0},
+            {"label": "f16/f16", "prefill": 200.0, "decode": 60.0, "rss": 3.0}]
+    row = bench.median_row(runs)
+    assert (row["prefill"], row["decode"], row["rss"]) == (200.0, 50.0, 1.0)
+
+
+def test_rounds_checked():
+    with pytest.raises(SystemExit):
+        bench.main(["--rounds", "0"])
+
+
 def test_config_mixed_pair_default_recent():
     config = bench.parse_config("q8_0/tq3")
     assert (config["cache_type_k"], config["cache_type_v"]) == ("q8_0", "tq3")
