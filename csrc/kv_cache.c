@@ -1167,6 +1167,10 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
         sink_end = sink_limit < recent_first ? sink_limit : recent_first;
     }
 
+    /* Coded positions, if any, are those from sink_end to recent_first. Ranges that lie in the
+     * window or the sink (the newest positions of a decode step are scored one by one, see
+     * TQ_ATTENTION_ROW_PARTS) skip the query rotation, since only the codes read it. */
+    const int has_codes = recent_first > sink_end;
     float score_offsets[TQ_KV_MAX_GROUP] = {0.0f};
     for (int i = 0; i < n_queries; i++) {
         float *part = partial + (size_t)i * partial_floats;
@@ -1174,6 +1178,9 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
         part[1] = 0.0f;
         memset(part + 2, 0, (size_t)head_dim * sizeof(float));
         const float *query = queries + (size_t)i * head_dim;
+        if (layer->codec_k != NULL && !has_codes) {
+            continue;
+        }
         if (layer->codec_k != NULL && (layer->key_scale != NULL || layer->order_k != NULL)) {
             /* Balanced codes hold (k - mean) * scale: score them with q / scale and add
              * q . mean back, so that coded and f16 rows share one softmax. Ordered codes
@@ -1329,7 +1336,7 @@ static void attend_range(const tq_kv_cache *cache, int layer_index, int kv_head,
         chunk_start += length;
     }
 
-    if (layer->codec_v != NULL && recent_first > sink_end) {
+    if (layer->codec_v != NULL && has_codes) {
         /* One inverse rotation per query and range; finish works in place. */
         for (int i = 0; i < n_queries; i++) {
             float *acc = accs + (size_t)i * acc_floats;
