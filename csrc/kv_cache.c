@@ -209,11 +209,13 @@ typedef struct {
     uint16_t *sink_values;
     /* Key balancing of a codec key side, NULL without it (see tq_kv_cache_config).
      * key_scale and key_center have head_dim entries. key_mean has n_kv_heads rows of
-     * head_dim floats, set by the first write after creation or after a reset. */
+     * head_dim floats, set by the first write after creation or after a reset from its
+     * first key_mean_positions positions. */
     float *key_scale;
     uint8_t *key_center;
     float *key_mean;
     int key_mean_set;
+    int64_t key_mean_positions;
     /* Channel orders of split codec sides (tq_kv_cache_config.channel_order_k and _v), head_dim
      * entries each, NULL for a side that keeps the natural order. */
     int *order_k;
@@ -872,6 +874,7 @@ static void set_key_mean(const tq_kv_cache *cache, tq_kv_layer *layer, int64_t n
         }
     }
     layer->key_mean_set = 1;
+    layer->key_mean_positions = used;
 }
 
 /* Write (k - mean) * scale for n positions into cache->balanced_keys and return it. */
@@ -1524,6 +1527,20 @@ tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err
                                 "copies of only the last %lld positions, so truncate to at least %lld or reset",
                                 (long long)cache->n_past, (long long)n_past, (long long)cache->recent_slots,
                                 (long long)(oldest_held + cache->recent_f16 - 1));
+        }
+    }
+    for (int l = 0; n_past > 0 && l < cache->n_layers; l++) {
+        /* A key mean taken from positions that are dropped would code the next keys with an
+         * average of tokens no longer in the sequence, so the output would depend on what was
+         * evaluated before. */
+        const tq_kv_layer *layer = &cache->layers[l];
+        if (layer->key_mean_set && n_past < layer->key_mean_positions) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "cannot truncate the KV cache from %lld to %lld positions: layer %d codes its keys "
+                                "relative to the mean of the first %lld positions, so truncate to at least %lld or "
+                                "reset",
+                                (long long)cache->n_past, (long long)n_past, l, (long long)layer->key_mean_positions,
+                                (long long)layer->key_mean_positions);
         }
     }
     if (cache->audio_flags != NULL) {

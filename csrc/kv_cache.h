@@ -282,7 +282,8 @@ int64_t tq_kv_cache_exact_moves_from(const tq_kv_cache *cache);
 /* Forget positions >= n_past. Fails with TQ_ERR_INVALID when n_past is negative
  * or above the stored count, or when a sliding layer or the recent ring has already
  * overwritten a position that queries from n_past on would need (rolling back more than
- * n_batch positions on a long sequence); reset with n_past = 0 always works. */
+ * n_batch positions on a long sequence), or when n_past drops positions whose keys set a
+ * layer's key mean; reset with n_past = 0 always works. */
 tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err);
 
 /* Bytes stored for the positions held now: all layers, K and V, codes and scales, one audio

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from turboquant import _core
+from turboquant import Model, _core
 
 SUPPORTED_KERNELS = _core.build_info()["supported_kernels"]
 CODEC_TYPES = ["tq4", "tq3.5", "tq3", "tq2.5", "tq2", "tq3+qjl", "tq4+qjl", "polar", "polar+qjl"]
@@ -441,6 +441,27 @@ def test_model_truncate_keeps_recent_window(model_path, recent_q8_0):
                         kv_recent_q8_0=recent_q8_0)
     fresh.eval(tokens[:17], logits="none")
     np.testing.assert_array_equal(after, fresh.eval(tokens[17:20], logits="all"))
+
+
+def test_model_truncate_keeps_key_mean_positions(model_path):
+    # The keys' mean comes from the first write (here 12 positions). Dropping any of them would
+    # leave later keys coded around an average of tokens that are gone, so truncate refuses, and
+    # Model.generate then starts over: its output does not depend on the calls before it.
+    tokens = (PROMPT * 5)[:40]
+    model = _core.Model(model_path, cache_type_k="tq3.5", cache_type_v="tq2.5", ctx=128)
+    model.eval(tokens[:12], logits="none")
+    model.eval(tokens[12:30], logits="none")
+    with pytest.raises(ValueError, match="mean of the first 12 positions, so truncate to at least 12"):
+        model.truncate(11)
+    model.truncate(12)
+    model.truncate(0)
+    model.eval(tokens[:5], logits="none")
+    model.truncate(5)
+
+    fresh = Model.load(model_path, threads=2, ctx=256).generate("Hi", max_tokens=24)
+    used = Model.load(model_path, threads=2, ctx=256)
+    used.generate("The three laws of thermodynamics are", max_tokens=12)
+    assert used.generate("Hi", max_tokens=24) == fresh
 
 
 def test_model_recent_window_reads_f16(model_path):
