@@ -357,6 +357,25 @@ def test_kv_recent_type_absent_is_none(tmp_path):
     assert Gemma3Config.from_yaml_text(config.to_yaml_text()) == config
 
 
+def test_runtime_keys_absent_leave_model_load_defaults(tmp_path):
+    # A file written for another key must not switch the cache to f16 or turn the window off.
+    from turboquant.model import DEFAULT_CACHE_TYPE_K, DEFAULT_CACHE_TYPE_V, DEFAULT_KV_SINK_F16, Model
+
+    config = load_config(write(tmp_path, "speculative: mtp\nthreads: 2\n"))
+    options = config.model_load_options()
+    assert [options[k] for k in ("cache_type_k", "cache_type_v", "kv_recent_f16", "kv_sink_f16")] == [None] * 4
+    model = Model.load(config=config, ctx=64)
+    assert (model.cache_type_k, model.cache_type_v) == (DEFAULT_CACHE_TYPE_K, DEFAULT_CACHE_TYPE_V)
+    assert model._core.kv_sink_f16 == DEFAULT_KV_SINK_F16
+    # The window's copies count in kv_cache_bytes, so equal bytes mean the same window as well.
+    default = Model.load(ctx=64)
+    for m in (model, default):
+        m.generate("Hi", max_tokens=4)
+    assert model.kv_cache_bytes() == default.kv_cache_bytes()
+    preset = load_config(write(tmp_path, "preset: gemma3-270m\nkv_recent_f16: 0\n")).model_load_options()
+    assert (preset["cache_type_k"], preset["kv_recent_f16"]) == (None, 0)
+
+
 def test_kv_recent_type_invalid_value_message(tmp_path):
     path = write(tmp_path, "cache_type_k: tq3\nkv_recent_type: q4_0\n")
     for read_config in (Gemma3Config.from_yaml, load_config):

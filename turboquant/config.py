@@ -148,13 +148,15 @@ class _GemmaConfig:
     include_mtp: bool = False
     include_turbo: bool = True  # False: f16 KV cache, ignoring cache_type_k/v
 
-    # Runtime.
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
-    kv_recent_f16: int = 0
-    # "f16" or "q8_0" rows for the kv_recent_f16 copies, or None for Model.load's default.
+    # Runtime. None, the value of a key absent from the file, leaves the setting to Model.load's
+    # measured default (the compressed cache with its window and sink), so that a file written
+    # for another key does not switch the cache to f16.
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    kv_recent_f16: int | None = None
+    # "f16" or "q8_0" rows for the kv_recent_f16 copies.
     kv_recent_type: str | None = None
-    kv_sink_f16: int = 0
+    kv_sink_f16: int | None = None
     kv_f16_layers: tuple = ()
     qjl_bits: int = 1
     thinking_qjl_bits: int = 2
@@ -395,7 +397,8 @@ class _GemmaConfig:
         return [self.head_dim] * self.num_layers
 
     def resolved_cache_types(self) -> tuple:
-        """Return (cache_type_k, cache_type_v) as the runtime uses them: f16 when include_turbo is False."""
+        """Return (cache_type_k, cache_type_v) as the runtime uses them: f16 when include_turbo is False,
+        None for a type left to Model.load's default."""
         if not self.include_turbo:
             return ("f16", "f16")
         return (self.cache_type_k, self.cache_type_v)
