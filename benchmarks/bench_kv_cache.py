@@ -581,7 +581,8 @@ def run_attention_part(args):
 def describe_decode(args, have_llama):
     text = (
         f"Decode: prefill of `context` tokens in one call, then {args.decode} greedy tokens one call each, "
-        f"in a fresh worker process per row; each row ran {args.rounds} time(s), the rows of a context in turn, "
+        "in a fresh worker process per row. "
+        f"Each row ran {args.rounds} time(s), the rows of a context in turn, "
         "and shows its median prefill and decode speeds. \"vs f16\" and \"vs llama.cpp f16\" divide the row's decode speed "
         "by that row's at the same context (above 1 is faster). \"token f16/row\" and \"total f16/row\" divide "
         "our f16 cache's bytes by the row's (above 1 is smaller). turboquant KV bytes are kv_bytes_per_token() "
