@@ -231,8 +231,14 @@ def test_generate_with_soft_embeddings():
 
     first = model.generate(ids, max_tokens=8, soft_embeddings=soft)
     assert first == model.detokenize(expected[:end])
-    # A second call reuses the cache only up to the first placeholder.
+    # A second call could reuse the cache only up to the first placeholder. The default cache's
+    # key mean came from the first 12 positions, placeholders included, so it starts over.
     assert model.generate(ids, max_tokens=8, soft_embeddings=soft) == first
-    assert model.last_stats.cached_tokens == 3
+    assert model.last_stats.cached_tokens == 0
+    # An f16 cache keeps the 3 positions before the first placeholder.
+    f16 = turboquant.Model.load(audio_token_id=placeholder, ctx=256, cache_type_k="f16", cache_type_v="f16")
+    f16_first = f16.generate(ids, max_tokens=8, soft_embeddings=soft)
+    assert f16.generate(ids, max_tokens=8, soft_embeddings=soft) == f16_first
+    assert f16.last_stats.cached_tokens == 3
     with pytest.raises(ValueError, match="6 audio or image placeholder positions but no soft_embeddings"):
         model.generate(ids, max_tokens=1)
