@@ -1408,20 +1408,6 @@ void tq_attention_merge(int n_parts, int n_queries, int head_dim, const float *p
     }
 }
 
-/* Decode n rows of Q8_0 blocks (head_dim values each, rows stride bytes apart) into floats. */
-static void dequantize_rows_q8_0(const uint8_t *rows, size_t stride, int64_t n, int head_dim, float *out)
-{
-    for (int64_t j = 0; j < n; j++) {
-        const tq_block_q8_0 *blocks = (const tq_block_q8_0 *)(rows + (size_t)j * stride);
-        for (int b = 0; b < head_dim / TQ_KV_BLOCK; b++) {
-            const float d = tq_fp16_to_fp32(blocks[b].d);
-            for (int i = 0; i < TQ_KV_BLOCK; i++) {
-                out[j * head_dim + b * TQ_KV_BLOCK + i] = d * (float)blocks[b].qs[i];
-            }
-        }
-    }
-}
-
 /* Fill the f16 sink slot of position dst (< sink_f16) with the rows of position src. The sink or
  * the recent ring contains a copy of every row of a draft tree, so src's own copy is used (a q8_0
  * copy is decoded and rounded to f16). For an older src, its codes are decoded, which is what
@@ -1435,19 +1421,14 @@ static void move_to_sink(tq_kv_cache *cache, tq_kv_layer *layer, int64_t src, in
                row * sizeof(uint16_t));
         return;
     }
-    if (layer->recent_keys != NULL && cache->recent_ops->type == TQ_KV_F16) {
-        const size_t offset = (size_t)(src % cache->recent_slots) * layer->recent_slot_bytes;
-        memcpy(layer->sink_keys + (size_t)dst * row, layer->recent_keys + offset, layer->recent_slot_bytes);
-        memcpy(layer->sink_values + (size_t)dst * row, layer->recent_values + offset, layer->recent_slot_bytes);
-        return;
-    }
+
     if (layer->recent_keys != NULL) {
         const size_t offset = (size_t)(src % cache->recent_slots) * layer->recent_slot_bytes;
         const size_t recent_row = layer->recent_slot_bytes / (size_t)cache->n_kv_heads;
-        dequantize_rows_q8_0(layer->recent_keys + offset, recent_row, cache->n_kv_heads, layer->head_dim,
-                             cache->sink_rows);
-        dequantize_rows_q8_0(layer->recent_values + offset, recent_row, cache->n_kv_heads, layer->head_dim,
-                             cache->sink_rows + row);
+        read_side(cache, cache->recent_ops, NULL, 0, layer->recent_keys + offset, recent_row, layer->head_dim,
+                  cache->sink_rows);
+        read_side(cache, cache->recent_ops, NULL, 0, layer->recent_values + offset, recent_row, layer->head_dim,
+                  cache->sink_rows + row);
     } else {
         decode_position(cache, layer, dst, cache->sink_rows, cache->sink_rows + row);
     }
