@@ -1511,9 +1511,8 @@ tq_status tq_kv_cache_truncate(tq_kv_cache *cache, int64_t n_past, tq_error *err
         }
     }
     for (int l = 0; n_past > 0 && l < cache->n_layers; l++) {
-        /* A key mean taken from positions that are dropped would code the next keys with an
-         * average of tokens no longer in the sequence, so the output would depend on what was
-         * evaluated before. */
+        /* Dropping the positions of the key mean would code later keys around tokens that are no
+         * longer in the sequence, so the output would depend on earlier calls. */
         const tq_kv_layer *layer = &cache->layers[l];
         if (layer->key_mean_set && n_past < layer->key_mean_positions) {
             return tq_error_set(err, TQ_ERR_INVALID,

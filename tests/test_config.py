@@ -357,7 +357,7 @@ def test_kv_recent_type_absent_is_none(tmp_path):
     assert Gemma3Config.from_yaml_text(config.to_yaml_text()) == config
 
 
-def test_runtime_keys_absent_leave_model_load_defaults(tmp_path):
+def test_absent_runtime_keys_keep_defaults(tmp_path):
     # A file written for another key must not switch the cache to f16 or turn the window off.
     from turboquant.model import DEFAULT_CACHE_TYPE_K, DEFAULT_CACHE_TYPE_V, DEFAULT_KV_SINK_F16, Model
 

@@ -424,9 +424,9 @@ def test_model_q8_0_window_reads_q8_0(model_path):
 
 @pytest.mark.parametrize("recent_q8_0", [False, True])
 def test_model_truncate_keeps_recent_window(model_path, recent_q8_0):
-    # The recent ring holds recent_f16 + 32 positions (the model's attention batch). Rolling
-    # back further than it holds would leave the next query reading overwritten copies, so
-    # truncate refuses; a rollback the ring covers continues exactly like a fresh evaluation.
+    # The recent ring contains recent_f16 + 32 positions (the model's attention batch). Rolling
+    # back further would leave the next query reading overwritten copies, so truncate raises.
+    # A rollback that the ring covers continues exactly like a fresh evaluation.
     tokens = (PROMPT * 5)[:50]
     model = _core.Model(model_path, cache_type_k="tq3.5", cache_type_v="tq2.5", ctx=128, kv_recent_f16=8,
                         kv_recent_q8_0=recent_q8_0)
@@ -445,8 +445,8 @@ def test_model_truncate_keeps_recent_window(model_path, recent_q8_0):
 
 def test_model_truncate_keeps_key_mean_positions(model_path):
     # The keys' mean comes from the first write (here 12 positions). Dropping any of them would
-    # leave later keys coded around an average of tokens that are gone, so truncate refuses, and
-    # Model.generate then starts over: its output does not depend on the calls before it.
+    # code later keys around tokens that are gone, so truncate raises and Model.generate starts
+    # over. Its output then does not depend on earlier calls.
     tokens = (PROMPT * 5)[:40]
     model = _core.Model(model_path, cache_type_k="tq3.5", cache_type_v="tq2.5", ctx=128)
     model.eval(tokens[:12], logits="none")
