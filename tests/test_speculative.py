@@ -176,6 +176,13 @@ def test_tree_into_sink_refused_with_q8_0_window(model_path):
     model.eval_tree([tok.encode(" the", add_bos=False)[0], 100, 200], [-1, 0, 0])
     model.accept_path([0, 1])
 
+    # Speculative generation waits for this position. An f16 window needs no wait.
+    assert model.exact_moves_from == 4
+    assert model.create_context().exact_moves_from == 4
+    f16_window = _core.Model(model_path, threads=2, cache_type_k="tq3.5", cache_type_v="tq2.5", kv_recent_f16=128,
+                             kv_sink_f16=4)
+    assert f16_window.exact_moves_from == 0
+
 
 def test_tree_past_the_sliding_window(model_path):
     # 600 cached positions: sliding layers read their ring, which the tree's rows share.

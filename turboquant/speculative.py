@@ -145,9 +145,7 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
         # A draft node at a position of the f16 sink would have to be moved there on acceptance.
         # With a q8_0 recent window that move cannot restore its exact f16 rows
         # (tq_kv_cache_move), so the first steps after a very short prompt decode one token.
-        # NOTE: the check also applies to f16 windows, whose moves are exact, so those decode up
-        # to kv_sink_f16 - 1 single tokens that a tree could have covered.
-        in_sink = len(model._cached) + 1 < core.kv_sink_f16
+        in_sink = len(model._cached) + 1 < core.exact_moves_from
         if tree.depth == 0 or room < tree.n_nodes or in_sink:
             tokens, node_parents, node_children = [pending], [-1], [[]]
         else:

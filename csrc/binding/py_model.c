@@ -952,6 +952,14 @@ static PyObject *Model_get_kv_sink_f16(ModelObject *self, void *Py_UNUSED(closur
     return check_ready(self) != 0 ? NULL : PyLong_FromLongLong(tq_model_context_params(self->model).kv_sink_f16);
 }
 
+static PyObject *Model_get_exact_moves_from(ModelObject *self, void *Py_UNUSED(closure))
+{
+    if (check_ready(self) != 0) {
+        return NULL;
+    }
+    return PyLong_FromLongLong(tq_kv_cache_exact_moves_from(tq_context_kv_cache(tq_model_context(self->model))));
+}
+
 static PyObject *Model_get_cache_type_k(ModelObject *self, void *Py_UNUSED(closure))
 {
     return check_ready(self) != 0 ? NULL : PyUnicode_FromString(tq_kv_type_get(self->type_k)->name);
@@ -1021,6 +1029,10 @@ static PyGetSetDef Model_getset[] = {
     {"n_vocab", (getter)Model_get_n_vocab, NULL, "Vocabulary size (length of a logits row).", NULL},
     {"threads", (getter)Model_get_threads, NULL, "OpenMP threads per call (0: OpenMP default).", NULL},
     {"kv_sink_f16", (getter)Model_get_kv_sink_f16, NULL, "First positions a codec cache keeps in f16.", NULL},
+    {"exact_moves_from", (getter)Model_get_exact_moves_from, NULL,
+     "First position at which eval_tree accepts draft nodes past the root (0 unless a q8_0 recent window and an "
+     "f16 sink are set).",
+     NULL},
     {"cache_type_k", (getter)Model_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
     {"cache_type_v", (getter)Model_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1163,6 +1175,11 @@ static PyObject *Context_get_kv_sink_f16(ContextObject *self, void *Py_UNUSED(cl
     return PyLong_FromLongLong(tq_model_context_params(tq_context_model(self->context)).kv_sink_f16);
 }
 
+static PyObject *Context_get_exact_moves_from(ContextObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(tq_kv_cache_exact_moves_from(tq_context_kv_cache(self->context)));
+}
+
 static int Context_set_threads(ContextObject *self, PyObject *value, void *Py_UNUSED(closure))
 {
     if (value == NULL) {
@@ -1243,6 +1260,10 @@ static PyGetSetDef Context_getset[] = {
     {"threads", (getter)Context_get_threads, (setter)Context_set_threads,
      "OpenMP threads per call (0: OpenMP default); settable between calls.", NULL},
     {"kv_sink_f16", (getter)Context_get_kv_sink_f16, NULL, "First positions a codec cache keeps in f16.", NULL},
+    {"exact_moves_from", (getter)Context_get_exact_moves_from, NULL,
+     "First position at which eval_tree accepts draft nodes past the root (0 unless a q8_0 recent window and an "
+     "f16 sink are set).",
+     NULL},
     {"cache_type_k", (getter)Context_get_cache_type_k, NULL, "Storage type of cached keys.", NULL},
     {"cache_type_v", (getter)Context_get_cache_type_v, NULL, "Storage type of cached values.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
