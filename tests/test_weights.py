@@ -245,9 +245,9 @@ def quantization_bound(x, weights, qtype):
     return per_value @ np.abs(weights.astype(np.float64)).T
 
 
-def check_matmul(qtype, raw, n_in, n_out, x, kernels):
+def check_matmul(qtype, raw, n_in, n_out, x, kernels, per_row=False):
     weights = gguf_dequantize(raw, qtype, n_out, n_in).astype(np.float64)
-    y = _core.matmul(int(qtype), raw, n_in, n_out, x, kernels=kernels)
+    y = _core.matmul(int(qtype), raw, n_in, n_out, x, kernels=kernels, per_row=per_row)
     assert y.shape == (x.shape[0], n_out)
     assert y.dtype == np.float32
 

@@ -38,12 +38,14 @@ def ggml_dequantize(ggml_type, raw, n_values):
     return _core.dequantize(ggml_type_id(ggml_type), raw, n_values)
 
 
-def ggml_matmul(ggml_type, raw, n_in, n_out, x, kernels=None):
+def ggml_matmul(ggml_type, raw, n_in, n_out, x, kernels=None, *, per_row=False):
     """Compute x @ W.T for W of n_out rows of n_in values, stored as GGML blocks in raw.
 
     x is float32 of shape (n_tokens, n_in) or (n_in,). The activations are quantized to
     8 bits per block (Q8_0 or Q8_K, as llama.cpp does) for the integer formats. kernels
     forces a variant ("scalar", "avx2", "avx512", "neon"); None picks TURBOQUANT_KERNELS
-    or the best variant for this CPU.
+    or the best variant for this CPU. per_row=True gives each token's row bit for bit the
+    result of a one-token call (the path that verifies draft trees); it never takes the
+    blocked product that prompts of many tokens use.
     """
-    return _core.matmul(ggml_type_id(ggml_type), raw, n_in, n_out, x, kernels=kernels)
+    return _core.matmul(ggml_type_id(ggml_type), raw, n_in, n_out, x, kernels=kernels, per_row=per_row)

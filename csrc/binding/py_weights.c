@@ -132,15 +132,16 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args, PyObject *kwargs)
 static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *keywords[] = {"type", "raw", "n_in", "n_out", "x", "kernels", NULL};
+    static char *keywords[] = {"type", "raw", "n_in", "n_out", "x", "kernels", "per_row", NULL};
     int type;
     PyObject *raw_obj;
     Py_ssize_t n_in;
     Py_ssize_t n_out;
     PyObject *x_obj;
     PyObject *kernels = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOnnO|O:matmul", keywords, &type, &raw_obj, &n_in, &n_out, &x_obj,
-                                     &kernels)) {
+    int per_row = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOnnO|O$p:matmul", keywords, &type, &raw_obj, &n_in, &n_out,
+                                     &x_obj, &kernels, &per_row)) {
         return NULL;
     }
 
@@ -193,7 +194,8 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs)
     tq_status status = tq_weight_init(&w, type, n_in, n_out, raw.buf, &err);
     if (status == TQ_OK) {
         Py_BEGIN_ALLOW_THREADS;
-        status = tq_matmul(isa, &w, x.data, (float *)out_view.buf, x.rows, &err);
+        status = per_row ? tq_matmul_per_row(isa, &w, x.data, (float *)out_view.buf, x.rows, &err)
+                         : tq_matmul(isa, &w, x.data, (float *)out_view.buf, x.rows, &err);
         Py_END_ALLOW_THREADS;
     }
     PyBuffer_Release(&out_view);
@@ -382,11 +384,12 @@ static PyMethodDef weights_methods[] = {
      "dequantize(type, raw, n_values) -> numpy.ndarray[float32]\n\n"
      "Dequantize the first n_values values of raw, a buffer of blocks of GGML type id `type`."},
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
-     "matmul(type, raw, n_in, n_out, x, kernels=None) -> numpy.ndarray[float32]\n\n"
+     "matmul(type, raw, n_in, n_out, x, kernels=None, *, per_row=False) -> numpy.ndarray[float32]\n\n"
      "Compute x @ W.T for a GGML weight W of n_out rows of n_in values stored in raw.\n"
      "x is float32 of shape (n_tokens, n_in) or (n_in,); the result has shape (n_tokens, n_out)\n"
      "or (n_out,). kernels forces a variant ('scalar', 'avx2', 'avx512', 'neon', 'auto');\n"
-     "None uses TURBOQUANT_KERNELS or the best one for this CPU."},
+     "None uses TURBOQUANT_KERNELS or the best one for this CPU. per_row=True computes each\n"
+     "token's row bit for bit as a one-token call does (the path of draft-tree verification)."},
     {"quantize_row_q8_0", (PyCFunction)(void (*)(void))py_quantize_row_q8_0, METH_VARARGS | METH_KEYWORDS,
      "quantize_row_q8_0(x, kernels=None) -> numpy.ndarray[uint8]\n\n"
      "Quantize each row of x to Q8_0 blocks, as matmul does with activations."},
