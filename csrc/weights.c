@@ -490,34 +490,45 @@ static void matmul_chunk(const tq_weight *w, const uint8_t *acts, size_t act_row
     const int64_t n_out = w->n_out;
     const int64_t r0 = c * chunk_rows;
     const int64_t rows = r0 + chunk_rows < n_out ? chunk_rows : n_out - r0;
+    const uint8_t *chunk_weights = weights + (size_t)r0 * row_bytes;
     /* Results go to a small tile first: writing y directly would touch one line
      * per token at a stride of n_out floats, which for large power-of-two n_out
      * maps every token to the same cache set. */
     float tile[TOKENS_PER_TILE * MAX_CHUNK_ROWS];
     for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKENS_PER_TILE) {
         const int64_t tokens = t0 + TOKENS_PER_TILE < n_tokens ? TOKENS_PER_TILE : n_tokens - t0;
-        int64_t t = 0;
-        if (vec_dot_x4 != NULL) {
-            for (; t + 4 <= tokens; t += 4) {
-                const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
+        const uint8_t *tile_acts = acts + (size_t)t0 * act_row_bytes;
+        if (vec_dot_rows != NULL) {
+            /* Groups of at most TQ_VEC_DOT_ROWS_MAX_TOKENS tokens, as even as possible (5 tokens
+             * as 3 + 2), each reading the chunk's weights once. */
+            const int64_t n_groups = (tokens + TQ_VEC_DOT_ROWS_MAX_TOKENS - 1) / TQ_VEC_DOT_ROWS_MAX_TOKENS;
+            int64_t t = 0;
+            for (int64_t g = 0; g < n_groups; g++) {
+                const int64_t groups_left = n_groups - g;
+                const int64_t group_tokens = (tokens - t + groups_left - 1) / groups_left;
+                vec_dot_rows(n_in, &tile[t * rows], (size_t)rows, chunk_weights, row_bytes, rows, n_out - r0 - rows,
+                             tile_acts + (size_t)t * act_row_bytes, act_row_bytes, group_tokens);
+                t += group_tokens;
+            }
+        } else {
+            int64_t t = 0;
+            if (vec_dot_x4 != NULL) {
+                for (; t + 4 <= tokens; t += 4) {
+                    const void *a = tile_acts + (size_t)t * act_row_bytes;
+                    for (int64_t r = 0; r < rows; r++) {
+                        vec_dot_x4(n_in, &tile[t * rows + r], (size_t)rows, chunk_weights + (size_t)r * row_bytes, a,
+                                   act_row_bytes);
+                    }
+                }
+            }
+            for (; t < tokens; t++) {
+                const void *a = tile_acts + (size_t)t * act_row_bytes;
                 for (int64_t r = 0; r < rows; r++) {
-                    vec_dot_x4(n_in, &tile[t * rows + r], (size_t)rows, weights + (size_t)(r0 + r) * row_bytes, a,
-                               act_row_bytes);
+                    vec_dot(n_in, &tile[t * rows + r], chunk_weights + (size_t)r * row_bytes, a);
                 }
             }
         }
-        for (; t < tokens; t++) {
-            const void *a = acts + (size_t)(t0 + t) * act_row_bytes;
-            if (vec_dot_rows != NULL) {
-                vec_dot_rows(n_in, &tile[t * rows], weights + (size_t)r0 * row_bytes, row_bytes, rows,
-                             n_out - r0 - rows, a);
-                continue;
-            }
-            for (int64_t r = 0; r < rows; r++) {
-                vec_dot(n_in, &tile[t * rows + r], weights + (size_t)(r0 + r) * row_bytes, a);
-            }
-        }
-        for (t = 0; t < tokens; t++) {
+        for (int64_t t = 0; t < tokens; t++) {
             memcpy(y + (t0 + t) * n_out + r0, &tile[t * rows], (size_t)rows * sizeof(float));
         }
     }

@@ -20,13 +20,18 @@ static inline float hsum_ps_avx512(__m512 v)
     return hsum_ps_avx2(half);
 }
 
+/* Dot products of 64 unsigned bytes abs_w with 64 signed bytes signed_a, as 16 int32 partial sums. */
+static inline __m512i dot_abs_avx512(__m512i abs_w, __m512i signed_a)
+{
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(abs_w, signed_a), _mm512_set1_epi16(1));
+}
+
 /* Dot products of 64 signed bytes w with 64 signed bytes a, as 16 int32 partial
  * sums: |w| times a with w's sign moved onto a (see the AVX2 file for the range). */
 static inline __m512i dot_i8_avx512(__m512i w, __m512i a)
 {
-    const __m512i abs_w = _mm512_abs_epi8(w);
     const __m512i signed_a = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(abs_w, signed_a), _mm512_set1_epi16(1));
+    return dot_abs_avx512(_mm512_abs_epi8(w), signed_a);
 }
 
 static inline __m512i load_2x256(const void *lo, const void *hi)
@@ -156,68 +161,8 @@ static void vec_dot_q5_0_q8_0_avx512(int64_t n, float *s, const void *w, const v
     *s = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);
 }
 
-/* ---- four tokens per weight row ----
- * Each token follows the one-token kernels above operation for operation (two 512-bit
- * accumulators over groups of four blocks, a 256-bit tail), so its result is bit for bit the
- * one-token result. The weight codes are decoded once for the four tokens. */
-
-#define X4_TOKENS 4
-
-/* a with the sign of w moved onto it, the second operand of dot_i8_avx512. */
-static inline __m512i signed_by_avx512(__m512i a, __m512i w)
-{
-    return _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
-}
-
-static inline __m512i dot_abs_avx512(__m512i abs_w, __m512i signed_a)
-{
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(abs_w, signed_a), _mm512_set1_epi16(1));
-}
-
-/* The x4 body shared by Q8_0 and Q5_0: codes(b0, b1) gives the int8 weights of two blocks
- * as one register, code_1 those of one block for the tail. */
-#define VEC_DOT_X4_AVX512(block_type, CODES_2, CODES_1)                                                             \
-    const block_type *wb = (const block_type *)w;                                                                   \
-    const int64_t nb = n / 32;                                                                                      \
-    const tq_block_q8_0 *xb[X4_TOKENS];                                                                             \
-    __m512 acc0[X4_TOKENS], acc1[X4_TOKENS];                                                                        \
-    __m256 tail[X4_TOKENS];                                                                                         \
-    for (int t = 0; t < X4_TOKENS; t++) {                                                                           \
-        xb[t] = (const tq_block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);                                 \
-        acc0[t] = acc1[t] = _mm512_setzero_ps();                                                                    \
-        tail[t] = _mm256_setzero_ps();                                                                              \
-    }                                                                                                               \
-    int64_t b = 0;                                                                                                  \
-    for (; b + 4 <= nb; b += 4) {                                                                                   \
-        const __m512i q01 = CODES_2(&wb[b], &wb[b + 1]);                                                            \
-        const __m512i q23 = CODES_2(&wb[b + 2], &wb[b + 3]);                                                        \
-        const __m512i abs01 = _mm512_abs_epi8(q01);                                                                 \
-        const __m512i abs23 = _mm512_abs_epi8(q23);                                                                 \
-        const float dw0 = _cvtsh_ss(wb[b].d), dw1 = _cvtsh_ss(wb[b + 1].d);                                        \
-        const float dw2 = _cvtsh_ss(wb[b + 2].d), dw3 = _cvtsh_ss(wb[b + 3].d);                                    \
-        for (int t = 0; t < X4_TOKENS; t++) {                                                                       \
-            const tq_block_q8_0 *a = xb[t];                                                                         \
-            const __m512i a01 = signed_by_avx512(load_2x256(a[b].qs, a[b + 1].qs), q01);                            \
-            const __m512i a23 = signed_by_avx512(load_2x256(a[b + 2].qs, a[b + 3].qs), q23);                        \
-            const __m512 d01 = scales_2x8(dw0 * _cvtsh_ss(a[b].d), dw1 * _cvtsh_ss(a[b + 1].d));                   \
-            const __m512 d23 = scales_2x8(dw2 * _cvtsh_ss(a[b + 2].d), dw3 * _cvtsh_ss(a[b + 3].d));               \
-            acc0[t] = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_abs_avx512(abs01, a01)), acc0[t]);                \
-            acc1[t] = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_abs_avx512(abs23, a23)), acc1[t]);                \
-        }                                                                                                           \
-    }                                                                                                               \
-    for (; b < nb; b++) {                                                                                           \
-        const __m256i q0 = CODES_1(&wb[b]);                                                                         \
-        const float dw = _cvtsh_ss(wb[b].d);                                                                        \
-        for (int t = 0; t < X4_TOKENS; t++) {                                                                       \
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[t][b].qs);                                    \
-            const __m256 d0 = _mm256_set1_ps(dw * _cvtsh_ss(xb[t][b].d));                                           \
-            tail[t] = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(q0, a0)), tail[t]);                        \
-        }                                                                                                           \
-    }                                                                                                               \
-    for (int t = 0; t < X4_TOKENS; t++) {                                                                           \
-        s[(size_t)t * s_stride] = hsum_ps_avx512(_mm512_add_ps(acc0[t], acc1[t])) + hsum_ps_avx2(tail[t]);          \
-    }
-
+/* The int8 weight codes of two blocks (one 512-bit register) or of one block, for the rows
+ * kernels below. q5_0_codes_2 is defined above. */
 static inline __m512i q8_0_codes_2(const tq_block_q8_0 *b0, const tq_block_q8_0 *b1)
 {
     return load_2x256(b0->qs, b1->qs);
@@ -234,28 +179,17 @@ static inline __m256i q5_0_codes_1(const tq_block_q5_0 *b0)
                            _mm256_andnot_si256(bits_32_avx2(b0->qh), _mm256_set1_epi8((char)0xF0)));
 }
 
-static void vec_dot_q8_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
-                                        size_t x_stride)
-{
-    VEC_DOT_X4_AVX512(tq_block_q8_0, q8_0_codes_2, q8_0_codes_1)
-}
-
-static void vec_dot_q5_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
-                                        size_t x_stride)
-{
-    VEC_DOT_X4_AVX512(tq_block_q5_0, q5_0_codes_2, q5_0_codes_1)
-}
-
-/* ---- many weight rows per token ----
+/* ---- many weight rows for one to four tokens ----
  * The Q8_0 LM head of Gemma 3 270M (262,144 rows of 640 values) takes about half of a decode
- * step, and the Q5_0 projections most of the rest. These kernels prepare the activation once
- * per call, its block pairs as 512-bit values and its scales as floats, instead of once per
- * row. They also prefetch the row ROWS_PREFETCH_AHEAD rows ahead, which the hardware
- * prefetchers do not do early enough for rows of 680 bytes. Each row then goes through the
- * arithmetic of the one-row kernel operation for operation, so its result is bit for bit the
- * same. */
+ * step, and the Q5_0 projections most of the rest. These kernels prepare each token's
+ * activation once per call, its block pairs as 512-bit values and its scales as floats, instead
+ * of once per row. They also prefetch the row ROWS_PREFETCH_AHEAD rows ahead, which the hardware
+ * prefetchers do not do early enough for rows of 680 bytes. A row's codes are decoded once for
+ * all tokens, so a draft tree of up to four tokens reads the weights once. Each token then goes
+ * through the arithmetic of the one-row kernels above operation for operation, so each result
+ * is bit for bit what vec_dot_q8_0_q8_0_avx512 or vec_dot_q5_0_q8_0_avx512 gives. */
 
-/* Activation rows of up to 8192 values are prepared on the stack (8 KiB of block pairs); longer
+/* Activation rows of up to 8192 values are prepared on the stack (16 KiB per token); longer
  * rows take the one-row kernel. */
 #define ROWS_MAX_BLOCKS 256
 
@@ -263,65 +197,147 @@ static void vec_dot_q5_0_q8_0_x4_avx512(int64_t n, float *s, size_t s_stride, co
  * prefetch, 7.1 ms with 8 rows ahead and 7.0 ms with 16 (13.1 ms with the one-row kernel). */
 #define ROWS_PREFETCH_AHEAD 16
 
-/* The rows body shared by Q8_0 and Q5_0, with the codes functions of the x4 body. A row's
- * operations are those of vec_dot_q8_0_q8_0_avx512 and vec_dot_q5_0_q8_0_avx512. */
-#define VEC_DOT_ROWS_AVX512(block_type, CODES_2, CODES_1, one_row)                                                 \
-    const tq_block_q8_0 *xb = (const tq_block_q8_0 *)x;                                                             \
-    const int64_t nb = n / 32;                                                                                      \
-    if (nb > ROWS_MAX_BLOCKS) {                                                                                     \
-        for (int64_t r = 0; r < n_rows; r++) {                                                                      \
-            one_row(n, &s[r], (const uint8_t *)w + (size_t)r * row_bytes, x);                                      \
-        }                                                                                                           \
-        return;                                                                                                     \
-    }                                                                                                               \
-    /* The activation: pairs of blocks for the groups of four, and every block's scale. */                          \
-    __m512i pairs[ROWS_MAX_BLOCKS / 2];                                                                             \
-    float xd[ROWS_MAX_BLOCKS];                                                                                      \
-    const int64_t grouped = nb / 4 * 4;                                                                             \
-    for (int64_t b = 0; b < grouped; b += 2) {                                                                      \
-        pairs[b / 2] = load_2x256(xb[b].qs, xb[b + 1].qs);                                                          \
-    }                                                                                                               \
-    for (int64_t b = 0; b < nb; b++) {                                                                              \
-        xd[b] = _cvtsh_ss(xb[b].d);                                                                                 \
-    }                                                                                                               \
-    for (int64_t r = 0; r < n_rows; r++) {                                                                          \
-        const block_type *wb = (const block_type *)((const uint8_t *)w + (size_t)r * row_bytes);                    \
-        if (r + ROWS_PREFETCH_AHEAD < n_rows + rows_after) {                                                        \
-            const char *ahead = (const char *)w + (size_t)(r + ROWS_PREFETCH_AHEAD) * row_bytes;                    \
-            for (size_t offset = 0; offset < row_bytes; offset += 64) {                                             \
-                _mm_prefetch(ahead + offset, _MM_HINT_T0);                                                          \
-            }                                                                                                       \
-        }                                                                                                           \
-        __m512 acc0 = _mm512_setzero_ps();                                                                          \
-        __m512 acc1 = _mm512_setzero_ps();                                                                          \
-        for (int64_t b = 0; b < grouped; b += 4) {                                                                  \
-            const __m512i w01 = CODES_2(&wb[b], &wb[b + 1]);                                                        \
-            const __m512i w23 = CODES_2(&wb[b + 2], &wb[b + 3]);                                                    \
-            const __m512 d01 = scales_2x8(_cvtsh_ss(wb[b].d) * xd[b], _cvtsh_ss(wb[b + 1].d) * xd[b + 1]);         \
-            const __m512 d23 = scales_2x8(_cvtsh_ss(wb[b + 2].d) * xd[b + 2], _cvtsh_ss(wb[b + 3].d) * xd[b + 3]); \
-            acc0 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(dot_i8_avx512(w01, pairs[b / 2])), acc0);               \
-            acc1 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(dot_i8_avx512(w23, pairs[b / 2 + 1])), acc1);           \
-        }                                                                                                           \
-        __m256 tail = _mm256_setzero_ps();                                                                          \
-        for (int64_t b = grouped; b < nb; b++) {                                                                    \
-            const __m256i w0 = CODES_1(&wb[b]);                                                                     \
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[b].qs);                                       \
-            const __m256 d0 = _mm256_set1_ps(_cvtsh_ss(wb[b].d) * xd[b]);                                           \
-            tail = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(w0, a0)), tail);                              \
-        }                                                                                                           \
-        s[r] = hsum_ps_avx512(_mm512_add_ps(acc0, acc1)) + hsum_ps_avx2(tail);                                      \
-    }
+/* One token's activation as the rows kernels read it. It holds the block pairs of the groups
+ * of four blocks and the two scales of each pair, laid out as scales_2x8 lays them out. The
+ * scales of the blocks after the last group (three at most) follow. */
+typedef struct {
+    __m512i pairs[ROWS_MAX_BLOCKS / 2];
+    __m512 pair_scales[ROWS_MAX_BLOCKS / 2];
+    float tail_scales[3];
+} rows_activation;
 
-static void vec_dot_q8_0_q8_0_rows_avx512(int64_t n, float *s, const void *w, size_t row_bytes, int64_t n_rows,
-                                          int64_t rows_after, const void *x)
+static inline void prepare_rows_activation(const tq_block_q8_0 *xb, int64_t nb, rows_activation *act)
 {
-    VEC_DOT_ROWS_AVX512(tq_block_q8_0, q8_0_codes_2, q8_0_codes_1, vec_dot_q8_0_q8_0_avx512)
+    const int64_t grouped = nb / 4 * 4;
+    for (int64_t b = 0; b < grouped; b += 2) {
+        act->pairs[b / 2] = load_2x256(xb[b].qs, xb[b + 1].qs);
+        act->pair_scales[b / 2] = scales_2x8(_cvtsh_ss(xb[b].d), _cvtsh_ss(xb[b + 1].d));
+    }
+    for (int64_t b = grouped; b < nb; b++) {
+        act->tail_scales[b - grouped] = _cvtsh_ss(xb[b].d);
+    }
 }
 
-static void vec_dot_q5_0_q8_0_rows_avx512(int64_t n, float *s, const void *w, size_t row_bytes, int64_t n_rows,
-                                          int64_t rows_after, const void *x)
+/* Define the rows kernel `name` for N_TOKENS tokens (a constant, so that the compiler keeps
+ * every token's accumulators in registers). Each token takes the float operations of the
+ * one-row kernels in their order. Each lane of d01 and d23 holds the scale product dw * dx,
+ * which rounds as the scalar product does. One fmadd per pair goes into acc0 or acc1, the tail
+ * runs in 256 bits, and the result is hsum(acc0 + acc1) + hsum(tail). The integer block sums
+ * equal those of dot_i8_avx512, because the sign mask and |w| are the same, computed once per
+ * row. */
+#define DEFINE_VEC_DOT_ROWS_AVX512(name, block_type, CODES_2, CODES_1, N_TOKENS)                                    \
+    static void name(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes, int64_t n_rows,         \
+                     int64_t rows_after, const void *x, size_t x_stride)                                            \
+    {                                                                                                               \
+        const int64_t nb = n / 32;                                                                                  \
+        const int64_t grouped = nb / 4 * 4;                                                                         \
+        const tq_block_q8_0 *xb[N_TOKENS];                                                                          \
+        rows_activation act[N_TOKENS];                                                                              \
+        for (int t = 0; t < N_TOKENS; t++) {                                                                        \
+            xb[t] = (const tq_block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);                             \
+            prepare_rows_activation(xb[t], nb, &act[t]);                                                            \
+        }                                                                                                           \
+        const __m512i zero = _mm512_setzero_si512();                                                                \
+        for (int64_t r = 0; r < n_rows; r++) {                                                                      \
+            const block_type *wb = (const block_type *)((const uint8_t *)w + (size_t)r * row_bytes);                \
+            /* Inline, not in a helper: GCC 12 (-O2, -O3) marks a function that only prefetches as                  \
+             * const and deletes the calls to it. */                                                                \
+            if (r + ROWS_PREFETCH_AHEAD < n_rows + rows_after) {                                                    \
+                const char *ahead = (const char *)w + (size_t)(r + ROWS_PREFETCH_AHEAD) * row_bytes;                \
+                for (size_t offset = 0; offset < row_bytes; offset += 64) {                                         \
+                    _mm_prefetch(ahead + offset, _MM_HINT_T0);                                                      \
+                }                                                                                                   \
+            }                                                                                                       \
+            __m512 acc0[N_TOKENS], acc1[N_TOKENS];                                                                  \
+            __m256 tail[N_TOKENS];                                                                                  \
+            for (int t = 0; t < N_TOKENS; t++) {                                                                    \
+                acc0[t] = acc1[t] = _mm512_setzero_ps();                                                            \
+                tail[t] = _mm256_setzero_ps();                                                                      \
+            }                                                                                                       \
+            for (int64_t b = 0; b < grouped; b += 4) {                                                              \
+                const __m512i w01 = CODES_2(&wb[b], &wb[b + 1]);                                                    \
+                const __m512i w23 = CODES_2(&wb[b + 2], &wb[b + 3]);                                                \
+                const __m512i abs01 = _mm512_abs_epi8(w01);                                                         \
+                const __m512i abs23 = _mm512_abs_epi8(w23);                                                         \
+                const __mmask64 negative01 = _mm512_movepi8_mask(w01);                                              \
+                const __mmask64 negative23 = _mm512_movepi8_mask(w23);                                              \
+                const __m512 dw01 = scales_2x8(_cvtsh_ss(wb[b].d), _cvtsh_ss(wb[b + 1].d));                         \
+                const __m512 dw23 = scales_2x8(_cvtsh_ss(wb[b + 2].d), _cvtsh_ss(wb[b + 3].d));                     \
+                for (int t = 0; t < N_TOKENS; t++) {                                                                \
+                    const __m512i a01 = act[t].pairs[b / 2];                                                        \
+                    const __m512i a23 = act[t].pairs[b / 2 + 1];                                                    \
+                    const __m512i p01 = dot_abs_avx512(abs01, _mm512_mask_sub_epi8(a01, negative01, zero, a01));    \
+                    const __m512i p23 = dot_abs_avx512(abs23, _mm512_mask_sub_epi8(a23, negative23, zero, a23));    \
+                    const __m512 d01 = _mm512_mul_ps(dw01, act[t].pair_scales[b / 2]);                              \
+                    const __m512 d23 = _mm512_mul_ps(dw23, act[t].pair_scales[b / 2 + 1]);                          \
+                    acc0[t] = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(p01), acc0[t]);                               \
+                    acc1[t] = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(p23), acc1[t]);                               \
+                }                                                                                                   \
+            }                                                                                                       \
+            for (int64_t b = grouped; b < nb; b++) {                                                                \
+                const __m256i w0 = CODES_1(&wb[b]);                                                                 \
+                const float dw = _cvtsh_ss(wb[b].d);                                                                \
+                for (int t = 0; t < N_TOKENS; t++) {                                                                \
+                    const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[t][b].qs);                            \
+                    const __m256 d0 = _mm256_set1_ps(dw * act[t].tail_scales[b - grouped]);                         \
+                    tail[t] = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(w0, a0)), tail[t]);                \
+                }                                                                                                   \
+            }                                                                                                       \
+            for (int t = 0; t < N_TOKENS; t++) {                                                                    \
+                const float sum = hsum_ps_avx512(_mm512_add_ps(acc0[t], acc1[t])) + hsum_ps_avx2(tail[t]);          \
+                s[(size_t)t * s_stride + r] = sum;                                                                  \
+            }                                                                                                       \
+        }                                                                                                           \
+    }
+
+typedef void (*rows_kernel_fn)(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes, int64_t n_rows,
+                               int64_t rows_after, const void *x, size_t x_stride);
+
+DEFINE_VEC_DOT_ROWS_AVX512(q8_0_rows_1token, tq_block_q8_0, q8_0_codes_2, q8_0_codes_1, 1)
+DEFINE_VEC_DOT_ROWS_AVX512(q8_0_rows_2tokens, tq_block_q8_0, q8_0_codes_2, q8_0_codes_1, 2)
+DEFINE_VEC_DOT_ROWS_AVX512(q8_0_rows_3tokens, tq_block_q8_0, q8_0_codes_2, q8_0_codes_1, 3)
+DEFINE_VEC_DOT_ROWS_AVX512(q8_0_rows_4tokens, tq_block_q8_0, q8_0_codes_2, q8_0_codes_1, 4)
+DEFINE_VEC_DOT_ROWS_AVX512(q5_0_rows_1token, tq_block_q5_0, q5_0_codes_2, q5_0_codes_1, 1)
+DEFINE_VEC_DOT_ROWS_AVX512(q5_0_rows_2tokens, tq_block_q5_0, q5_0_codes_2, q5_0_codes_1, 2)
+DEFINE_VEC_DOT_ROWS_AVX512(q5_0_rows_3tokens, tq_block_q5_0, q5_0_codes_2, q5_0_codes_1, 3)
+DEFINE_VEC_DOT_ROWS_AVX512(q5_0_rows_4tokens, tq_block_q5_0, q5_0_codes_2, q5_0_codes_1, 4)
+
+/* Run the instance for n_tokens tokens (kernels[n_tokens - 1]), or the one-row kernel per row
+ * and token for rows too long to prepare on the stack. */
+static void vec_dot_rows_avx512(const rows_kernel_fn kernels[TQ_VEC_DOT_ROWS_MAX_TOKENS], tq_vec_dot_fn one_row,
+                                int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes, int64_t n_rows,
+                                int64_t rows_after, const void *x, size_t x_stride, int64_t n_tokens)
 {
-    VEC_DOT_ROWS_AVX512(tq_block_q5_0, q5_0_codes_2, q5_0_codes_1, vec_dot_q5_0_q8_0_avx512)
+    if (n / 32 > ROWS_MAX_BLOCKS) {
+        for (int64_t t = 0; t < n_tokens; t++) {
+            const void *token = (const uint8_t *)x + (size_t)t * x_stride;
+            for (int64_t r = 0; r < n_rows; r++) {
+                one_row(n, &s[(size_t)t * s_stride + r], (const uint8_t *)w + (size_t)r * row_bytes, token);
+            }
+        }
+        return;
+    }
+    kernels[n_tokens - 1](n, s, s_stride, w, row_bytes, n_rows, rows_after, x, x_stride);
+}
+
+static void vec_dot_q8_0_q8_0_rows_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes,
+                                          int64_t n_rows, int64_t rows_after, const void *x, size_t x_stride,
+                                          int64_t n_tokens)
+{
+    static const rows_kernel_fn kernels[TQ_VEC_DOT_ROWS_MAX_TOKENS] = {q8_0_rows_1token, q8_0_rows_2tokens,
+                                                                       q8_0_rows_3tokens, q8_0_rows_4tokens};
+    vec_dot_rows_avx512(kernels, vec_dot_q8_0_q8_0_avx512, n, s, s_stride, w, row_bytes, n_rows, rows_after, x,
+                        x_stride, n_tokens);
+}
+
+static void vec_dot_q5_0_q8_0_rows_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes,
+                                          int64_t n_rows, int64_t rows_after, const void *x, size_t x_stride,
+                                          int64_t n_tokens)
+{
+    static const rows_kernel_fn kernels[TQ_VEC_DOT_ROWS_MAX_TOKENS] = {q5_0_rows_1token, q5_0_rows_2tokens,
+                                                                       q5_0_rows_3tokens, q5_0_rows_4tokens};
+    vec_dot_rows_avx512(kernels, vec_dot_q5_0_q8_0_avx512, n, s, s_stride, w, row_bytes, n_rows, rows_after, x,
+                        x_stride, n_tokens);
 }
 
 const tq_matmul_kernels tq_matmul_kernels_avx512 = {
@@ -343,8 +359,6 @@ const tq_matmul_kernels tq_matmul_kernels_avx512 = {
         },
     .vec_dot_x4 =
         {
-            [TQ_TYPE_Q5_0] = vec_dot_q5_0_q8_0_x4_avx512,
-            [TQ_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx512,
             [TQ_TYPE_Q4_K] = tq_vec_dot_q4_K_q8_K_x4_avx2,
             [TQ_TYPE_Q6_K] = tq_vec_dot_q6_K_q8_K_x4_avx2,
         },

@@ -28,13 +28,20 @@ typedef void (*tq_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x)
 typedef void (*tq_vec_dot_x4_fn)(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
                                  size_t x_stride);
 
-/* Store in s[r] the dot products of the n_rows weight rows at w + r * row_bytes with one
- * activation row x. It prepares x once for all rows, and each s[r] must equal, bit for bit,
- * what vec_dot gives for that row, because decoding uses it and verification of draft trees
- * uses vec_dot and vec_dot_x4. rows_after more weight rows follow the last one in memory; the
- * kernel may prefetch them, because the same thread usually multiplies them next. */
-typedef void (*tq_vec_dot_rows_fn)(int64_t n, float *s, const void *w, size_t row_bytes, int64_t n_rows,
-                                   int64_t rows_after, const void *x);
+/* Maximum number of tokens of one vec_dot_rows call. */
+#define TQ_VEC_DOT_ROWS_MAX_TOKENS 4
+
+/* Store in s[t * s_stride + r] the dot products of the n_rows weight rows at w + r * row_bytes
+ * with the n_tokens activation rows at x + t * x_stride bytes (1 <= n_tokens <=
+ * TQ_VEC_DOT_ROWS_MAX_TOKENS). It prepares each activation row once for all weight rows and
+ * reads each weight row once for all tokens. Each result must equal, bit for bit, what vec_dot
+ * gives for that row and token, because decoding computes one token and the verification of a
+ * draft tree several, and both must score a token alike. rows_after more weight rows follow the
+ * last one in memory; the kernel may prefetch them, because the same thread usually multiplies
+ * them next. */
+typedef void (*tq_vec_dot_rows_fn)(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes,
+                                   int64_t n_rows, int64_t rows_after, const void *x, size_t x_stride,
+                                   int64_t n_tokens);
 
 /* Size of the vec_dot table: one slot per GGML type id up to BF16 (30). */
 #define TQ_VEC_DOT_SLOTS 31
@@ -44,7 +51,9 @@ typedef struct {
     tq_quantize_row_fn quantize_row_q8_K;
     tq_vec_dot_fn vec_dot[TQ_VEC_DOT_SLOTS]; /* indexed by tq_ggml_type; NULL when unsupported */
     tq_vec_dot_x4_fn vec_dot_x4[TQ_VEC_DOT_SLOTS]; /* optional; NULL means four vec_dot calls */
-    tq_vec_dot_rows_fn vec_dot_rows[TQ_VEC_DOT_SLOTS]; /* optional; NULL means a vec_dot call per row */
+    /* optional, and used in place of vec_dot_x4 where present. NULL means vec_dot_x4 for
+     * groups of four tokens and vec_dot for the rest. */
+    tq_vec_dot_rows_fn vec_dot_rows[TQ_VEC_DOT_SLOTS];
 } tq_matmul_kernels;
 
 extern const tq_matmul_kernels tq_matmul_kernels_scalar;
