@@ -240,13 +240,8 @@ static inline void prepare_rows_activation(const tq_block_q8_0 *xb, int64_t nb, 
         const __m512i zero = _mm512_setzero_si512();                                                                \
         for (int64_t r = 0; r < n_rows; r++) {                                                                      \
             const block_type *wb = (const block_type *)((const uint8_t *)w + (size_t)r * row_bytes);                \
-            /* Inline, not in a helper: GCC 12 (-O2, -O3) marks a function that only prefetches as                  \
-             * const and deletes the calls to it. */                                                                \
             if (r + ROWS_PREFETCH_AHEAD < n_rows + rows_after) {                                                    \
-                const char *ahead = (const char *)w + (size_t)(r + ROWS_PREFETCH_AHEAD) * row_bytes;                \
-                for (size_t offset = 0; offset < row_bytes; offset += 64) {                                         \
-                    _mm_prefetch(ahead + offset, _MM_HINT_T0);                                                      \
-                }                                                                                                   \
+                prefetch_row((const uint8_t *)w + (size_t)(r + ROWS_PREFETCH_AHEAD) * row_bytes, row_bytes);        \
             }                                                                                                       \
             __m512 acc0[N_TOKENS], acc1[N_TOKENS];                                                                  \
             __m256 tail[N_TOKENS];                                                                                  \
@@ -366,5 +361,7 @@ const tq_matmul_kernels tq_matmul_kernels_avx512 = {
         {
             [TQ_TYPE_Q5_0] = vec_dot_q5_0_q8_0_rows_avx512,
             [TQ_TYPE_Q8_0] = vec_dot_q8_0_q8_0_rows_avx512,
+            [TQ_TYPE_Q4_K] = tq_vec_dot_q4_K_q8_K_rows_avx2,
+            [TQ_TYPE_Q6_K] = tq_vec_dot_q6_K_q8_K_rows_avx2,
         },
 };

@@ -134,6 +134,12 @@ void tq_vec_dot_q4_K_q8_K_x4_avx2(int64_t n, float *s, size_t s_stride, const vo
                                   size_t x_stride);
 void tq_vec_dot_q6_K_q8_K_x4_avx2(int64_t n, float *s, size_t s_stride, const void *w, const void *x,
                                   size_t x_stride);
+void tq_vec_dot_q4_K_q8_K_rows_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes,
+                                    int64_t n_rows, int64_t rows_after, const void *x, size_t x_stride,
+                                    int64_t n_tokens);
+void tq_vec_dot_q6_K_q8_K_rows_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t row_bytes,
+                                    int64_t n_rows, int64_t rows_after, const void *x, size_t x_stride,
+                                    int64_t n_tokens);
 #endif
 
 /* Returns the table for isa (a tq_isa value), or NULL when this build has none. */
