@@ -46,6 +46,29 @@ static inline __m512 scales_2x8(float d0, float d1)
     return _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
 }
 
+/* The last three steps of hsum_ps_avx2 for four 8-lane vectors at once. halves01 contains the
+ * first two as its low and high 256 bits, halves23 the other two. Lane 4t of the result is
+ * hsum_ps_avx2 of vector t, from the same additions in the same order. */
+static inline __m512 hsum_4x8_ps_avx512(__m512 halves01, __m512 halves23)
+{
+    const __m512 low = _mm512_shuffle_f32x4(halves01, halves23, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 high = _mm512_shuffle_f32x4(halves01, halves23, _MM_SHUFFLE(3, 1, 3, 1));
+    __m512 sum = _mm512_add_ps(low, high);
+    sum = _mm512_add_ps(sum, _mm512_permute_ps(sum, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(sum, _mm512_movehdup_ps(sum));
+}
+
+/* Lane 4t of the result is hsum_ps_avx512(v[t]) for t < 4, from the same additions in the
+ * same order. */
+static inline __m512 hsum_4x16_ps_avx512(__m512 v0, __m512 v1, __m512 v2, __m512 v3)
+{
+    const __m512 halves01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                          _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 halves23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, _MM_SHUFFLE(1, 0, 1, 0)),
+                                          _mm512_shuffle_f32x4(v2, v3, _MM_SHUFFLE(3, 2, 3, 2)));
+    return hsum_4x8_ps_avx512(halves01, halves23);
+}
+
 static void vec_dot_f32_avx512(int64_t n, float *s, const void *w, const void *x)
 {
     const float *wf = (const float *)w;
@@ -197,9 +220,33 @@ static inline __m256i q5_0_codes_1(const tq_block_q5_0 *b0)
  * prefetch, 7.1 ms with 8 rows ahead and 7.0 ms with 16 (13.1 ms with the one-row kernel). */
 #define ROWS_PREFETCH_AHEAD 16
 
-/* One token's activation as the rows kernels read it. It holds the block pairs of the groups
+/* One token's activation as the rows kernels read it. It contains the block pairs of the groups
  * of four blocks and the two scales of each pair, laid out as scales_2x8 lays them out. The
  * scales of the blocks after the last group (three at most) follow. */
+/* Store in s[t * s_stride] (t < n_tokens <= 4) hsum_ps_avx512(sums[t]) + hsum_ps_avx2(tails[t]),
+ * bit for bit, with the horizontal sums of the four tokens computed together. Without a tail
+ * (has_tail = 0) it adds +0.0, as the one-row kernels add the sum of their zero tail. */
+static inline void store_hsums_4x_avx512(const __m512 sums[4], const __m256 tails[4], int has_tail, float *s,
+                                         size_t s_stride, int n_tokens)
+{
+    __m512 totals = hsum_4x16_ps_avx512(sums[0], sums[1], sums[2], sums[3]);
+    if (has_tail) {
+        const __m512 tails01 = _mm512_insertf32x8(_mm512_castps256_ps512(tails[0]), tails[1], 1);
+        const __m512 tails23 = _mm512_insertf32x8(_mm512_castps256_ps512(tails[2]), tails[3], 1);
+        totals = _mm512_add_ps(totals, hsum_4x8_ps_avx512(tails01, tails23));
+    } else {
+        totals = _mm512_add_ps(totals, _mm512_setzero_ps());
+    }
+    _mm_store_ss(&s[0], _mm512_castps512_ps128(totals));
+    _mm_store_ss(&s[s_stride], _mm512_extractf32x4_ps(totals, 1));
+    if (n_tokens > 2) {
+        _mm_store_ss(&s[2 * s_stride], _mm512_extractf32x4_ps(totals, 2));
+    }
+    if (n_tokens > 3) {
+        _mm_store_ss(&s[3 * s_stride], _mm512_extractf32x4_ps(totals, 3));
+    }
+}
+
 typedef struct {
     __m512i pairs[ROWS_MAX_BLOCKS / 2];
     __m512 pair_scales[ROWS_MAX_BLOCKS / 2];
@@ -220,9 +267,10 @@ static inline void prepare_rows_activation(const tq_block_q8_0 *xb, int64_t nb, 
 
 /* Define the rows kernel `name` for N_TOKENS tokens (a constant, so that the compiler keeps
  * every token's accumulators in registers). Each token takes the float operations of the
- * one-row kernels in their order. Each lane of d01 and d23 holds the scale product dw * dx,
+ * one-row kernels in their order. Each lane of d01 and d23 is the scale product dw * dx,
  * which rounds as the scalar product does. One fmadd per pair goes into acc0 or acc1, the tail
- * runs in 256 bits, and the result is hsum(acc0 + acc1) + hsum(tail). The integer block sums
+ * runs in 256 bits, and the result is hsum(acc0 + acc1) + hsum(tail), whose additions
+ * store_hsums_4x_avx512 repeats for several tokens at once. The integer block sums
  * equal those of dot_i8_avx512, because the sign mask and |w| are the same, computed once per
  * row. */
 #define DEFINE_VEC_DOT_ROWS_AVX512(name, block_type, CODES_2, CODES_1, N_TOKENS)                                    \
@@ -278,9 +326,16 @@ static inline void prepare_rows_activation(const tq_block_q8_0 *xb, int64_t nb, 
                     tail[t] = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(dot_i8_avx2(w0, a0)), tail[t]);                \
                 }                                                                                                   \
             }                                                                                                       \
-            for (int t = 0; t < N_TOKENS; t++) {                                                                    \
-                const float sum = hsum_ps_avx512(_mm512_add_ps(acc0[t], acc1[t])) + hsum_ps_avx2(tail[t]);          \
-                s[(size_t)t * s_stride + r] = sum;                                                                  \
+            if (N_TOKENS == 1) {                                                                                    \
+                s[r] = hsum_ps_avx512(_mm512_add_ps(acc0[0], acc1[0])) + hsum_ps_avx2(tail[0]);                     \
+            } else {                                                                                                \
+                __m512 sums[4];                                                                                     \
+                __m256 tails[4];                                                                                    \
+                for (int t = 0; t < 4; t++) {                                                                       \
+                    sums[t] = t < N_TOKENS ? _mm512_add_ps(acc0[t], acc1[t]) : _mm512_setzero_ps();                 \
+                    tails[t] = t < N_TOKENS ? tail[t] : _mm256_setzero_ps();                                        \
+                }                                                                                                   \
+                store_hsums_4x_avx512(sums, tails, grouped < nb, &s[r], s_stride, N_TOKENS);                        \
             }                                                                                                       \
         }                                                                                                           \
     }
