@@ -534,6 +534,15 @@ static void matmul_chunk(const tq_weight *w, const uint8_t *acts, size_t act_row
     }
 }
 
+/* Up to this many activation rows, one thread quantizes them instead of a parallel loop. A row
+ * of 2048 values takes about 2 us, less than the closing barrier of a parallel region costs
+ * when another process shares the cores, because the barrier then waits for a descheduled
+ * thread. This was measured on the 2-core Xeon of docs/benchmarks.md with Gemma 3 270M and 2
+ * threads while a training job loaded both cores. eval_tree of 2 nodes took 111 to 120 ms with
+ * the serial loop and 158 to 163 ms with the parallel one. On the idle machine both took about
+ * 21 ms. */
+#define QUANTIZE_SERIAL_MAX_TOKENS 8
+
 /* tq_matmul, and with allow_gemm = 0 tq_matmul_per_row. */
 static tq_status matmul(tq_isa isa, const tq_weight *w, const float *x, float *y, int64_t n_tokens, int allow_gemm,
                         tq_error *err)
@@ -598,7 +607,7 @@ static tq_status matmul(tq_isa isa, const tq_weight *w, const float *x, float *y
             tq_aligned_free(scratch);
             return status;
         }
-#pragma omp parallel for schedule(static) if (n_tokens > 1)
+#pragma omp parallel for schedule(static) if (n_tokens > QUANTIZE_SERIAL_MAX_TOKENS)
         for (int64_t t = 0; t < n_tokens; t++) {
             quantize(x + t * n_in, (uint8_t *)scratch + (size_t)t * act_row_bytes, n_in);
         }
