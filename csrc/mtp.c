@@ -20,12 +20,100 @@ const tq_weight *tq_mtp_lm_head(const tq_model *model)
     return &model->lm_head;
 }
 
-static tq_status lm_head_matmul(const tq_model *model, const float *x, float *y, int64_t rows, tq_error *err)
+/* The rows that logits are computed over: a draft vocabulary's, or the whole LM head. */
+static const tq_weight *scored_rows(const tq_model *model, const tq_mtp_vocab *vocab)
+{
+    return vocab != NULL ? &vocab->rows : &model->lm_head;
+}
+
+static tq_status lm_head_matmul(const tq_model *model, const tq_mtp_vocab *vocab, const float *x, float *y,
+                                int64_t rows, tq_error *err)
 {
     if (model->exact_matmul) {
-        return tq_matmul_exact(&model->lm_head, x, y, rows, err);
+        return tq_matmul_exact(scored_rows(model, vocab), x, y, rows, err);
     }
-    return tq_matmul(model->isa, &model->lm_head, x, y, rows, err);
+    return tq_matmul(model->isa, scored_rows(model, vocab), x, y, rows, err);
+}
+
+/* A draft vocabulary must hold rows of the LM head's type and width, for strictly
+ * increasing token ids of the model. */
+static tq_status check_vocab(const tq_model *model, const tq_mtp_vocab *vocab, tq_error *err)
+{
+    if (vocab == NULL) {
+        return TQ_OK;
+    }
+    const tq_weight *lm_head = &model->lm_head;
+    if (vocab->rows.data == NULL || vocab->ids == NULL || vocab->rows.n_out < 1) {
+        return tq_error_set(err, TQ_ERR_INVALID, "the draft vocabulary has no rows or no ids");
+    }
+    if (vocab->rows.type != lm_head->type || vocab->rows.n_in != lm_head->n_in) {
+        return tq_error_set(err, TQ_ERR_INVALID,
+                            "draft vocabulary rows are %s x %lld but the LM head is %s x %lld; gather them from the "
+                            "model's LM head", tq_type_name(vocab->rows.type), (long long)vocab->rows.n_in,
+                            tq_type_name(lm_head->type), (long long)lm_head->n_in);
+    }
+    for (int64_t i = 0; i < vocab->rows.n_out; i++) {
+        const int32_t id = vocab->ids[i];
+        if (id < 0 || id >= model->config.n_vocab || (i > 0 && id <= vocab->ids[i - 1])) {
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "draft vocabulary id %d at index %lld is not a strictly increasing token id below %d",
+                                id, (long long)i, model->config.n_vocab);
+        }
+    }
+    return TQ_OK;
+}
+
+tq_status tq_mtp_vocab_create(const tq_model *model, const int32_t *ids, int64_t n, tq_mtp_vocab **out,
+                              tq_error *err)
+{
+    *out = NULL;
+    const tq_weight *lm_head = &model->lm_head;
+    if (ids == NULL || n < 1 || n > lm_head->n_out) {
+        return tq_error_set(err, TQ_ERR_INVALID, "a draft vocabulary needs 1 to %lld token ids, got %lld",
+                            (long long)lm_head->n_out, (long long)n);
+    }
+    tq_mtp_vocab *vocab = calloc(1, sizeof(*vocab));
+    int32_t *own_ids = malloc((size_t)n * sizeof(int32_t));
+    uint8_t *rows = tq_aligned_alloc((size_t)n * lm_head->row_bytes);
+    if (vocab == NULL || own_ids == NULL || rows == NULL) {
+        free(vocab);
+        free(own_ids);
+        tq_aligned_free(rows);
+        return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate a draft vocabulary of %lld rows", (long long)n);
+    }
+    memcpy(own_ids, ids, (size_t)n * sizeof(int32_t));
+    vocab->ids = own_ids;
+    vocab->rows = *lm_head;
+    vocab->rows.n_out = n;
+    vocab->rows.data = rows;
+    tq_status status = check_vocab(model, vocab, err);
+    if (status != TQ_OK) {
+        tq_mtp_vocab_free(vocab);
+        return status;
+    }
+    const uint8_t *source = (const uint8_t *)lm_head->data;
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(rows + (size_t)i * lm_head->row_bytes, source + (size_t)ids[i] * lm_head->row_bytes,
+               lm_head->row_bytes);
+    }
+    *out = vocab;
+    return TQ_OK;
+}
+
+void tq_mtp_vocab_free(tq_mtp_vocab *vocab)
+{
+    if (vocab == NULL) {
+        return;
+    }
+    free((void *)vocab->ids);
+    tq_aligned_free((void *)vocab->rows.data);
+    free(vocab);
+}
+
+/* Entries of a logit row: the draft vocabulary's size, or n_vocab. */
+static int64_t scored_entries(const tq_model *model, const tq_mtp_vocab *vocab)
+{
+    return vocab != NULL ? vocab->rows.n_out : model->config.n_vocab;
 }
 
 /* logits = cap * tanh(logits / cap), as the base model's forward pass applies it. */
@@ -58,7 +146,7 @@ static tq_status check_heads(const tq_model *model, const tq_mtp_heads *heads, t
         return tq_error_set(err, TQ_ERR_INVALID, "heads have hidden size %d but the model has %d", heads->hidden,
                             model->config.hidden);
     }
-    return TQ_OK;
+    return check_vocab(model, heads->vocab, err);
 }
 
 /* pre[r] = W h[r] + b and g[r] = h[r] + SiLU(pre[r]) for rows r < rows; W is
@@ -92,7 +180,7 @@ tq_status tq_mtp_forward(const tq_model *model, const tq_mtp_heads *heads, const
         return tq_error_set(err, TQ_ERR_INVALID, "hidden has %lld rows; pass at least one row", (long long)n);
     }
     const int H = heads->hidden;
-    const int64_t V = model->config.n_vocab;
+    const int64_t V = scored_entries(model, heads->vocab);
     size_t chunk_bytes = 0;
     if (!tq_mul_size((size_t)MTP_CHUNK_ROWS * (size_t)H, 2 * sizeof(float), &chunk_bytes)) {
         return tq_error_set(err, TQ_ERR_NOMEM, "hidden size %d is too large", H);
@@ -114,7 +202,7 @@ tq_status tq_mtp_forward(const tq_model *model, const tq_mtp_heads *heads, const
             }
             if (logits != NULL) {
                 float *out = logits + ((size_t)k * n + r0) * V;
-                status = lm_head_matmul(model, g, out, rows, err);
+                status = lm_head_matmul(model, heads->vocab, g, out, rows, err);
                 apply_softcap(out, rows * V, model->config.final_logit_softcap);
             }
         }
@@ -202,13 +290,13 @@ static double log_sum_exp(const float *z, int64_t count)
 tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int top_k,
                        int32_t *ids, float *logprobs, tq_error *err)
 {
-    const int64_t V = model->config.n_vocab;
-    if (top_k < 1 || top_k > V) {
-        return tq_error_set(err, TQ_ERR_INVALID, "top_k is %d; pass 1 to %lld", top_k, (long long)V);
-    }
     tq_status status = check_heads(model, heads, err);
     if (status != TQ_OK) {
         return status;
+    }
+    const int64_t V = scored_entries(model, heads->vocab);
+    if (top_k < 1 || top_k > V) {
+        return tq_error_set(err, TQ_ERR_INVALID, "top_k is %d; pass 1 to %lld", top_k, (long long)V);
     }
     size_t count;
     if (!tq_mul_size((size_t)heads->n_heads, (size_t)V, &count) || count > SIZE_MAX / sizeof(float) - (size_t)top_k) {
@@ -224,7 +312,13 @@ tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const f
     status = tq_mtp_forward(model, heads, hidden, 1, logits, NULL, err);
     for (int k = 0; k < heads->n_heads && status == TQ_OK; k++) {
         const float *row = logits + (size_t)k * (size_t)V;
-        select_top_k(row, V, top_k, ids + (size_t)k * (size_t)top_k, values);
+        int32_t *head_ids = ids + (size_t)k * (size_t)top_k;
+        select_top_k(row, V, top_k, head_ids, values);
+        if (heads->vocab != NULL) {
+            for (int j = 0; j < top_k; j++) {
+                head_ids[j] = heads->vocab->ids[head_ids[j]];
+            }
+        }
         if (logprobs != NULL) {
             const double lse = log_sum_exp(row, V);
             for (int j = 0; j < top_k; j++) {
@@ -237,11 +331,15 @@ tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const f
 }
 
 
-tq_status tq_mtp_teacher(const tq_model *model, const float *hidden, int64_t n, int top_k, int32_t *ids,
-                         float *probs, float *kept_mass, tq_error *err)
+tq_status tq_mtp_teacher(const tq_model *model, const tq_mtp_vocab *vocab, const float *hidden, int64_t n, int top_k,
+                         int32_t *ids, float *probs, float *kept_mass, tq_error *err)
 {
     const int H = model->config.hidden;
-    const int64_t V = model->config.n_vocab;
+    tq_status status = check_vocab(model, vocab, err);
+    if (status != TQ_OK) {
+        return status;
+    }
+    const int64_t V = scored_entries(model, vocab);
     if (n < 1 || hidden == NULL || ids == NULL || probs == NULL) {
         return tq_error_set(err, TQ_ERR_INVALID, "hidden has %lld rows or an output is NULL; pass at least one row",
                             (long long)n);
@@ -258,10 +356,9 @@ tq_status tq_mtp_teacher(const tq_model *model, const float *hidden, int64_t n, 
         return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate %zu bytes of teacher logits", logits_bytes);
     }
 
-    tq_status status = TQ_OK;
     for (int64_t r0 = 0; r0 < n && status == TQ_OK; r0 += MTP_CHUNK_ROWS) {
         const int64_t rows = n - r0 < MTP_CHUNK_ROWS ? n - r0 : MTP_CHUNK_ROWS;
-        status = lm_head_matmul(model, hidden + r0 * H, logits, rows, err);
+        status = lm_head_matmul(model, vocab, hidden + r0 * H, logits, rows, err);
         if (status != TQ_OK) {
             break;
         }
@@ -312,13 +409,15 @@ typedef struct {
  * 15-18% of the mass and gave a 57% maximum relative error in dL/dW against the exact
  * gradient, 512 left out 4-5% (15% error), and 4096 left out under 1% (2% error)
  * at no measurable extra time next to the LM-head product, hence the default of 4096. */
-static void chunk_backward(const tq_model *model, int64_t rows, const float *logits, const float *pre,
-                           const int32_t *teacher_ids, const float *teacher_probs, const int64_t *teacher_rows,
-                           const tq_mtp_loss_params *params, double coefficient, row_scratch *scratch,
-                           float *d_pre, double *row_kl, int *row_correct, double *row_dropped, int *row_failed)
+static void chunk_backward(const tq_model *model, const tq_mtp_vocab *vocab, int64_t rows, const float *logits,
+                           const float *pre, const int32_t *teacher_ids, const float *teacher_probs,
+                           const int64_t *teacher_rows, const tq_mtp_loss_params *params, double coefficient,
+                           row_scratch *scratch, float *d_pre, double *row_kl, int *row_correct, double *row_dropped,
+                           int *row_failed)
 {
     const int H = model->config.hidden;
-    const int64_t V = model->config.n_vocab;
+    const int64_t V = scored_entries(model, vocab);
+    const tq_weight *embedding = scored_rows(model, vocab);
     const float cap = model->config.final_logit_softcap;
     const int K = params->top_k;
     const int M = params->student_top_m;
@@ -367,7 +466,7 @@ static void chunk_backward(const tq_model *model, int64_t rows, const float *log
                 const double t = (double)z[id] / cap;
                 dz *= 1.0 - t * t;
             }
-            if (tq_weight_get_row(&model->lm_head, id, s->embedding_row, NULL) != TQ_OK) {
+            if (tq_weight_get_row(embedding, id, s->embedding_row, NULL) != TQ_OK) {
                 row_failed[r] = 1;
                 continue;
             }
@@ -397,7 +496,7 @@ tq_status tq_mtp_loss_grad(const tq_model *model, const tq_mtp_heads *heads, con
         return status;
     }
     const int H = heads->hidden;
-    const int64_t V = model->config.n_vocab;
+    const int64_t V = scored_entries(model, heads->vocab);
     if (params == NULL || hidden == NULL || teacher_ids == NULL || teacher_probs == NULL || grad_weight == NULL ||
         grad_bias == NULL) {
         return tq_error_set(err, TQ_ERR_INVALID, "an input or output array of tq_mtp_loss_grad is NULL");
@@ -428,8 +527,9 @@ tq_status tq_mtp_loss_grad(const tq_model *model, const tq_mtp_heads *heads, con
     const int64_t n = n_seqs * seq_len;
     for (int64_t i = 0; i < n * K; i++) {
         if (teacher_ids[i] < 0 || teacher_ids[i] >= V) {
-            return tq_error_set(err, TQ_ERR_INVALID, "teacher id %d at index %lld is outside the vocabulary [0, %lld)",
-                                teacher_ids[i], (long long)i, (long long)V);
+            return tq_error_set(err, TQ_ERR_INVALID,
+                                "teacher id %d at index %lld is outside the scored entries [0, %lld)", teacher_ids[i],
+                                (long long)i, (long long)V);
         }
         if (!(teacher_probs[i] >= 0.0f) || !isfinite(teacher_probs[i])) {
             return tq_error_set(err, TQ_ERR_INVALID, "teacher probability %g at index %lld is not in [0, 1]",
@@ -495,12 +595,12 @@ tq_status tq_mtp_loss_grad(const tq_model *model, const tq_mtp_heads *heads, con
                 teacher_rows[r] = row + 1 + k;
             }
             heads_residual(w, b, H, h_rows, rows, pre, g);
-            if ((status = lm_head_matmul(model, g, logits, rows, err)) != TQ_OK) {
+            if ((status = lm_head_matmul(model, heads->vocab, g, logits, rows, err)) != TQ_OK) {
                 goto done;
             }
             apply_softcap(logits, rows * V, model->config.final_logit_softcap);
-            chunk_backward(model, rows, logits, pre, teacher_ids, teacher_probs, teacher_rows, params, coefficient,
-                           scratch, d_pre, row_kl, row_correct, row_dropped, row_failed);
+            chunk_backward(model, heads->vocab, rows, logits, pre, teacher_ids, teacher_probs, teacher_rows, params,
+                           coefficient, scratch, d_pre, row_kl, row_correct, row_dropped, row_failed);
             for (int64_t r = 0; r < rows; r++) {
                 if (row_failed[r]) {
                     status = tq_error_set(err, TQ_ERR_FORMAT, "cannot read a row of the LM head");

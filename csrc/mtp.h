@@ -35,12 +35,31 @@
 /* Upper bound on heads per set, so per-head statistics fit in fixed arrays. */
 #define TQ_MTP_MAX_HEADS 16
 
+/* A draft vocabulary: the LM-head rows of chosen tokens, which the heads score instead of
+ * the whole vocabulary. Drafting only needs candidates among likely tokens, and 32768 of
+ * Gemma's 262144 rows read an eighth of the LM head. rows is a borrowed [n_rows][hidden]
+ * matrix in the LM head's own type whose row i is the LM-head row of token ids[i]; ids are
+ * strictly increasing. A logit row over a draft vocabulary has rows.n_out entries, and its
+ * entry i is token ids[i]. */
+typedef struct tq_mtp_vocab_s {
+    tq_weight rows;
+    const int32_t *ids;
+} tq_mtp_vocab;
+
+/* Gather the LM-head rows of n token ids (strictly increasing, below n_vocab) into a new
+ * draft vocabulary that owns its rows and ids; free it with tq_mtp_vocab_free.
+ * Errors: TQ_ERR_INVALID (n < 1, ids), TQ_ERR_NOMEM. */
+tq_status tq_mtp_vocab_create(const tq_model *model, const int32_t *ids, int64_t n, tq_mtp_vocab **out,
+                              tq_error *err);
+void tq_mtp_vocab_free(tq_mtp_vocab *vocab);
+
 /* Borrowed view of a set of heads. */
 typedef struct {
     int n_heads;
-    int hidden;          /* the base model's hidden size */
-    const float *weight; /* [n_heads][hidden][hidden], row = output */
-    const float *bias;   /* [n_heads][hidden] */
+    int hidden;                /* the base model's hidden size */
+    const float *weight;       /* [n_heads][hidden][hidden], row = output */
+    const float *bias;         /* [n_heads][hidden] */
+    const tq_mtp_vocab *vocab; /* NULL: the whole vocabulary */
 } tq_mtp_heads;
 
 /* The LM head of model (token_embd when the file has no output.weight): the matrix
@@ -48,17 +67,18 @@ typedef struct {
 const tq_weight *tq_mtp_lm_head(const tq_model *model);
 
 /* Run every head on n rows of hidden ([n][hidden], output-normed final hidden
- * states). logits receives [n_heads][n][n_vocab] floats when not NULL, residual
- * receives g, [n_heads][n][hidden] floats, when not NULL. Threads with OpenMP.
+ * states). logits receives [n_heads][n][entries] floats when not NULL, where entries is
+ * n_vocab or the size of the heads' draft vocabulary. residual receives g,
+ * [n_heads][n][hidden] floats, when not NULL. Threads with OpenMP.
  * Errors: TQ_ERR_INVALID (shapes that do not match the model, n < 1),
  * TQ_ERR_NOMEM. */
 tq_status tq_mtp_forward(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int64_t n,
                          float *logits, float *residual, tq_error *err);
 
 /* Run every head on one row of hidden and write its top_k token ids, best first (ties to the
- * lower id), into ids[head * top_k ..]. logprobs (NULL to skip) gets their log-probabilities
- * under the head's softmax. Errors as tq_mtp_forward, and TQ_ERR_INVALID for top_k outside
- * [1, n_vocab]. */
+ * lower id), into ids[head * top_k ..]; with a draft vocabulary the ids are its tokens.
+ * logprobs (NULL to skip) gets their log-probabilities under the head's softmax. Errors as
+ * tq_mtp_forward, and TQ_ERR_INVALID for top_k outside [1, entries]. */
 tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const float *hidden, int top_k,
                        int32_t *ids, float *logprobs, tq_error *err);
 
@@ -66,10 +86,12 @@ tq_status tq_mtp_top_k(const tq_model *model, const tq_mtp_heads *heads, const f
  * ids[row][0..top_k) are the top_k token ids by probability (descending, so
  * ids[row][0] is the base argmax) and probs[row][..] their probabilities
  * renormalized to sum to 1. kept_mass (n floats, may be NULL) receives the
- * probability the top_k entries had before renormalization. Errors:
- * TQ_ERR_INVALID (top_k outside [1, n_vocab], n < 1), TQ_ERR_NOMEM. */
-tq_status tq_mtp_teacher(const tq_model *model, const float *hidden, int64_t n, int top_k, int32_t *ids,
-                         float *probs, float *kept_mass, tq_error *err);
+ * probability the top_k entries had before renormalization. With a draft vocabulary
+ * (vocab not NULL) the distribution is the base softmax over its tokens only, and ids are
+ * entries of vocab (row indices), as tq_mtp_loss_grad takes them for heads with that
+ * vocabulary. Errors: TQ_ERR_INVALID (top_k outside [1, entries], n < 1), TQ_ERR_NOMEM. */
+tq_status tq_mtp_teacher(const tq_model *model, const tq_mtp_vocab *vocab, const float *hidden, int64_t n, int top_k,
+                         int32_t *ids, float *probs, float *kept_mass, tq_error *err);
 
 typedef struct {
     int top_k;        /* teacher entries per row, as given to tq_mtp_teacher */
@@ -91,7 +113,8 @@ typedef struct {
  * and grad_bias ([n_heads][hidden]), which the caller zeroes before a step.
  *
  * hidden is [n_seqs * seq_len][hidden]; teacher_ids and teacher_probs are
- * [n_seqs * seq_len][top_k] from tq_mtp_teacher on the same rows. Head k at row t
+ * [n_seqs * seq_len][top_k] from tq_mtp_teacher on the same rows (with the heads' draft
+ * vocabulary, whose entries the ids then are). Head k at row t
  * of a sequence learns the teacher row t + 1 + k of the same sequence, so it trains
  * on seq_len - 1 - k rows per sequence. The loss is the sum over heads of
  * head_decay^k times the mean KL over those rows; stats (may be NULL) receives it.

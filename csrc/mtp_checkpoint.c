@@ -21,6 +21,7 @@ void tq_mtp_checkpoint_free(tq_mtp_checkpoint *checkpoint)
     free(checkpoint->adam_m_weight);
     free(checkpoint->adam_v_weight);
     free(checkpoint->adam_m_bias);
+    free(checkpoint->vocab);
     free(checkpoint->adam_v_bias);
     free(checkpoint->base_model);
     free(checkpoint->settings);
@@ -197,6 +198,32 @@ static tq_status read_metadata(const tq_safetensors *file, tq_mtp_checkpoint *c,
     return TQ_OK;
 }
 
+/* heads.vocab: I32 token ids, strictly increasing from 0 or more. The ids are checked
+ * against the model's vocabulary when the heads are used (tq_mtp_vocab_create). */
+static tq_status read_vocab(const tq_safetensors_tensor *tensor, tq_mtp_checkpoint *c, tq_error *err)
+{
+    if (tensor->dtype != TQ_ST_I32 || tensor->n_dims != 1 || tensor->shape[0] < 1 ||
+        tensor->shape[0] > TQ_MTP_CHECKPOINT_MAX_VOCAB) {
+        return tq_error_set(err, TQ_ERR_FORMAT, "heads.vocab must be I32 of shape [n] with n in [1, %d]",
+                            TQ_MTP_CHECKPOINT_MAX_VOCAB);
+    }
+    const size_t n = (size_t)tensor->shape[0];
+    c->vocab = malloc(n * sizeof(int32_t));
+    if (c->vocab == NULL) {
+        return tq_error_set(err, TQ_ERR_NOMEM, "cannot allocate %zu draft vocabulary ids", n);
+    }
+    memcpy(c->vocab, tensor->data, n * sizeof(int32_t)); /* the data may be unaligned */
+    c->n_vocab_ids = (int64_t)n;
+    for (size_t i = 0; i < n; i++) {
+        if (c->vocab[i] < 0 || (i > 0 && c->vocab[i] <= c->vocab[i - 1])) {
+            return tq_error_set(err, TQ_ERR_FORMAT,
+                                "heads.vocab id %d at index %zu is negative or not above the one before", c->vocab[i],
+                                i);
+        }
+    }
+    return TQ_OK;
+}
+
 static tq_status read_tensors(const tq_safetensors *file, tq_mtp_checkpoint *c, tq_error *err)
 {
     const tq_safetensors_tensor *weight = tq_safetensors_find(file, "heads.weight");
@@ -235,10 +262,12 @@ static tq_status read_tensors(const tq_safetensors *file, tq_mtp_checkpoint *c, 
                             "adam.m.bias, adam.v.bias); expected all or none",
                             present);
     }
-    if (tq_safetensors_count(file) != 2 + (size_t)present) {
+    const tq_safetensors_tensor *vocab = tq_safetensors_find(file, "heads.vocab");
+    if (tq_safetensors_count(file) != 2 + (size_t)present + (vocab != NULL)) {
         for (size_t i = 0; i < tq_safetensors_count(file); i++) {
             const char *name = tq_safetensors_tensor_at(file, i)->name;
-            int known = strcmp(name, "heads.weight") == 0 || strcmp(name, "heads.bias") == 0;
+            int known = strcmp(name, "heads.weight") == 0 || strcmp(name, "heads.bias") == 0 ||
+                        strcmp(name, "heads.vocab") == 0;
             for (int j = 0; j < 4; j++) {
                 known |= strcmp(name, adam_names[j]) == 0;
             }
@@ -267,7 +296,7 @@ static tq_status read_tensors(const tq_safetensors *file, tq_mtp_checkpoint *c, 
             return tq_error_set(err, TQ_ERR_FORMAT, "adam.v.bias contains a negative second moment at index %zu", i);
         }
     }
-    return TQ_OK;
+    return vocab != NULL ? read_vocab(vocab, c, err) : TQ_OK;
 }
 
 tq_status tq_mtp_checkpoint_parse(const uint8_t *data, size_t size, tq_mtp_checkpoint **out, tq_error *err)

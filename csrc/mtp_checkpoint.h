@@ -6,6 +6,8 @@
  *   heads.bias    F32 or F16 [n_heads, hidden]
  *   adam.m.weight, adam.v.weight  F32 [n_heads, hidden, hidden]  } all four or none:
  *   adam.m.bias, adam.v.bias      F32 [n_heads, hidden]          } the AdamW moments
+ *   heads.vocab   I32 [n_vocab_ids], optional: the draft vocabulary the heads were
+ *                 trained to score (mtp.h, tq_mtp_vocab), strictly increasing token ids
  * __metadata__ (string values, all required):
  *   format         "turboquant-mtp-1"
  *   step           optimizer steps taken, decimal
@@ -31,6 +33,9 @@
  * (Gemma 3 27B has 5376). */
 #define TQ_MTP_CHECKPOINT_MAX_HIDDEN 16384
 
+/* Largest draft vocabulary accepted (Gemma's whole vocabulary has 262144 tokens). */
+#define TQ_MTP_CHECKPOINT_MAX_VOCAB (1 << 20)
+
 typedef struct {
     int n_heads;
     int hidden;
@@ -38,6 +43,8 @@ typedef struct {
     float *bias;   /* [n_heads][hidden] */
     /* AdamW moments with the same shapes; all NULL when the file has none. */
     float *adam_m_weight, *adam_v_weight, *adam_m_bias, *adam_v_bias;
+    int32_t *vocab;        /* heads.vocab, or NULL for the whole vocabulary */
+    int64_t n_vocab_ids;   /* its length */
     int64_t step;
     int64_t data_entry; /* data_position.entry */
     int64_t data_token; /* data_position.token */

@@ -7,7 +7,8 @@
 #include "mtp.h"
 
 tq_status tq_context_heads_topk(tq_context *context, int n_heads, const float *weight, const float *bias,
-                                const float *hidden, int top_k, int32_t *ids, float *logprobs, tq_error *err)
+                                const tq_mtp_vocab *vocab, const float *hidden, int top_k, int32_t *ids,
+                                float *logprobs, tq_error *err)
 {
     const tq_model *model = context->model;
     if (top_k < 1 || top_k > TQ_HEADS_MAX_TOP_K) {
@@ -18,6 +19,7 @@ tq_status tq_context_heads_topk(tq_context *context, int n_heads, const float *w
     if (context->threads > 0) {
         omp_set_num_threads(context->threads);
     }
-    const tq_mtp_heads heads = {.n_heads = n_heads, .hidden = model->config.hidden, .weight = weight, .bias = bias};
+    const tq_mtp_heads heads = {
+        .n_heads = n_heads, .hidden = model->config.hidden, .weight = weight, .bias = bias, .vocab = vocab};
     return tq_mtp_top_k(model, &heads, hidden, top_k, ids, logprobs, err);
 }

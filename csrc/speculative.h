@@ -13,16 +13,19 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "mtp.h"
 
 /* Largest number of candidates one head may propose. */
 #define TQ_HEADS_MAX_TOP_K 64
 
 /* Write the top_k token ids of each of n_heads heads, best first, into ids[head * top_k ..].
  * weight has n_heads * n_embd * n_embd floats, bias n_heads * n_embd and hidden n_embd.
+ * vocab (NULL for the whole vocabulary) is the draft vocabulary the candidates come from.
  * logprobs (optional, NULL to skip) gets the ids' log-probabilities under the head's softmax.
  * Ties go to the lower token id. Runs on the context's threads.
  * Errors: TQ_ERR_INVALID (counts), TQ_ERR_NOMEM. */
 tq_status tq_context_heads_topk(tq_context *context, int n_heads, const float *weight, const float *bias,
-                                const float *hidden, int top_k, int32_t *ids, float *logprobs, tq_error *err);
+                                const tq_mtp_vocab *vocab, const float *hidden, int top_k, int32_t *ids,
+                                float *logprobs, tq_error *err);
 
 #endif /* TQ_SPECULATIVE_H */

@@ -229,6 +229,132 @@ def test_loss_grad_accuracy_counts(tiny):
         assert stats["correct"][k] == expected
 
 
+# ---- Draft vocabularies ---------------------------------------------------------------
+
+TINY_VOCAB = np.array([3, 5, 17, 40, 41, 99, 150, 151, 152, 200, 263, 299], np.int32)
+
+
+def test_vocab_forward_matches_torch_on_its_rows(tiny):
+    # Heads with a draft vocabulary score g against the LM-head rows of its tokens only.
+    model, weights = tiny
+    _, hidden = tiny_hidden(model, n=20)
+    weight, bias = random_heads(3, TINY["hidden"], seed=6)
+    vocab = _core.mtp_vocab(model, TINY_VOCAB)
+    logits = _core.mtp_forward(model, weight, bias, hidden, vocab=vocab)
+    assert logits.shape == (3, 20, TINY_VOCAB.size)
+    h = torch.tensor(hidden, dtype=torch.float64)
+    rows = torch.tensor(weights["embed"][TINY_VOCAB], dtype=torch.float64)
+    for k in range(3):
+        g = h + torch.nn.functional.silu(h @ torch.tensor(weight[k], dtype=torch.float64).T
+                                         + torch.tensor(bias[k], dtype=torch.float64))
+        np.testing.assert_allclose(logits[k], (g @ rows.T).numpy(), rtol=0, atol=1e-3)
+
+
+def test_vocab_top_k_returns_its_token_ids(tiny):
+    model, weights = tiny
+    _, hidden = tiny_hidden(model, n=6)
+    weight, bias = random_heads(2, TINY["hidden"], seed=7, scale=0.3)
+    vocab = _core.mtp_vocab(model, TINY_VOCAB)
+    ids, logprobs = model.heads_topk(weight.reshape(-1, TINY["hidden"]), bias, hidden[-1], 4, vocab=vocab)
+    h = hidden[-1].astype(np.float64)
+    for k in range(2):
+        pre = weight[k].astype(np.float64) @ h + bias[k]
+        g = h + pre / (1 + np.exp(-pre))
+        z = weights["embed"][TINY_VOCAB].astype(np.float64) @ g
+        order = np.argsort(-z, kind="stable")[:4]
+        np.testing.assert_array_equal(ids[k], TINY_VOCAB[order])
+        log_q = z - z.max() - np.log(np.exp(z - z.max()).sum())
+        np.testing.assert_allclose(logprobs[k], log_q[order], rtol=0, atol=1e-4)
+
+
+def test_vocab_teacher_is_the_softmax_over_its_tokens(tiny):
+    model, weights = tiny
+    _, hidden = tiny_hidden(model, n=12)
+    vocab = _core.mtp_vocab(model, TINY_VOCAB)
+    ids, probs, kept = _core.mtp_teacher(model, hidden, 5, vocab=vocab)
+    z = hidden.astype(np.float64) @ weights["embed"][TINY_VOCAB].T.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    expected = np.argsort(-p, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, expected)  # entries of the vocabulary, not token ids
+    top = np.take_along_axis(p, expected, axis=1)
+    np.testing.assert_allclose(kept, top.sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(probs, top / top.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-7)
+
+
+def test_vocab_loss_grad_exact_matches_torch(tiny):
+    # The student_top_m covers the whole draft vocabulary, so the gradient is exact: torch's
+    # autograd of the KL over the vocabulary's rows must agree up to float32 rounding.
+    model, weights = tiny
+    seq_len = 10
+    _, hidden = tiny_hidden(model, n=2 * seq_len)
+    weight, bias = random_heads(3, TINY["hidden"], seed=8)
+    vocab = _core.mtp_vocab(model, TINY_VOCAB)
+    teacher_ids, teacher_probs, _ = _core.mtp_teacher(model, hidden, 4, vocab=vocab)
+    grad_weight = np.zeros_like(weight)
+    grad_bias = np.zeros_like(bias)
+    stats = _core.mtp_loss_grad(model, weight, bias, hidden, seq_len, teacher_ids, teacher_probs, grad_weight,
+                                grad_bias, student_top_m=TINY_VOCAB.size, head_decay=0.8, vocab=vocab)
+    loss, kls, expected_weight, expected_bias = torch_heads_loss(
+        weight, bias, hidden, weights["embed"][TINY_VOCAB], seq_len, teacher_ids, teacher_probs)
+    assert stats["loss"] == pytest.approx(loss, rel=1e-5)
+    assert stats["kl"] == pytest.approx(kls, rel=1e-5)
+    assert max(stats["dropped_mass"]) < 1e-6
+    np.testing.assert_allclose(grad_weight, expected_weight, rtol=0, atol=1e-4 * np.abs(expected_weight).max())
+    np.testing.assert_allclose(grad_bias, expected_bias, rtol=0, atol=1e-4 * np.abs(expected_bias).max())
+
+
+def test_bad_vocabularies_rejected(tiny, real_model):
+    model, _ = tiny
+    weight, bias = random_heads(1, TINY["hidden"])
+    _, hidden = tiny_hidden(model, n=4)
+    for ids, message in (([5, 3], "strictly increasing"), ([4, 4], "strictly increasing"),
+                         ([-1, 3], "strictly increasing"), ([3, TINY["vocab"]], "below 300"),
+                         ([], "1 to 300")):
+        with pytest.raises(ValueError, match=message):
+            _core.mtp_vocab(model, np.array(ids, np.int32))
+    with pytest.raises(TypeError, match="int32"):
+        _core.mtp_vocab(model, np.array([1.0, 2.0], np.float32))
+    with pytest.raises(TypeError, match="draft vocabulary from _core.mtp_vocab"):
+        _core.mtp_forward(model, weight, bias, hidden, vocab=TINY_VOCAB)
+    other = _core.mtp_vocab(real_model._core, TINY_VOCAB)
+    with pytest.raises(ValueError, match="another model"):
+        _core.mtp_teacher(model, hidden, 2, vocab=other)
+    vocab = _core.mtp_vocab(model, TINY_VOCAB)
+    with pytest.raises(ValueError, match=r"top_k is 13; pass a value in \[1, 12\]"):
+        _core.mtp_teacher(model, hidden, 13, vocab=vocab)
+    # Teacher entries from the whole vocabulary do not index a draft vocabulary of 12 tokens.
+    teacher_ids, teacher_probs, _ = _core.mtp_teacher(model, hidden, 2)
+    teacher_ids[:, 0] = 200
+    with pytest.raises(ValueError, match="outside the scored entries"):
+        _core.mtp_loss_grad(model, weight, bias, hidden, 4, teacher_ids, teacher_probs, np.zeros_like(weight),
+                            np.zeros_like(bias), vocab=vocab)
+
+
+def test_vocab_checkpoint_round_trip(tiny, tmp_path):
+    model, _ = tiny
+    heads = MTPHeads.zeros(model, 2, vocab=TINY_VOCAB)
+    heads.weight[:] = random_heads(2, TINY["hidden"], seed=11)[0]
+    path = heads.save(tmp_path)
+    loaded = MTPHeads.load(path, model)
+    np.testing.assert_array_equal(loaded.vocab, TINY_VOCAB)
+    assert loaded.vocab.dtype == np.int32
+    _, hidden = tiny_hidden(model, n=3)
+    np.testing.assert_array_equal(loaded.logits(model, hidden), heads.logits(model, hidden))
+    assert loaded.logits(model, hidden).shape == (2, 3, TINY_VOCAB.size)
+    # Heads saved without a vocabulary load without one.
+    assert MTPHeads.load(MTPHeads.zeros(model, 1).save(tmp_path / "full"), model).vocab is None
+
+
+def test_vocab_checkpoint_with_foreign_ids_rejected(tiny, tmp_path):
+    model, _ = tiny
+    heads = MTPHeads.zeros(model, 1)
+    heads.vocab = np.array([3, 500], np.int32)  # a vocabulary of a model with more tokens
+    path = heads.save(tmp_path)
+    with pytest.raises(ValueError, match="token id 500, outside the model's 300 tokens"):
+        MTPHeads.load(path, model)
+
+
 def test_gemma4_softcap_heads_match_torch(tmp_path):
     # Gemma 4 caps its logits at 30 * tanh(z / 30), so the heads' backward passes through the
     # cap. The tiny F32 Gemma 4 also checks eval(hidden=True) on the Gemma 4 layers.
@@ -348,7 +474,7 @@ def test_bad_head_arguments(tiny):
                             np.zeros_like(bias))
     bad_ids = ids.copy()
     bad_ids[0, 0] = TINY["vocab"]
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(ValueError, match="outside the scored entries \\[0, 300\\)"):
         _core.mtp_loss_grad(model, weight[:1], bias[:1], hidden, 4, bad_ids, probs, np.zeros_like(weight[:1]),
                             np.zeros_like(bias[:1]))
 
@@ -596,6 +722,21 @@ def test_corrupt_checkpoints_rejected(tiny, tmp_path):
     nan_heads.weight[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         _core.mtp_checkpoint_parse(save_checkpoint_bytes(nan_heads))
+    # heads.vocab: I32, one dimension, strictly increasing non-negative ids.
+    for ids, pattern in (([5, 3], "not above the one before"), ([-2, 3], "negative")):
+        bad_vocab = tiny_heads(model)
+        bad_vocab.vocab = np.array(ids, np.int32)  # past the constructor's own check
+        with pytest.raises(ValueError, match=pattern):
+            _core.mtp_checkpoint_parse(save_checkpoint_bytes(bad_vocab))
+    vocab_heads = tiny_heads(model)
+    vocab_heads.vocab = TINY_VOCAB
+    with_vocab = save_checkpoint_bytes(vocab_heads)
+    np.testing.assert_array_equal(_core.mtp_checkpoint_parse(with_vocab)["vocab"], TINY_VOCAB)
+    with pytest.raises(ValueError, match="heads.vocab must be I32"):
+        _core.mtp_checkpoint_parse(rewrite_header(with_vocab, set_dtype("heads.vocab", "F32")))
+    with pytest.raises(ValueError, match="heads.vocab must be I32"):
+        _core.mtp_checkpoint_parse(rewrite_header(
+            with_vocab, lambda header: header["heads.vocab"].__setitem__("shape", [3, 4])))
     # AdamW moments must be float32 (F16 has the wrong byte length here as well).
     f16_adam = rewrite_header(data, lambda header: header["adam.v.bias"].__setitem__("dtype", "F16"))
     with pytest.raises(ValueError):
@@ -812,6 +953,36 @@ def test_train_resumes_from_checkpoint(tmp_path, real_model, monkeypatch):
     reference = MTPHeads.load(tmp_path / "straight", real_model)
     np.testing.assert_allclose(resumed.weight, reference.weight, rtol=0, atol=1e-6)
     assert resumed.data_position == reference.data_position
+    np.testing.assert_array_equal(resumed.vocab, saved.vocab)  # the resumed run kept its vocabulary
+
+
+def test_draft_vocab_from_zim_counts_tokens(tmp_path, real_model):
+    # Reference: collections.Counter over the articles' tokens, ties to the lower id.
+    from collections import Counter
+
+    from turboquant.train import ZimArticles
+    from turboquant.train.mtp_trainer import draft_vocab_from_zim
+
+    zim = write_zim(tmp_path / "pages.zim")
+    counts = Counter()
+    for _, title, text in ZimArticles(zim).articles(0):
+        counts.update(real_model.tokenize(f"{title}\n\n{text}\n\n", add_bos=False, special=False))
+    ranked = sorted(counts, key=lambda token: (-counts[token], token))
+    for size in (5, 40, len(ranked) + 10):
+        vocab = draft_vocab_from_zim(real_model, zim, size)
+        assert vocab.dtype == np.int32
+        np.testing.assert_array_equal(vocab, sorted(ranked[:size]))
+    with pytest.raises(ValueError, match="draft vocabulary size is 0"):
+        draft_vocab_from_zim(real_model, zim, 0)
+    # A run with vocab_size=0 scores the whole vocabulary.
+    heads_dir = tmp_path / "full"
+    train_settings = dict(steps=1, seq_len=16, batch_tokens=16, progress=False, vocab_size=0)
+    from turboquant.train import train_mtp
+
+    train_mtp(real_model, zim, heads_dir, **train_settings)
+    assert MTPHeads.load(heads_dir, real_model).vocab is None
+    train_mtp(real_model, zim, tmp_path / "small", **{**train_settings, "vocab_size": 40})
+    np.testing.assert_array_equal(MTPHeads.load(tmp_path / "small", real_model).vocab, sorted(ranked[:40]))
 
 
 def test_train_mtp_cli(tmp_path, model_path):
@@ -849,6 +1020,26 @@ def test_evaluate_zero_heads_matches_base_argmax(real_model):
             expected[k] += int((argmax[:31 - k] == argmax[1 + k:]).sum())
     assert result["rows"] == [62, 60, 58]
     assert [round(a * r) for a, r in zip(result["accuracy"], result["rows"])] == expected
+
+
+def test_evaluate_vocab_heads_against_whole_vocabulary(real_model):
+    # Untrained heads with a draft vocabulary propose the base argmax within it. They are right
+    # where that equals the base argmax over all tokens at t + 1 + k.
+    from turboquant.train import evaluate_mtp
+
+    text = " ".join(a[2] + " " + a[3] for a in ARTICLES)
+    tokens = real_model.tokenize(text, add_bos=False, special=False)
+    context = real_model._core.create_context(ctx=32, cache_type_k="f16", cache_type_v="f16")
+    logits = context.eval([2] + tokens[:31], logits="all")
+    # Half the tokens the base model ranks first here, and every third token id besides.
+    vocab = np.union1d(np.unique(logits.argmax(axis=1))[::2], np.arange(0, logits.shape[1], 3)).astype(np.int32)
+    result = evaluate_mtp(real_model, MTPHeads.zeros(real_model, vocab=vocab), text, seq_len=32, max_tokens=31)
+    argmax = logits.argmax(axis=1)
+    within = vocab[logits[:, vocab].argmax(axis=1)]
+    expected = [int((within[:31 - k] == argmax[1 + k:]).sum()) for k in range(3)]
+    assert result["rows"] == [31, 30, 29]
+    assert [round(a * r) for a, r in zip(result["accuracy"], result["rows"])] == expected
+    assert result["vocab_coverage"] == pytest.approx(np.isin(argmax[1:], vocab).mean())
 
 
 @pytest.mark.slow

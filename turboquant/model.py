@@ -552,8 +552,8 @@ class Model:
             self.reset()
             raise
 
-    def _heads_topk(self, weight, bias, hidden, top_k: int):
-        return self._core.heads_topk(weight, bias, hidden, top_k)
+    def _heads_topk(self, weight, bias, hidden, top_k: int, vocab=None):
+        return self._core.heads_topk(weight, bias, hidden, top_k, vocab=vocab)
 
     def _eval_one(self, token: int):
         try:

@@ -7,8 +7,10 @@ token at t + 2 + k, one step further than the base LM head::
 
 where E is the base model's LM head (Gemma's tied token embedding, in its stored quantized form)
 and softcap is the base model's final logit softcap when it has one. W and b start at zero, so
-untrained heads repeat the base next-token distribution. The heads run in C
-(``turboquant._core.mtp_forward``); training is in ``turboquant.train``.
+untrained heads repeat the base next-token distribution. Heads may have a draft vocabulary: a
+sorted set of token ids whose LM-head rows alone are scored, which makes drafting and training
+cheaper by the ratio of the vocabulary sizes. The heads run in C (``turboquant._core.mtp_forward``);
+training is in ``turboquant.train``.
 
 A checkpoint is one safetensors file (format ``turboquant-mtp-1``, described in
 ``docs/mtp.md``) that names the base model it was trained on. ``MTPHeads.load`` rejects a
@@ -81,7 +83,7 @@ def _encode_safetensors(tensors: dict, metadata: dict) -> bytes:
     blobs = []
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
-        dtype = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}[array.dtype]
+        dtype = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int32): "I32"}[array.dtype]
         blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
@@ -109,6 +111,8 @@ def save_checkpoint(directory, heads: "MTPHeads", *, adam=None, data_position=(0
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {"heads.weight": heads.weight.astype(dtype), "heads.bias": heads.bias.astype(dtype)}
+    if heads.vocab is not None:
+        tensors["heads.vocab"] = heads.vocab
     if adam is not None:
         for name in ("m.weight", "v.weight", "m.bias", "v.bias"):
             tensors[f"adam.{name}"] = np.asarray(adam[name], dtype=np.float32)
@@ -146,18 +150,25 @@ class MTPHeads:
     """Set of Medusa heads for one base model.
 
     Attributes: ``weight`` float32 (n_heads, hidden, hidden) with row = output, ``bias`` float32
-    (n_heads, hidden), ``base_model`` (the identity of ``base_model_identity``), ``step`` (optimizer
-    steps taken), and after ``load`` also ``data_position`` (ZIM entry, token offset),
+    (n_heads, hidden), ``vocab`` (int32 strictly increasing token ids that the heads score, or None
+    for the whole vocabulary), ``base_model`` (the identity of ``base_model_identity``), ``step``
+    (optimizer steps taken), and after ``load`` also ``data_position`` (ZIM entry, token offset),
     ``settings`` (dict), ``adam`` (the AdamW moments, or None) and ``path``.
     """
 
-    def __init__(self, weight, bias, base_model: str, step: int = 0):
+    def __init__(self, weight, bias, base_model: str, step: int = 0, vocab=None):
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
         self.bias = np.ascontiguousarray(bias, dtype=np.float32)
         if self.weight.ndim != 3 or self.weight.shape[1] != self.weight.shape[2]:
             raise ValueError(f"weight has shape {self.weight.shape}; expected (n_heads, hidden, hidden)")
         if self.bias.shape != self.weight.shape[:2]:
             raise ValueError(f"bias has shape {self.bias.shape}; expected {self.weight.shape[:2]}")
+        if vocab is not None:
+            vocab = np.ascontiguousarray(vocab, dtype=np.int32)
+            if vocab.ndim != 1 or vocab.size == 0 or np.any(vocab < 0) or np.any(np.diff(vocab) <= 0):
+                raise ValueError("vocab must be a non-empty 1-D array of strictly increasing token ids")
+        self.vocab = vocab
+        self._gathered = None  # (core model, _core.mtp_vocab capsule) of the last draft_vocab call
         self.base_model = base_model
         self.step = int(step)
         self.data_position = (0, 0)
@@ -174,13 +185,26 @@ class MTPHeads:
         return self.weight.shape[1]
 
     @classmethod
-    def zeros(cls, model, n_heads: int = 3) -> "MTPHeads":
-        """Untrained heads (W = 0, b = 0) for model: each returns the base next-token distribution."""
+    def zeros(cls, model, n_heads: int = 3, vocab=None) -> "MTPHeads":
+        """Untrained heads (W = 0, b = 0) for model: each returns the base next-token distribution
+        (over the token ids vocab, when given)."""
         if not 1 <= int(n_heads) <= 16:
             raise ValueError(f"n_heads is {n_heads}; pass 1 to 16 heads")
         hidden = _core_model(model).config["hidden"]
-        return cls(np.zeros((n_heads, hidden, hidden), np.float32), np.zeros((n_heads, hidden), np.float32),
-                   base_model_identity(model))
+        heads = cls(np.zeros((n_heads, hidden, hidden), np.float32), np.zeros((n_heads, hidden), np.float32),
+                    base_model_identity(model), vocab=vocab)
+        heads.draft_vocab(model)  # checks the ids against the model's vocabulary
+        return heads
+
+    def draft_vocab(self, model):
+        """Return the ``_core.mtp_vocab`` of the heads' vocab for model (gathered once), or None when
+        the heads score the whole vocabulary."""
+        if self.vocab is None:
+            return None
+        core = _core_model(model)
+        if self._gathered is None or self._gathered[0] is not core:
+            self._gathered = (core, _core.mtp_vocab(core, self.vocab))
+        return self._gathered[1]
 
     @classmethod
     def load(cls, path, model) -> "MTPHeads":
@@ -210,7 +234,10 @@ class MTPHeads:
         if parsed["base_model"] != identity:
             raise ValueError(f"{path} was trained on base model {parsed['base_model']!r}, but the model given is "
                              f"{identity!r}; train heads for this model or load it with the matching GGUF file")
-        heads = cls(parsed["weight"], parsed["bias"], parsed["base_model"], parsed["step"])
+        heads = cls(parsed["weight"], parsed["bias"], parsed["base_model"], parsed["step"], vocab=parsed["vocab"])
+        if heads.vocab is not None and heads.vocab[-1] >= _core_model(model).config["vocab"]:
+            raise ValueError(f"{path} has a draft vocabulary with token id {heads.vocab[-1]}, outside the model's "
+                             f"{_core_model(model).config['vocab']} tokens")
         heads.data_position = (parsed["data_entry"], parsed["data_token"])
         heads.settings = settings
         heads.path = path
@@ -224,12 +251,13 @@ class MTPHeads:
         return save_checkpoint(directory, self, **kwargs)
 
     def logits(self, model, hidden) -> np.ndarray:
-        """Logits float32 (n_heads, n, n_vocab) of every head for hidden (n, hidden) final hidden states
-        after the output norm (``model.eval(..., hidden=True)`` returns them)."""
+        """Logits float32 (n_heads, n, entries) of every head for hidden (n, hidden) final hidden states
+        after the output norm (``model.eval(..., hidden=True)`` returns them). entries is n_vocab, or
+        len(vocab) with entry i for token vocab[i] when the heads have a draft vocabulary."""
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         if hidden.ndim == 1:
             hidden = hidden[None, :]
-        return _core.mtp_forward(_core_model(model), self.weight, self.bias, hidden)
+        return _core.mtp_forward(_core_model(model), self.weight, self.bias, hidden, vocab=self.draft_vocab(model))
 
 
 def default_checkpoint(model) -> Path | None:

@@ -132,6 +132,8 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
     d = hidden.shape[-1]
     weight = np.ascontiguousarray(heads.weight[: tree.depth].reshape(-1, d), dtype=np.float32)
     bias = np.ascontiguousarray(heads.bias[: tree.depth], dtype=np.float32)
+    # Heads with a draft vocabulary score only its tokens' LM-head rows.
+    vocab = heads.draft_vocab(model._core) if getattr(heads, "vocab", None) is not None else None
     children = tree.children()
     parents = tree.parents
 
@@ -149,7 +151,7 @@ def speculative_tokens(model, logits, hidden, heads, tree: DraftTree, sampler, h
         if tree.depth == 0 or room < tree.n_nodes or in_sink:
             tokens, node_parents, node_children = [pending], [-1], [[]]
         else:
-            ids, _ = model._heads_topk(weight, bias, hidden, tree.top_k())
+            ids, _ = model._heads_topk(weight, bias, hidden, tree.top_k(), vocab)
             tokens = [pending] + [int(ids[len(p) - 1, p[-1]]) for p in tree.paths]
             node_parents, node_children = parents, children
         node_logits, node_hidden = model._eval_tree(tokens, node_parents)

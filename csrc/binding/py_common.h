@@ -50,6 +50,13 @@ const struct tq_tokenizer *tq_py_tokenizer_get(PyObject *obj, const char *argume
 struct tq_model;
 const struct tq_model *tq_py_model_get(PyObject *obj, const char *argument);
 
+/* The draft vocabulary of a capsule from _core.mtp_vocab(model, ids), or NULL for None
+ * (*ok = 1 either way). A capsule made for another model, or another object, sets *ok = 0
+ * with TypeError or ValueError naming argument. The capsule keeps the vocabulary alive. */
+struct tq_mtp_vocab_s;
+const struct tq_mtp_vocab_s *tq_py_vocab_get(PyObject *obj, const struct tq_model *model, const char *argument,
+                                             int *ok);
+
 /* Register one binding file's types and functions on the module. */
 int tq_py_init_quant(PyObject *module);
 int tq_py_init_qjl_polar(PyObject *module);

@@ -695,11 +695,16 @@ static PyObject *context_accept_path(tq_context *context, PyObject *args, PyObje
 
 static PyObject *context_heads_topk(tq_context *context, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"weight", "bias", "hidden", "top_k", NULL};
-    PyObject *weight_object, *bias_object, *hidden_object;
+    static char *keywords[] = {"weight", "bias", "hidden", "top_k", "vocab", NULL};
+    PyObject *weight_object, *bias_object, *hidden_object, *vocab_object = Py_None;
     int top_k;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi:heads_topk", keywords, &weight_object, &bias_object,
-                                     &hidden_object, &top_k)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi|$O:heads_topk", keywords, &weight_object, &bias_object,
+                                     &hidden_object, &top_k, &vocab_object)) {
+        return NULL;
+    }
+    int vocab_ok;
+    const tq_mtp_vocab *vocab = tq_py_vocab_get(vocab_object, tq_context_model(context), "vocab", &vocab_ok);
+    if (!vocab_ok) {
         return NULL;
     }
     const tq_model_config *config = tq_model_get_config(tq_context_model(context));
@@ -741,7 +746,7 @@ static PyObject *context_heads_topk(tq_context *context, PyObject *args, PyObjec
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = tq_context_heads_topk(context, (int)n_heads, weight.data, bias.data, hidden.data, top_k,
+    status = tq_context_heads_topk(context, (int)n_heads, weight.data, bias.data, vocab, hidden.data, top_k,
                                    (int32_t *)PyArray_DATA((PyArrayObject *)ids),
                                    (float *)PyArray_DATA((PyArrayObject *)logprobs), &err);
     Py_END_ALLOW_THREADS
@@ -998,8 +1003,9 @@ static PyMethodDef Model_methods[] = {
      "accept_path(path)\n\nKeep nodes path[0] = 0, path[1], ... (each the parent of the next) of the last\n"
      "eval_tree(): their rows become positions n_past, n_past + 1, ...; the rest are dropped."},
     {"heads_topk", (PyCFunction)(void (*)(void))Model_heads_topk, METH_VARARGS | METH_KEYWORDS,
-     "heads_topk(weight, bias, hidden, top_k) -> (ids, logprobs)\n\n"
-     "Medusa-style draft heads: for head k, g = hidden + SiLU(W_k hidden + b_k), then the model's LM head.\n"
+     "heads_topk(weight, bias, hidden, top_k, *, vocab=None) -> (ids, logprobs)\n\n"
+     "Medusa-style draft heads: for head k, g = hidden + SiLU(W_k hidden + b_k), then the model's LM head\n"
+     "(only the rows of vocab, a draft vocabulary from _core.mtp_vocab, when given).\n"
      "weight: float32 (n_heads * n_embd, n_embd), bias: (n_heads, n_embd), hidden: (n_embd,).\n"
      "Returns the top_k token ids per head (int32 (n_heads, top_k), best first) and their log-probabilities."},
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},
@@ -1235,8 +1241,9 @@ static PyMethodDef Context_methods[] = {
      "accept_path(path)\n\nKeep nodes path[0] = 0, path[1], ... (each the parent of the next) of the last\n"
      "eval_tree(): their rows become positions n_past, n_past + 1, ...; the rest are dropped."},
     {"heads_topk", (PyCFunction)(void (*)(void))Context_heads_topk, METH_VARARGS | METH_KEYWORDS,
-     "heads_topk(weight, bias, hidden, top_k) -> (ids, logprobs)\n\n"
-     "Medusa-style draft heads: for head k, g = hidden + SiLU(W_k hidden + b_k), then the model's LM head.\n"
+     "heads_topk(weight, bias, hidden, top_k, *, vocab=None) -> (ids, logprobs)\n\n"
+     "Medusa-style draft heads: for head k, g = hidden + SiLU(W_k hidden + b_k), then the model's LM head\n"
+     "(only the rows of vocab, a draft vocabulary from _core.mtp_vocab, when given).\n"
      "weight: float32 (n_heads * n_embd, n_embd), bias: (n_heads, n_embd), hidden: (n_embd,).\n"
      "Returns the top_k token ids per head (int32 (n_heads, top_k), best first) and their log-probabilities."},
     {"reset", (PyCFunction)Context_reset, METH_NOARGS, "reset()\n\nForget every position (same as truncate(0))."},

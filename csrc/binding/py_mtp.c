@@ -67,20 +67,100 @@ static int acquire_heads(PyObject *weight, PyObject *bias, const tq_model *model
     heads->hidden = hidden;
     heads->weight = weight_view->buf;
     heads->bias = bias_view->buf;
+    heads->vocab = NULL;
     return 0;
 }
 
-static PyObject *py_mtp_forward(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+/* ---- Draft vocabularies ----
+ * A capsule named VOCAB_CAPSULE owns a tq_mtp_vocab; its context is the model object the
+ * rows were gathered from (a new reference), so the vocabulary is only used with that model. */
+
+#define VOCAB_CAPSULE "turboquant._core.mtp_vocab"
+
+static void vocab_capsule_free(PyObject *capsule)
 {
-    static char *keywords[] = {"model", "weight", "bias", "hidden", "residual", NULL};
-    PyObject *model_object, *weight, *bias, *hidden_object;
-    int want_residual = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$p:mtp_forward", keywords, &model_object, &weight, &bias,
-                                     &hidden_object, &want_residual)) {
+    tq_mtp_vocab_free(PyCapsule_GetPointer(capsule, VOCAB_CAPSULE));
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule));
+}
+
+static PyObject *py_mtp_vocab(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *model_object, *ids_object;
+    if (!PyArg_ParseTuple(args, "OO:mtp_vocab", &model_object, &ids_object)) {
         return NULL;
     }
     const tq_model *model = tq_py_model_get(model_object, "model");
     if (model == NULL) {
+        return NULL;
+    }
+    Py_buffer ids;
+    if (acquire(ids_object, "ids", 'i', 0, -1, &ids) != 0) {
+        return NULL;
+    }
+    tq_mtp_vocab *vocab = NULL;
+    tq_error err;
+    tq_error_clear(&err);
+    tq_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tq_mtp_vocab_create(model, ids.buf, ids.len / 4, &vocab, &err);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&ids);
+    if (status != TQ_OK) {
+        return tq_py_raise(&err);
+    }
+    PyObject *capsule = PyCapsule_New(vocab, VOCAB_CAPSULE, vocab_capsule_free);
+    if (capsule == NULL) {
+        tq_mtp_vocab_free(vocab);
+        return NULL;
+    }
+    Py_INCREF(model_object);
+    if (PyCapsule_SetContext(capsule, model_object) != 0) {
+        Py_DECREF(model_object);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return capsule;
+}
+
+const tq_mtp_vocab *tq_py_vocab_get(PyObject *obj, const tq_model *model, const char *argument, int *ok)
+{
+    *ok = 1;
+    if (obj == NULL || obj == Py_None) {
+        return NULL;
+    }
+    *ok = 0;
+    if (!PyCapsule_IsValid(obj, VOCAB_CAPSULE)) {
+        PyErr_Format(PyExc_TypeError, "%s must be None or a draft vocabulary from _core.mtp_vocab, got %s", argument,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    const tq_model *owner = tq_py_model_get((PyObject *)PyCapsule_GetContext(obj), argument);
+    if (owner != model) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s was gathered from another model's LM head; call _core.mtp_vocab with this "
+                     "model", argument);
+        return NULL;
+    }
+    *ok = 1;
+    return PyCapsule_GetPointer(obj, VOCAB_CAPSULE);
+}
+
+static PyObject *py_mtp_forward(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"model", "weight", "bias", "hidden", "residual", "vocab", NULL};
+    PyObject *model_object, *weight, *bias, *hidden_object, *vocab_object = Py_None;
+    int want_residual = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$pO:mtp_forward", keywords, &model_object, &weight, &bias,
+                                     &hidden_object, &want_residual, &vocab_object)) {
+        return NULL;
+    }
+    const tq_model *model = tq_py_model_get(model_object, "model");
+    if (model == NULL) {
+        return NULL;
+    }
+    int vocab_ok;
+    const tq_mtp_vocab *vocab = tq_py_vocab_get(vocab_object, model, "vocab", &vocab_ok);
+    if (!vocab_ok) {
         return NULL;
     }
     const tq_model_config *config = tq_model_get_config(model);
@@ -89,6 +169,7 @@ static PyObject *py_mtp_forward(PyObject *Py_UNUSED(module), PyObject *args, PyO
     if (acquire_heads(weight, bias, model, &weight_view, &bias_view, &heads) != 0) {
         return NULL;
     }
+    heads.vocab = vocab;
     PyObject *logits = NULL, *residual = NULL, *result = NULL;
     if (acquire(hidden_object, "hidden", 'f', 0, -1, &hidden_view) != 0) {
         goto release_heads;
@@ -99,7 +180,7 @@ static PyObject *py_mtp_forward(PyObject *Py_UNUSED(module), PyObject *args, PyO
                      config->hidden);
         goto release;
     }
-    npy_intp logits_dims[3] = {heads.n_heads, n, config->n_vocab};
+    npy_intp logits_dims[3] = {heads.n_heads, n, vocab != NULL ? (npy_intp)vocab->rows.n_out : config->n_vocab};
     npy_intp residual_dims[3] = {heads.n_heads, n, config->hidden};
     logits = PyArray_SimpleNew(3, logits_dims, NPY_FLOAT32);
     if (logits == NULL) {
@@ -138,20 +219,26 @@ release_heads:
 
 static PyObject *py_mtp_teacher(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"model", "hidden", "top_k", NULL};
-    PyObject *model_object, *hidden_object;
+    static char *keywords[] = {"model", "hidden", "top_k", "vocab", NULL};
+    PyObject *model_object, *hidden_object, *vocab_object = Py_None;
     int top_k;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOi:mtp_teacher", keywords, &model_object, &hidden_object,
-                                     &top_k)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOi|$O:mtp_teacher", keywords, &model_object, &hidden_object,
+                                     &top_k, &vocab_object)) {
         return NULL;
     }
     const tq_model *model = tq_py_model_get(model_object, "model");
     if (model == NULL) {
         return NULL;
     }
+    int vocab_ok;
+    const tq_mtp_vocab *vocab = tq_py_vocab_get(vocab_object, model, "vocab", &vocab_ok);
+    if (!vocab_ok) {
+        return NULL;
+    }
     const tq_model_config *config = tq_model_get_config(model);
-    if (top_k < 1 || top_k > config->n_vocab) {
-        PyErr_Format(PyExc_ValueError, "top_k is %d; pass a value in [1, %d]", top_k, config->n_vocab);
+    const long long entries = vocab != NULL ? (long long)vocab->rows.n_out : config->n_vocab;
+    if (top_k < 1 || top_k > entries) {
+        PyErr_Format(PyExc_ValueError, "top_k is %d; pass a value in [1, %lld]", top_k, entries);
         return NULL;
     }
     Py_buffer hidden_view;
@@ -176,7 +263,7 @@ static PyObject *py_mtp_teacher(PyObject *Py_UNUSED(module), PyObject *args, PyO
     tq_error_clear(&err);
     tq_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = tq_mtp_teacher(model, hidden_view.buf, n, top_k, PyArray_DATA((PyArrayObject *)ids),
+    status = tq_mtp_teacher(model, vocab, hidden_view.buf, n, top_k, PyArray_DATA((PyArrayObject *)ids),
                             PyArray_DATA((PyArrayObject *)probs), PyArray_DATA((PyArrayObject *)kept), &err);
     Py_END_ALLOW_THREADS
     if (status != TQ_OK) {
@@ -194,19 +281,26 @@ release:
 
 static PyObject *py_mtp_loss_grad(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"model",       "weight",    "bias",      "hidden",     "seq_len",      "teacher_ids",
-                               "teacher_probs", "grad_weight", "grad_bias", "student_top_m", "head_decay", NULL};
+    static char *keywords[] = {"model",         "weight",     "bias",       "hidden",     "seq_len",
+                               "teacher_ids",   "teacher_probs", "grad_weight", "grad_bias", "student_top_m",
+                               "head_decay",    "vocab",      NULL};
     PyObject *model_object, *weight, *bias, *hidden_object, *ids_object, *probs_object, *gw_object, *gb_object;
+    PyObject *vocab_object = Py_None;
     long long seq_len;
     int top_m = 4096;
     float head_decay = 0.8f;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOLOOOO|if:mtp_loss_grad", keywords, &model_object, &weight,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOLOOOO|ifO:mtp_loss_grad", keywords, &model_object, &weight,
                                      &bias, &hidden_object, &seq_len, &ids_object, &probs_object, &gw_object,
-                                     &gb_object, &top_m, &head_decay)) {
+                                     &gb_object, &top_m, &head_decay, &vocab_object)) {
         return NULL;
     }
     const tq_model *model = tq_py_model_get(model_object, "model");
     if (model == NULL) {
+        return NULL;
+    }
+    int vocab_ok;
+    const tq_mtp_vocab *vocab = tq_py_vocab_get(vocab_object, model, "vocab", &vocab_ok);
+    if (!vocab_ok) {
         return NULL;
     }
     const tq_model_config *config = tq_model_get_config(model);
@@ -219,6 +313,7 @@ static PyObject *py_mtp_loss_grad(PyObject *Py_UNUSED(module), PyObject *args, P
     if (acquire_heads(weight, bias, model, &weight_view, &bias_view, &heads) != 0) {
         return NULL;
     }
+    heads.vocab = vocab;
     PyObject *result = NULL;
     int acquired = 0;
     if (acquire(hidden_object, "hidden", 'f', 0, -1, &hidden_view) != 0) {
@@ -463,10 +558,22 @@ static PyObject *py_mtp_checkpoint_parse(PyObject *Py_UNUSED(module), PyObject *
     if (status != TQ_OK) {
         return tq_py_raise(&err);
     }
+    PyObject *vocab = Py_None;
+    Py_INCREF(vocab);
+    if (c->vocab != NULL) {
+        const npy_intp length = (npy_intp)c->n_vocab_ids;
+        Py_DECREF(vocab);
+        vocab = PyArray_SimpleNew(1, &length, NPY_INT32);
+        if (vocab == NULL) {
+            tq_mtp_checkpoint_free(c);
+            return NULL;
+        }
+        memcpy(PyArray_DATA((PyArrayObject *)vocab), c->vocab, (size_t)length * sizeof(int32_t));
+    }
     const npy_intp matrix[3] = {c->n_heads, c->hidden, c->hidden};
     const npy_intp vector[2] = {c->n_heads, c->hidden};
     PyObject *result = Py_BuildValue(
-        "{s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:L,s:s,s:s}", "weight", float_array(c->weight, 3, matrix), "bias",
+        "{s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:L,s:L,s:L,s:s,s:s}", "vocab", vocab, "weight", float_array(c->weight, 3, matrix), "bias",
         float_array(c->bias, 2, vector), "adam_m_weight", float_array(c->adam_m_weight, 3, matrix), "adam_v_weight",
         float_array(c->adam_v_weight, 3, matrix), "adam_m_bias", float_array(c->adam_m_bias, 2, vector),
         "adam_v_bias", float_array(c->adam_v_bias, 2, vector), "step", (long long)c->step, "data_entry",
@@ -477,19 +584,26 @@ static PyObject *py_mtp_checkpoint_parse(PyObject *Py_UNUSED(module), PyObject *
 }
 
 static PyMethodDef mtp_functions[] = {
+    {"mtp_vocab", (PyCFunction)py_mtp_vocab, METH_VARARGS,
+     "mtp_vocab(model, ids)\n\n"
+     "A draft vocabulary: the model's LM-head rows of the strictly increasing int32 token ids, gathered once.\n"
+     "Pass it as vocab= to score only those tokens; logit entry i is then token ids[i]."},
     {"mtp_forward", (PyCFunction)(void (*)(void))py_mtp_forward, METH_VARARGS | METH_KEYWORDS,
-     "mtp_forward(model, weight, bias, hidden, *, residual=False)\n\n"
-     "Logits of every Medusa head, float32 (n_heads, n, n_vocab), for hidden (n, hidden_size) final hidden\n"
-     "states after the output norm. residual=True returns (logits, g) with g = h + SiLU(W h + b)."},
+     "mtp_forward(model, weight, bias, hidden, *, residual=False, vocab=None)\n\n"
+     "Logits of every Medusa head, float32 (n_heads, n, entries), for hidden (n, hidden_size) final hidden\n"
+     "states after the output norm; entries is n_vocab, or the size of vocab (from mtp_vocab).\n"
+     "residual=True returns (logits, g) with g = h + SiLU(W h + b)."},
     {"mtp_teacher", (PyCFunction)(void (*)(void))py_mtp_teacher, METH_VARARGS | METH_KEYWORDS,
-     "mtp_teacher(model, hidden, top_k)\n\n"
+     "mtp_teacher(model, hidden, top_k, *, vocab=None)\n\n"
      "The base model's top_k tokens per row of hidden: (ids int32 (n, top_k) by descending probability,\n"
-     "probabilities renormalized to 1 (n, top_k), mass they had before renormalizing (n,))."},
+     "probabilities renormalized to 1 (n, top_k), mass they had before renormalizing (n,)). With vocab, the\n"
+     "distribution is the base softmax over its tokens and ids are its entries."},
     {"mtp_loss_grad", (PyCFunction)(void (*)(void))py_mtp_loss_grad, METH_VARARGS | METH_KEYWORDS,
      "mtp_loss_grad(model, weight, bias, hidden, seq_len, teacher_ids, teacher_probs, grad_weight, grad_bias,\n"
-     "              student_top_m=4096, head_decay=0.8)\n\n"
+     "              student_top_m=4096, head_decay=0.8, vocab=None)\n\n"
      "Add the self-distillation gradient of sequences of seq_len rows of hidden to grad_weight and grad_bias\n"
-     "(float32, written in place). Returns a dict: loss, and per head kl, rows, correct, dropped_mass."},
+     "(float32, written in place). With vocab, the heads score its tokens and teacher_ids are its entries\n"
+     "(mtp_teacher with the same vocab). Returns a dict: loss, and per head kl, rows, correct, dropped_mass."},
     {"mtp_adamw_update", (PyCFunction)(void (*)(void))py_mtp_adamw_update, METH_VARARGS | METH_KEYWORDS,
      "mtp_adamw_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)\n\n"
      "One AdamW update of param and its moments m, v in place; step counts updates from 1."},

@@ -202,6 +202,9 @@ def mtp_checkpoint_seeds():
                for name, value in (("weight", weight), ("bias", bias))}
     write("mtp_checkpoint", "heads_adam.safetensors",
           safetensors_save({"heads.weight": weight, "heads.bias": bias, **moments}, metadata=metadata))
+    vocab = np.array([0, 3, 4, 90, 1000], np.int32)  # a draft vocabulary
+    write("mtp_checkpoint", "heads_vocab.safetensors",
+          safetensors_save({"heads.weight": weight, "heads.bias": bias, "heads.vocab": vocab}, metadata=metadata))
 
 
 def tokenizer_seeds():
