@@ -276,7 +276,8 @@ def cmd_train_mtp(args):
         threads = load_config(args.config).threads
     summary = train_mtp(args.model, args.zim, args.checkpoint, steps=args.steps, seq_len=args.seq_len,
                         batch_tokens=args.batch_tokens, lr=args.lr, save_every=args.save_every,
-                        max_seconds=args.max_seconds, threads=threads, progress=not args.no_progress)
+                        max_seconds=args.max_seconds, threads=threads, progress=not args.no_progress,
+                        vocab_size=args.vocab_size)
     accuracy = " ".join(f"{a:.3f}" for a in summary["accuracy"][-1]) if summary["accuracy"] else "-"
     print(f"step {summary['step']} ({summary['steps_run']} run, {summary['tokens']} tokens, "
           f"{summary['seconds']:.0f} s); last loss {summary['loss'][-1] if summary['loss'] else float('nan'):.4f}, "
@@ -343,6 +344,9 @@ def build_parser():
     train.add_argument("--save-every", type=_positive_int, default=50, metavar="N",
                        help="write a checkpoint every N steps (default: 50)")
     train.add_argument("--max-seconds", type=float, metavar="S", help="stop and save after S seconds of training")
+    train.add_argument("--vocab-size", type=int, default=32768, metavar="N",
+                       help="draft vocabulary: the heads score the N most frequent tokens of the ZIM's text "
+                            "(default: 32768; 0 = the whole vocabulary)")
     train.add_argument("--threads", type=_positive_int, metavar="N", help="OpenMP threads (default: all)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--config", metavar="FILE", help="YAML configuration (docs/config.md): its threads apply "
