@@ -15,6 +15,7 @@ Example (the training data of docs/mtp.md):
 """
 
 import argparse
+import random
 import re
 import sys
 from pathlib import Path
@@ -76,9 +77,17 @@ def main(argv=None):
     parser.add_argument("--skip-containing", action="append", default=[], metavar="TEXT",
                         help="leave out pages whose HTML contains TEXT, such as a stub notice (repeatable)")
     parser.add_argument("--max-pages", type=int, metavar="N", help="stop after N pages")
+    parser.add_argument("--shuffle", type=int, metavar="SEED",
+                        help="store the pages in a random order drawn with SEED: each path gets its rank as a "
+                             "prefix (00042/book/ch01.html), so that readers going by entry index, such as "
+                             "training, see the sources mixed instead of one directory after another")
     args = parser.parse_args(argv)
 
     pages = collect_pages(args.sources, set(args.skip or DEFAULT_SKIP))
+    if args.shuffle is not None:
+        random.Random(args.shuffle).shuffle(pages)
+        width = len(str(len(pages)))
+        pages = [(f"{rank:0{width}d}/{path}", file) for rank, (path, file) in enumerate(pages)]
     if args.max_pages is not None:
         pages = pages[:args.max_pages]
     if not pages:
