@@ -13,7 +13,7 @@ Steps:
 
 Usage:
     python benchmarks/bench_speculative.py [--tokens 128] [--threads 2] [--mtp-checkpoint PATH]
-        [--nodes 4,6,8,12,16] [--cache f16|default]
+        [--nodes 4,6,8,12,16] [--cache f16|default] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def calibrate(model: Model, heads, tokens: int, ranks: int) -> np.ndarray:
     hits = np.zeros((n_heads, ranks))
     trials = np.zeros(n_heads)
     core = model._core
+    vocab = heads.draft_vocab(core) if getattr(heads, "vocab", None) is not None else None
     for prompt in PROMPTS:
         model.reset()
         text = model.generate(prompt, max_tokens=tokens)
@@ -63,7 +64,7 @@ def calibrate(model: Model, heads, tokens: int, ranks: int) -> np.ndarray:
         for t in range(start, len(ids)):
             _, hidden = core.eval_tree([ids[t]], [-1], hidden=True)
             core.accept_path([0])
-            candidates, _ = core.heads_topk(weight, bias, hidden[0], ranks)
+            candidates, _ = core.heads_topk(weight, bias, hidden[0], ranks, vocab=vocab)
             for k in range(n_heads):
                 if t + 2 + k < len(ids):
                     trials[k] += 1
@@ -85,6 +86,7 @@ def pass_costs(model: Model, heads, trees, repeats: int = 15):
     weight = np.ascontiguousarray(heads.weight.reshape(-1, d), dtype=np.float32)
     bias = np.ascontiguousarray(heads.bias, dtype=np.float32)
     hidden = np.zeros(d, np.float32)
+    vocab = heads.draft_vocab(core) if getattr(heads, "vocab", None) is not None else None
 
     def median(call):
         times = []
@@ -96,7 +98,7 @@ def pass_costs(model: Model, heads, trees, repeats: int = 15):
         return float(np.median(times))
 
     decode = median(lambda: core.eval([1234], logits="last"))
-    drafting = median(lambda: core.heads_topk(weight, bias, hidden, 4))
+    drafting = median(lambda: core.heads_topk(weight, bias, hidden, 4, vocab=vocab))
     trees_seconds = [median(lambda t=tree: core.eval_tree([1234] * t.n_nodes, t.parents)) for _, tree in trees]
     model.reset()
     return decode, drafting, trees_seconds
@@ -126,8 +128,11 @@ def main(argv=None) -> int:
     parser.add_argument("--mtp-checkpoint", help="heads to draft with (default: the shipped ones)")
     parser.add_argument("--nodes", default="4,6,8,12,16", help="sizes of the accuracy-shaped trees")
     parser.add_argument("--cache", choices=["default", "f16"], default="default",
-                        help="KV cache: the default (tq3.5 keys, tq3 values, 128 recent and 4 sink f16 positions) or f16")
+                        help="KV cache: the default (tq3.5 keys, tq2.5 values, 128 recent positions in q8_0 rows, "
+                             "4 sink positions in f16) or f16")
     parser.add_argument("--temperatures", default="0,0.7")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of every tree per temperature; the tables show medians (default: 3)")
     args = parser.parse_args(argv)
 
     cache = {} if args.cache == "default" else dict(cache_type_k="f16", cache_type_v="f16")
@@ -145,26 +150,39 @@ def main(argv=None) -> int:
 
     decode, drafting, trees_seconds = pass_costs(model, heads, trees)
     print()
-    print(f"One decode step at 300 positions: {decode * 1e3:.2f} ms; the heads' draft (3 LM-head rows and top-4): "
-          f"{drafting * 1e3:.2f} ms = {drafting / decode:.2f} steps.")
+    scored = len(heads.vocab) if getattr(heads, "vocab", None) is not None else model.config["vocab"]
+    print(f"One decode step at 300 positions: {decode * 1e3:.2f} ms; the heads' draft (3 heads over {scored} "
+          f"LM-head rows, top-4): {drafting * 1e3:.2f} ms = {drafting / decode:.2f} steps.")
     print("| tree | nodes | verification pass | in decode steps |")
     print("|---|---|---|---|")
     for (name, tree), seconds in zip(trees, trees_seconds):
         print(f"| {name} | {tree.n_nodes} | {seconds * 1e3:.2f} ms | {seconds / decode:.2f} |")
 
     print()
+    print(f"Medians of {args.rounds} rounds; each round runs plain decoding, then every tree, and a tree's ratio "
+          "divides its speed by that round's plain speed.")
     print(f"| temperature | tree | nodes | accepted tokens/pass | decode tokens/s | vs plain | same text |")
     print(f"|---|---|---|---|---|---|---|")
     for temperature in (float(t) for t in args.temperatures.split(",")):
-        total, seconds, _, plain_texts = run(model, args.tokens, temperature, None, heads)
-        plain_rate = total / seconds
+        plain_rates = []
+        rates = {name: [] for name, _ in trees}
+        accepted = {}
+        same = {name: 0 for name, _ in trees}
+        for _ in range(args.rounds):
+            total, seconds, _, plain_texts = run(model, args.tokens, temperature, None, heads)
+            plain_rates.append(total / seconds)
+            for name, tree in trees:
+                total, seconds, passes, texts = run(model, args.tokens, temperature, tree, heads)
+                rates[name].append(total / seconds)
+                accepted[name] = total / max(passes, 1)  # the same in every round
+                same[name] += sum(a == b for a, b in zip(texts, plain_texts))
+        plain_rate = float(np.median(plain_rates))
         print(f"| {temperature:g} | plain | 1 | 1.00 | {plain_rate:.1f} | 1.00x | - |")
         for name, tree in trees:
-            total, seconds, passes, texts = run(model, args.tokens, temperature, tree, heads)
-            rate = total / seconds
-            same = sum(a == b for a, b in zip(texts, plain_texts))
-            print(f"| {temperature:g} | {name} {list(tree.paths)} | {tree.n_nodes} | {total / max(passes, 1):.2f} | "
-                  f"{rate:.1f} | {rate / plain_rate:.2f}x | {same}/{len(texts)} |", flush=True)
+            ratio = float(np.median([r / p for r, p in zip(rates[name], plain_rates)]))
+            print(f"| {temperature:g} | {name} {list(tree.paths)} | {tree.n_nodes} | {accepted[name]:.2f} | "
+                  f"{np.median(rates[name]):.1f} | {ratio:.2f}x | {same[name]}/{len(PROMPTS) * args.rounds} |",
+                  flush=True)
 
     print()
     print(f"Command: python benchmarks/bench_speculative.py {' '.join(argv if argv is not None else sys.argv[1:])}")
