@@ -47,7 +47,7 @@ typedef struct tq_mtp_vocab_s {
 } tq_mtp_vocab;
 
 /* Gather the LM-head rows of n token ids (strictly increasing, below n_vocab) into a new
- * draft vocabulary that owns its rows and ids; free it with tq_mtp_vocab_free.
+ * draft vocabulary that owns its rows and ids. Free it with tq_mtp_vocab_free.
  * Errors: TQ_ERR_INVALID (n < 1, ids), TQ_ERR_NOMEM. */
 tq_status tq_mtp_vocab_create(const tq_model *model, const int32_t *ids, int64_t n, tq_mtp_vocab **out,
                               tq_error *err);

@@ -168,7 +168,7 @@ class MTPHeads:
             if vocab.ndim != 1 or vocab.size == 0 or np.any(vocab < 0) or np.any(np.diff(vocab) <= 0):
                 raise ValueError("vocab must be a non-empty 1-D array of strictly increasing token ids")
         self.vocab = vocab
-        self._gathered = None  # (core model, _core.mtp_vocab capsule) of the last draft_vocab call
+        self._gathered = None  # (core model, vocab array, _core.mtp_vocab capsule) of the last draft_vocab call
         self.base_model = base_model
         self.step = int(step)
         self.data_position = (0, 0)
@@ -202,9 +202,9 @@ class MTPHeads:
         if self.vocab is None:
             return None
         core = _core_model(model)
-        if self._gathered is None or self._gathered[0] is not core:
-            self._gathered = (core, _core.mtp_vocab(core, self.vocab))
-        return self._gathered[1]
+        if self._gathered is None or self._gathered[0] is not core or self._gathered[1] is not self.vocab:
+            self._gathered = (core, self.vocab, _core.mtp_vocab(core, self.vocab))
+        return self._gathered[2]
 
     @classmethod
     def load(cls, path, model) -> "MTPHeads":

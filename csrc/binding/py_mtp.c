@@ -72,8 +72,8 @@ static int acquire_heads(PyObject *weight, PyObject *bias, const tq_model *model
 }
 
 /* ---- Draft vocabularies ----
- * A capsule named VOCAB_CAPSULE owns a tq_mtp_vocab; its context is the model object the
- * rows were gathered from (a new reference), so the vocabulary is only used with that model. */
+ * A capsule named VOCAB_CAPSULE owns a tq_mtp_vocab. Its context is a new reference to the
+ * model object the rows were gathered from, so the vocabulary is only used with that model. */
 
 #define VOCAB_CAPSULE "turboquant._core.mtp_vocab"
 
